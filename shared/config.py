@@ -1,0 +1,187 @@
+"""One experiment config, shared by the aggregator and every worker.
+
+Values come, lowest priority first, from the defaults here, a YAML file, environment
+variables (``TRIBUTARY_NUM_ROUNDS=5``, nested with ``__``: ``TRIBUTARY_PARTITION__ALPHA``)
+and command-line overrides (``--set num_rounds=5``). Unknown keys are an error that
+names the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+__all__ = [
+    "DatasetName",
+    "ExperimentConfig",
+    "NetworkProfile",
+    "PartitionConfig",
+    "load_config",
+    "parse_overrides",
+]
+
+ENV_PREFIX = "TRIBUTARY_"
+DatasetName = Literal["mnist5k", "mnist", "fashion-mnist", "cifar10", "synthetic"]
+
+
+class _Strict(BaseModel):
+    """A config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PartitionConfig(_Strict):
+    """How the training split is divided among `num_partitions` clients."""
+
+    name: Literal["iid", "shards", "dirichlet", "classes"] = "iid"
+    alpha: float = Field(0.5, gt=0)  # Dirichlet concentration: small = strong label skew
+    shards_per_client: int = Field(2, ge=1)  # McMahan et al. 2017 pathological non-IID
+    classes: list[list[int]] | None = None  # `classes`: the labels of each partition
+
+
+class SyntheticConfig(_Strict):
+    """Shape of the `synthetic` dataset: random images with learnable class structure."""
+
+    channels: int = Field(3, ge=1)
+    image_size: int = Field(32, ge=4)
+    num_classes: int = Field(10, ge=2)
+    train_size: int = Field(2000, ge=1)
+    test_size: int = Field(500, ge=1)
+
+
+class NetworkProfile(_Strict):
+    """Simulated network conditions for a set of clients (all off by default)."""
+
+    clients: str = "all"  # "all", "7-9", "0,2,5"
+    latency_ms: float = Field(0.0, ge=0)  # fixed delay before each request
+    jitter: Literal["none", "exponential", "normal"] = "none"
+    jitter_ms: float = Field(0.0, ge=0)  # mean (exponential) or std-dev (normal)
+    bandwidth_mbit: float | None = Field(None, gt=0)  # cap on upload and download
+    dropout: float = Field(0.0, ge=0, le=1)  # probability of skipping a round
+    crash: float = Field(0.0, ge=0, le=1)  # probability of crashing mid-training
+
+
+class ExperimentConfig(BaseSettings):
+    """Everything that defines one federated experiment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    name: str = "experiment"
+    seed: int = 0
+
+    # data: each client loads `dataset` and keeps only its own partition
+    dataset: DatasetName = "mnist5k"
+    data_dir: Path = Path("data")
+    download: bool = False
+    synthetic: SyntheticConfig = SyntheticConfig()
+    num_partitions: int = Field(10, ge=1)
+    partition: PartitionConfig = PartitionConfig()
+
+    # model and local training (sent to the workers with every round)
+    model: str = "mlp"
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    mu: float = Field(0.0, ge=0)  # FedProx proximal weight; 0 = plain FedAvg
+
+    # federation (Flower's names)
+    strategy: Literal["fedavg"] = "fedavg"
+    num_rounds: int = Field(10, ge=1)
+    fraction_fit: float = Field(1.0, gt=0, le=1)
+    min_fit_clients: int = Field(2, ge=1)
+    min_available_clients: int = Field(2, ge=1)
+    close_at_threshold: bool = False  # close a round as soon as min_fit_clients reported
+    round_timeout_s: float = Field(300.0, gt=0)
+    server_eval: bool = True
+
+    network: list[NetworkProfile] = []
+
+    @model_validator(mode="after")
+    def _check_counts(self) -> ExperimentConfig:
+        if self.min_fit_clients > self.min_available_clients:
+            raise ValueError(
+                f"min_fit_clients ({self.min_fit_clients}) exceeds "
+                f"min_available_clients ({self.min_available_clients})"
+            )
+        return self
+
+    def round_config(self) -> dict[str, Any]:
+        """Return the training settings the aggregator sends with each round."""
+        keys = ["model", "dataset", "local_epochs", "batch_size", "lr", "momentum"]
+        keys += ["weight_decay", "mu", "seed", "num_partitions"]
+        return {key: getattr(self, key) for key in keys}
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> ExperimentConfig:
+    """Build the config from defaults < YAML file < environment < overrides."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    env = EnvSettingsSource(
+        ExperimentConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__"
+    )()
+    merged = _deep_merge(_deep_merge(data, env), dict(overrides or {}))
+    try:
+        return ExperimentConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["num_rounds=5", "partition.alpha=0.3"]`` into a nested dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping of keys to values")
+    return data
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(exc: ValidationError, path: str | Path | None) -> str:
+    where = f" in {path}" if path is not None else ""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}")
+        else:
+            lines.append(f"{key}: {err['msg']}")
+    return f"invalid experiment config{where}: " + "; ".join(lines)

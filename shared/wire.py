@@ -1,0 +1,252 @@
+"""The wire format: msgpack messages carrying tensors as raw bytes + dtype + shape.
+
+Why msgpack: it is a safe, schema-less binary format with a `bin` type, so tensors travel
+as their raw little-endian bytes (no JSON lists, no base64) and decoding can never run
+code the way pickle can. Never allow pickle anywhere on this path.
+
+A tensor is the map ``{"dtype": "float32", "shape": [10, 784], "data": <bin>}``; a weights
+payload maps tensor names to tensors in the model's state_dict order. The full format is
+specified in docs/protocol.md.
+
+Encoding copies each tensor's bytes once (into the output buffer). Decoding is zero-copy:
+arrays are read-only `np.frombuffer` views of the received bytes (copy before in-place
+math). This module imports only numpy and msgpack, so a thin client needs nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import msgpack
+import numpy as np
+
+from shared.errors import (
+    MalformedMessage,
+    NonFiniteTensor,
+    ProtocolVersionError,
+    SpecMismatch,
+    TensorSizeError,
+    UnsupportedDtype,
+)
+from shared.msgpack_reader import unpack
+
+__all__ = [
+    "DTYPES",
+    "MAX_NDIM",
+    "PROTOCOL_VERSION",
+    "TensorSpec",
+    "check_protocol",
+    "decode_message",
+    "decode_tensor",
+    "decode_weights",
+    "encode_message",
+    "spec_of",
+    "to_float16",
+]
+
+PROTOCOL_VERSION = 1
+MAX_NDIM = 32
+# The dtype names the wire accepts, each meaning the little-endian numpy type.
+DTYPES: frozenset[str] = frozenset(
+    ["bool", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64"]
+    + ["float16", "float32", "float64"]
+)
+
+
+class TensorSpec(NamedTuple):
+    """What a tensor must look like: its shape and dtype name."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def spec_of(weights: Mapping[str, np.ndarray]) -> dict[str, TensorSpec]:
+    """Return the reference spec (names, shapes, dtypes) of a weights dict."""
+    return {name: TensorSpec(tuple(a.shape), a.dtype.name) for name, a in weights.items()}
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def encode_message(message: Mapping[str, Any]) -> bytes:
+    """Encode a message; numpy arrays anywhere inside become tensor maps."""
+    packer = msgpack.Packer()
+    chunks: list[bytes | memoryview] = []
+    _encode(message, "", chunks, packer)
+    return b"".join(chunks)
+
+
+def _encode(obj: Any, path: str, out: list[bytes | memoryview], packer: msgpack.Packer) -> None:
+    if isinstance(obj, np.ndarray):
+        _encode_tensor(obj, path, out, packer)
+    elif isinstance(obj, Mapping):
+        out.append(packer.pack_map_header(len(obj)))
+        for key, value in obj.items():
+            out.append(packer.pack(key))
+            _encode(value, f"{path}.{key}" if path else str(key), out, packer)
+    elif isinstance(obj, list | tuple):
+        out.append(packer.pack_array_header(len(obj)))
+        for i, value in enumerate(obj):
+            _encode(value, f"{path}[{i}]", out, packer)
+    elif isinstance(obj, np.generic):
+        out.append(packer.pack(obj.item()))
+    else:
+        out.append(packer.pack(obj))
+
+
+def _encode_tensor(
+    array: np.ndarray, name: str, out: list[bytes | memoryview], packer: msgpack.Packer
+) -> None:
+    if array.dtype.name not in DTYPES:
+        raise UnsupportedDtype(name, f"dtype {array.dtype.name!r} cannot go on the wire")
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    flat = np.ascontiguousarray(little).reshape(-1)
+    data = memoryview(flat.view(np.uint8))
+    out.append(packer.pack_map_header(3))
+    out.append(packer.pack("dtype") + packer.pack(array.dtype.name))
+    out.append(packer.pack("shape") + packer.pack(list(array.shape)))
+    out.append(packer.pack("data") + _bin_header(data.nbytes, name))
+    out.append(data)
+
+
+def _bin_header(size: int, name: str) -> bytes:
+    if size < 1 << 8:
+        return b"\xc4" + struct.pack(">B", size)
+    if size < 1 << 16:
+        return b"\xc5" + struct.pack(">H", size)
+    if size < 1 << 32:
+        return b"\xc6" + struct.pack(">I", size)
+    raise TensorSizeError(name, f"{size} bytes exceeds the 4 GiB limit of one msgpack bin")
+
+
+def to_float16(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cast float32 tensors to float16 for lossy transport; others pass unchanged."""
+    out: dict[str, np.ndarray] = {}
+    for name, array in weights.items():
+        if array.dtype != np.float32:
+            out[name] = array
+            continue
+        with np.errstate(over="ignore"):
+            half = array.astype(np.float16)
+        if not _all_finite(half) and _all_finite(array):
+            raise NonFiniteTensor(name, "values exceed float16 range (65504); send float32")
+        out[name] = half
+    return out
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def decode_message(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """Decode a message (a msgpack map); tensors stay raw maps until `decode_weights`."""
+    message = unpack(data)
+    if not isinstance(message, dict):
+        raise MalformedMessage(f"a message must be a msgpack map, got {_kind(message)}")
+    return message
+
+
+def check_protocol(message: Mapping[str, Any]) -> None:
+    """Raise unless the message speaks this protocol version."""
+    version = message.get("protocol")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolVersionError(
+            f"protocol version {version!r} is not supported; this side speaks {PROTOCOL_VERSION}"
+        )
+
+
+def decode_tensor(name: str, obj: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
+    """Validate one tensor map and return a read-only array viewing its bytes."""
+    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
+        raise MalformedMessage(
+            f"tensor {name!r}: expected a map with keys dtype, shape, data; got {_kind(obj)}"
+        )
+    dtype_name, shape, data = obj["dtype"], obj["shape"], obj["data"]
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
+        raise UnsupportedDtype(name, f"unsupported dtype {dtype_name!r}")
+    shape = _check_shape(name, shape)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedMessage(f"tensor {name!r}: data must be msgpack bin, got {_kind(data)}")
+    dtype = np.dtype(dtype_name).newbyteorder("<")
+    expected = math.prod(shape) * dtype.itemsize
+    if expected != len(data):
+        raise TensorSizeError(
+            name, f"shape {list(shape)} of {dtype_name} needs {expected} bytes, got {len(data)}"
+        )
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    if not allow_nonfinite and not _all_finite(array):
+        raise NonFiniteTensor(name, "contains NaN or Inf")
+    return array
+
+
+def decode_weights(
+    obj: Any,
+    *,
+    spec: Mapping[str, TensorSpec] | None = None,
+    allow_nonfinite: bool = False,
+) -> dict[str, np.ndarray]:
+    """Decode a weights map; with `spec`, names, shapes and dtypes must match it.
+
+    A float16 tensor is accepted where the spec says float32 (lossy transport) and is
+    cast back to float32.
+    """
+    if not isinstance(obj, dict):
+        raise MalformedMessage(f"weights must be a map of name to tensor, got {_kind(obj)}")
+    if spec is not None:
+        _check_names(obj, spec)
+    weights: dict[str, np.ndarray] = {}
+    for name in spec if spec is not None else obj:
+        if not isinstance(name, str):
+            raise MalformedMessage(f"tensor names must be strings, got {name!r}")
+        array = decode_tensor(name, obj[name], allow_nonfinite=allow_nonfinite)
+        weights[name] = array if spec is None else _conform(name, array, spec[name])
+    return weights
+
+
+def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+        raise MalformedMessage(
+            f"tensor {name!r}: shape must be a list of at most {MAX_NDIM} ints, got {shape!r:.80}"
+        )
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            raise MalformedMessage(f"tensor {name!r}: shape {shape!r:.80} has a bad dimension")
+    return tuple(shape)
+
+
+def _check_names(obj: Mapping[Any, Any], spec: Mapping[str, TensorSpec]) -> None:
+    missing = [name for name in spec if name not in obj]
+    if missing:
+        raise SpecMismatch(missing[0], f"missing ({len(missing)} tensors missing in all)")
+    unexpected = [name for name in obj if name not in spec]
+    if unexpected:
+        raise SpecMismatch(str(unexpected[0]), "is not a tensor of this model")
+
+
+def _conform(name: str, array: np.ndarray, expected: TensorSpec) -> np.ndarray:
+    if array.shape != tuple(expected.shape):
+        raise SpecMismatch(
+            name, f"shape {list(array.shape)} does not match the model's {list(expected.shape)}"
+        )
+    if array.dtype.name == expected.dtype:
+        return array
+    if array.dtype == np.float16 and expected.dtype == "float32":
+        return array.astype(np.float32)
+    raise SpecMismatch(
+        name, f"dtype {array.dtype.name} does not match the model's {expected.dtype}"
+    )
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """Tell whether a tensor holds no NaN or Inf (fast path: one float64 sum)."""
+    if array.dtype.kind != "f" or array.size == 0:
+        return True
+    if math.isfinite(np.add.reduce(array.reshape(-1), dtype=np.float64)):
+        return True
+    return bool(np.isfinite(array).all())  # the sum may overflow on finite float64 values
+
+
+def _kind(obj: Any) -> str:
+    return "bin" if isinstance(obj, memoryview) else type(obj).__name__
