@@ -116,6 +116,19 @@ class ExperimentConfig(BaseSettings):
             )
         return self
 
+    def model_args(self) -> dict[str, int]:
+        """Return build_model's keyword arguments for this dataset."""
+        if self.dataset == "synthetic":
+            s = self.synthetic
+            return {
+                "in_channels": s.channels,
+                "num_classes": s.num_classes,
+                "image_size": s.image_size,
+            }
+        if self.dataset == "cifar10":
+            return {"in_channels": 3, "num_classes": 10, "image_size": 32}
+        return {"in_channels": 1, "num_classes": 10, "image_size": 28}
+
     def round_config(self) -> dict[str, Any]:
         """Return the training settings the aggregator sends with each round."""
         keys = ["model", "dataset", "local_epochs", "batch_size", "lr", "momentum"]
@@ -128,9 +141,7 @@ def load_config(
 ) -> ExperimentConfig:
     """Build the config from defaults < YAML file < environment < overrides."""
     data = _read_yaml(Path(path)) if path is not None else {}
-    env = EnvSettingsSource(
-        ExperimentConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__"
-    )()
+    env = EnvSettingsSource(ExperimentConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__")()
     merged = _deep_merge(_deep_merge(data, env), dict(overrides or {}))
     try:
         return ExperimentConfig.model_validate(merged)

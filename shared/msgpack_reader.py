@@ -63,6 +63,8 @@ class _Reader:
 
     def __init__(self, data: bytes | bytearray | memoryview, max_depth: int) -> None:
         view = memoryview(data)
+        if not view.c_contiguous:  # a strided view cannot be sliced into bins; copy it once
+            view = memoryview(view.tobytes())
         self.buf = view if view.format == "B" and view.ndim == 1 else view.cast("B")
         self.pos = 0
         self.max_depth = max_depth
@@ -130,7 +132,9 @@ class _Reader:
         for _ in range(count):
             key = self.read(depth + 1)
             if not isinstance(key, str | int) or isinstance(key, bool):
-                raise MalformedMessage(f"map key of type {type(key).__name__}; keys must be str")
+                raise MalformedMessage(
+                    f"map key of type {type(key).__name__}; keys must be str (or int)"
+                )
             if key in out:
                 raise MalformedMessage(f"duplicate map key {key!r}")
             out[key] = self.read(depth + 1)

@@ -54,6 +54,19 @@ DTYPES: frozenset[str] = frozenset(
     ["bool", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64"]
     + ["float16", "float32", "float64"]
 )
+# The encoder starts each tensor's data at a multiple of this many bytes from the message
+# start, so that decoded views are aligned for their dtype (unaligned ones are slower).
+_ALIGN = 8
+_WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
+# numpy refuses a shape whose non-zero dims make more bytes than an intp can count.
+_MAX_NBYTES = int(np.iinfo(np.intp).max)
+# The finite check's accumulator: a float32 sum of float16 values cannot overflow below
+# 2**112 elements, and summing float32 in float32 spares a cast per element.
+_SUM_DTYPES: dict[str, type[np.floating[Any]]] = {
+    "float16": np.float32,
+    "float32": np.float32,
+    "float64": np.float64,
+}
 
 
 class TensorSpec(NamedTuple):
@@ -73,43 +86,80 @@ def spec_of(weights: Mapping[str, np.ndarray]) -> dict[str, TensorSpec]:
 
 def encode_message(message: Mapping[str, Any]) -> bytes:
     """Encode a message; numpy arrays anywhere inside become tensor maps."""
-    packer = msgpack.Packer()
-    chunks: list[bytes | memoryview] = []
-    _encode(message, "", chunks, packer)
-    return b"".join(chunks)
+    encoder = _Encoder()
+    encoder.encode(message, "")
+    return b"".join(encoder.chunks)
 
 
-def _encode(obj: Any, path: str, out: list[bytes | memoryview], packer: msgpack.Packer) -> None:
-    if isinstance(obj, np.ndarray):
-        _encode_tensor(obj, path, out, packer)
-    elif isinstance(obj, Mapping):
-        out.append(packer.pack_map_header(len(obj)))
-        for key, value in obj.items():
-            out.append(packer.pack(key))
-            _encode(value, f"{path}.{key}" if path else str(key), out, packer)
-    elif isinstance(obj, list | tuple):
-        out.append(packer.pack_array_header(len(obj)))
-        for i, value in enumerate(obj):
-            _encode(value, f"{path}[{i}]", out, packer)
-    elif isinstance(obj, np.generic):
-        out.append(packer.pack(obj.item()))
-    else:
-        out.append(packer.pack(obj))
+class _Encoder:
+    """The chunks of one message so far, and the byte offset where the next one starts."""
+
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer()
+        self.chunks: list[bytes | memoryview] = []
+        self.pos = 0
+
+    def put(self, chunk: bytes | memoryview) -> None:
+        """Append one chunk."""
+        self.chunks.append(chunk)
+        self.pos += len(chunk)
+
+    def encode(self, obj: Any, path: str) -> None:
+        """Append one object; `path` names it in errors."""
+        if isinstance(obj, np.ndarray):
+            self.tensor(obj, path)
+        elif isinstance(obj, Mapping):
+            self.put(self.packer.pack_map_header(len(obj)))
+            for key, value in obj.items():
+                self.put(self.packer.pack(key))
+                self.encode(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(obj, list | tuple):
+            self.put(self.packer.pack_array_header(len(obj)))
+            for i, value in enumerate(obj):
+                self.encode(value, f"{path}[{i}]")
+        elif isinstance(obj, np.generic):
+            self.put(self.packer.pack(obj.item()))
+        else:
+            self.put(self.packer.pack(obj))
+
+    def tensor(self, array: np.ndarray, name: str) -> None:
+        """Append a tensor map whose data starts at a multiple of `_ALIGN` bytes."""
+        dtype_name = array.dtype.name
+        if dtype_name not in DTYPES:
+            raise UnsupportedDtype(name, f"dtype {dtype_name!r} cannot go on the wire")
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        data = memoryview(np.ascontiguousarray(little).reshape(-1).view(np.uint8))
+        fields = (dtype_name, self.packer.pack(list(array.shape)), _bin_header(data.nbytes, name))
+        head = _tensor_head(*fields, pad=0)
+        pad = -(self.pos + len(head)) % _ALIGN
+        self.put(_tensor_head(*fields, pad=pad) if pad else head)
+        self.put(data)
 
 
-def _encode_tensor(
-    array: np.ndarray, name: str, out: list[bytes | memoryview], packer: msgpack.Packer
-) -> None:
-    if array.dtype.name not in DTYPES:
-        raise UnsupportedDtype(name, f"dtype {array.dtype.name!r} cannot go on the wire")
-    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    flat = np.ascontiguousarray(little).reshape(-1)
-    data = memoryview(flat.view(np.uint8))
-    out.append(packer.pack_map_header(3))
-    out.append(packer.pack("dtype") + packer.pack(array.dtype.name))
-    out.append(packer.pack("shape") + packer.pack(list(array.shape)))
-    out.append(packer.pack("data") + _bin_header(data.nbytes, name))
-    out.append(data)
+def _tensor_head(dtype_name: str, packed_shape: bytes, bin_header: bytes, *, pad: int) -> bytes:
+    """Pack a tensor map up to its data, `pad` (0 to 7) bytes longer than minimal.
+
+    The padding widens up to three str headers (by 1, 2 and 4 bytes), which leaves every
+    value unchanged for any msgpack reader.
+    """
+    return (
+        b"\x83"
+        + _str("dtype", widen=pad & 1)
+        + _str(dtype_name, widen=pad & 2)
+        + _str("shape", widen=0)
+        + packed_shape
+        + _str("data", widen=pad & 4)
+        + bin_header
+    )
+
+
+def _str(text: str, *, widen: int) -> bytes:
+    """Pack a str of under 32 bytes with a header `widen` (0, 1, 2 or 4) bytes wider."""
+    raw = text.encode()
+    if widen == 0:
+        return bytes([0xA0 | len(raw)]) + raw
+    code = {1: b"\xd9", 2: b"\xda", 4: b"\xdb"}[widen]
+    return code + len(raw).to_bytes(widen, "big") + raw
 
 
 def _bin_header(size: int, name: str) -> bytes:
@@ -126,12 +176,12 @@ def to_float16(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Cast float32 tensors to float16 for lossy transport; others pass unchanged."""
     out: dict[str, np.ndarray] = {}
     for name, array in weights.items():
-        if array.dtype != np.float32:
+        if array.dtype.name != "float32":
             out[name] = array
             continue
         with np.errstate(over="ignore"):
             half = array.astype(np.float16)
-        if not _all_finite(half) and _all_finite(array):
+        if not _all_finite(half) and (np.isinf(half) & np.isfinite(array)).any():
             raise NonFiniteTensor(name, "values exceed float16 range (65504); send float32")
         out[name] = half
     return out
@@ -149,9 +199,9 @@ def decode_message(data: bytes | bytearray | memoryview) -> dict[str, Any]:
 
 
 def check_protocol(message: Mapping[str, Any]) -> None:
-    """Raise unless the message speaks this protocol version."""
+    """Raise unless the message speaks this protocol version (an int; true or 1.0 is not)."""
     version = message.get("protocol")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolVersionError(
             f"protocol version {version!r} is not supported; this side speaks {PROTOCOL_VERSION}"
         )
@@ -169,13 +219,16 @@ def decode_tensor(name: str, obj: Any, *, allow_nonfinite: bool = False) -> np.n
     shape = _check_shape(name, shape)
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedMessage(f"tensor {name!r}: data must be msgpack bin, got {_kind(data)}")
-    dtype = np.dtype(dtype_name).newbyteorder("<")
+    dtype = _WIRE_DTYPES[dtype_name]
     expected = math.prod(shape) * dtype.itemsize
     if expected != len(data):
         raise TensorSizeError(
             name, f"shape {list(shape)} of {dtype_name} needs {expected} bytes, got {len(data)}"
         )
+    if math.prod(dim for dim in shape if dim) * dtype.itemsize > _MAX_NBYTES:
+        raise TensorSizeError(name, f"shape {list(shape)} is larger than any array can be")
     array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    array.flags.writeable = False  # also when the message was decoded from a bytearray
     if not allow_nonfinite and not _all_finite(array):
         raise NonFiniteTensor(name, "contains NaN or Inf")
     return array
@@ -240,12 +293,17 @@ def _conform(name: str, array: np.ndarray, expected: TensorSpec) -> np.ndarray:
 
 
 def _all_finite(array: np.ndarray) -> bool:
-    """Tell whether a tensor holds no NaN or Inf (fast path: one float64 sum)."""
+    """Tell whether a tensor holds no NaN or Inf.
+
+    Fast path: one sum. A NaN or Inf element makes the sum NaN or Inf (Inf - Inf is NaN),
+    so a finite sum proves every element finite. Finite elements can overflow the sum too,
+    so a non-finite sum is settled by the exact elementwise check.
+    """
     if array.dtype.kind != "f" or array.size == 0:
         return True
-    if math.isfinite(np.add.reduce(array.reshape(-1), dtype=np.float64)):
-        return True
-    return bool(np.isfinite(array).all())  # the sum may overflow on finite float64 values
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(array.reshape(-1), dtype=_SUM_DTYPES[array.dtype.name])
+    return math.isfinite(total) or bool(np.isfinite(array).all())
 
 
 def _kind(obj: Any) -> str:

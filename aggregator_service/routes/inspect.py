@@ -1,0 +1,43 @@
+"""Read-only views for people and monitors: /status, /history, /metrics, /healthz."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from aggregator_service.deps import FederationDep
+from aggregator_service.metrics import render_metrics
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["inspect"])
+
+
+@router.get("/status")
+def status(federation: FederationDep) -> dict[str, Any]:
+    """Return the round, phase, clients, this round's updates and the last round's metrics."""
+    return federation.state.status()
+
+
+@router.get("/history")
+def history(federation: FederationDep) -> list[dict[str, Any]]:
+    """Return one row per finished round."""
+    with federation.state.lock:
+        return list(federation.state.history)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(federation: FederationDep) -> str:
+    """Return counters and gauges in the Prometheus text format."""
+    return render_metrics(federation.state)
+
+
+@router.get("/healthz", response_model=None)
+def healthz(federation: FederationDep) -> dict[str, str] | JSONResponse:
+    """Return ok while the round loop is alive."""
+    error = federation.loop.error
+    if error is not None:
+        return JSONResponse({"status": "failing", "detail": "round loop stopped"}, status_code=503)
+    return {"status": "ok"}

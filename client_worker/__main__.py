@@ -1,0 +1,171 @@
+"""Command line of the worker: parse flags, then run one client or several virtual ones.
+
+    python -m client_worker --server http://127.0.0.1:8000 --client-id 3 [--config exp.yaml]
+    python -m client_worker --server URL --client-ids 0-9 --max-rounds 2
+
+SIGTERM or SIGINT asks the worker(s) to stop: training is abandoned between two batches,
+a post in flight completes, and the process exits 0 within `stop_grace_s` seconds. A
+second signal exits at once. Exit codes: 0 done or stopped, 1 the aggregator stayed
+unreachable, 2 a fatal error (the server refused the update, or a bad config or dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from client_worker.network import parse_clients
+from client_worker.settings import WorkerSettings
+from client_worker.transport import AggregatorClient, FatalServerError, ServerUnavailableError
+from client_worker.worker import WorkerSummary, run_virtual_clients, run_worker
+from shared.config import load_config, parse_overrides
+from shared.errors import TributaryError
+
+__all__ = ["build_parser", "main"]
+
+_log = logging.getLogger("client_worker")
+PROG = "tributary-worker"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the worker CLI."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Run a federated client worker.")
+    parser.add_argument("--server", dest="server_url", help="aggregator base URL")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--client-id", help="this client's id (default 0)")
+    who.add_argument("--client-ids", help="virtual clients in this process, e.g. 0-9 or 0,3-5")
+    parser.add_argument("--partition-id", type=int, help="default: the numeric client id")
+    parser.add_argument("--num-partitions", type=int, help="default: the config's")
+    parser.add_argument("--config", dest="config_path", help="experiment YAML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an experiment config key (repeatable), e.g. --set partition.alpha=0.3",
+    )
+    parser.add_argument("--max-rounds", type=int, help="exit after training this many rounds")
+    parser.add_argument("--data-dir", help="dataset directory (default: the config's)")
+    parser.add_argument("--download", action="store_true", default=None, help="fetch datasets")
+    parser.add_argument("--check", action="store_true", help="GET /healthz once and exit 0/1")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker CLI and return the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = WorkerSettings(**_settings_fields(args))
+        config = load_config(settings.config_path, parse_overrides(args.overrides))
+        client_ids = _parse_client_ids(args.client_ids) if args.client_ids else None
+    except (TributaryError, ValidationError) as exc:
+        return _fail(2, f"invalid settings: {exc}")
+    if args.check:
+        return _check(settings)
+    torch.set_num_threads(settings.torch_threads)  # once, for every client of the process
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+
+    def work() -> list[WorkerSummary]:
+        if client_ids is None:
+            return [run_worker(settings, config, stop=stop)]
+        return run_virtual_clients(client_ids, settings, config, stop=stop)
+
+    return _run(work, stop, settings.stop_grace_s)
+
+
+def _settings_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the flags that were given, as WorkerSettings fields (the rest: env/defaults)."""
+    names = ["server_url", "client_id", "partition_id", "num_partitions", "config_path"]
+    names += ["max_rounds", "data_dir", "download"]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _parse_client_ids(text: str) -> list[int]:
+    ids = parse_clients(text)
+    if ids is None or not ids:
+        raise TributaryError(f"--client-ids {text!r}: list the ids, e.g. 0-9 or 0,3-5")
+    return sorted(ids)
+
+
+def _check(settings: WorkerSettings) -> int:
+    with AggregatorClient(
+        settings.server_url, client_id=settings.client_id, timeout=settings.http_timeout()
+    ) as client:
+        healthy = client.healthy()
+    print(f"{settings.server_url}: {'healthy' if healthy else 'unreachable or unhealthy'}")
+    return 0 if healthy else 1
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    """Make SIGTERM and SIGINT set `stop`; a second signal exits at once."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        del frame
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        _log.info("received %s: stopping after the current step", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _run(work: Callable[[], list[WorkerSummary]], stop: threading.Event, grace_s: float) -> int:
+    """Run `work` in a thread so signals stay responsive; map its outcome to an exit code."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["summaries"] = work()
+        except BaseException as exc:  # reported by the main thread below
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=target, name="worker", daemon=True)
+    runner.start()
+    while runner.is_alive() and not stop.is_set():
+        runner.join(0.5)
+    runner.join(grace_s)  # after a stop: let the current step end cleanly
+    if runner.is_alive():
+        _log.info("no clean end %.0f s after the stop (likely in a long poll); exiting", grace_s)
+        return 0
+    return _report(outcome)
+
+
+def _report(outcome: dict[str, Any]) -> int:
+    error = outcome.get("error")
+    if isinstance(error, ServerUnavailableError):
+        return _fail(1, f"aggregator unavailable: {error}")
+    if isinstance(error, FatalServerError):
+        return _fail(2, f"fatal: {error}")
+    if isinstance(error, TributaryError):
+        return _fail(2, f"fatal: {type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    for summary in outcome["summaries"]:
+        print(summary.line())
+    return 0
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

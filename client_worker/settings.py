@@ -1,0 +1,111 @@
+"""A worker's own settings: where the aggregator is, who this client is, how to retry.
+
+Values come from the defaults here, environment variables prefixed ``TRIBUTARY_WORKER_``
+(``TRIBUTARY_WORKER_SERVER_URL=http://agg:8000``) and keyword arguments (the CLI flags),
+highest priority last. The experiment itself (dataset, model, partitioning) is the shared
+`ExperimentConfig`; these settings only say how this process takes part in it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import ExperimentConfig
+from shared.errors import ConfigError
+
+__all__ = ["WorkerSettings"]
+
+# Margin added to the long-poll wait for the read timeout: the server answers after `wait`
+# seconds at the latest, so a read that takes longer than wait + margin is a dead peer.
+READ_MARGIN_S = 30.0
+
+
+class WorkerSettings(BaseSettings):
+    """How one worker process connects to the aggregator and takes part in the federation."""
+
+    model_config = SettingsConfigDict(env_prefix="TRIBUTARY_WORKER_", extra="forbid")
+
+    server_url: str = "http://127.0.0.1:8000"
+    client_id: str = "0"
+    partition_id: int | None = Field(None, ge=0)  # default: the numeric client_id
+    num_partitions: int | None = Field(None, ge=1)  # default: the experiment config's
+    config_path: Path | None = None  # experiment YAML; None = defaults + environment
+    data_dir: Path | None = None  # default: the experiment config's data_dir
+    download: bool | None = None  # default: the experiment config's download
+
+    # Timeouts are explicit and finite: a dead aggregator must not hang a worker forever.
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float | None = Field(None, gt=0)  # default: long_poll_wait_s + 30
+    write_timeout_s: float = Field(60.0, gt=0)
+    pool_timeout_s: float = Field(5.0, gt=0)
+    long_poll_wait_s: float = Field(30.0, ge=0)
+
+    # Exponential backoff with full jitter on connection errors, timeouts and 5xx.
+    backoff_base_s: float = Field(0.5, gt=0)
+    backoff_cap_s: float = Field(30.0, gt=0)
+    backoff_max_time_s: float = Field(600.0, gt=0)  # give up after this long without success
+
+    stop_grace_s: float = Field(10.0, ge=0)  # after SIGTERM: wait this long for a clean end
+    max_rounds: int | None = Field(None, ge=1)  # bounded mode: exit after training this many
+    # Intra-op threads for torch. Many workers (or virtual clients) usually share a few
+    # cores; one thread each avoids oversubscription, which is slower than serial work.
+    torch_threads: int = Field(1, ge=1)
+    seed: int | None = None  # network simulation and retry jitter; default: config seed
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> WorkerSettings:
+        if self.read_timeout_s is not None and self.read_timeout_s <= self.long_poll_wait_s:
+            raise ValueError(
+                f"read_timeout_s ({self.read_timeout_s}) must exceed long_poll_wait_s "
+                f"({self.long_poll_wait_s}): the server holds each poll that long"
+            )
+        if self.backoff_base_s > self.backoff_cap_s:
+            raise ValueError(
+                f"backoff_base_s ({self.backoff_base_s}) exceeds backoff_cap_s "
+                f"({self.backoff_cap_s})"
+            )
+        return self
+
+    def http_timeout(self) -> httpx.Timeout:
+        """Return the explicit connect/read/write/pool timeouts for the HTTP client."""
+        read = self.read_timeout_s
+        if read is None:
+            read = self.long_poll_wait_s + READ_MARGIN_S
+        return httpx.Timeout(
+            connect=self.connect_timeout_s,
+            read=read,
+            write=self.write_timeout_s,
+            pool=self.pool_timeout_s,
+        )
+
+    def resolved_partition_id(self) -> int:
+        """Return the partition this client trains on: partition_id, else the numeric id."""
+        if self.partition_id is not None:
+            return self.partition_id
+        if not self.client_id.isdigit():
+            raise ConfigError(
+                f"client_id {self.client_id!r} is not a number; set partition_id "
+                "(--partition-id or TRIBUTARY_WORKER_PARTITION_ID)"
+            )
+        return int(self.client_id)
+
+    def resolved_num_partitions(self, config: ExperimentConfig) -> int:
+        """Return num_partitions, defaulting to the experiment config's."""
+        return self.num_partitions if self.num_partitions is not None else config.num_partitions
+
+    def resolved_seed(self, config: ExperimentConfig) -> int:
+        """Return the seed of this worker's own randomness, defaulting to the config's."""
+        return self.seed if self.seed is not None else config.seed
+
+    def experiment_for_worker(self, config: ExperimentConfig) -> ExperimentConfig:
+        """Return `config` with this worker's data_dir and download applied."""
+        update: dict[str, object] = {}
+        if self.data_dir is not None:
+            update["data_dir"] = self.data_dir
+        if self.download is not None:
+            update["download"] = self.download
+        return config.model_copy(update=update) if update else config

@@ -1,0 +1,211 @@
+"""Local training: E epochs of mini-batch SGD on one client's data, optionally FedProx.
+
+The loop is plain PyTorch and deterministic for a given seed: the batch order comes from
+a seeded `torch.Generator`, and a model that draws from torch's process-wide generator
+(dropout) trains inside a forked, seeded copy of it, so the caller's RNG state is left
+as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingInterrupted",
+    "derive_seed",
+    "seeded_global_rng",
+    "train",
+]
+
+# Modules whose forward pass draws from torch's process-wide generator.
+_GLOBAL_RNG_MODULES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+# torch has one process-wide CPU generator: threads (virtual clients) that fork and seed
+# it must take turns, or one thread's draws would land in another's stream.
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
+class TrainingInterrupted(Exception):  # noqa: N818 (an expected outcome, not a failure)
+    """Training was abandoned between two batches (stop requested or simulated crash)."""
+
+    def __init__(self, batches_done: int) -> None:
+        super().__init__(f"training interrupted after {batches_done} batches")
+        self.batches_done = batches_done
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training settings for one round (sent by the aggregator)."""
+
+    local_epochs: int  # E: passes over the local data per round
+    batch_size: int  # B: examples per SGD step; the last batch of an epoch may be smaller
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0  # L2 penalty applied by torch.optim.SGD
+    mu: float = 0.0  # FedProx proximal weight; 0 = plain FedAvg local training
+
+    def __post_init__(self) -> None:
+        if self.local_epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"local_epochs ({self.local_epochs}) and batch_size ({self.batch_size}) "
+                "must be at least 1"
+            )
+        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.mu < 0:
+            raise ValueError(
+                f"lr must be > 0 and momentum, weight_decay, mu >= 0; got lr={self.lr}, "
+                f"momentum={self.momentum}, weight_decay={self.weight_decay}, mu={self.mu}"
+            )
+
+    @classmethod
+    def from_round_config(cls, config: Mapping[str, Any]) -> TrainConfig:
+        """Build from the round config dict the aggregator sends (extra keys ignored)."""
+        try:
+            return cls(
+                local_epochs=int(config["local_epochs"]),
+                batch_size=int(config["batch_size"]),
+                lr=float(config["lr"]),
+                momentum=float(config.get("momentum", 0.0)),
+                weight_decay=float(config.get("weight_decay", 0.0)),
+                mu=float(config.get("mu", 0.0)),
+            )
+        except KeyError as exc:
+            raise ValueError(f"round config lacks the training setting {exc.args[0]!r}") from None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one call of `train` did."""
+
+    num_examples: int  # size of the local data set (the FedAvg weight)
+    train_loss: float  # mean cross-entropy over the examples of the LAST epoch (no prox term)
+    train_seconds: float
+    examples_per_second: float  # examples processed over all epochs / train_seconds
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """Run the body with torch's CPU generator forked and seeded, one thread at a time."""
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def derive_seed(*entropy: int) -> int:
+    """Mix integers (seed, partition_id, server_round, ...) into one 32-bit seed."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
+
+
+def train(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    *,
+    seed: int,
+    stop: threading.Event | None = None,
+    max_batches: int | None = None,
+) -> TrainResult:
+    """Train `model` in place for E local epochs; deterministic for a given seed.
+
+    `stop` set, or `max_batches` SGD steps done, abandons training between two batches
+    with `TrainingInterrupted` (the model is then partly trained and should be discarded).
+    """
+    num_examples = _check_data(images, labels)
+    uses_global_rng = any(isinstance(m, _GLOBAL_RNG_MODULES) for m in model.modules())
+    guard = seeded_global_rng(seed) if uses_global_rng else contextlib.nullcontext()
+    start = time.perf_counter()
+    with guard:
+        train_loss = _run_epochs(model, images, labels, config, seed, stop, max_batches)
+    seconds = time.perf_counter() - start
+    seen = num_examples * config.local_epochs
+    return TrainResult(
+        num_examples=num_examples,
+        train_loss=train_loss,
+        train_seconds=seconds,
+        examples_per_second=seen / seconds if seconds > 0 else 0.0,
+    )
+
+
+def _check_data(images: torch.Tensor, labels: torch.Tensor) -> int:
+    if images.ndim < 2 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"images {tuple(images.shape)} and labels {tuple(labels.shape)} must have the "
+            "same first dimension (images (N, ...), labels (N,))"
+        )
+    if labels.shape[0] == 0:
+        raise ValueError("cannot train on an empty data set (0 examples)")
+    return int(labels.shape[0])
+
+
+def _run_epochs(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    seed: int,
+    stop: threading.Event | None,
+    max_batches: int | None,
+) -> float:
+    """Run the SGD epochs and return the mean loss of the last one."""
+    generator = torch.Generator().manual_seed(seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    # FedProx (Li et al. 2020, https://arxiv.org/abs/1812.06127), eq. 2: the local objective
+    # adds (mu/2) * ||w - w_global||^2, with w_global the weights received this round.
+    anchor = [p.detach().clone() for p in trainable] if config.mu > 0 else None
+    num_examples = labels.shape[0]
+    batches_done = 0
+    epoch_loss = torch.zeros(())
+    model.train()
+    for _epoch in range(config.local_epochs):
+        order = torch.randperm(num_examples, generator=generator)
+        epoch_loss = torch.zeros(())
+        for first in range(0, num_examples, config.batch_size):
+            if (stop is not None and stop.is_set()) or batches_done == max_batches:
+                raise TrainingInterrupted(batches_done)
+            batch = order[first : first + config.batch_size]
+            loss = _step(model, optimizer, images[batch], labels[batch], trainable, anchor, config)
+            epoch_loss += loss * batch.numel()
+            batches_done += 1
+    return float(epoch_loss) / num_examples
+
+
+def _step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,  # (B, C, H, W)
+    labels: torch.Tensor,  # (B,)
+    trainable: list[nn.Parameter],
+    anchor: list[torch.Tensor] | None,
+    config: TrainConfig,
+) -> torch.Tensor:
+    """Take one SGD step and return the batch's mean cross-entropy (detached)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(images), labels)
+    objective = loss
+    if anchor is not None:
+        distance = sum(((p - w0) ** 2).sum() for p, w0 in zip(trainable, anchor, strict=True))
+        objective = loss + 0.5 * config.mu * distance
+    torch.autograd.backward(objective)
+    optimizer.step()
+    return loss.detach()

@@ -1,0 +1,368 @@
+"""The worker's HTTP client for the aggregator: one reused connection pool, retries, errors.
+
+Connection errors, timeouts, 408, 429 and 5xx are retried with exponential backoff and
+full jitter (sleep = uniform(0, min(cap, base * 2**attempt))), honouring Retry-After, until
+an overall time limit. Client errors that a retry cannot heal (400, 401, 403, 404, 413, 415,
+422, ...) raise `FatalServerError`; a 409 for a stale round or an unselected client raises
+`UpdateRejected`, after which the worker drops its update and polls again.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+import numpy as np
+
+from client_worker.network import NetworkSimulator, Sleep, event_sleep
+from shared.errors import MalformedMessage, TributaryError
+from shared.wire import PROTOCOL_VERSION, TensorSpec, check_protocol, decode_message, encode_message
+from shared.wire import decode_weights as _decode_weights
+
+__all__ = [
+    "AggregatorClient",
+    "Backoff",
+    "FatalServerError",
+    "ServerUnavailableError",
+    "StopRequested",
+    "UpdateRejected",
+    "WeightsReply",
+]
+
+_log = logging.getLogger(__name__)
+
+MSGPACK = "application/msgpack"
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
+_RETRYABLE = frozenset({408, 429})  # plus every 5xx
+_REJECTIONS = frozenset({"stale_round", "not_selected"})
+
+
+class FatalServerError(TributaryError):
+    """The aggregator refused a request in a way a retry cannot heal."""
+
+    def __init__(self, status: int, detail: str, code: str | None = None) -> None:
+        label = f"{status} {code}" if code else str(status)
+        super().__init__(f"aggregator answered HTTP {label}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.code = code
+
+
+class UpdateRejected(TributaryError):  # noqa: N818 (the name says what happened)
+    """The aggregator declined an update (stale round, or this client was not selected)."""
+
+    def __init__(self, reason: str, current_round: int | None, detail: str = "") -> None:
+        super().__init__(f"update rejected ({reason}); server round {current_round}: {detail}")
+        self.reason = reason
+        self.current_round = current_round
+
+
+class ServerUnavailableError(TributaryError):
+    """Retries went on for longer than the backoff time limit without success."""
+
+
+class StopRequested(TributaryError):  # noqa: N818 (a signal, not a failure)
+    """A stop was requested while the client waited to retry."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter and an overall time limit."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+    max_time_s: float = 600.0
+
+    def bound(self, attempt: int) -> float:
+        """Return the largest delay of retry number `attempt` (0-based)."""
+        return min(self.cap_s, self.base_s * 2.0 ** min(attempt, 64))
+
+    def delay(self, attempt: int, rng: np.random.Generator) -> float:
+        """Draw the delay of retry `attempt`: uniform(0, bound(attempt)) (full jitter)."""
+        return float(rng.uniform(0.0, self.bound(attempt)))
+
+
+@dataclass(frozen=True)
+class WeightsReply:
+    """A 200 answer of GET /get_weights; tensors stay raw until `weights(spec)`."""
+
+    server_round: int
+    phase: str  # "waiting" | "training" | "finished"
+    model: str
+    selected: tuple[str, ...]
+    config: dict[str, Any]
+    raw_weights: Any
+    etag: str | None
+    is_selected: bool
+    nbytes: int
+
+    def weights(self, spec: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
+        """Decode the global weights, checking names, shapes and dtypes against `spec`."""
+        return _decode_weights(self.raw_weights, spec=spec)
+
+
+class AggregatorClient:
+    """Talks to one aggregator over ONE reused `httpx.Client`, with retries."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        client_id: str,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        backoff: Backoff | None = None,
+        network: NetworkSimulator | None = None,
+        transport: httpx.BaseTransport | None = None,
+        stop: threading.Event | None = None,
+        sleep: Sleep | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int = 0,
+    ) -> None:
+        self.client_id = client_id
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._network = network if network is not None else NetworkSimulator()
+        self._stop = stop
+        self._sleep = sleep if sleep is not None else event_sleep(stop)
+        self._clock = clock
+        self._rng = np.random.default_rng([seed, 0x7E7])
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    # ---------------------------------------------------------------- protocol
+
+    def register(self, num_examples: int) -> dict[str, Any]:
+        """Register this client and the size of its data; idempotent."""
+        body = {"client_id": self.client_id, "num_examples": num_examples}
+        response = self._request("POST", "/register", json_body=body)
+        return _json(response)
+
+    def get_weights(
+        self, min_round: int, etag: str | None = None, wait: float = 30.0
+    ) -> WeightsReply | None:
+        """Long-poll for the global model; None when nothing changed (304)."""
+        params: dict[str, str | int | float] = {
+            "client_id": self.client_id,
+            "min_round": min_round,
+            "wait": wait,
+        }
+        headers = {"If-None-Match": etag} if etag is not None else {}
+        response = self._request("GET", "/get_weights", params=params, headers=headers)
+        if response.status_code == 304:
+            return None
+        return _weights_reply(response, self.client_id)
+
+    def post_update(
+        self,
+        server_round: int,
+        num_examples: int,
+        weights: Mapping[str, np.ndarray],
+        metrics: Mapping[str, float],
+    ) -> dict[str, Any]:
+        """Send this round's trained weights; a duplicate re-post counts as success."""
+        message = {
+            "protocol": PROTOCOL_VERSION,
+            "client_id": self.client_id,
+            "round": server_round,
+            "num_examples": num_examples,
+            "weights": dict(weights),
+            "metrics": dict(metrics),
+        }
+        content = encode_message(message)
+        response = self._request(
+            "POST", "/receive", content=content, headers={"Content-Type": MSGPACK}
+        )
+        return _json(response)
+
+    def healthy(self) -> bool:
+        """Tell whether GET /healthz answers 200 (one attempt, no retries)."""
+        try:
+            return self._http.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> AggregatorClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- retries
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
+        content: bytes | None = None,
+        params: Mapping[str, str | int | float] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send with retries; return a 2xx or 304 response or raise a typed error."""
+        all_headers = dict(headers or {})
+        if json_body is not None:
+            content = json.dumps(json_body).encode()
+            all_headers["Content-Type"] = "application/json"
+        started = self._clock()
+        attempt = 0
+        while True:
+            self._check_stop()
+            response, failure = self._attempt(method, path, content, params, all_headers)
+            if response is not None and not _retryable(response.status_code):
+                _raise_for_status(response)
+                return response
+            retry_after = _retry_after(response) if response is not None else None
+            delay = (
+                retry_after if retry_after is not None else self._backoff.delay(attempt, self._rng)
+            )
+            elapsed = self._clock() - started
+            if elapsed + delay > self._backoff.max_time_s:
+                raise ServerUnavailableError(
+                    f"{method} {path} kept failing for {elapsed:.0f} s ({failure}); "
+                    f"gave up after {attempt + 1} attempts (backoff_max_time_s="
+                    f"{self._backoff.max_time_s:g}); check that the aggregator is up"
+                )
+            _log.warning(
+                "client %s: %s %s failed (%s); retry %d in %.2f s",
+                self.client_id,
+                method,
+                path,
+                failure,
+                attempt + 1,
+                delay,
+            )
+            self._sleep(delay)
+            attempt += 1
+
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None,
+        params: Mapping[str, str | int | float] | None,
+        headers: Mapping[str, str],
+    ) -> tuple[httpx.Response | None, str]:
+        """Send once with the simulated network; return (response or None, failure text)."""
+        self._network.before_request()
+        if content:
+            self._network.after_transfer(len(content))
+        try:
+            response = self._http.request(
+                method, path, content=content, params=params, headers=headers
+            )
+        except httpx.TransportError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        self.bytes_up += len(content or b"")
+        self.bytes_down += len(response.content)
+        self._network.after_transfer(len(response.content))
+        return response, f"HTTP {response.status_code} {_error_fields(response)[1]}".strip()
+
+    def _check_stop(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            raise StopRequested(f"client {self.client_id}: stop requested")
+
+
+# -------------------------------------------------------------------- responses
+
+
+def _retryable(status: int) -> bool:
+    return status >= 500 or status in _RETRYABLE
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Return the Retry-After header in seconds (delta or HTTP date), if present."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_fields(response: httpx.Response) -> tuple[str | None, str, dict[str, Any]]:
+    """Return (error code, detail, body) of an error response; tolerant of any body."""
+    if response.status_code < 400:
+        return None, "", {}
+    try:
+        body = response.json()
+    except ValueError:
+        return None, response.text[:200], {}
+    if not isinstance(body, dict):
+        return None, str(body)[:200], {}
+    code = body.get("error")
+    detail = body.get("detail", "")
+    return (str(code) if code is not None else None), str(detail), body
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    """Raise the typed error of a non-retryable 4xx; pass 2xx and 304."""
+    status = response.status_code
+    if status < 400:
+        return
+    code, detail, body = _error_fields(response)
+    if status == 409 and code in _REJECTIONS:
+        current = body.get("round")
+        raise UpdateRejected(code, current if isinstance(current, int) else None, detail)
+    raise FatalServerError(status, detail or response.reason_phrase, code)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise FatalServerError(
+            response.status_code, f"expected a JSON object, got {response.text[:100]!r}"
+        )
+    return body
+
+
+def _weights_reply(response: httpx.Response, client_id: str) -> WeightsReply:
+    """Decode a 200 msgpack answer of GET /get_weights."""
+    message = decode_message(response.content)
+    check_protocol(message)
+    for key in ("round", "phase"):
+        if key not in message:
+            raise MalformedMessage(f"GET /get_weights answer lacks the field {key!r}")
+    selected = tuple(str(c) for c in message.get("selected") or ())
+    header = response.headers.get("X-Tributary-Selected")
+    is_selected = header.lower() == "true" if header is not None else client_id in selected
+    config = message.get("config") or {}
+    return WeightsReply(
+        server_round=int(message["round"]),
+        phase=str(message["phase"]),
+        model=str(message.get("model", config.get("model", ""))),
+        selected=selected,
+        config=dict(config),
+        raw_weights=message.get("weights"),
+        etag=response.headers.get("ETag"),
+        is_selected=is_selected,
+        nbytes=len(response.content),
+    )

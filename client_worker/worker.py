@@ -1,0 +1,367 @@
+"""The worker loop: register, long-poll for rounds, train when selected, post, repeat.
+
+One worker is one federated client. It loads the dataset, keeps its own partition
+(computed locally from its partition_id), registers with the aggregator and then polls
+GET /get_weights with min_round = last handled round + 1 and its last ETag, so the server
+does the waiting. When a round is training and this client is selected, it trains the
+received global model on its partition and posts the result. It ends when the server
+says "finished", when `max_rounds` rounds are trained (bounded mode) or on a stop request.
+Several virtual clients can share one process and one loaded dataset, one thread each.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import torch
+from torch import nn
+
+from client_worker.network import NetworkSimulator, Sleep, event_sleep
+from client_worker.settings import WorkerSettings
+from client_worker.train import TrainConfig, TrainingInterrupted, TrainResult, derive_seed, train
+from client_worker.train import seeded_global_rng as _seeded_global_rng
+from client_worker.transport import (
+    AggregatorClient,
+    Backoff,
+    StopRequested,
+    UpdateRejected,
+    WeightsReply,
+)
+from shared.config import ExperimentConfig
+from shared.data import Dataset, dataset_from_config
+from shared.models import build_model, load_numpy_state, model_spec, state_to_numpy
+from shared.partition import client_indices
+
+__all__ = ["WorkerSummary", "run_virtual_clients", "run_worker"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerSummary:
+    """What one worker did, reported when it ends."""
+
+    client_id: str
+    partition_id: int
+    num_examples: int  # size of this client's partition
+    rounds_trained: int = 0  # updates posted and accepted (duplicates included)
+    rounds_skipped: int = 0  # selected but sat out (simulated dropout, empty partition)
+    rounds_crashed: int = 0  # simulated crash mid-training
+    rounds_rejected: int = 0  # 409 stale_round / not_selected
+    examples_trained: int = 0  # examples processed over all epochs of all trained rounds
+    train_seconds: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    last_round: int = 0  # the last server round seen
+    outcome: str = "running"  # "finished" | "max_rounds" | "stopped"
+
+    def line(self) -> str:
+        """Return the one-line summary printed when the worker ends."""
+        return (
+            f"client {self.client_id} {self.outcome}: partition {self.partition_id} "
+            f"({self.num_examples} examples), trained {self.rounds_trained} rounds, "
+            f"skipped {self.rounds_skipped}, crashed {self.rounds_crashed}, rejected "
+            f"{self.rounds_rejected}, {self.examples_trained} examples in "
+            f"{self.train_seconds:.1f} s, sent {self.bytes_up / 1e6:.2f} MB, received "
+            f"{self.bytes_down / 1e6:.2f} MB, last round {self.last_round}"
+        )
+
+
+def run_worker(
+    settings: WorkerSettings,
+    config: ExperimentConfig,
+    *,
+    stop: threading.Event | None = None,
+    dataset: Dataset | None = None,
+    transport: httpx.BaseTransport | None = None,
+    sleep: Sleep | None = None,
+) -> WorkerSummary:
+    """Run one client until the federation finishes, max_rounds are trained, or `stop`.
+
+    `dataset` skips loading (virtual clients share one); `transport` and `sleep` are for
+    tests (an `httpx.MockTransport`, a sleep that only records). Server errors that a retry
+    cannot heal propagate as `FatalServerError`.
+    """
+    config = settings.experiment_for_worker(config)
+    if dataset is None:
+        dataset = dataset_from_config(config)
+    worker = _Worker(settings, config, dataset, stop or threading.Event(), transport, sleep)
+    return worker.run()
+
+
+def run_virtual_clients(
+    client_ids: list[int],
+    settings: WorkerSettings,
+    config: ExperimentConfig,
+    *,
+    stop: threading.Event | None = None,
+    dataset: Dataset | None = None,
+    transport: httpx.BaseTransport | None = None,
+    sleep: Sleep | None = None,
+) -> list[WorkerSummary]:
+    """Run several clients in this process, one thread each, sharing one loaded dataset.
+
+    Client k trains on partition k. The first error of any client stops all of them and
+    is raised once every thread has ended.
+    """
+    stop = stop if stop is not None else threading.Event()
+    config = settings.experiment_for_worker(config)
+    if dataset is None:
+        dataset = dataset_from_config(config)
+    summaries: dict[int, WorkerSummary] = {}
+    errors: list[BaseException] = []
+
+    def run_one(client_index: int) -> None:
+        own = settings.model_copy(
+            update={"client_id": str(client_index), "partition_id": client_index}
+        )
+        try:
+            summaries[client_index] = run_worker(
+                own, config, stop=stop, dataset=dataset, transport=transport, sleep=sleep
+            )
+        except BaseException as exc:  # handed to the caller below
+            errors.append(exc)
+            stop.set()
+
+    threads = [
+        threading.Thread(target=run_one, args=(cid,), name=f"client-{cid}", daemon=True)
+        for cid in client_ids
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [summaries[cid] for cid in client_ids]
+
+
+class _Worker:
+    """One client's state across rounds."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        config: ExperimentConfig,
+        dataset: Dataset,
+        stop: threading.Event,
+        transport: httpx.BaseTransport | None,
+        sleep: Sleep | None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.dataset = dataset
+        self.stop = stop
+        self.client_id = settings.client_id
+        self.partition_id = settings.resolved_partition_id()
+        self.images, self.labels = self._partition()
+        seed = settings.resolved_seed(config)
+        sleep = sleep if sleep is not None else event_sleep(stop)
+        self.network = NetworkSimulator.from_config(
+            config, client_index=self.partition_id, seed=seed, sleep=sleep
+        )
+        self.client = AggregatorClient(
+            settings.server_url,
+            client_id=self.client_id,
+            timeout=settings.http_timeout(),
+            backoff=Backoff(
+                settings.backoff_base_s, settings.backoff_cap_s, settings.backoff_max_time_s
+            ),
+            network=self.network,
+            transport=transport,
+            stop=stop,
+            sleep=sleep,
+            seed=derive_seed(seed, self.partition_id),  # clients retry out of step
+        )
+        self.summary = WorkerSummary(self.client_id, self.partition_id, len(self.labels))
+        self.last_done = 0  # the last round trained, skipped, crashed or rejected
+        self.etag: str | None = None
+        self.model: nn.Module | None = None
+        self.model_name = ""
+
+    def _partition(self) -> tuple[torch.Tensor, torch.Tensor]:
+        num_partitions = self.settings.resolved_num_partitions(self.config)
+        indices = client_indices(
+            self.dataset.train.labels,
+            partition_id=self.partition_id,
+            num_partitions=num_partitions,
+            config=self.config.partition,
+            seed=self.config.seed,  # the same for every client: partitions stay disjoint
+        )
+        split = self.dataset.train.subset(indices)
+        return torch.from_numpy(split.images), torch.from_numpy(split.labels)
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self) -> WorkerSummary:
+        """Register and serve rounds until finished, bounded, or stopped."""
+        self._log(
+            "partition %d: %d examples; %s",
+            self.partition_id,
+            len(self.labels),
+            self.network.describe(),
+        )
+        try:
+            with self.client:
+                answer = self.client.register(len(self.labels))
+                self._log(
+                    "registered (server round %s, phase %s)",
+                    answer.get("round"),
+                    answer.get("phase"),
+                )
+                while self.summary.outcome == "running":
+                    self._step()
+        except StopRequested:
+            self.summary.outcome = "stopped"
+        finally:
+            self.summary.bytes_up = self.client.bytes_up
+            self.summary.bytes_down = self.client.bytes_down
+        self._log("%s", self.summary.line())
+        return self.summary
+
+    def _step(self) -> None:
+        """Poll once and act on the answer; set the outcome when the worker should end."""
+        if self.stop.is_set():
+            self.summary.outcome = "stopped"
+            return
+        wait = self.settings.long_poll_wait_s
+        reply = self.client.get_weights(self.last_done + 1, self.etag, wait)
+        if reply is None:
+            return  # 304: nothing changed while the server held the request
+        self.etag = reply.etag
+        self.summary.last_round = reply.server_round
+        if reply.phase == "finished":
+            self.summary.outcome = "finished"
+        elif (
+            reply.phase == "training" and reply.is_selected and reply.server_round > self.last_done
+        ):
+            self._take_part(reply)
+            self.last_done = reply.server_round
+            max_rounds = self.settings.max_rounds
+            if max_rounds is not None and self.summary.rounds_trained >= max_rounds:
+                self.summary.outcome = "max_rounds"
+
+    def _take_part(self, reply: WeightsReply) -> None:
+        """Train on the selected round and post the update, unless simulated away."""
+        server_round = reply.server_round
+        if len(self.labels) == 0:
+            self._skip(server_round, "the partition is empty")
+            return
+        if self.network.drops_round(server_round):
+            self._skip(server_round, "simulated dropout")
+            return
+        model = self._load_global_model(reply)
+        train_config = TrainConfig.from_round_config(reply.config)
+        batches = math.ceil(len(self.labels) / train_config.batch_size)
+        crash_at = self.network.crash_point(server_round, batches * train_config.local_epochs)
+        seed = derive_seed(
+            int(reply.config.get("seed", self.config.seed)), self.partition_id, server_round
+        )
+        try:
+            result = train(
+                model,
+                self.images,
+                self.labels,
+                train_config,
+                seed=seed,
+                stop=self.stop,
+                max_batches=crash_at,
+            )
+        except TrainingInterrupted as exc:
+            self._interrupted(server_round, exc)
+            return
+        self._post(server_round, model, result, train_config.local_epochs)
+
+    def _post(
+        self, server_round: int, model: nn.Module, result: TrainResult, local_epochs: int
+    ) -> None:
+        metrics = {
+            "train_loss": result.train_loss,
+            "train_seconds": result.train_seconds,
+            "examples_per_second": result.examples_per_second,
+        }
+        try:
+            answer = self.client.post_update(
+                server_round, result.num_examples, state_to_numpy(model), metrics
+            )
+        except UpdateRejected as exc:
+            self.summary.rounds_rejected += 1
+            self._log("round %d: update dropped: %s", server_round, exc)
+            return
+        self.summary.rounds_trained += 1
+        self.summary.examples_trained += result.num_examples * local_epochs
+        self.summary.train_seconds += result.train_seconds
+        self._log(
+            "round %d: trained %d examples in %.2f s, loss %.4f; posted (%s/%s received%s)",
+            server_round,
+            result.num_examples,
+            result.train_seconds,
+            result.train_loss,
+            answer.get("received"),
+            answer.get("needed"),
+            ", duplicate" if answer.get("duplicate") else "",
+        )
+
+    def _interrupted(self, server_round: int, exc: TrainingInterrupted) -> None:
+        if self.stop.is_set():
+            self._log(
+                "round %d: stop requested, training abandoned after %d batches",
+                server_round,
+                exc.batches_done,
+            )
+            self.summary.outcome = "stopped"
+            return
+        self.summary.rounds_crashed += 1
+        delay = self.network.rejoin_delay_s(server_round)
+        self._log(
+            "round %d: simulated crash after %d batches; rejoining in %.1f s",
+            server_round,
+            exc.batches_done,
+            delay,
+        )
+        self.network.rejoin(server_round)
+
+    def _skip(self, server_round: int, reason: str) -> None:
+        self.summary.rounds_skipped += 1
+        self._log("round %d: selected but skipped (%s)", server_round, reason)
+
+    # ---------------------------------------------------------------- model
+
+    def _load_global_model(self, reply: WeightsReply) -> nn.Module:
+        """Return the round's model (built once per name) holding the global weights."""
+        name = reply.model or str(reply.config.get("model", self.config.model))
+        self._warn_on_mismatch(reply.config)
+        if self.model is None or name != self.model_name:
+            with _seeded_global_rng(0):  # the layer initialisers draw from torch's global RNG
+                self.model = build_model(
+                    name,
+                    in_channels=self.dataset.in_channels,
+                    num_classes=self.dataset.num_classes,
+                    image_size=self.dataset.image_size,
+                )
+            self.model_name = name
+        load_numpy_state(self.model, reply.weights(model_spec(self.model)))
+        return self.model
+
+    def _warn_on_mismatch(self, round_config: dict[str, Any]) -> None:
+        local = {
+            "dataset": self.config.dataset,
+            "num_partitions": self.settings.resolved_num_partitions(self.config),
+        }
+        for key, value in local.items():
+            if key in round_config and round_config[key] != value:
+                _log.warning(
+                    "client %s: the server's %s is %r but this worker uses %r",
+                    self.client_id,
+                    key,
+                    round_config[key],
+                    value,
+                )
+
+    def _log(self, message: str, *args: object) -> None:
+        _log.info("client %s: " + message, self.client_id, *args)

@@ -1,0 +1,67 @@
+"""The fields of every message, validated with pydantic (tensors are checked by the codec)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+
+__all__ = [
+    "MAX_NUM_EXAMPLES",
+    "ClientId",
+    "Phase",
+    "ReceiveReply",
+    "RegisterReply",
+    "RegisterRequest",
+    "UpdateHeader",
+]
+
+# Above this a client's example count is absurd (and would swamp every other client).
+MAX_NUM_EXAMPLES = 1_000_000_000
+
+ClientId = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$", strict=True)
+]
+Phase = Literal["waiting", "training", "aggregating", "finished"]
+
+
+class UpdateHeader(BaseModel):
+    """Every field of a POST /receive message except the weights."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    protocol: StrictInt
+    client_id: ClientId
+    round: Annotated[StrictInt, Field(ge=1)]
+    num_examples: Annotated[StrictInt, Field(ge=1, le=MAX_NUM_EXAMPLES)]
+    weights: dict[str, Any]
+    metrics: dict[str, float] = {}
+
+
+class RegisterRequest(BaseModel):
+    """Body of POST /register."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: ClientId
+    num_examples: Annotated[StrictInt, Field(ge=1, le=MAX_NUM_EXAMPLES)] | None = None
+
+
+class RegisterReply(BaseModel):
+    """Answer to POST /register."""
+
+    client_id: str
+    registered: bool
+    round: int
+    phase: Phase
+    num_rounds: int
+
+
+class ReceiveReply(BaseModel):
+    """Answer to an accepted (or duplicate) POST /receive."""
+
+    accepted: bool
+    duplicate: bool
+    round: int
+    received: int
+    needed: int

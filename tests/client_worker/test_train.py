@@ -1,0 +1,238 @@
+"""Tests of the local training loop: convergence, determinism, FedProx, interruption, math."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from client_worker.train import (
+    TrainConfig,
+    TrainingInterrupted,
+    derive_seed,
+    seeded_global_rng,
+    train,
+)
+from shared.models import build_model
+
+
+def _blobs(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two well-separated Gaussian blobs as (N, 1, 2, 2) images and labels 0/1."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    centers = torch.where(labels[:, None] == 1, 3.0, -3.0)  # (N, 1)
+    points = centers + 0.5 * torch.randn(n, 4, generator=gen)  # (N, 4)
+    return points.reshape(n, 1, 2, 2), labels.long()
+
+
+def _linear(seed: int = 0) -> nn.Module:
+    with seeded_global_rng(seed):
+        return nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+
+
+def _model(name: str) -> nn.Module:
+    with seeded_global_rng(1):
+        return build_model(name, in_channels=1, num_classes=2, image_size=2)
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return float(sum(((x - y) ** 2).sum() for x, y in zip(a, b, strict=True)))
+
+
+def test_loss_decreases_on_separable_data() -> None:
+    images, labels = _blobs()
+    model = _linear()
+    with torch.no_grad():
+        before = float(F.cross_entropy(model(images), labels))
+    result = train(model, images, labels, TrainConfig(5, 8, lr=0.1), seed=0)
+    with torch.no_grad():
+        after = float(F.cross_entropy(model(images), labels))
+    assert after < 0.5 * before
+    assert result.train_loss < before
+    assert result.num_examples == 64
+    assert result.train_seconds > 0
+    assert result.examples_per_second == pytest.approx(5 * 64 / result.train_seconds)
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlp-128"])
+def test_same_seed_gives_identical_weights(name: str) -> None:
+    images, labels = _blobs()
+    first, second = _model(name), _model(name)
+    config = TrainConfig(2, 8, lr=0.05, momentum=0.9)
+    train(first, images, labels, config, seed=7)
+    train(second, images, labels, config, seed=7)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlp-128"])
+def test_different_seeds_give_different_weights(name: str) -> None:
+    images, labels = _blobs()
+    first, second = _model(name), _model(name)
+    config = TrainConfig(1, 8, lr=0.05)
+    train(first, images, labels, config, seed=1)
+    train(second, images, labels, config, seed=2)
+    assert _distance(_params(first), _params(second)) > 1e-8
+
+
+def test_dropout_model_leaves_global_rng_untouched() -> None:
+    images, labels = _blobs()
+    before = torch.get_rng_state()
+    train(_model("mlp-128"), images, labels, TrainConfig(1, 8, lr=0.05), seed=3)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_dropout_is_active_during_training() -> None:
+    # With dropout 0.2 a seeded run differs from the same run with dropout disabled.
+    images, labels = _blobs()
+    with_dropout, without = _model("mlp-128"), _model("mlp-128")
+    for module in without.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    config = TrainConfig(1, 64, lr=0.1)
+    train(with_dropout, images, labels, config, seed=0)
+    train(without, images, labels, config, seed=0)
+    assert _distance(_params(with_dropout), _params(without)) > 1e-10
+
+
+def test_fedprox_pulls_weights_toward_global() -> None:
+    images, labels = _blobs()
+    start = _linear()
+    w_global = _params(start)
+    plain, prox = copy.deepcopy(start), copy.deepcopy(start)
+    train(plain, images, labels, TrainConfig(5, 8, lr=0.1), seed=0)
+    train(prox, images, labels, TrainConfig(5, 8, lr=0.1, mu=5.0), seed=0)
+    assert _distance(_params(prox), w_global) < 0.5 * _distance(_params(plain), w_global)
+
+
+def test_stop_set_before_training_interrupts_at_once() -> None:
+    images, labels = _blobs()
+    model = _linear()
+    before = _params(model)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(TrainingInterrupted) as info:
+        train(model, images, labels, TrainConfig(1, 8, lr=0.1), seed=0, stop=stop)
+    assert info.value.batches_done == 0
+    assert _distance(_params(model), before) == 0.0
+
+
+class _StopAfter(nn.Module):
+    """Wraps a model and sets `stop` during its `calls`-th forward pass."""
+
+    def __init__(self, inner: nn.Module, stop: threading.Event, calls: int) -> None:
+        super().__init__()
+        self.inner, self.stop, self.calls, self.count = inner, stop, calls, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.count += 1
+        if self.count == self.calls:
+            self.stop.set()
+        out: torch.Tensor = self.inner(x)
+        return out
+
+
+def test_stop_set_mid_training_abandons_between_batches() -> None:
+    images, labels = _blobs()
+    stop = threading.Event()
+    model = _StopAfter(_linear(), stop, calls=3)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(model, images, labels, TrainConfig(2, 8, lr=0.1), seed=0, stop=stop)
+    assert info.value.batches_done == 3  # the third batch completed, the fourth never started
+
+
+def test_max_batches_interrupts_after_that_many_steps() -> None:
+    images, labels = _blobs()
+    with pytest.raises(TrainingInterrupted) as info:
+        train(_linear(), images, labels, TrainConfig(2, 8, lr=0.1), seed=0, max_batches=5)
+    assert info.value.batches_done == 5
+
+
+def _gd_step(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, lr: float, extra: float = 0.0
+) -> tuple[list[torch.Tensor], float]:
+    """One independent full-batch gradient step; `extra` adds weight decay (extra * w)."""
+    params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    weight, bias = params
+    logits = images.reshape(len(images), -1) @ weight.T + bias  # (N, 2)
+    loss = F.cross_entropy(logits, labels)  # mean over all N examples
+    grads = torch.autograd.grad(loss, params)
+    stepped = [(p - lr * (g + extra * p)).detach() for p, g in zip(params, grads, strict=True)]
+    return stepped, float(loss)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_full_batch_epoch_is_one_gradient_descent_step(weight_decay: float) -> None:
+    images, labels = _blobs(n=20)
+    model = _linear(seed=4)
+    expected, loss_before = _gd_step(model, images, labels, lr=0.3, extra=weight_decay)
+    config = TrainConfig(1, batch_size=20, lr=0.3, weight_decay=weight_decay)
+    result = train(model, images, labels, config, seed=9)
+    for got, want in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+    assert result.train_loss == pytest.approx(loss_before, rel=1e-5)  # loss of the one batch
+
+
+def test_fedprox_second_step_adds_mu_times_distance() -> None:
+    # Epoch 1 starts at w_global, so the proximal gradient is zero; epoch 2 adds mu*(w1 - w0).
+    images, labels = _blobs(n=20)
+    model = _linear(seed=5)
+    mu, lr = 2.0, 0.2
+    w0 = _params(model)
+    w1, _ = _gd_step(model, images, labels, lr=lr)
+    probe = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, value in zip(probe.parameters(), w1, strict=True):
+            p.copy_(value)
+    plain_w2, _ = _gd_step(probe, images, labels, lr=lr)
+    expected = [p2 - lr * mu * (p1 - p0) for p2, p1, p0 in zip(plain_w2, w1, w0, strict=True)]
+    train(model, images, labels, TrainConfig(2, 20, lr=lr, mu=mu), seed=0)
+    for got, want in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_train_config_from_round_config_ignores_other_keys() -> None:
+    round_config = {"model": "mlp", "dataset": "mnist5k", "local_epochs": 2, "batch_size": 16}
+    round_config |= {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.001, "mu": 0.01, "seed": 3}
+    config = TrainConfig.from_round_config(round_config)
+    assert config == TrainConfig(2, 16, lr=0.1, momentum=0.5, weight_decay=0.001, mu=0.01)
+
+
+def test_train_config_rejects_missing_and_invalid_values() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig.from_round_config({"local_epochs": 1, "lr": 0.1})
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(1, 8, lr=0.0)
+
+
+def test_train_rejects_empty_or_mismatched_data() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        train(
+            _linear(),
+            torch.zeros(0, 1, 2, 2),
+            torch.zeros(0).long(),
+            TrainConfig(1, 8, 0.1),
+            seed=0,
+        )
+    with pytest.raises(ValueError, match="first dimension"):
+        train(
+            _linear(),
+            torch.zeros(3, 1, 2, 2),
+            torch.zeros(2).long(),
+            TrainConfig(1, 8, 0.1),
+            seed=0,
+        )
+
+
+def test_derive_seed_is_stable_and_distinguishes_inputs() -> None:
+    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
+    assert len({derive_seed(0, pid, rnd) for pid in range(5) for rnd in range(5)}) == 25
+    assert 0 <= derive_seed(123) < 2**32
