@@ -43,7 +43,7 @@ _GLOBAL_RNG_MODULES = (
 _GLOBAL_RNG_LOCK = threading.Lock()
 
 
-class TrainingInterrupted(Exception):  # noqa: N818 (an expected outcome, not a failure)
+class TrainingInterrupted(Exception):
     """Training was abandoned between two batches (stop requested or simulated crash)."""
 
     def __init__(self, batches_done: int) -> None:

@@ -56,7 +56,7 @@ class FatalServerError(TributaryError):
         self.code = code
 
 
-class UpdateRejected(TributaryError):  # noqa: N818 (the name says what happened)
+class UpdateRejected(TributaryError):
     """The aggregator declined an update (stale round, or this client was not selected)."""
 
     def __init__(self, reason: str, current_round: int | None, detail: str = "") -> None:
@@ -69,7 +69,7 @@ class ServerUnavailableError(TributaryError):
     """Retries went on for longer than the backoff time limit without success."""
 
 
-class StopRequested(TributaryError):  # noqa: N818 (a signal, not a failure)
+class StopRequested(TributaryError):
     """A stop was requested while the client waited to retry."""
 
 

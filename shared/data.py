@@ -176,6 +176,8 @@ def load_torchvision(
     name: str, *, data_dir: Path, download: bool = False, verify_checksums: bool = True
 ) -> Dataset:
     """Read a torchvision dataset's raw files; `verify_checksums=False` skips CIFAR's md5."""
+    if name not in _TORCHVISION:
+        raise DatasetError(f"{name!r} is not a torchvision dataset: {', '.join(_TORCHVISION)}")
     spec = _TORCHVISION[name]
     folder = Path(data_dir) / spec.folder
     if not download:

@@ -102,9 +102,7 @@ class _Reader:
     def _take(self, n: int) -> memoryview:
         end = self.pos + n
         if end > len(self.buf):
-            raise MalformedMessage(
-                f"truncated message: needs {end} bytes, has {len(self.buf)}"
-            )
+            raise MalformedMessage(f"truncated message: needs {end} bytes, has {len(self.buf)}")
         view = self.buf[self.pos : end]
         self.pos = end
         return view
@@ -119,8 +117,11 @@ class _Reader:
     def _check_container(self, count: int, depth: int) -> None:
         if depth >= self.max_depth:
             raise MalformedMessage(f"message nested deeper than {self.max_depth} levels")
-        if count > len(self.buf) - self.pos:
-            raise MalformedMessage(f"container declares {count} items; too few bytes remain")
+        remaining = len(self.buf) - self.pos
+        if count > remaining:  # every object takes at least one byte
+            raise MalformedMessage(
+                f"truncated message: a container declares {count} objects, {remaining} bytes remain"
+            )
 
     def _array(self, count: int, depth: int) -> list[Any]:
         self._check_container(count, depth)

@@ -8,9 +8,11 @@ A tensor is the map ``{"dtype": "float32", "shape": [10, 784], "data": <bin>}``;
 payload maps tensor names to tensors in the model's state_dict order. The full format is
 specified in docs/protocol.md.
 
-Encoding copies each tensor's bytes once (into the output buffer). Decoding is zero-copy:
-arrays are read-only `np.frombuffer` views of the received bytes (copy before in-place
-math). This module imports only numpy and msgpack, so a thin client needs nothing else.
+Encoding copies each tensor's bytes once (into the output buffer) and starts each tensor's
+data at a multiple of 8 bytes from the message start, so that decoded views are aligned
+for their dtype (numpy's fast loops need that). Decoding is zero-copy: arrays are
+read-only `np.frombuffer` views of the received bytes (copy before in-place math). This
+module imports only numpy and msgpack, so a thin client needs nothing else.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ PROTOCOL_VERSION = 1
 MAX_NDIM = 32
 # The dtype names the wire accepts, each meaning the little-endian numpy type.
 DTYPES: frozenset[str] = frozenset(
-    ["bool", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64"]
-    + ["float16", "float32", "float64"]
+    {"bool", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64"}
+    | {"float16", "float32", "float64"}
 )
 # The encoder starts each tensor's data at a multiple of this many bytes from the message
 # start, so that decoded views are aligned for their dtype (unaligned ones are slower).
@@ -128,7 +130,7 @@ class _Encoder:
         if dtype_name not in DTYPES:
             raise UnsupportedDtype(name, f"dtype {dtype_name!r} cannot go on the wire")
         little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-        data = memoryview(np.ascontiguousarray(little).reshape(-1).view(np.uint8))
+        data = np.ascontiguousarray(little).reshape(-1).view(np.uint8).data
         fields = (dtype_name, self.packer.pack(list(array.shape)), _bin_header(data.nbytes, name))
         head = _tensor_head(*fields, pad=0)
         pad = -(self.pos + len(head)) % _ALIGN

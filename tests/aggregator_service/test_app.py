@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
+
+from aggregator_service.app import create_app
+from aggregator_service.settings import AggregatorSettings
+from shared.evaluation import EvalResult
 
 from shared.wire import decode_message
 from tests.aggregator_service.helpers import (
@@ -156,8 +164,6 @@ def test_model_summary_for_curl(start_app: AppFactory) -> None:
     as_json = client.get("/get_weights", headers={"Accept": "application/json"})
     assert as_json.headers["content-type"] == "application/json"
     assert as_json.json()["sha256"] == summary["sha256"]
-    import hashlib
-
     payload = client.get("/get_weights").content
     assert hashlib.sha256(payload).hexdigest() == summary["sha256"]
 
@@ -184,3 +190,27 @@ def test_finishes_after_num_rounds_and_answers_long_polls_at_once(start_app: App
     assert status["round"] == 1
     reply = client.get("/get_weights", params={"min_round": 2, "wait": 30})
     assert decode_message(reply.content)["phase"] == "finished"
+
+
+def test_server_side_evaluation_goes_to_history(tmp_path: Path) -> None:
+    evaluated: list[float] = []
+
+    def evaluator(weights: Mapping[str, np.ndarray]) -> EvalResult:
+        norm = float(sum(np.abs(a).sum() for a in weights.values() if a.dtype.kind == "f"))
+        evaluated.append(norm)
+        return EvalResult(loss=0.25, accuracy=0.75, num_examples=100)
+
+    settings = AggregatorSettings(state_dir=tmp_path / "state")
+    app = create_app(settings, experiment(num_rounds=1, server_eval=True), evaluator=evaluator)
+    with TestClient(app) as client:
+        register(client, "a", "b")
+        wait_for(client, lambda s: s["phase"] == "training")
+        _, weights = global_model(client)
+        for client_id in ("a", "b"):
+            client.post("/receive", content=update_body(client_id, 1, weights), headers=MSGPACK)
+        wait_for(client, lambda s: s["phase"] == "finished")
+        (row,) = client.get("/history").json()
+        assert "tributary_eval_accuracy 0.75" in client.get("/metrics").text
+    assert len(evaluated) == 1
+    assert row["eval_accuracy"] == 0.75
+    assert row["eval_loss"] == 0.25

@@ -166,7 +166,7 @@ def _gd_step(
     loss = F.cross_entropy(logits, labels)  # mean over all N examples
     grads = torch.autograd.grad(loss, params)
     stepped = [(p - lr * (g + extra * p)).detach() for p, g in zip(params, grads, strict=True)]
-    return stepped, float(loss)
+    return stepped, float(loss.detach())
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])

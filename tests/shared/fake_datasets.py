@@ -49,7 +49,9 @@ def write_idx_images(path: Path, images: np.ndarray) -> None:
 
 def write_idx_labels(path: Path, labels: np.ndarray) -> None:
     """Write (N,) uint8 labels as an idx1 file."""
-    path.write_bytes(struct.pack(">II", IDX_LABELS_MAGIC, len(labels)) + labels.astype(np.uint8).tobytes())
+    path.write_bytes(
+        struct.pack(">II", IDX_LABELS_MAGIC, len(labels)) + labels.astype(np.uint8).tobytes()
+    )
 
 
 def write_mnist(
@@ -79,9 +81,7 @@ def write_cifar10(
     folder = root / CIFAR_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     train_images, train_labels = train
-    batches = zip(
-        np.array_split(train_images, 5), np.array_split(train_labels, 5), strict=True
-    )
+    batches = zip(np.array_split(train_images, 5), np.array_split(train_labels, 5), strict=True)
     for number, (images, labels) in enumerate(batches, start=1):
         _write_batch(folder / f"data_batch_{number}", images, labels, f"training batch {number}")
     _write_batch(folder / "test_batch", *test, "testing batch 1")

@@ -144,7 +144,9 @@ def test_partly_missing_mnist_names_only_the_missing_files(tmp_path: Path) -> No
         load_dataset("mnist", data_dir=tmp_path)
 
 
-def test_failed_download_is_a_dataset_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_download_is_a_dataset_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torchvision.datasets
 
     def offline(self: object) -> None:
@@ -191,6 +193,7 @@ def test_stratified_split_is_a_disjoint_seeded_cover() -> None:
     assert np.intersect1d(train, test).size == 0
     np.testing.assert_array_equal(np.union1d(train, test), np.arange(5000))
     again_train, again_test = stratified_split(labels, test_size=1000, seed=0)
+    np.testing.assert_array_equal(again_train, train)
     np.testing.assert_array_equal(again_test, test)
     _, other_test = stratified_split(labels, test_size=1000, seed=1)
     assert not np.array_equal(other_test, test)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from shared.config import PartitionConfig
@@ -83,8 +83,8 @@ def test_iid_covers_everything_in_near_equal_parts(
 def test_shards_cover_everything_with_bounded_label_spread(
     data: st.DataObject, labels: np.ndarray, seed: int
 ) -> None:
-    shards_per_client = data.draw(st.integers(1, 3))
-    num_partitions = data.draw(st.integers(1, max(1, len(labels) // shards_per_client)))
+    shards_per_client = data.draw(st.integers(1, min(3, len(labels))))
+    num_partitions = data.draw(st.integers(1, len(labels) // shards_per_client))
     num_shards = num_partitions * shards_per_client
     config = PartitionConfig(name="shards", shards_per_client=shards_per_client)
     parts = _check_common(labels, num_partitions, config, seed)
@@ -126,9 +126,8 @@ def test_dirichlet_covers_everything_and_fills_every_client(
     config = PartitionConfig(name="dirichlet", alpha=alpha)
     try:
         parts = _check_common(labels, num_partitions, config, seed)
-    except ConfigError as exc:  # possible with few classes, many clients and a small alpha
-        assert "increase partition.alpha" in str(exc)
-        return
+    except ConfigError:  # rare: few classes, many clients and a small alpha
+        reject()
     _assert_exact_cover(parts, len(labels))
     assert min(len(part) for part in parts) >= DIRICHLET_MIN_SIZE
 
@@ -160,7 +159,9 @@ def test_classes_assign_listed_labels_once_and_split_shared_ones_evenly(
     num_partitions = data.draw(st.integers(1, 6))
     subsets = st.lists(st.integers(0, 9), max_size=4, unique=True)
     classes = data.draw(st.lists(subsets, min_size=num_partitions, max_size=num_partitions))
-    parts = _check_common(labels, num_partitions, PartitionConfig(name="classes", classes=classes), seed)
+    parts = _check_common(
+        labels, num_partitions, PartitionConfig(name="classes", classes=classes), seed
+    )
     listed = {label for chosen in classes for label in chosen}
     in_listed = np.isin(labels, list(listed))
     merged = np.concatenate(parts)
@@ -168,7 +169,9 @@ def test_classes_assign_listed_labels_once_and_split_shared_ones_evenly(
     for chosen, part in zip(classes, parts, strict=True):
         assert set(labels[part].tolist()) <= set(chosen)
     for label in listed:
-        shares = [np.sum(labels[p] == label) for c, p in zip(classes, parts, strict=True) if label in c]
+        shares = [
+            np.sum(labels[p] == label) for c, p in zip(classes, parts, strict=True) if label in c
+        ]
         assert max(shares) - min(shares) <= 1
 
 
@@ -244,7 +247,7 @@ def test_partition_report_hand_computed() -> None:
 
 
 def test_partition_report_rejects_labels_beyond_num_classes() -> None:
-    with pytest.raises(ConfigError, match="labels must lie in 0..1"):
+    with pytest.raises(ConfigError, match=r"labels must lie in 0\.\.1"):
         partition_report(np.array([0, 2]), [np.array([0, 1])], num_classes=2)
 
 

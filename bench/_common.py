@@ -1,0 +1,294 @@
+"""Helpers of the aggregator benchmarks: a server process, its memory, clients, tables.
+
+The aggregator runs as its own process (``python -m aggregator_service``) so that its
+memory can be read from ``/proc/<pid>/status`` apart from the clients' and so that the
+clients do not share its interpreter lock. Timed uploads use the standard library's
+``http.client``, which hands the whole body to ``socket.sendall`` without copying it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.wire import decode_message, decode_weights, encode_message
+
+__all__ = [
+    "MIB",
+    "Aggregator",
+    "Upload",
+    "encode_update",
+    "fetch_model",
+    "get_json",
+    "machine_line",
+    "markdown_table",
+    "post_update",
+    "read_memory",
+    "register_clients",
+    "reset_peak",
+    "running_aggregator",
+    "summarize",
+    "wait_for_status",
+]
+
+MIB = 1 << 20
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_MSGPACK = "application/msgpack"
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    """A running aggregator process and where it listens."""
+
+    pid: int
+    host: str
+    port: int
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One timed POST /receive: status and perf_counter times of its first byte and reply."""
+
+    status: int
+    started: float
+    finished: float
+
+
+# ------------------------------------------------------------------ the server process
+
+
+@contextmanager
+def running_aggregator(
+    *,
+    state_dir: Path,
+    num_clients: int,
+    num_rounds: int,
+    persist_updates: bool,
+    env: Mapping[str, str] | None = None,
+    startup_timeout_s: float = 120.0,
+) -> Iterator[Aggregator]:
+    """Run a ResNet18 aggregator for `num_clients` clients until the block ends, then kill it."""
+    port = _free_port()
+    command = [sys.executable, "-m", "aggregator_service", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--state-dir", str(state_dir), "--log-level", "warning"]
+    overrides = {
+        "model": "resnet18",
+        "dataset": "synthetic",
+        "server_eval": "false",
+        "fraction_fit": "1.0",
+        "min_fit_clients": str(num_clients),
+        "min_available_clients": str(num_clients),
+        "num_rounds": str(num_rounds),
+        "round_timeout_s": "600",
+    }
+    for key, value in overrides.items():
+        command += ["--set", f"{key}={value}"]
+    if not persist_updates:
+        command.append("--no-persist-updates")
+    log_path = state_dir.parent / f"aggregator-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
+        )
+    try:
+        server = Aggregator(process.pid, "127.0.0.1", port, log_path)
+        _wait_healthy(server, process, startup_timeout_s)
+        yield server
+    finally:
+        _stop(process)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_healthy(server: Aggregator, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = server.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the aggregator exited with {process.returncode}:\n{tail}")
+        try:
+            if get_json(server, "/healthz", timeout=2.0).get("status") == "ok":
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"the aggregator on port {server.port} was not healthy after {timeout} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the aggregator by its PID: SIGTERM, then SIGKILL after 15 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(15)
+
+
+def read_memory(pid: int) -> dict[str, int]:
+    """Return VmRSS and VmHWM (peak RSS) of process `pid`, in bytes."""
+    found: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = int(value.split()[0]) * 1024
+    return found
+
+
+def reset_peak(pid: int) -> None:
+    """Reset the process's VmHWM to its current RSS (Linux clear_refs, value 5)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+# ------------------------------------------------------------------------ the clients
+
+
+def _request(
+    server: Aggregator,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=dict(headers or {}))
+        reply = connection.getresponse()
+        return reply.status, reply.read()
+    finally:
+        connection.close()
+
+
+def get_json(server: Aggregator, path: str, *, timeout: float = 30.0) -> dict[str, Any]:
+    """GET a JSON document from the aggregator; raise on a non-200 answer."""
+    status, content = _request(server, "GET", path, timeout=timeout)
+    if status != 200:
+        raise RuntimeError(f"GET {path} answered {status}: {content[:300]!r}")
+    document: dict[str, Any] = json.loads(content)
+    return document
+
+
+def register_clients(server: Aggregator, client_ids: Sequence[str]) -> None:
+    """POST /register for each client id."""
+    for client_id in client_ids:
+        payload = json.dumps({"client_id": client_id, "num_examples": 10}).encode()
+        status, content = _request(
+            server, "POST", "/register", body=payload, headers={"content-type": "application/json"}
+        )
+        if status != 200:
+            raise RuntimeError(f"register {client_id} answered {status}: {content[:300]!r}")
+
+
+def wait_for_status(
+    server: Aggregator, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 120.0
+) -> dict[str, Any]:
+    """Poll /status until `predicate` holds; raise TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = get_json(server, "/status")
+        if predicate(status):
+            return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the aggregator did not reach the awaited state; last: {status}")
+        time.sleep(0.05)
+
+
+def fetch_model(server: Aggregator, client_id: str) -> dict[str, np.ndarray]:
+    """GET /get_weights as `client_id` and decode the global model."""
+    path = f"/get_weights?client_id={client_id}"
+    status, content = _request(server, "GET", path, headers={"accept": _MSGPACK})
+    if status != 200:
+        raise RuntimeError(f"GET /get_weights answered {status}: {content[:300]!r}")
+    return decode_weights(decode_message(content)["weights"])
+
+
+def encode_update(client_id: str, server_round: int, weights: Mapping[str, np.ndarray]) -> bytes:
+    """Encode the POST /receive body of one client's update (docs/protocol.md)."""
+    message = {
+        "protocol": 1,
+        "client_id": client_id,
+        "round": server_round,
+        "num_examples": 10,
+        "weights": dict(weights),
+        "metrics": {"train_loss": 0.5},
+    }
+    return encode_message(message)
+
+
+def post_update(
+    server: Aggregator, body: bytes, *, start: threading.Barrier | None = None
+) -> Upload:
+    """POST one update on a fresh connection (opened before `start` is passed) and time it."""
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=300)
+    try:
+        connection.connect()
+        if start is not None:
+            start.wait()
+        started = time.perf_counter()
+        headers = {"content-type": _MSGPACK, "content-length": str(len(body))}
+        connection.request("POST", "/receive", body=body, headers=headers)
+        reply = connection.getresponse()
+        content = reply.read()
+        finished = time.perf_counter()
+    finally:
+        connection.close()
+    if reply.status != 200:
+        raise RuntimeError(f"POST /receive answered {reply.status}: {content[:300]!r}")
+    return Upload(reply.status, started, finished)
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def summarize(values: Sequence[float]) -> tuple[float, float]:
+    """Return (best, median) of throughputs (best is the largest)."""
+    return max(values), statistics.median(values)
+
+
+def machine_line() -> str:
+    """Describe the machine: cores, CPU model, Python, load average now."""
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return (
+        f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
+        f"Linux {platform.release()}, load average {load}"
+    )
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Render a Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

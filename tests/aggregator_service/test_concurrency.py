@@ -1,0 +1,101 @@
+"""Concurrent uploads: exact weighted means, and a responsive /status while big updates arrive."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from aggregator_service.app import create_app
+from aggregator_service.settings import AggregatorSettings
+from shared.wire import decode_message, decode_weights
+from tests.aggregator_service.helpers import (
+    MSGPACK,
+    AppFactory,
+    experiment,
+    global_model,
+    register,
+    serve,
+    update_body,
+    wait_for,
+)
+
+
+def test_ten_threads_posting_give_the_exact_weighted_mean(start_app: AppFactory) -> None:
+    client_ids = [f"c{i}" for i in range(10)]
+    client = start_app(experiment(min_fit_clients=10, min_available_clients=10))
+    register(client, *client_ids)
+    wait_for(client, lambda s: s["phase"] == "training")
+    _, weights = global_model(client)
+    rng = np.random.default_rng(0)
+    updates = {
+        cid: ({k: rng.normal(size=a.shape).astype(a.dtype) for k, a in weights.items()}, i + 1)
+        for i, cid in enumerate(client_ids)
+    }
+    replies: list[int] = []
+
+    def post(cid: str) -> None:
+        update, n = updates[cid]
+        body = update_body(cid, 1, update, num_examples=n)
+        replies.append(client.post("/receive", content=body, headers=MSGPACK).status_code)
+
+    threads = [threading.Thread(target=post, args=(cid,)) for cid in client_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert replies == [200] * 10
+    wait_for(client, lambda s: s["round"] == 2)
+    _, new = global_model(client)
+    total = sum(n for _, n in updates.values())
+    for name in weights:
+        expected = sum(u[name].astype(np.float64) * n for u, n in updates.values()) / total
+        np.testing.assert_allclose(new[name], expected.astype(np.float32), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_status_stays_responsive_while_ten_resnet18_updates_arrive(tmp_path: Path) -> None:
+    config = experiment(
+        model="resnet18",
+        dataset="synthetic",
+        min_fit_clients=10,
+        min_available_clients=10,
+        num_rounds=1,
+    )
+    settings = AggregatorSettings(state_dir=tmp_path / "state")
+    with serve(create_app(settings, config)) as url, httpx.Client(base_url=url, timeout=120) as http:
+        for i in range(10):
+            http.post("/register", json={"client_id": f"c{i}"}).raise_for_status()
+        reply = http.get("/get_weights")
+        weights = decode_weights(decode_message(reply.content)["weights"])
+        bodies = [update_body(f"c{i}", 1, weights) for i in range(10)]
+        assert len(bodies[0]) > 44_000_000
+        latencies: list[float] = []
+        done = threading.Event()
+
+        def upload(i: int) -> None:
+            with httpx.Client(base_url=url, timeout=120) as own:
+                own.post("/receive", content=bodies[i], headers=MSGPACK).raise_for_status()
+
+        uploaders = [threading.Thread(target=upload, args=(i,)) for i in range(10)]
+        for thread in uploaders:
+            thread.start()
+        threading.Thread(target=lambda: [t.join() for t in uploaders] and None or done.set()).start()
+        while not done.is_set():
+            start = time.perf_counter()
+            assert http.get("/status").status_code == 200
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.01)
+        status = http.get("/status").json()
+        assert status["phase"] == "finished" or status["received"] == 10
+    assert len(latencies) >= 5
+    print(  # noqa: T201 - the figures are the point of this test's output
+        f"/status during uploads: n={len(latencies)} median={statistics.median(latencies):.4f}s "
+        f"max={max(latencies):.4f}s"
+    )
+    assert max(latencies) < 2.0

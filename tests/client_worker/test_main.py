@@ -1,0 +1,135 @@
+"""Tests of the worker CLI: flag handling, exit codes, signals, summaries."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from client_worker import __main__ as cli
+from client_worker.settings import WorkerSettings
+from client_worker.transport import FatalServerError, ServerUnavailableError
+from client_worker.worker import WorkerSummary
+from shared.config import ExperimentConfig
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state() -> Iterator[None]:
+    """main() installs signal handlers and sets torch's thread count: put both back."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    threads = torch.get_num_threads()
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    torch.set_num_threads(threads)
+
+
+class _Calls:
+    """Records what main passed to the (replaced) worker entry points."""
+
+    def __init__(self) -> None:
+        self.settings: list[WorkerSettings] = []
+        self.configs: list[ExperimentConfig] = []
+        self.client_ids: list[list[int]] = []
+
+
+def _summary(client_id: str = "3", outcome: str = "finished") -> WorkerSummary:
+    return WorkerSummary(client_id, int(client_id), 40, rounds_trained=2, outcome=outcome)
+
+
+def _patch_worker(monkeypatch: pytest.MonkeyPatch, behaviour: Any) -> _Calls:
+    calls = _Calls()
+
+    def fake_run_worker(
+        settings: WorkerSettings, config: ExperimentConfig, *, stop: threading.Event
+    ) -> WorkerSummary:
+        calls.settings.append(settings)
+        calls.configs.append(config)
+        result: WorkerSummary = behaviour(stop)
+        return result
+
+    def fake_virtual(
+        client_ids: list[int],
+        settings: WorkerSettings,
+        config: ExperimentConfig,
+        *,
+        stop: threading.Event,
+    ) -> list[WorkerSummary]:
+        calls.client_ids.append(client_ids)
+        calls.settings.append(settings)
+        return [_summary(str(cid)) for cid in client_ids]
+
+    monkeypatch.setattr(cli, "run_worker", fake_run_worker)
+    monkeypatch.setattr(cli, "run_virtual_clients", fake_virtual)
+    return calls
+
+
+def test_flags_become_settings_and_config(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = _patch_worker(monkeypatch, lambda stop: _summary())
+    argv = ["--server", "http://agg:9000", "--client-id", "3", "--partition-id", "1"]
+    argv += ["--num-partitions", "4", "--max-rounds", "2", "--set", "num_rounds=7"]
+    argv += ["--set", "partition.alpha=0.3", "--data-dir", "/tmp/data", "--download"]
+    assert cli.main(argv) == 0
+    settings, config = calls.settings[0], calls.configs[0]
+    assert settings.server_url == "http://agg:9000"
+    assert (settings.client_id, settings.partition_id, settings.num_partitions) == ("3", 1, 4)
+    assert (settings.max_rounds, settings.download) == (2, True)
+    assert str(settings.data_dir) == "/tmp/data"
+    assert (config.num_rounds, config.partition.alpha) == (7, 0.3)
+    assert torch.get_num_threads() == 1  # settings.torch_threads, set once
+    assert capsys.readouterr().out.strip() == _summary().line()
+
+
+def test_client_ids_run_virtual_clients(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = _patch_worker(monkeypatch, lambda stop: _summary())
+    assert cli.main(["--client-ids", "0,3-5"]) == 0
+    assert calls.client_ids == [[0, 3, 4, 5]]
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4  # one summary per client
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (FatalServerError(422, "tensor 'w' has shape [3]", "spec_mismatch"), 2, "HTTP 422"),
+        (ServerUnavailableError("gave up after 600 s"), 1, "aggregator unavailable"),
+    ],
+)
+def test_errors_map_to_exit_codes_with_one_line_on_stderr(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: Exception,
+    code: int,
+    message: str,
+) -> None:
+    def fail(stop: threading.Event) -> WorkerSummary:
+        raise error
+
+    _patch_worker(monkeypatch, fail)
+    assert cli.main(["--client-id", "3"]) == code
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_bad_override_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--set", "num_rounds"]) == 2
+    assert "key=value" in capsys.readouterr().err
+
+
+def test_sigterm_sets_the_stop_event_and_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    def wait_for_stop(stop: threading.Event) -> WorkerSummary:
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to the main thread's handler
+        assert stop.wait(timeout=10), "SIGTERM did not set the stop event"
+        return _summary(outcome="stopped")
+
+    _patch_worker(monkeypatch, wait_for_stop)
+    assert cli.main(["--client-id", "3"]) == 0

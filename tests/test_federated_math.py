@@ -1,0 +1,69 @@
+"""FedAvg against its definition: the worker's training loop and the aggregator's strategy together."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from aggregator_service.strategy import FedAvg
+from client_worker.train import TrainConfig, train
+from shared.models import build_model, init_global_weights, load_numpy_state, state_to_numpy
+from shared.wire import decode_message, decode_weights, encode_message, spec_of
+
+ARGS = {"in_channels": 1, "num_classes": 10, "image_size": 8}
+
+
+def _data(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 1, 8, 8, generator=generator)
+    labels = torch.randint(0, 10, (n,), generator=generator)
+    return images, labels
+
+
+def _client_update(
+    global_weights: dict[str, np.ndarray], images: torch.Tensor, labels: torch.Tensor, config: TrainConfig
+) -> dict[str, np.ndarray]:
+    """Train a copy of the global model locally and send its weights through the wire codec."""
+    model = build_model("mlp", **ARGS)
+    load_numpy_state(model, global_weights)
+    train(model, images, labels, config, seed=1)
+    body = encode_message({"weights": state_to_numpy(model)})
+    return decode_weights(decode_message(body)["weights"], spec=spec_of(global_weights))
+
+
+def test_one_client_full_batch_round_equals_one_gradient_descent_step() -> None:
+    global_weights = init_global_weights("mlp", seed=0, **ARGS)
+    images, labels = _data(0, 64)
+    lr = 0.1
+    config = TrainConfig(local_epochs=1, batch_size=64, lr=lr)
+    strategy = FedAvg()
+    strategy.begin_round(1, global_weights)
+    strategy.accumulate(_client_update(global_weights, images, labels, config), 64)
+    federated = strategy.finalize()
+
+    reference = build_model("mlp", **ARGS)
+    load_numpy_state(reference, global_weights)
+    loss = functional.cross_entropy(reference(images), labels)
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    names = [name for name, _ in reference.named_parameters()]
+    for name, param, grad in zip(names, reference.parameters(), grads, strict=True):
+        expected = (param - lr * grad).detach().numpy()
+        np.testing.assert_allclose(federated[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_equal_clients_fedavg_is_the_mean_of_local_models() -> None:
+    global_weights = init_global_weights("mlp", seed=3, **ARGS)
+    config = TrainConfig(local_epochs=2, batch_size=8, lr=0.05, momentum=0.9)
+    local_models = [
+        _client_update(global_weights, *_data(10 + k, 32), config) for k in range(4)
+    ]
+    strategy = FedAvg()
+    strategy.begin_round(1, global_weights)
+    for weights in local_models:
+        strategy.accumulate(weights, 32)
+    federated = strategy.finalize()
+    for name in global_weights:
+        mean = np.mean([w[name].astype(np.float64) for w in local_models], axis=0)
+        np.testing.assert_allclose(federated[name], mean, rtol=1e-6, atol=1e-7)
+        assert not np.allclose(federated[name], global_weights[name])  # training did move it
