@@ -46,7 +46,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 demo: $(STAMP)
-	$(BIN)/python -m shared.centralized --dataset mnist5k --model mlp --epochs $(EPOCHS)
+	$(BIN)/python -m client_worker.centralized --dataset mnist5k --model mlp --epochs $(EPOCHS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_wire.py

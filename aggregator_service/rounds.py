@@ -135,11 +135,12 @@ class RoundLoop:
 
     # ------------------------------------------------------------------ transitions
 
-    def _open_round(self) -> None:
-        """Select clients for the current round and publish it."""
+    def _open_round(self, server_round: int | None = None) -> None:
+        """Select clients for a round (default: the current one) and publish it."""
         config = self.state.config
         with self.state.lock:
-            server_round = self.state.round.server_round
+            if server_round is None:
+                server_round = self.state.round.server_round
             candidates = self.state.active_clients(time.monotonic())
             if len(candidates) < config.min_fit_clients:
                 candidates = sorted(self.state.clients)
@@ -205,9 +206,8 @@ class RoundLoop:
         """Move to the next round: open it now, or wait for enough clients."""
         with self.state.lock:
             enough = len(self.state.clients) >= self.state.config.min_available_clients
-            self.state.round = RoundState(server_round, "aggregating")
         if enough:
-            self._open_round()
+            self._open_round(server_round)
         else:
             self._install(RoundState(server_round, "waiting"), weights)
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -32,13 +32,17 @@ from shared.wire import decode_message, decode_weights, encode_message
 __all__ = [
     "MIB",
     "Aggregator",
+    "CpuUse",
     "Upload",
     "encode_update",
     "fetch_model",
     "get_json",
+    "machine_busy_seconds",
     "machine_line",
     "markdown_table",
+    "measure_cpu",
     "post_update",
+    "process_cpu_seconds",
     "read_memory",
     "register_clients",
     "reset_peak",
@@ -48,6 +52,7 @@ __all__ = [
 ]
 
 MIB = 1 << 20
+T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _MSGPACK = "application/msgpack"
 
@@ -69,6 +74,15 @@ class Upload:
     status: int
     started: float
     finished: float
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds used during a measurement by the server, by this process, and by the rest."""
+
+    server: float
+    client: float
+    others: float
 
 
 # ------------------------------------------------------------------ the server process
@@ -159,6 +173,31 @@ def read_memory(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             found[key] = int(value.split()[0]) * 1024
     return found
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """Return the user + system CPU seconds process `pid` (all its threads) has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """Return the CPU seconds all cores of the machine have been busy since boot."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_cpu(server_pid: int | None, action: Callable[[], T]) -> tuple[T, CpuUse]:
+    """Run `action` and return its result with the CPU time used meanwhile, split by whom."""
+    server_before = process_cpu_seconds(server_pid) if server_pid is not None else 0.0
+    own_before = sum(os.times()[:2])
+    busy_before = machine_busy_seconds()
+    result = action()
+    busy = machine_busy_seconds() - busy_before
+    own = sum(os.times()[:2]) - own_before
+    server = process_cpu_seconds(server_pid) - server_before if server_pid is not None else 0.0
+    return result, CpuUse(server, own, max(busy - server - own, 0.0))
 
 
 def reset_peak(pid: int) -> None:

@@ -12,6 +12,7 @@ zstandard and lz4 are measured only when importable; they are not project depend
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import platform
@@ -65,20 +66,22 @@ def _torchvision_state() -> dict[str, np.ndarray]:
     return {key: t.detach().numpy().copy() for key, t in model.state_dict().items()}
 
 
-def time_it(operation: Callable[[], Any], repeats: int) -> Timing:
-    """Run `operation` once to warm up, then `repeats` times; garbage collection is off."""
-    operation()
-    times: list[float] = []
+def time_all(operations: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Timing]:
+    """Time each operation `repeats` times, interleaved so that other load hits all alike."""
+    for operation in operations.values():  # warm-up; then timed with garbage collection off
+        operation()
+    times: dict[str, list[float]] = {name: [] for name in operations}
     gc.collect()
     gc.disable()
     try:
         for _ in range(repeats):
-            start = time.perf_counter()
-            operation()
-            times.append(time.perf_counter() - start)
+            for name, operation in operations.items():
+                start = time.perf_counter()
+                operation()
+                times[name].append(time.perf_counter() - start)
     finally:
         gc.enable()
-    return Timing(min(times), statistics.median(times))
+    return {name: Timing(min(t), statistics.median(t)) for name, t in times.items()}
 
 
 def copy_operations(weights: dict[str, np.ndarray]) -> dict[str, Callable[[], Any]]:
@@ -178,18 +181,30 @@ def print_ratios(timings: dict[str, Timing]) -> None:
 
 
 def print_compression(payload: bytes, repeats: int) -> None:
-    """Print each compressor's ratio and its compress and decompress speeds."""
-    print(f"\nwhole-message compression of the {len(payload) / 1e6:.1f} MB float32 payload:")
-    print(f"{'compressor':14} {'out MB':>8} {'ratio':>6} {'saved':>6} {'comp MB/s':>10} {'decomp MB/s':>12}")
+    """Print each compressor's ratio, speeds, and the link speed below which it pays."""
+    mb = len(payload) / 1e6
+    print(f"\nwhole-message compression of the {mb:.1f} MB float32 payload (best of {repeats}):")
+    print(
+        f"{'compressor':14} {'out MB':>7} {'ratio':>6} {'saved':>6}"
+        f" {'comp MB/s':>10} {'decomp MB/s':>12} {'pays below MB/s':>16}"
+    )
     for name, (compress, decompress) in compressors().items():
         packed = compress(payload)
         assert decompress(packed) == payload
-        comp = time_it(lambda c=compress: c(payload), repeats).best  # type: ignore[misc]
-        decomp = time_it(lambda d=decompress, p=packed: d(p), repeats).best  # type: ignore[misc]
-        mb = len(payload) / 1e6
+        timings = time_all(
+            {
+                "comp": functools.partial(compress, payload),
+                "decomp": functools.partial(decompress, packed),
+            },
+            repeats,
+        )
+        comp, decomp = timings["comp"].best, timings["decomp"].best
+        saved = (len(payload) - len(packed)) / 1e6
+        # Sending `saved` fewer MB must win back the time spent compressing and decompressing.
+        break_even = saved / (comp + decomp)
         print(
-            f"{name:14} {len(packed) / 1e6:8.2f} {len(payload) / len(packed):6.3f}"
-            f" {1 - len(packed) / len(payload):6.1%} {mb / comp:10.0f} {mb / decomp:12.0f}"
+            f"{name:14} {len(packed) / 1e6:7.2f} {mb / (len(packed) / 1e6):6.3f}"
+            f" {saved / mb:6.1%} {mb / comp:10.0f} {mb / decomp:12.0f} {break_even:16.1f}"
         )
 
 
@@ -210,19 +225,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores")
     print(f"python {platform.python_version()}, numpy {np.__version__}")
+    print("load average before the run: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     dtypes = sorted({a.dtype.name for a in weights.values()})
     print(f"state: {len(weights)} tensors ({', '.join(dtypes)}), {state_bytes:,} bytes")
     print(f"payload: float32 {len(payload):,} bytes, float16 {len(payload16):,} bytes")
     print(f"repeats: {args.repeats} per operation")
 
-    timings = {
-        name: time_it(operation, args.repeats)
-        for name, operation in {
-            **copy_operations(weights),
-            **codec_operations(weights, spec),
-        }.items()
-    }
+    operations = {**copy_operations(weights), **codec_operations(weights, spec)}
+    timings = time_all(operations, args.repeats)
     print_table(state_bytes, timings)
     print_ratios(timings)
     print_compression(payload, args.compress_repeats)

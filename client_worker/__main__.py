@@ -4,9 +4,10 @@
     python -m client_worker --server URL --client-ids 0-9 --max-rounds 2
 
 SIGTERM or SIGINT asks the worker(s) to stop: training is abandoned between two batches,
-a post in flight completes, and the process exits 0 within `stop_grace_s` seconds. A
-second signal exits at once. Exit codes: 0 done or stopped, 1 the aggregator stayed
-unreachable, 2 a fatal error (the server refused the update, or a bad config or dataset).
+a post in flight completes (for up to `stop_grace_s` seconds), a client idle in a long
+poll is not waited for, and the process exits 0. A second signal exits at once.
+Exit codes: 0 done or stopped, 1 the aggregator stayed unreachable, 2 a fatal error (the
+server refused the update, or a bad config or dataset).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 from client_worker.network import parse_clients
 from client_worker.settings import WorkerSettings
 from client_worker.transport import AggregatorClient, FatalServerError, ServerUnavailableError
-from client_worker.worker import WorkerSummary, run_virtual_clients, run_worker
+from client_worker.worker import Activity, WorkerSummary, run_virtual_clients, run_worker
 from shared.config import load_config, parse_overrides
 from shared.errors import TributaryError
 
@@ -34,6 +35,7 @@ __all__ = ["build_parser", "main"]
 
 _log = logging.getLogger("client_worker")
 PROG = "tributary-worker"
+IDLE_JOIN_S = 0.5  # after a stop, how long an idle client may take to return by itself
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     try:
         settings = WorkerSettings(**_settings_fields(args))
         config = load_config(settings.config_path, parse_overrides(args.overrides))
@@ -81,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     _install_signal_handlers(stop)
 
+    activity = Activity()
+
     def work() -> list[WorkerSummary]:
         if client_ids is None:
-            return [run_worker(settings, config, stop=stop)]
-        return run_virtual_clients(client_ids, settings, config, stop=stop)
+            return [run_worker(settings, config, stop=stop, activity=activity)]
+        return run_virtual_clients(client_ids, settings, config, stop=stop, activity=activity)
 
-    return _run(work, stop, settings.stop_grace_s)
+    return _run(work, stop, activity, settings.stop_grace_s)
 
 
 def _settings_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,8 +131,17 @@ def _install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def _run(work: Callable[[], list[WorkerSummary]], stop: threading.Event, grace_s: float) -> int:
-    """Run `work` in a thread so signals stay responsive; map its outcome to an exit code."""
+def _run(
+    work: Callable[[], list[WorkerSummary]],
+    stop: threading.Event,
+    activity: Activity,
+    grace_s: float,
+) -> int:
+    """Run `work` in a thread so signals stay responsive; map its outcome to an exit code.
+
+    After a stop, a round in progress gets up to `grace_s` seconds to end; a client that
+    is only waiting in a long poll is not waited for.
+    """
     outcome: dict[str, Any] = {}
 
     def target() -> None:
@@ -140,10 +154,14 @@ def _run(work: Callable[[], list[WorkerSummary]], stop: threading.Event, grace_s
     runner.start()
     while runner.is_alive() and not stop.is_set():
         runner.join(0.5)
-    runner.join(grace_s)  # after a stop: let the current step end cleanly
+    if runner.is_alive() and not activity.wait_idle(grace_s):
+        _log.warning("a round was still in progress %.0f s after the stop; exiting", grace_s)
+    runner.join(IDLE_JOIN_S)  # a client that just returned from its poll ends here
     if runner.is_alive():
-        _log.info("no clean end %.0f s after the stop (likely in a long poll); exiting", grace_s)
-        return 0
+        _log.info("stopped while waiting for the aggregator")
+        for summary in activity.summaries():
+            summary.outcome = "stopped" if summary.outcome == "running" else summary.outcome
+        outcome.setdefault("summaries", activity.summaries())
     return _report(outcome)
 
 

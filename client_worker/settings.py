@@ -49,7 +49,7 @@ class WorkerSettings(BaseSettings):
     backoff_cap_s: float = Field(30.0, gt=0)
     backoff_max_time_s: float = Field(600.0, gt=0)  # give up after this long without success
 
-    stop_grace_s: float = Field(10.0, ge=0)  # after SIGTERM: wait this long for a clean end
+    stop_grace_s: float = Field(30.0, ge=0)  # after SIGTERM: time a round in progress gets
     max_rounds: int | None = Field(None, ge=1)  # bounded mode: exit after training this many
     # Intra-op threads for torch. Many workers (or virtual clients) usually share a few
     # cores; one thread each avoids oversubscription, which is slower than serial work.

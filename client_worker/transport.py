@@ -226,7 +226,6 @@ class AggregatorClient:
         started = self._clock()
         attempt = 0
         while True:
-            self._check_stop()
             response, failure = self._attempt(method, path, content, params, all_headers)
             if response is not None and not _retryable(response.status_code):
                 _raise_for_status(response)
@@ -252,6 +251,7 @@ class AggregatorClient:
                 delay,
             )
             self._sleep(delay)
+            self._check_stop()  # a first attempt always goes out; retries end on a stop
             attempt += 1
 
     def _attempt(

@@ -11,9 +11,11 @@ Several virtual clients can share one process and one loaded dataset, one thread
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,12 +36,15 @@ from client_worker.transport import (
 )
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config
+from shared.errors import ConfigError
 from shared.models import build_model, load_numpy_state, model_spec, state_to_numpy
 from shared.partition import client_indices
 
-__all__ = ["WorkerSummary", "run_virtual_clients", "run_worker"]
+__all__ = ["Activity", "WorkerSummary", "run_virtual_clients", "run_worker"]
 
 _log = logging.getLogger(__name__)
+
+NO_ETAG_PAUSE_S = 1.0  # pause between polls when the server sends no ETag to wait on
 
 
 @dataclass
@@ -72,6 +77,42 @@ class WorkerSummary:
         )
 
 
+class Activity:
+    """What the clients of a process are doing: who is mid-round, and their summaries."""
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._changed = threading.Condition()
+        self._summaries: list[WorkerSummary] = []
+
+    def track(self, summary: WorkerSummary) -> None:
+        """Keep a client's live summary, so it can be reported even if it never returns."""
+        with self._changed:
+            self._summaries.append(summary)
+
+    def summaries(self) -> list[WorkerSummary]:
+        """Return the tracked summaries, in the order the clients started."""
+        with self._changed:
+            return list(self._summaries)
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark the body as work that a stop should let finish."""
+        with self._changed:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy -= 1
+                self._changed.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no client is mid-round; False if `timeout` seconds passed first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._busy == 0, timeout=timeout)
+
+
 def run_worker(
     settings: WorkerSettings,
     config: ExperimentConfig,
@@ -80,18 +121,21 @@ def run_worker(
     dataset: Dataset | None = None,
     transport: httpx.BaseTransport | None = None,
     sleep: Sleep | None = None,
+    activity: Activity | None = None,
 ) -> WorkerSummary:
     """Run one client until the federation finishes, max_rounds are trained, or `stop`.
 
     `dataset` skips loading (virtual clients share one); `transport` and `sleep` are for
-    tests (an `httpx.MockTransport`, a sleep that only records). Server errors that a retry
-    cannot heal propagate as `FatalServerError`.
+    tests (an `httpx.MockTransport`, a sleep that only records); `activity` tells a caller
+    whether a stop must wait for a round in progress. Server errors that a retry cannot
+    heal propagate as `FatalServerError`.
     """
     config = settings.experiment_for_worker(config)
     if dataset is None:
         dataset = dataset_from_config(config)
-    worker = _Worker(settings, config, dataset, stop or threading.Event(), transport, sleep)
-    return worker.run()
+    stop = stop if stop is not None else threading.Event()
+    activity = activity if activity is not None else Activity()
+    return _Worker(settings, config, dataset, stop, transport, sleep, activity).run()
 
 
 def run_virtual_clients(
@@ -103,6 +147,7 @@ def run_virtual_clients(
     dataset: Dataset | None = None,
     transport: httpx.BaseTransport | None = None,
     sleep: Sleep | None = None,
+    activity: Activity | None = None,
 ) -> list[WorkerSummary]:
     """Run several clients in this process, one thread each, sharing one loaded dataset.
 
@@ -122,7 +167,13 @@ def run_virtual_clients(
         )
         try:
             summaries[client_index] = run_worker(
-                own, config, stop=stop, dataset=dataset, transport=transport, sleep=sleep
+                own,
+                config,
+                stop=stop,
+                dataset=dataset,
+                transport=transport,
+                sleep=sleep,
+                activity=activity,
             )
         except BaseException as exc:  # handed to the caller below
             errors.append(exc)
@@ -152,6 +203,7 @@ class _Worker:
         stop: threading.Event,
         transport: httpx.BaseTransport | None,
         sleep: Sleep | None,
+        activity: Activity,
     ) -> None:
         self.settings = settings
         self.config = config
@@ -161,9 +213,9 @@ class _Worker:
         self.partition_id = settings.resolved_partition_id()
         self.images, self.labels = self._partition()
         seed = settings.resolved_seed(config)
-        sleep = sleep if sleep is not None else event_sleep(stop)
+        self.sleep = sleep if sleep is not None else event_sleep(stop)
         self.network = NetworkSimulator.from_config(
-            config, client_index=self.partition_id, seed=seed, sleep=sleep
+            config, client_index=self.partition_id, seed=seed, sleep=self.sleep
         )
         self.client = AggregatorClient(
             settings.server_url,
@@ -175,7 +227,7 @@ class _Worker:
             network=self.network,
             transport=transport,
             stop=stop,
-            sleep=sleep,
+            sleep=self.sleep,
             seed=derive_seed(seed, self.partition_id),  # clients retry out of step
         )
         self.summary = WorkerSummary(self.client_id, self.partition_id, len(self.labels))
@@ -183,6 +235,9 @@ class _Worker:
         self.etag: str | None = None
         self.model: nn.Module | None = None
         self.model_name = ""
+        self.warned: set[str] = set()  # config keys whose mismatch was already logged
+        self.activity = activity
+        activity.track(self.summary)
 
     def _partition(self) -> tuple[torch.Tensor, torch.Tensor]:
         num_partitions = self.settings.resolved_num_partitions(self.config)
@@ -219,13 +274,17 @@ class _Worker:
         except StopRequested:
             self.summary.outcome = "stopped"
         finally:
-            self.summary.bytes_up = self.client.bytes_up
-            self.summary.bytes_down = self.client.bytes_down
-        self._log("%s", self.summary.line())
+            self._count_bytes()
+        _log.info("%s", self.summary.line())
         return self.summary
+
+    def _count_bytes(self) -> None:
+        self.summary.bytes_up = self.client.bytes_up
+        self.summary.bytes_down = self.client.bytes_down
 
     def _step(self) -> None:
         """Poll once and act on the answer; set the outcome when the worker should end."""
+        self._count_bytes()
         if self.stop.is_set():
             self.summary.outcome = "stopped"
             return
@@ -240,11 +299,15 @@ class _Worker:
         elif (
             reply.phase == "training" and reply.is_selected and reply.server_round > self.last_done
         ):
-            self._take_part(reply)
+            with self.activity.busy():
+                self._take_part(reply)
             self.last_done = reply.server_round
             max_rounds = self.settings.max_rounds
             if max_rounds is not None and self.summary.rounds_trained >= max_rounds:
                 self.summary.outcome = "max_rounds"
+        elif reply.etag is None:
+            # Without an ETag the server cannot hold the next poll: pause, do not spin.
+            self.sleep(NO_ETAG_PAUSE_S)
 
     def _take_part(self, reply: WeightsReply) -> None:
         """Train on the selected round and post the update, unless simulated away."""
@@ -256,7 +319,10 @@ class _Worker:
             self._skip(server_round, "simulated dropout")
             return
         model = self._load_global_model(reply)
-        train_config = TrainConfig.from_round_config(reply.config)
+        try:
+            train_config = TrainConfig.from_round_config(reply.config)
+        except ValueError as exc:
+            raise ConfigError(f"round {server_round}: unusable training config: {exc}") from None
         batches = math.ceil(len(self.labels) / train_config.batch_size)
         crash_at = self.network.crash_point(server_round, batches * train_config.local_epochs)
         seed = derive_seed(
@@ -354,7 +420,8 @@ class _Worker:
             "num_partitions": self.settings.resolved_num_partitions(self.config),
         }
         for key, value in local.items():
-            if key in round_config and round_config[key] != value:
+            if key in round_config and round_config[key] != value and key not in self.warned:
+                self.warned.add(key)
                 _log.warning(
                     "client %s: the server's %s is %r but this worker uses %r",
                     self.client_id,

@@ -62,13 +62,8 @@ _ALIGN = 8
 _WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
 # numpy refuses a shape whose non-zero dims make more bytes than an intp can count.
 _MAX_NBYTES = int(np.iinfo(np.intp).max)
-# The finite check's accumulator: a float32 sum of float16 values cannot overflow below
-# 2**112 elements, and summing float32 in float32 spares a cast per element.
-_SUM_DTYPES: dict[str, type[np.floating[Any]]] = {
-    "float16": np.float32,
-    "float32": np.float32,
-    "float64": np.float64,
-}
+# A float16 is NaN or Inf exactly when these, its five exponent bits, are all ones.
+_FLOAT16_EXPONENT = 0x7C00
 
 
 class TensorSpec(NamedTuple):
@@ -229,6 +224,8 @@ def decode_tensor(name: str, obj: Any, *, allow_nonfinite: bool = False) -> np.n
         )
     if math.prod(dim for dim in shape if dim) * dtype.itemsize > _MAX_NBYTES:
         raise TensorSizeError(name, f"shape {list(shape)} is larger than any array can be")
+    if dtype_name == "bool" and len(data) and np.frombuffer(data, np.uint8).max() > 1:
+        raise MalformedMessage(f"tensor {name!r}: bool data must hold only bytes 0 and 1")
     array = np.frombuffer(data, dtype=dtype).reshape(shape)
     array.flags.writeable = False  # also when the message was decoded from a bytearray
     if not allow_nonfinite and not _all_finite(array):
@@ -297,14 +294,19 @@ def _conform(name: str, array: np.ndarray, expected: TensorSpec) -> np.ndarray:
 def _all_finite(array: np.ndarray) -> bool:
     """Tell whether a tensor holds no NaN or Inf.
 
-    Fast path: one sum. A NaN or Inf element makes the sum NaN or Inf (Inf - Inf is NaN),
-    so a finite sum proves every element finite. Finite elements can overflow the sum too,
-    so a non-finite sum is settled by the exact elementwise check.
+    float32 and float64, fast path: one sum in the tensor's own dtype. A NaN or Inf element
+    makes the sum NaN or Inf (Inf - Inf is NaN), so a finite sum proves every element
+    finite; finite elements can overflow the sum too, so then the exact elementwise check
+    decides. float16 (whose arithmetic numpy emulates slowly): an exact test of the
+    exponent bits.
     """
     if array.dtype.kind != "f" or array.size == 0:
         return True
+    if array.dtype.itemsize == 2:
+        bits = array.view(np.dtype(np.uint16).newbyteorder(array.dtype.byteorder))
+        return int(np.bitwise_and(bits, _FLOAT16_EXPONENT).max()) != _FLOAT16_EXPONENT
     with np.errstate(over="ignore", invalid="ignore"):
-        total = np.add.reduce(array.reshape(-1), dtype=_SUM_DTYPES[array.dtype.name])
+        total = np.add.reduce(array, axis=None)
     return math.isfinite(total) or bool(np.isfinite(array).all())
 
 

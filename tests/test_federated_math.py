@@ -22,7 +22,10 @@ def _data(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _client_update(
-    global_weights: dict[str, np.ndarray], images: torch.Tensor, labels: torch.Tensor, config: TrainConfig
+    global_weights: dict[str, np.ndarray],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
 ) -> dict[str, np.ndarray]:
     """Train a copy of the global model locally and send its weights through the wire codec."""
     model = build_model("mlp", **ARGS)
@@ -55,9 +58,7 @@ def test_one_client_full_batch_round_equals_one_gradient_descent_step() -> None:
 def test_equal_clients_fedavg_is_the_mean_of_local_models() -> None:
     global_weights = init_global_weights("mlp", seed=3, **ARGS)
     config = TrainConfig(local_epochs=2, batch_size=8, lr=0.05, momentum=0.9)
-    local_models = [
-        _client_update(global_weights, *_data(10 + k, 32), config) for k in range(4)
-    ]
+    local_models = [_client_update(global_weights, *_data(10 + k, 32), config) for k in range(4)]
     strategy = FedAvg()
     strategy.begin_round(1, global_weights)
     for weights in local_models:

@@ -11,16 +11,14 @@ import httpx
 import numpy as np
 import pytest
 
-from aggregator_service.app import create_app
-from aggregator_service.settings import AggregatorSettings
 from shared.wire import decode_message, decode_weights
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
     experiment,
     global_model,
+    aggregator_process,
     register,
-    serve,
     update_body,
     wait_for,
 )
@@ -60,15 +58,12 @@ def test_ten_threads_posting_give_the_exact_weighted_mean(start_app: AppFactory)
 
 @pytest.mark.slow
 def test_status_stays_responsive_while_ten_resnet18_updates_arrive(tmp_path: Path) -> None:
-    config = experiment(
-        model="resnet18",
-        dataset="synthetic",
-        min_fit_clients=10,
-        min_available_clients=10,
-        num_rounds=1,
-    )
-    settings = AggregatorSettings(state_dir=tmp_path / "state")
-    with serve(create_app(settings, config)) as url, httpx.Client(base_url=url, timeout=120) as http:
+    overrides = ["model=resnet18", "dataset=synthetic", "min_fit_clients=10"]
+    overrides += ["min_available_clients=10", "num_rounds=1", "server_eval=false"]
+    with (
+        aggregator_process(tmp_path / "state", *overrides) as url,
+        httpx.Client(base_url=url, timeout=120) as http,
+    ):
         for i in range(10):
             http.post("/register", json={"client_id": f"c{i}"}).raise_for_status()
         reply = http.get("/get_weights")
@@ -76,26 +71,28 @@ def test_status_stays_responsive_while_ten_resnet18_updates_arrive(tmp_path: Pat
         bodies = [update_body(f"c{i}", 1, weights) for i in range(10)]
         assert len(bodies[0]) > 44_000_000
         latencies: list[float] = []
-        done = threading.Event()
 
         def upload(i: int) -> None:
             with httpx.Client(base_url=url, timeout=120) as own:
                 own.post("/receive", content=bodies[i], headers=MSGPACK).raise_for_status()
 
         uploaders = [threading.Thread(target=upload, args=(i,)) for i in range(10)]
+        started = time.perf_counter()
         for thread in uploaders:
             thread.start()
-        threading.Thread(target=lambda: [t.join() for t in uploaders] and None or done.set()).start()
-        while not done.is_set():
+        while any(thread.is_alive() for thread in uploaders):
             start = time.perf_counter()
             assert http.get("/status").status_code == 200
             latencies.append(time.perf_counter() - start)
             time.sleep(0.01)
+        upload_seconds = time.perf_counter() - started
         status = http.get("/status").json()
         assert status["phase"] == "finished" or status["received"] == 10
     assert len(latencies) >= 5
     print(  # noqa: T201 - the figures are the point of this test's output
-        f"/status during uploads: n={len(latencies)} median={statistics.median(latencies):.4f}s "
-        f"max={max(latencies):.4f}s"
+        f"/status during {upload_seconds:.2f}s of uploads: n={len(latencies)} "
+        f"median={statistics.median(latencies):.4f}s max={max(latencies):.4f}s"
     )
-    assert max(latencies) < 2.0
+    # bounded: never a stall comparable to the uploads themselves (the figures are printed)
+    assert statistics.median(latencies) < 0.25
+    assert max(latencies) < max(1.0, upload_seconds / 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from client_worker import __main__ as cli
 from client_worker.settings import WorkerSettings
 from client_worker.transport import FatalServerError, ServerUnavailableError
-from client_worker.worker import WorkerSummary
+from client_worker.worker import Activity, WorkerSummary
 from shared.config import ExperimentConfig
 
 
@@ -46,11 +47,15 @@ def _patch_worker(monkeypatch: pytest.MonkeyPatch, behaviour: Any) -> _Calls:
     calls = _Calls()
 
     def fake_run_worker(
-        settings: WorkerSettings, config: ExperimentConfig, *, stop: threading.Event
+        settings: WorkerSettings,
+        config: ExperimentConfig,
+        *,
+        stop: threading.Event,
+        activity: Activity,
     ) -> WorkerSummary:
         calls.settings.append(settings)
         calls.configs.append(config)
-        result: WorkerSummary = behaviour(stop)
+        result: WorkerSummary = behaviour(stop, activity)
         return result
 
     def fake_virtual(
@@ -59,6 +64,7 @@ def _patch_worker(monkeypatch: pytest.MonkeyPatch, behaviour: Any) -> _Calls:
         config: ExperimentConfig,
         *,
         stop: threading.Event,
+        activity: Activity,
     ) -> list[WorkerSummary]:
         calls.client_ids.append(client_ids)
         calls.settings.append(settings)
@@ -72,7 +78,7 @@ def _patch_worker(monkeypatch: pytest.MonkeyPatch, behaviour: Any) -> _Calls:
 def test_flags_become_settings_and_config(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    calls = _patch_worker(monkeypatch, lambda stop: _summary())
+    calls = _patch_worker(monkeypatch, lambda stop, activity: _summary())
     argv = ["--server", "http://agg:9000", "--client-id", "3", "--partition-id", "1"]
     argv += ["--num-partitions", "4", "--max-rounds", "2", "--set", "num_rounds=7"]
     argv += ["--set", "partition.alpha=0.3", "--data-dir", "/tmp/data", "--download"]
@@ -90,7 +96,7 @@ def test_flags_become_settings_and_config(
 def test_client_ids_run_virtual_clients(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    calls = _patch_worker(monkeypatch, lambda stop: _summary())
+    calls = _patch_worker(monkeypatch, lambda stop, activity: _summary())
     assert cli.main(["--client-ids", "0,3-5"]) == 0
     assert calls.client_ids == [[0, 3, 4, 5]]
     assert len(capsys.readouterr().out.strip().splitlines()) == 4  # one summary per client
@@ -110,7 +116,7 @@ def test_errors_map_to_exit_codes_with_one_line_on_stderr(
     code: int,
     message: str,
 ) -> None:
-    def fail(stop: threading.Event) -> WorkerSummary:
+    def fail(stop: threading.Event, activity: Activity) -> WorkerSummary:
         raise error
 
     _patch_worker(monkeypatch, fail)
@@ -126,10 +132,43 @@ def test_bad_override_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_sigterm_sets_the_stop_event_and_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
-    def wait_for_stop(stop: threading.Event) -> WorkerSummary:
+    def wait_for_stop(stop: threading.Event, activity: Activity) -> WorkerSummary:
         os.kill(os.getpid(), signal.SIGTERM)  # delivered to the main thread's handler
         assert stop.wait(timeout=10), "SIGTERM did not set the stop event"
         return _summary(outcome="stopped")
 
     _patch_worker(monkeypatch, wait_for_stop)
     assert cli.main(["--client-id", "3"]) == 0
+
+
+def test_stop_does_not_wait_for_a_client_idle_in_a_long_poll(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def idle_in_long_poll(stop: threading.Event, activity: Activity) -> WorkerSummary:
+        activity.track(_summary(outcome="running"))
+        os.kill(os.getpid(), signal.SIGTERM)
+        threading.Event().wait(3.0)  # a long poll that a stop cannot interrupt
+        return _summary()
+
+    _patch_worker(monkeypatch, idle_in_long_poll)
+    started = time.monotonic()
+    assert cli.main(["--client-id", "3"]) == 0
+    assert time.monotonic() - started < 2.5
+    assert "client 3 stopped:" in capsys.readouterr().out
+
+
+def test_stop_lets_a_round_in_progress_finish(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def posting(stop: threading.Event, activity: Activity) -> WorkerSummary:
+        with activity.busy():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.wait(timeout=10)
+            time.sleep(1.0)  # the post in flight completes
+        return _summary(outcome="stopped")
+
+    _patch_worker(monkeypatch, posting)
+    started = time.monotonic()
+    assert cli.main(["--client-id", "3"]) == 0
+    assert time.monotonic() - started >= 1.0
+    assert capsys.readouterr().out.strip() == _summary(outcome="stopped").line()

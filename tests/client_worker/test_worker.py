@@ -13,9 +13,10 @@ import pytest
 
 from client_worker.settings import WorkerSettings
 from client_worker.transport import FatalServerError
-from client_worker.worker import run_virtual_clients, run_worker
+from client_worker.worker import Activity, run_virtual_clients, run_worker
 from shared.config import ExperimentConfig, load_config
 from shared.data import Dataset, dataset_from_config
+from shared.errors import ConfigError
 from shared.models import build_model, init_global_weights, model_spec
 from shared.wire import decode_message, decode_weights, encode_message
 
@@ -47,6 +48,8 @@ class FakeAggregator:
         self.reject: dict[str, Any] | None = None  # a 4xx JSON answer to every post
         self.reject_status = 409
         self.on_poll: Any = None  # called with each poll request
+        self.send_etag = True
+        self.round_config: dict[str, Any] = {}  # merged into the round config sent
         self.lock = threading.Lock()
 
     def handler(self, request: httpx.Request) -> httpx.Response:
@@ -74,7 +77,7 @@ class FakeAggregator:
         if (stale or waiting) and not (state.wait_for_posts and not self._all_posted(state)):
             self.index = min(self.index + 1, len(self.states) - 1)
             return httpx.Response(304)
-        message = {
+        message: dict[str, Any] = {
             "protocol": 1,
             "round": state.server_round,
             "phase": state.phase,
@@ -91,11 +94,14 @@ class FakeAggregator:
                 "mu": 0.0,
                 "seed": 0,
                 "num_partitions": NUM_PARTITIONS,
-            },
+            }
+            | self.round_config,
             "weights": self.weights,
         }
         selected = request.url.params["client_id"] in state.selected
         headers = {"ETag": self._etag(), "X-Tributary-Selected": str(selected).lower()}
+        if not self.send_etag:
+            del headers["ETag"]
         return httpx.Response(200, content=encode_message(message), headers=headers)
 
     def _all_posted(self, state: _State) -> bool:
@@ -354,3 +360,62 @@ def test_virtual_client_error_stops_the_others(
             sleep=_Sleeps(),
         )
     assert stop.is_set()
+
+
+def test_without_an_etag_the_worker_pauses_instead_of_spinning(
+    config: ExperimentConfig, dataset: Dataset, global_weights: dict[str, np.ndarray]
+) -> None:
+    stop = threading.Event()
+    fake = FakeAggregator([_State(1, "waiting")], global_weights)
+    fake.send_etag = False
+    fake.on_poll = lambda request: stop.set() if len(fake.polls) == 3 else None
+    sleeps = _Sleeps()
+    summary = _run(fake, config, dataset, stop=stop, sleeps=sleeps)
+    assert summary.outcome == "stopped"
+    assert sleeps.delays == [1.0, 1.0, 1.0]  # one pause after each answer
+    assert all("If-None-Match" not in p.headers for p in fake.polls)
+
+
+def test_unusable_round_config_is_a_config_error(
+    config: ExperimentConfig, dataset: Dataset, global_weights: dict[str, np.ndarray]
+) -> None:
+    fake = FakeAggregator([_State(1, "training", ["1"])], global_weights)
+    fake.round_config = {"lr": -1.0}
+    with pytest.raises(ConfigError, match="round 1: unusable training config: lr must be > 0"):
+        _run(fake, config, dataset)
+
+
+def test_activity_waits_for_busy_clients_only() -> None:
+    activity = Activity()
+    assert activity.wait_idle(timeout=0.0)
+    release = threading.Event()
+
+    def round_in_progress() -> None:
+        with activity.busy():
+            release.wait(5.0)
+
+    thread = threading.Thread(target=round_in_progress)
+    thread.start()
+    try:
+        assert not activity.wait_idle(timeout=0.05)
+    finally:
+        release.set()
+        thread.join()
+    assert activity.wait_idle(timeout=1.0)
+
+
+def test_worker_summary_is_tracked_live(
+    config: ExperimentConfig, dataset: Dataset, global_weights: dict[str, np.ndarray]
+) -> None:
+    activity = Activity()
+    fake = FakeAggregator([_State(1, "training", ["1"]), _State(1, "finished")], global_weights)
+    summary = run_worker(
+        WorkerSettings(server_url="http://agg.test", client_id="1"),
+        config,
+        dataset=dataset,
+        transport=httpx.MockTransport(fake.handler),
+        sleep=_Sleeps(),
+        activity=activity,
+    )
+    assert activity.summaries() == [summary]
+    assert activity.wait_idle(timeout=0.0)

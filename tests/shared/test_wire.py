@@ -60,7 +60,7 @@ def _wire_bytes(array: np.ndarray) -> bytes:
     return np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C").tobytes()
 
 
-def _pack(tensor: dict[str, Any], name: str = "fc.weight") -> bytes:
+def _pack(tensor: Any, name: str = "fc.weight") -> bytes:
     """A message holding one hand-built tensor map, packed by msgpack-python itself."""
     return msgpack.packb({"protocol": 1, "weights": {name: tensor}}, use_bin_type=True)
 
@@ -209,6 +209,12 @@ def test_zero_size_shape_too_large_for_numpy() -> None:
 )
 def test_wrong_field_types(fields: dict[str, Any]) -> None:
     _raises(MalformedMessage, _pack({**F32_TENSOR, **fields}))
+
+
+def test_bool_bytes_must_be_0_or_1() -> None:
+    _raises(MalformedMessage, _pack({"dtype": "bool", "shape": [3], "data": b"\x01\x00\x02"}))
+    out = _decode(_pack({"dtype": "bool", "shape": [3], "data": b"\x01\x00\x01"}))
+    assert out["fc.weight"].tolist() == [True, False, True]
 
 
 @pytest.mark.parametrize("missing", ["dtype", "shape", "data"])
@@ -412,7 +418,9 @@ def float_arrays(draw: st.DrawFn) -> np.ndarray:
     elements = st.floats(width=FLOAT_WIDTHS[dtype.itemsize]) | extremes
     shape = hnp.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=40)
     array: np.ndarray = draw(hnp.arrays(dtype, shape, elements=elements))
-    return array
+    if draw(st.booleans()):
+        array = array.astype(dtype.newbyteorder(">"))
+    return array[::2] if draw(st.booleans()) else array
 
 
 @settings(deadline=None, max_examples=300)
@@ -429,3 +437,12 @@ def test_all_finite_when_the_sum_overflows(dtype: str) -> None:
     assert not _all_finite(np.array([big, big, np.inf], dtype))
     assert not _all_finite(np.array([np.inf, -np.inf], dtype))
     assert not _all_finite(np.array([big, np.nan, -big], dtype))
+
+
+def test_all_finite_reads_big_endian_float16() -> None:
+    # 124 * 2**-24 is the float16 subnormal with bits 0x007C; byte-swapped they read 0x7C00,
+    # the bits of +Inf.
+    tiny = np.array([124 * 2.0**-24], np.float16)
+    assert tiny.view(np.uint16)[0] == 0x007C
+    assert _all_finite(tiny.astype(">f2"))
+    assert not _all_finite(np.array([1.0, np.inf], ">f2"))
