@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Run parameters for `make demo` (see configs/ and docs/).
+# Run parameters for `make demo` (empty = the config's value; see configs/ and docs/).
 CONFIG ?= configs/demo.yaml
 CLIENTS ?=
 ROUNDS ?=
@@ -12,15 +12,28 @@ MODEL ?=
 DATASET ?=
 PARTITION ?=
 ALPHA ?=
-EPOCHS ?= 3
+# Single parts on machines of their own: `make run-aggregator`, `make run-worker ID=3 SERVER=...`
+SERVER ?= http://127.0.0.1:8000
+ID ?= 0
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STATE_DIR ?= state
+# `make centralized`: the demo's model trained on the union of the clients' data
+EPOCHS ?= 20
 
-.PHONY: help venv test test-fast lint format demo bench clean
+RUN_FLAGS := --config $(CONFIG) \
+	$(if $(CLIENTS),--clients $(CLIENTS)) $(if $(ROUNDS),--rounds $(ROUNDS)) \
+	$(if $(MODEL),--model $(MODEL)) $(if $(DATASET),--dataset $(DATASET)) \
+	$(if $(PARTITION),--partition $(PARTITION)) $(if $(ALPHA),--alpha $(ALPHA))
+
+.PHONY: help venv test test-fast lint format demo centralized run-aggregator run-worker bench clean
 
 help:
 	@echo "make demo   - set up .venv if missing and run the main job"
 	@echo "make test   - set up .venv if missing and run every test"
 	@echo "make lint   - ruff (lint + format check) and mypy"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make run-aggregator / make run-worker ID=3 SERVER=http://host:8000"
 
 venv: $(STAMP)
 
@@ -46,7 +59,19 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 demo: $(STAMP)
-	$(BIN)/python -m client_worker.centralized --dataset mnist5k --model mlp --epochs $(EPOCHS)
+	$(BIN)/python -m shared.runs $(RUN_FLAGS)
+
+centralized: $(STAMP)
+	$(BIN)/python -m client_worker.centralized --dataset mnist5k --model mlp --epochs $(EPOCHS) \
+		--batch-size 32 --lr 0.05
+
+run-aggregator: $(STAMP)
+	$(BIN)/python -m aggregator_service --config $(CONFIG) --host $(HOST) --port $(PORT) \
+		--state-dir $(STATE_DIR)
+
+run-worker: $(STAMP)
+	$(BIN)/python -m client_worker --config $(CONFIG) --server $(SERVER) --client-id $(ID) \
+		--partition-id $(ID)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_wire.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -11,10 +12,13 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
+from aggregator_service.auth import Access
+from aggregator_service.limits import LongPollGate, RateLimiter, UploadGate
 from aggregator_service.publish import ModelWatch
 from aggregator_service.rounds import Evaluator
-from aggregator_service.routes import inspect, model, updates
+from aggregator_service.routes import admin, inspect, model, updates
 from aggregator_service.runtime import Federation
 from aggregator_service.settings import AggregatorSettings
 from aggregator_service.state import UpdateRejected
@@ -22,9 +26,26 @@ from aggregator_service.store import StoreError
 from shared.config import ExperimentConfig, load_config
 from shared.errors import MalformedMessage, ProtocolVersionError, TensorError
 
-__all__ = ["create_app"]
+__all__ = ["build_federation", "create_app"]
 
 log = logging.getLogger(__name__)
+
+
+def build_federation(
+    settings: AggregatorSettings,
+    config: ExperimentConfig,
+    *,
+    evaluator: Evaluator | None = None,
+    on_finished: Callable[[], None] = lambda: None,
+) -> Federation:
+    """Open the state dir and build (or resume) the federation; raise if it cannot start.
+
+    `evaluator` defaults to evaluating on the dataset's test split when the config asks
+    for server-side evaluation.
+    """
+    if evaluator is None and config.server_eval:
+        evaluator = _default_evaluator(config)
+    return Federation(settings, config, evaluator=evaluator, on_finished=on_finished)
 
 
 def create_app(
@@ -33,32 +54,49 @@ def create_app(
     *,
     evaluator: Evaluator | None = None,
     on_finished: Callable[[], None] = lambda: None,
+    federation: Federation | None = None,
 ) -> FastAPI:
     """Build the aggregator app; the federation starts and stops with the app's lifespan.
 
-    `config` defaults to the YAML at settings.config; `evaluator` defaults to evaluating on
-    the dataset's test split when the config asks for server-side evaluation.
+    `config` defaults to the YAML at settings.config. The tokens are loaded here, so a bad
+    tokens file fails at once. `federation`, when given, is one already built by
+    `build_federation` (then `evaluator` and `on_finished` are its own); otherwise the
+    lifespan builds it.
     """
     experiment = config if config is not None else load_config(settings.config)
+    access = Access.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        evaluate = evaluator
-        if evaluate is None and experiment.server_eval:
-            evaluate = await run_in_threadpool(_default_evaluator, experiment)
-        federation = await run_in_threadpool(
-            Federation, settings, experiment, evaluator=evaluate, on_finished=on_finished
-        )
+        running = federation
+        if running is None:
+            running = await run_in_threadpool(
+                build_federation,
+                settings,
+                experiment,
+                evaluator=evaluator,
+                on_finished=on_finished,
+            )
+        _log_access(access, settings)
+        count = running.state.count_rejection
         watch = ModelWatch(asyncio.get_running_loop())
-        federation.state.on_publish = watch.notify
-        app.state.federation = federation
+        running.state.on_publish = watch.notify
+        app.state.federation = running
         app.state.watch = watch
-        app.state.upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
-        federation.start()
+        app.state.upload_gate = UploadGate(
+            slots=settings.max_concurrent_uploads,
+            max_waiting=settings.max_queued_uploads,
+            on_refuse=count,
+        )
+        app.state.long_poll_gate = LongPollGate(limit=settings.max_long_polls, on_refuse=count)
+        app.state.receive_limiter = RateLimiter(
+            rate=settings.receive_rate, burst=settings.receive_burst, on_refuse=count
+        )
+        running.start()
         try:
             yield
         finally:
-            await run_in_threadpool(federation.close)
+            await run_in_threadpool(running.close)
 
     app = FastAPI(
         title="Tributary aggregator",
@@ -67,10 +105,28 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.access = access
     _add_error_handlers(app)
-    for router in (model.router, updates.router, inspect.router):
+    for router in (model.router, updates.router, inspect.router, admin.router):
         app.include_router(router)
     return app
+
+
+def _log_access(access: Access, settings: AggregatorSettings) -> None:
+    if not access.clients_enabled:
+        log.warning(
+            "no tokens file: the aggregator accepts ANY client (local demo mode); "
+            "set --tokens-file to require tokens (docs/security.md)"
+        )
+    else:
+        log.info("client authentication on: %d client tokens", access.num_clients)
+        if not settings.tls:
+            log.warning(
+                "bearer tokens travel over plain HTTP; serve HTTPS (--ssl-certfile, "
+                "--ssl-keyfile) or put a TLS proxy in front"
+            )
+    if not access.admin_enabled:
+        log.info("no admin token: the /admin endpoints are disabled")
 
 
 def _default_evaluator(config: ExperimentConfig) -> Evaluator:
@@ -82,9 +138,16 @@ def _default_evaluator(config: ExperimentConfig) -> Evaluator:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UpdateRejected)
     async def rejected(request: Request, exc: UpdateRejected) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        headers = {"Retry-After": "1"} if exc.status == 503 else {}
+        headers.update(exc.headers)
         body = {"error": exc.code, "detail": exc.detail, **exc.extra}
         return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = exc.detail if exc.status_code in (404, 405) else "http_error"
+        body = {"error": str(code).lower().replace(" ", "_"), "detail": str(exc.detail)}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -106,10 +169,19 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def tensor(request: Request, exc: TensorError) -> JSONResponse:
         return _error(request, 422, "invalid_tensor", str(exc), tensor=exc.tensor)
 
+    # State-dir failures name files in the log only; the client learns only that it failed.
     @app.exception_handler(StoreError)
-    async def store(request: Request, exc: StoreError) -> JSONResponse:
-        log.error("state dir problem: %s", exc)
-        return _error(request, 503, "storage_unavailable", "the aggregator cannot persist state")
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.Error)
+    async def store(request: Request, exc: Exception) -> JSONResponse:
+        log.error("state dir problem on %s %s: %s", request.method, request.url.path, exc)
+        return _error(
+            request,
+            503,
+            "storage_unavailable",
+            "the aggregator cannot persist state; retry later",
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
@@ -117,8 +189,17 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(request, 500, "internal_error", "unexpected server error; see the server log")
 
 
-def _error(request: Request, status: int, code: str, detail: str, **extra: str) -> JSONResponse:
+def _error(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: str,
+) -> JSONResponse:
     app_state = getattr(request.app.state, "federation", None)
     if app_state is not None:
         app_state.state.count_rejection(code)
-    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status)
+    body = {"error": code, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from aggregator_service.limits import LongPollGate, RateLimiter, UploadGate
 from aggregator_service.publish import ModelWatch
 from aggregator_service.runtime import Federation
 from aggregator_service.settings import AggregatorSettings
 
-__all__ = ["FederationDep", "SettingsDep", "UploadSlotsDep", "WatchDep"]
+__all__ = [
+    "FederationDep",
+    "LongPollGateDep",
+    "ReceiveLimiterDep",
+    "SettingsDep",
+    "UploadGateDep",
+    "WatchDep",
+]
 
 
 def get_federation(request: Request) -> Federation:
@@ -32,13 +39,27 @@ def get_watch(request: Request) -> ModelWatch:
     return watch
 
 
-def get_upload_slots(request: Request) -> asyncio.Semaphore:
-    """Return the semaphore bounding how many upload bodies are held at once."""
-    slots: asyncio.Semaphore = request.app.state.upload_slots
-    return slots
+def get_upload_gate(request: Request) -> UploadGate:
+    """Return the gate bounding how many upload bodies are held or waiting at once."""
+    gate: UploadGate = request.app.state.upload_gate
+    return gate
+
+
+def get_long_poll_gate(request: Request) -> LongPollGate:
+    """Return the gate bounding how many long polls are held open."""
+    gate: LongPollGate = request.app.state.long_poll_gate
+    return gate
+
+
+def get_receive_limiter(request: Request) -> RateLimiter:
+    """Return the rate limiter of POST /receive."""
+    limiter: RateLimiter = request.app.state.receive_limiter
+    return limiter
 
 
 FederationDep = Annotated[Federation, Depends(get_federation)]
 SettingsDep = Annotated[AggregatorSettings, Depends(get_settings)]
 WatchDep = Annotated[ModelWatch, Depends(get_watch)]
-UploadSlotsDep = Annotated[asyncio.Semaphore, Depends(get_upload_slots)]
+UploadGateDep = Annotated[UploadGate, Depends(get_upload_gate)]
+LongPollGateDep = Annotated[LongPollGate, Depends(get_long_poll_gate)]
+ReceiveLimiterDep = Annotated[RateLimiter, Depends(get_receive_limiter)]

@@ -11,6 +11,11 @@ If the deadline passes with fewer, the round is *retried*, never aggregated from
 same round and global model, the updates already accepted are kept, every active client
 is invited, and the deadline starts again. Updates still being ingested always finish
 before a round closes.
+
+Two operator actions (POST /admin/...) are flags that the loop handles in its thread:
+`request_skip` closes the open round now with the updates it has (even fewer than
+`min_fit_clients`), or retries it when it has none; `request_stop` finishes the run now
+with the last aggregated model, dropping the open round's updates.
 """
 
 from __future__ import annotations
@@ -77,6 +82,8 @@ class RoundLoop:
         self.on_finished = on_finished
         self.error: str | None = None
         self._stopping = False
+        self._stop_requested = False  # finish the run now (admin)
+        self._skip_round: int | None = None  # close or retry this round now (admin)
         self._thread = threading.Thread(target=self._run, name="round-loop", daemon=True)
 
     def start(self) -> None:
@@ -90,6 +97,25 @@ class RoundLoop:
             self.state.changed.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def request_stop(self) -> None:
+        """Ask the loop to finish the run now with the last aggregated model."""
+        with self.state.changed:
+            self._stop_requested = True
+            self.state.changed.notify_all()
+
+    def request_skip(self) -> int | None:
+        """Ask the loop to close (or, without updates, retry) the open round; return its number.
+
+        Returns None, and asks nothing, when no round is training.
+        """
+        with self.state.changed:
+            current = self.state.round
+            if current.phase != "training" or self._stop_requested:
+                return None
+            self._skip_round = current.server_round
+            self.state.changed.notify_all()
+            return current.server_round
 
     def _run(self) -> None:
         try:
@@ -109,6 +135,12 @@ class RoundLoop:
         while not self._stopping:
             current = self.state.round
             now = time.monotonic()
+            if self._stop_requested and current.phase != "finished":
+                if current.in_flight:  # let updates being ingested finish first
+                    self.state.changed.wait()
+                    continue
+                current.phase = "aggregating"  # no update is taken any more
+                return self._stop_run
             if current.phase == "waiting":
                 if len(self.state.clients) >= config.min_available_clients:
                     return self._open_round
@@ -117,6 +149,8 @@ class RoundLoop:
             if current.phase != "training":
                 self.state.changed.wait()
                 continue
+            if self._skip_round != current.server_round:
+                self._skip_round = None  # asked for a round that has closed since
             decision = close_decision(
                 selected=len(current.selected),
                 received=len(current.received),
@@ -125,6 +159,9 @@ class RoundLoop:
                 close_at_threshold=config.close_at_threshold,
                 deadline_passed=now >= current.deadline,
             )
+            if self._skip_round is not None and not current.in_flight:
+                self._skip_round = None
+                decision = "close" if current.received else "retry"
             if decision == "close":
                 current.phase = "aggregating"
                 return self._close_round
@@ -210,6 +247,17 @@ class RoundLoop:
             self._open_round(server_round)
         else:
             self._install(RoundState(server_round, "waiting"), weights)
+
+    def _stop_run(self) -> None:
+        """Finish now: publish the last aggregated model as final; drop the open round."""
+        with self.state.lock:
+            current = self.state.round
+            weights = self.state.global_weights
+        done = current.server_round - 1  # the round whose result `weights` is
+        self.store.drop_updates(current.server_round)
+        self.store.set_meta("stopped", {"round": done, "at": time.time()})
+        log.warning("run stopped by the admin after %d rounds", done)
+        self._finish(done, weights)
 
     def _finish(self, server_round: int, weights: dict[str, np.ndarray]) -> None:
         self.store.set_meta("finished", True)

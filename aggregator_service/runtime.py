@@ -14,7 +14,7 @@ from aggregator_service.publish import publish
 from aggregator_service.rounds import Evaluator, RoundLoop
 from aggregator_service.settings import AggregatorSettings
 from aggregator_service.state import ClientInfo, FederationState, RoundState, UpdateRecord
-from aggregator_service.store import RunStore
+from aggregator_service.store import RunStore, StoreError
 from aggregator_service.strategy import Strategy, build_strategy
 from shared.config import ExperimentConfig
 from shared.errors import ConfigError
@@ -72,6 +72,12 @@ class Federation:
         model = build_model(config.model, **config.model_args())
         expected = model_spec(model)
         checkpoint = self.store.latest_checkpoint()
+        if checkpoint is None and _has_run(self.store):
+            raise StoreError(
+                f"the state directory {self.settings.state_dir} holds a run but none of its "
+                "checkpoints is intact; refusing to start over from a fresh model. Restore "
+                "the checkpoints/ directory from a backup, or use an empty --state-dir"
+            )
         if checkpoint is None:
             weights = init_global_weights(config.model, seed=config.seed, **config.model_args())
             self.store.save_checkpoint(0, weights)
@@ -87,8 +93,9 @@ class Federation:
 
     def _build_state(self, done_rounds: int, weights: dict[str, np.ndarray]) -> FederationState:
         config = self.config
-        finished = done_rounds >= config.num_rounds
-        server_round = config.num_rounds if finished else done_rounds + 1
+        stopped = self.store.get_meta("stopped") is not None  # finished early by the admin
+        finished = stopped or done_rounds >= config.num_rounds
+        server_round = done_rounds if stopped else min(done_rounds + 1, config.num_rounds)
         phase: Phase = "finished" if finished else "waiting"
         published = publish(
             server_round=server_round,
@@ -158,3 +165,9 @@ class Federation:
             }
         clients.setdefault(client_id, {"num_examples": num_examples, "registered_at": time.time()})
         self.store.set_meta("clients", clients)
+
+
+def _has_run(store: RunStore) -> bool:
+    """Tell whether the state dir already holds a run (checkpoint files or history)."""
+    checkpoints = store.state_dir / "checkpoints"
+    return any(checkpoints.glob("round-*.npz")) or bool(store.history())

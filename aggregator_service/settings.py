@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["AggregatorSettings"]
@@ -24,7 +24,36 @@ class AggregatorSettings(BaseSettings):
     persist_updates: bool = True  # fsync each accepted update before answering
     max_body_bytes: int = Field(512 * MIB, ge=1024)
     max_concurrent_uploads: int = Field(2, ge=1)  # bodies held in memory at once
+    max_queued_uploads: int = Field(16, ge=0)  # uploads waiting for a slot; more get 503
+    max_long_polls: int = Field(1000, ge=0)  # requests held open at once; more get 503
+    receive_rate: float = Field(2.0, ge=0)  # POST /receive per second per client; 0 = no limit
+    receive_burst: int = Field(100, ge=1)  # ... and how many may come at once
     long_poll_max_s: float = Field(60.0, ge=0)
     client_timeout_s: float = Field(300.0, gt=0)  # unseen this long = not active
     exit_when_finished: bool = False
     log_level: str = "info"
+
+    # Authentication: off (anyone may take part) unless a tokens file is given.
+    tokens_file: Path | None = None  # `client_id: token` lines (docs/security.md)
+    admin_token_file: Path | None = None  # one line: the admin token
+    admin_token: SecretStr | None = None  # env TRIBUTARY_AGG_ADMIN_TOKEN only, never a flag
+
+    # TLS: serve HTTPS when both are given.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> AggregatorSettings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("give both ssl_certfile and ssl_keyfile, or neither")
+        if self.admin_token is not None and self.admin_token_file is not None:
+            raise ValueError(
+                "the admin token is given twice (admin_token_file and TRIBUTARY_AGG_ADMIN_TOKEN); "
+                "keep one"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the aggregator serves HTTPS."""
+        return self.ssl_certfile is not None

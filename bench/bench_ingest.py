@@ -6,6 +6,10 @@ Measured in one run, each `--repeats` times:
   sink in another process (4 MiB socket buffers, 4 MiB receive buffer per connection); from
   the first byte sent to the last one-byte acknowledgement sent once the sink has read every
   byte of its connection;
+- HTTP read only: the same uploads to a stand-in server process running the same HTTP stack
+  (uvicorn, FastAPI, the service's `read_body` under the same two upload slots) that
+  answers 200 once the body is read and does nothing with it: the ceiling the HTTP layer
+  leaves for the aggregator;
 - raw write: the same bytes written to the state dir's filesystem as N files of the update's
   size, one after the other, each fsynced (as the store does with an accepted update);
 - ingest: an aggregator process (``python -m aggregator_service``) in a round of N clients;
@@ -21,6 +25,7 @@ else on the machine. Run: ``.venv/bin/python bench/bench_ingest.py``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import multiprocessing
 import os
@@ -29,13 +34,15 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
+import uvicorn
 from _common import (
     Aggregator,
     CpuUse,
@@ -50,12 +57,17 @@ from _common import (
     summarize,
     wait_for_status,
 )
+from fastapi import FastAPI, Request
 
-__all__ = ["Timing", "fsync_write", "ingest_round", "main", "raw_tcp"]
+from aggregator_service.body import read_body
+from aggregator_service.settings import AggregatorSettings
+
+__all__ = ["Timing", "fsync_write", "http_read_only", "ingest_round", "main", "raw_tcp", "report"]
 
 SOCKET_BUFFER = 4 << 20
-RAW_TCP, RAW_WRITE = "raw TCP", "raw fsync write"
+RAW_TCP, RAW_WRITE, HTTP_READ = "raw TCP", "raw fsync write", "HTTP read only"
 INGEST_OFF, INGEST_ON = "ingest, persistence off", "ingest, persistence on"
+UPLOAD_SLOTS = AggregatorSettings().max_concurrent_uploads  # the service's default
 Span = tuple[float, float]  # perf_counter at the first byte sent, at the reply
 
 
@@ -77,7 +89,7 @@ def _concurrently(
     count: int, send: Callable[[threading.Barrier], Span], nbytes: int, server_pid: int | None
 ) -> Timing:
     """Run `send` in `count` threads released together; time the first start to the last reply."""
-    start = threading.Barrier(count)
+    start = threading.Barrier(count, timeout=120)
 
     def run_all() -> list[Span]:
         with ThreadPoolExecutor(count) as pool:
@@ -128,23 +140,64 @@ def _send_one(port: int, body: bytes, start: threading.Barrier) -> Span:
 
 def raw_tcp(body: bytes, *, senders: int, repeats: int) -> list[Timing]:
     """Time `senders` concurrent loopback transfers of `body` to a sink in another process."""
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    sink = context.Process(target=_tcp_sink, args=(child, len(body)), daemon=True)
-    sink.start()
-    try:
-        if not parent.poll(60):
-            raise TimeoutError("the TCP sink did not start within 60 s")
-        port = int(parent.recv())
+    with _spawned(_tcp_sink, len(body)) as (pid, port):
         return [
             _concurrently(
-                senders, lambda start: _send_one(port, body, start), len(body) * senders, sink.pid
+                senders, lambda start: _send_one(port, body, start), len(body) * senders, pid
             )
             for _ in range(repeats)
         ]
+
+
+@contextmanager
+def _spawned(target: Callable[[Connection, int], None], arg: int) -> Iterator[tuple[int, int]]:
+    """Run `target(pipe, arg)` in a fresh process until the block ends; yield (pid, port)."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=target, args=(child, arg), daemon=True)
+    process.start()
+    try:
+        if not parent.poll(60):
+            raise TimeoutError(f"{target.__name__} did not start within 60 s")
+        assert process.pid is not None
+        yield process.pid, int(parent.recv())
     finally:
-        sink.terminate()
-        sink.join(10)
+        process.terminate()
+        process.join(10)
+
+
+# -------------------------------------------------------------------- HTTP read only
+
+
+def _read_only_app(upload_slots: int) -> FastAPI:
+    """An app whose POST /receive reads the body as the aggregator's does, then answers."""
+    app = FastAPI()
+    slots = asyncio.Semaphore(upload_slots)
+
+    @app.post("/receive")
+    async def receive(request: Request) -> dict[str, int]:
+        async with slots:
+            body = await read_body(request, 1 << 30)
+        return {"received": len(body)}
+
+    return app
+
+
+def _http_sink(reply: Connection, upload_slots: int) -> None:
+    """Serve the read-only app on a free loopback port, sent back through `reply`."""
+    app = _read_only_app(upload_slots)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)  # connections wait in the backlog until the server accepts them
+    reply.send(listener.getsockname()[1])
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
+
+
+def http_read_only(bodies: Sequence[bytes], *, repeats: int, upload_slots: int) -> list[Timing]:
+    """Time posting `bodies` at once to a server that only reads them."""
+    with _spawned(_http_sink, upload_slots) as (pid, port):
+        server = Aggregator(pid, "127.0.0.1", port, Path(os.devnull))
+        return [_post_together(server, bodies) for _ in range(repeats)]
 
 
 # ------------------------------------------------------------------------ raw write
@@ -185,6 +238,11 @@ def ingest_round(
     """Encode every client's update for the round, then post them all at once and time it."""
     wait_for_status(server, lambda s: s["round"] == server_round and s["phase"] == "training")
     bodies = [encode_update(cid, server_round, weights) for cid in client_ids]
+    return _post_together(server, bodies)
+
+
+def _post_together(server: Aggregator, bodies: Sequence[bytes]) -> Timing:
+    """POST every body from its own thread, all released at once; time the lot."""
     claim = iter(bodies)
     lock = threading.Lock()
 
@@ -194,8 +252,7 @@ def ingest_round(
         upload = post_update(server, body, start=start)
         return upload.started, upload.finished
 
-    nbytes = sum(len(body) for body in bodies)
-    return _concurrently(len(bodies), send, nbytes, server.pid)
+    return _concurrently(len(bodies), send, sum(len(b) for b in bodies), server.pid)
 
 
 def ingest_run(
@@ -239,22 +296,24 @@ def _row(name: str, timings: Sequence[Timing]) -> list[str]:
     return [name, f"{best:.3f}", f"{median:.3f}", *(f"{c:.2f}" for c in cells)]
 
 
-def _ratio_row(
-    name: str, top: Sequence[Timing], bottom: Sequence[Timing], target: float
-) -> list[str]:
-    best = max(t.gbps for t in top) / max(t.gbps for t in bottom)
-    median = statistics.median(t.gbps for t in top) / statistics.median(t.gbps for t in bottom)
-    return [name, f"{best:.2f}", f"{median:.2f}", f">= {target} (target)"]
+def _ratio_row(results: dict[str, list[Timing]], top: str, bottom: str, target: str) -> list[str]:
+    best = max(t.gbps for t in results[top]) / max(t.gbps for t in results[bottom])
+    median = statistics.median(t.gbps for t in results[top]) / statistics.median(
+        t.gbps for t in results[bottom]
+    )
+    return [f"{top} / {bottom}", f"{best:.2f}", f"{median:.2f}", target]
 
 
 def report(results: dict[str, list[Timing]]) -> str:
     """Render the measured figures and the ratios as two Markdown tables."""
     header = ["transfer", "best GB/s", "median GB/s", "median s"]
     header += ["server CPU s", "client CPU s", "others' CPU s"]
-    names = [RAW_TCP, INGEST_OFF, RAW_WRITE, INGEST_ON]
+    names = [RAW_TCP, HTTP_READ, INGEST_OFF, RAW_WRITE, INGEST_ON]
     ratios = [
-        _ratio_row(f"{INGEST_OFF} / {RAW_TCP}", results[INGEST_OFF], results[RAW_TCP], 0.5),
-        _ratio_row(f"{INGEST_ON} / {RAW_WRITE}", results[INGEST_ON], results[RAW_WRITE], 0.8),
+        _ratio_row(results, INGEST_OFF, RAW_TCP, ">= 0.5 (target)"),
+        _ratio_row(results, HTTP_READ, RAW_TCP, "-"),
+        _ratio_row(results, INGEST_OFF, HTTP_READ, "-"),
+        _ratio_row(results, INGEST_ON, RAW_WRITE, ">= 0.8 (target)"),
     ]
     return (
         markdown_table(header, [_row(name, results[name]) for name in names])
@@ -277,6 +336,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         def tcp(body: bytes) -> None:
             results[RAW_TCP] = raw_tcp(body, senders=args.clients, repeats=args.repeats)
+            results[HTTP_READ] = http_read_only(
+                [body] * args.clients, repeats=args.repeats, upload_slots=UPLOAD_SLOTS
+            )
 
         def write(body: bytes) -> None:
             results[RAW_WRITE] = fsync_write(work, body, count=args.clients, repeats=args.repeats)

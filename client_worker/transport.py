@@ -42,7 +42,7 @@ _log = logging.getLogger(__name__)
 MSGPACK = "application/msgpack"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
 _RETRYABLE = frozenset({408, 429})  # plus every 5xx
-_REJECTIONS = frozenset({"stale_round", "not_selected"})
+_REJECTIONS = frozenset({"stale_round", "not_selected", "round_closed"})
 
 
 class FatalServerError(TributaryError):

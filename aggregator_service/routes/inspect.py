@@ -4,31 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from aggregator_service.auth import reader_caller
 from aggregator_service.deps import FederationDep
 from aggregator_service.metrics import render_metrics
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["inspect"])
+_READERS = [Depends(reader_caller)]  # any client's token or the admin token, when configured
 
 
-@router.get("/status")
+@router.get("/status", dependencies=_READERS)
 def status(federation: FederationDep) -> dict[str, Any]:
     """Return the round, phase, clients, this round's updates and the last round's metrics."""
     return federation.state.status()
 
 
-@router.get("/history")
+@router.get("/history", dependencies=_READERS)
 def history(federation: FederationDep) -> list[dict[str, Any]]:
     """Return one row per finished round."""
     with federation.state.lock:
         return list(federation.state.history)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=_READERS)
 def metrics(federation: FederationDep) -> str:
     """Return counters and gauges in the Prometheus text format."""
     return render_metrics(federation.state)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from aggregator_service.deps import FederationDep, SettingsDep, WatchDep
+from aggregator_service.auth import ReaderCaller, check_client, reader_caller
+from aggregator_service.deps import FederationDep, LongPollGateDep, SettingsDep, WatchDep
+from aggregator_service.limits import LongPollGate
 from aggregator_service.publish import ModelWatch, PublishedModel
 from aggregator_service.state import FederationState
 
@@ -24,6 +26,9 @@ _WEIGHTS_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {MSGPACK: {}, "application/json": {}},
     },
     304: {"description": "Not modified: the ETag in If-None-Match is still current."},
+    401: {"description": "missing or invalid bearer token (when tokens are configured)"},
+    403: {"description": "`client_id` is not the client of the token (`wrong_client`)"},
+    503: {"description": "too many long polls held open (`too_many_polls`); see Retry-After"},
 }
 
 
@@ -33,6 +38,8 @@ async def get_weights(
     federation: FederationDep,
     settings: SettingsDep,
     watch: WatchDep,
+    long_polls: LongPollGateDep,
+    caller: ReaderCaller,
     client_id: Annotated[str | None, Query(max_length=64)] = None,
     min_round: Annotated[int, Query(ge=0)] = 0,
     wait: Annotated[float, Query(ge=0, description="long-poll seconds")] = 0.0,
@@ -41,9 +48,10 @@ async def get_weights(
     """Serve the global model; hold the request up to `wait` s until something new exists."""
     state = federation.state
     if client_id is not None:
+        check_client(request, caller, client_id)
         state.touch(client_id)
     timeout = min(wait, settings.long_poll_max_s)
-    published = await _await_new(state, watch, min_round, if_none_match, timeout)
+    published = await _await_new(state, watch, long_polls, min_round, if_none_match, timeout)
     headers = {
         "ETag": published.etag,
         "Cache-Control": "no-cache",
@@ -60,7 +68,7 @@ async def get_weights(
     return Response(published.payload, media_type=MSGPACK, headers=headers)
 
 
-@router.get("/model")
+@router.get("/model", dependencies=[Depends(reader_caller)])
 def model_summary(federation: FederationDep) -> dict[str, Any]:
     """Return round, model name, per-tensor shape, dtype and L2 norm, sizes and sha256."""
     return federation.state.published.summary
@@ -69,23 +77,33 @@ def model_summary(federation: FederationDep) -> dict[str, Any]:
 async def _await_new(
     state: FederationState,
     watch: ModelWatch,
+    long_polls: LongPollGate,
     min_round: int,
     etag: str | None,
     timeout: float,
 ) -> PublishedModel:
+    """Return the published model once it is new to the caller, finished, or time is up."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while True:
-        changed = watch.current()  # taken before the check, so no publish is missed
-        published = state.published
-        fresh = published.server_round >= min_round and published.etag != etag
-        remaining = deadline - loop.time()
-        if fresh or published.phase == "finished" or remaining <= 0:
-            return published
-        try:
-            await asyncio.wait_for(changed.wait(), remaining)
-        except TimeoutError:
-            return state.published
+    changed = watch.current()  # taken before the check, so no publish is missed
+    published = state.published
+    if _answer_now(published, min_round, etag) or timeout <= 0:
+        return published
+    with long_polls.hold():  # 503 when too many requests are held already
+        while True:
+            try:
+                await asyncio.wait_for(changed.wait(), deadline - loop.time())
+            except TimeoutError:
+                return state.published
+            changed = watch.current()
+            published = state.published
+            if _answer_now(published, min_round, etag) or loop.time() >= deadline:
+                return published
+
+
+def _answer_now(published: PublishedModel, min_round: int, etag: str | None) -> bool:
+    fresh = published.server_round >= min_round and published.etag != etag
+    return fresh or published.phase == "finished"
 
 
 def _wants_json(request: Request) -> bool:

@@ -7,9 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
+from aggregator_service.auth import Caller, ClientCaller, check_client
 from aggregator_service.body import read_body
-from aggregator_service.deps import FederationDep, SettingsDep, UploadSlotsDep
-from aggregator_service.ingest import ingest_update
+from aggregator_service.deps import FederationDep, ReceiveLimiterDep, SettingsDep, UploadGateDep
+from aggregator_service.ingest import decode_update, ingest_update
+from aggregator_service.runtime import Federation
 from aggregator_service.state import UpdateRejected
 from shared.schemas import ReceiveReply, RegisterReply, RegisterRequest
 
@@ -30,14 +32,21 @@ _UPDATE_SCHEMA: dict[str, Any] = {
         "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
     },
 }
+_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or invalid bearer token (when tokens are configured)"},
+    403: {"description": "the token belongs to another client (`wrong_client`)"},
+}
 
 
-@router.post("/register")
-async def register(request: RegisterRequest, federation: FederationDep) -> RegisterReply:
+@router.post("/register", responses=_AUTH_RESPONSES)
+async def register(
+    body: RegisterRequest, request: Request, federation: FederationDep, caller: ClientCaller
+) -> RegisterReply:
     """Register a client (idempotent); it becomes eligible from the next round it is seen in."""
-    reply, is_new = federation.state.register(request.client_id, request.num_examples)
+    check_client(request, caller, body.client_id)
+    reply, is_new = federation.state.register(body.client_id, body.num_examples)
     if is_new:
-        await run_in_threadpool(federation.remember_client, request.client_id, request.num_examples)
+        await run_in_threadpool(federation.remember_client, body.client_id, body.num_examples)
     return reply
 
 
@@ -51,31 +60,51 @@ async def register(request: RegisterRequest, federation: FederationDep) -> Regis
     },
     responses={
         400: {"description": "undecodable msgpack or unknown protocol version"},
+        **_AUTH_RESPONSES,
         409: {"description": "stale round, round closed, or client not selected"},
         413: {"description": "body over --max-body-bytes"},
         415: {"description": "content type is not application/msgpack"},
         422: {"description": "wrong tensor names, shapes or dtypes; NaN/Inf; bad fields"},
-        503: {"description": "an update from this client is still being processed"},
+        429: {"description": "over --receive-rate / --receive-burst; retry after Retry-After"},
+        503: {
+            "description": "an update from this client is still being processed, the upload "
+            "queue is full, or the state dir cannot be written; retry after Retry-After"
+        },
     },
 )
 async def receive(
     request: Request,
     federation: FederationDep,
     settings: SettingsDep,
-    upload_slots: UploadSlotsDep,
+    caller: ClientCaller,
+    limiter: ReceiveLimiterDep,
+    upload_gate: UploadGateDep,
 ) -> ReceiveReply:
     """Accept one client's weights for the current round."""
+    limiter.check(caller.client_id or _remote_address(request))
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if content_type != "application/msgpack":
         raise UpdateRejected(
             415, "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
         )
-    async with upload_slots:
+    async with upload_gate.admit():
         body = await read_body(request, settings.max_body_bytes)
         return await run_in_threadpool(
-            ingest_update,
-            body,
-            state=federation.state,
-            strategy=federation.strategy,
-            store=federation.update_store,
+            _ingest_as, body, request=request, caller=caller, federation=federation
         )
+
+
+def _ingest_as(
+    body: memoryview, *, request: Request, caller: Caller, federation: Federation
+) -> ReceiveReply:
+    """Ingest an update; with authentication, only under the client id of the caller's token."""
+    if caller.client_id is not None:
+        header, _ = decode_update(body)  # cheap: tensors stay views of the body
+        check_client(request, caller, header.client_id)
+    return ingest_update(
+        body, state=federation.state, strategy=federation.strategy, store=federation.update_store
+    )
+
+
+def _remote_address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ __all__ = [
     "load_yaml_documents",
     "parse_env_file",
     "parse_unit",
+    "unit_environment",
+    "unit_values",
     "unknown_variables",
 ]
 
@@ -114,7 +116,7 @@ def load_yaml_documents(path: Path) -> list[Any]:
         return [doc for doc in yaml.safe_load_all(stream) if doc is not None]
 
 
-def unknown_variables(names: Iterator[str] | list[str] | set[str]) -> list[str]:
+def unknown_variables(names: Iterable[str]) -> list[str]:
     """Return the TRIBUTARY_* names that no settings class nor deployment script reads."""
     agg = {name.upper() for name in AggregatorSettings.model_fields}
     worker = {name.upper() for name in WorkerSettings.model_fields}

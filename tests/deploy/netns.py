@@ -9,6 +9,7 @@ not clash and the namespaces of a run that was killed can be recognised and remo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -29,8 +30,11 @@ _NAME = re.compile(rf"^{_PREFIX}(\d+)x[0-9a-f]{{4}}-")
 _COMMAND_TIMEOUT_S = 10.0
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=_COMMAND_TIMEOUT_S)
+def _ip(command: str) -> None:
+    """Run `ip COMMAND` (words split at spaces) and fail loudly if it fails."""
+    subprocess.run(
+        ["ip", *command.split()], check=True, capture_output=True, timeout=_COMMAND_TIMEOUT_S
+    )
 
 
 def netns_unavailable_reason() -> str | None:
@@ -41,11 +45,11 @@ def netns_unavailable_reason() -> str | None:
         return "creating network namespaces needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN)"
     probe = f"{_PREFIX}{os.getpid()}x{secrets.token_hex(2)}-probe"
     try:
-        _ip("netns", "add", probe)
+        _ip(f"netns add {probe}")
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         return f"`ip netns add` failed: {exc}"
     try:
-        _ip("-n", probe, "link", "add", "probe0", "type", "bridge")
+        _ip(f"-n {probe} link add probe0 type bridge")
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         return f"cannot create links in a namespace (no CAP_NET_ADMIN?): {exc}"
     finally:
@@ -94,32 +98,20 @@ class TestNetwork:
         """Create the bridge namespace and its bridge."""
         remove_stale_namespaces()
         self._add_namespace(self.bridge_namespace)
-        _ip("-n", self.bridge_namespace, "link", "add", "br0", "type", "bridge")
-        _ip("-n", self.bridge_namespace, "link", "set", "br0", "up")
+        _ip(f"-n {self.bridge_namespace} link add br0 type bridge")
+        _ip(f"-n {self.bridge_namespace} link set br0 up")
 
     def add_machine(self, name: str, host: int) -> Machine:
         """Create a machine namespace with address TEST_SUBNET.host/24, joined to the bridge."""
         namespace = f"{self.tag}-{name}"
         self._add_namespace(namespace)
         port = f"v-{name}"[:15]
-        _ip(
-            "-n",
-            self.bridge_namespace,
-            "link",
-            "add",
-            port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            namespace,
-        )
-        _ip("-n", self.bridge_namespace, "link", "set", port, "master", "br0", "up")
+        bridge = self.bridge_namespace
+        _ip(f"-n {bridge} link add {port} type veth peer name eth0 netns {namespace}")
+        _ip(f"-n {bridge} link set {port} master br0 up")
         address = f"{TEST_SUBNET}.{host}"
-        _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
-        _ip("-n", namespace, "link", "set", "eth0", "up")
+        _ip(f"-n {namespace} addr add {address}/24 dev eth0")
+        _ip(f"-n {namespace} link set eth0 up")
         machine = Machine(name=name, namespace=namespace, address=address)
         self.machines[name] = machine
         return machine
@@ -166,7 +158,9 @@ class TestNetwork:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                process.kill()
+                # `timeout` leads its own process group (pgid = its pid): end it with its child.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=5)
         remaining = list(reversed(self.namespaces))
         for _ in range(5):
@@ -181,9 +175,9 @@ class TestNetwork:
             raise RuntimeError(f"could not delete network namespaces {remaining}")
 
     def _add_namespace(self, namespace: str) -> None:
-        _ip("netns", "add", namespace)
+        _ip(f"netns add {namespace}")
         self.namespaces.append(namespace)
-        _ip("-n", namespace, "link", "set", "lo", "up")
+        _ip(f"-n {namespace} link set lo up")
         # IPv4 only: no IPv6 link-local chatter on the test bridge.
         subprocess.run(
             [

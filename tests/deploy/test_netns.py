@@ -134,7 +134,7 @@ def test_aggregator_answers_from_another_namespace(network: TestNetwork, tmp_pat
     assert unit == "tributary-aggregator.service"
     _wait_healthy(network, operator, base, process, log)
     status = _get_json(network, operator, f"{base}/status")
-    assert status["round"] == 1 and status["phase"] == "waiting"
+    assert (status["round"], status["phase"]) == (1, "waiting")
     assert status["registered_clients"] == 0
     assert (tmp_path / "agg/var/lib/tributary").is_dir()  # the unit's StateDirectory is used
     assert process.poll() is None

@@ -1,0 +1,136 @@
+"""Limits that keep the aggregator working under abuse: rates, upload queue, long polls.
+
+- `RateLimiter`: a token bucket per key (the client id with authentication, else the
+  remote address) for POST /receive; over the limit: 429 with Retry-After.
+- `UploadGate`: at most `slots` upload bodies held at once and `max_waiting` uploads
+  waiting for a slot; one more gets 503 at once instead of queueing without bound.
+- `LongPollGate`: at most `limit` GET /get_weights requests held open; a request that
+  would have to wait beyond that gets 503 (answering at once would make workers spin).
+
+The gates run on the event loop only (no threads), so plain counters suffice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+from aggregator_service.state import UpdateRejected
+
+__all__ = ["BUSY_RETRY_AFTER_S", "LongPollGate", "RateLimiter", "UploadGate"]
+
+BUSY_RETRY_AFTER_S = 2  # Retry-After of a 503 for a full upload queue or long-poll cap
+MAX_KEYS = 100_000  # buckets remembered; the least recently used go first
+
+
+class RateLimiter:
+    """Token buckets: `rate` requests per second per key, up to `burst` at once."""
+
+    def __init__(
+        self,
+        *,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        on_refuse: Callable[[str], None] = lambda code: None,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._on_refuse = on_refuse
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key: tokens, t
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a rate is set (0 means no limit)."""
+        return self.rate > 0
+
+    def take(self, key: str) -> float:
+        """Spend one token of `key`; return 0.0, or the seconds until one is available."""
+        if not self.enabled:
+            return 0.0
+        now = self._clock()
+        tokens, last = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > MAX_KEYS:
+            self._buckets.popitem(last=False)
+        return wait
+
+    def check(self, key: str) -> None:
+        """Spend one token of `key` or raise 429 `rate_limited` with Retry-After."""
+        wait = self.take(key)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            self._on_refuse("rate_limited")
+            raise UpdateRejected(
+                429,
+                "rate_limited",
+                f"more than {self.burst} updates at once or {self.rate:g} per second; "
+                f"retry after {seconds} s",
+                headers={"Retry-After": str(seconds)},
+            )
+
+
+class UploadGate:
+    """Upload slots plus a bounded waiting line; beyond both, 503 `server_busy`."""
+
+    def __init__(
+        self, *, slots: int, max_waiting: int, on_refuse: Callable[[str], None] = lambda code: None
+    ) -> None:
+        self._slots = asyncio.Semaphore(slots)
+        self._on_refuse = on_refuse
+        self.capacity = slots + max_waiting
+        self.admitted = 0  # holding a slot or waiting for one
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold an upload slot for the block, waiting in line if there is room in it."""
+        if self.admitted >= self.capacity:
+            self._on_refuse("server_busy")
+            raise _busy("server_busy", "too many uploads are in progress or waiting")
+        self.admitted += 1
+        try:
+            async with self._slots:
+                yield
+        finally:
+            self.admitted -= 1
+
+
+class LongPollGate:
+    """Counts the requests held open; refuses to hold more than `limit`."""
+
+    def __init__(self, *, limit: int, on_refuse: Callable[[str], None] = lambda code: None) -> None:
+        self.limit = limit
+        self._on_refuse = on_refuse
+        self.held = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Count a held request for the block, or raise 503 `too_many_polls`."""
+        if self.held >= self.limit:
+            self._on_refuse("too_many_polls")
+            raise _busy("too_many_polls", "too many long polls are held open")
+        self.held += 1
+        try:
+            yield
+        finally:
+            self.held -= 1
+
+
+def _busy(code: str, detail: str) -> UpdateRejected:
+    return UpdateRejected(
+        503,
+        code,
+        f"{detail}; retry after {BUSY_RETRY_AFTER_S} s",
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+    )

@@ -1,0 +1,184 @@
+"""The run's progress, rendered from the aggregator's /status and /history dicts.
+
+Pure functions: they take the JSON the runner polled and return text or rich renderables,
+so they are tested without a terminal. `render_view` is the live view (a status block and
+a per-round table); `round_line` is the one line per finished round printed when there is
+no terminal or with --no-live.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from shared.runs.report import megabytes, traffic
+
+__all__ = [
+    "LinePrinter",
+    "LiveView",
+    "format_elapsed",
+    "render_text",
+    "render_view",
+    "round_line",
+    "rounds_table",
+    "status_lines",
+    "traffic_lines",
+]
+
+Row = Mapping[str, Any]
+MAX_TABLE_ROWS = 12  # the live table shows the latest rounds; the CSV has all of them
+
+
+def format_elapsed(seconds: float) -> str:
+    """Return seconds as m:ss, or h:mm:ss from one hour on."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _number(value: Any, spec: str = ".4f") -> str:
+    return format(value, spec) if value is not None else "-"
+
+
+def status_lines(status: Row | None, *, elapsed_s: float) -> list[str]:
+    """Return round r/R and phase, updates reported/needed, and the last accuracy and loss."""
+    clock = f"elapsed {format_elapsed(elapsed_s)}"
+    if status is None:
+        return [f"waiting for the aggregator ... {clock}"]
+    last = status.get("last_round") or {}
+    return [
+        f"round {status['round']}/{status['num_rounds']}   phase {status['phase']}   {clock}",
+        f"clients: reported {status.get('received', 0)}/{status.get('needed', 0)}, "
+        f"registered {status.get('registered_clients', 0)}",
+        f"last round: accuracy {_number(last.get('eval_accuracy'))}, "
+        f"loss {_number(last.get('eval_loss'))}",
+    ]
+
+
+def round_line(row: Row, *, num_rounds: int) -> str:
+    """Return the line printed when a round finished (no live view)."""
+    participants = row.get("participants") or []
+    return (
+        f"round {row['round']}/{num_rounds}: {len(participants)} clients, "
+        f"{row.get('num_examples', 0)} examples, accuracy {_number(row.get('eval_accuracy'))}, "
+        f"eval loss {_number(row.get('eval_loss'))}, "
+        f"train loss {_number(row.get('train_loss'))}, "
+        f"{megabytes(row.get('bytes_in') or 0):.2f} MB in / "
+        f"{megabytes(row.get('bytes_out') or 0):.2f} MB out, "
+        f"{_number(row.get('duration_s'), '.1f')} s"
+    )
+
+
+def traffic_lines(history: Sequence[Row]) -> list[str]:
+    """Return the communication cost: MB in/out per round on average and in total."""
+    if not history:
+        return ["traffic: no round finished"]
+    flow = traffic(history)
+    return [
+        f"traffic per round: {flow['mean_mb_in_per_round']:.2f} MB in (client updates), "
+        f"{flow['mean_mb_out_per_round']:.2f} MB out (global model) on average",
+        f"traffic in total: {flow['total_mb_in']:.2f} MB in, {flow['total_mb_out']:.2f} MB out "
+        f"over {len(history)} rounds",
+    ]
+
+
+def rounds_table(history: Sequence[Row], *, max_rows: int = MAX_TABLE_ROWS) -> Table:
+    """Return a table of the latest `max_rows` finished rounds."""
+    shown = list(history)[-max_rows:]
+    hidden = len(history) - len(shown)
+    caption = f"{hidden} earlier rounds in metrics.csv" if hidden else None
+    # No vertical rules, one-space gaps, no "examples" (in metrics.csv): fits 80 columns.
+    table = Table(
+        title="finished rounds",
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 0, 0, 1),
+    )
+    for name in ("round", "clients", "train loss", "eval loss", "accuracy"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for name in ("MB in", "MB out", "time s"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in shown:
+        table.add_row(
+            str(row["round"]),
+            str(len(row.get("participants") or [])),
+            _number(row.get("train_loss")),
+            _number(row.get("eval_loss")),
+            _number(row.get("eval_accuracy")),
+            f"{megabytes(row.get('bytes_in') or 0):.2f}",
+            f"{megabytes(row.get('bytes_out') or 0):.2f}",
+            _number(row.get("duration_s"), ".1f"),
+        )
+    return table
+
+
+def render_view(
+    status: Row | None, history: Sequence[Row], *, elapsed_s: float, title: str = "Tributary run"
+) -> RenderableType:
+    """Return the live view: the status block above the per-round table."""
+    lines = status_lines(status, elapsed_s=elapsed_s)
+    if history:
+        lines.append(traffic_lines(history)[1])
+    header = Panel(Text("\n".join(lines)), title=title, expand=False)
+    return Group(header, rounds_table(history)) if history else header
+
+
+def render_text(renderable: RenderableType, *, width: int = 120) -> str:
+    """Return what `renderable` looks like on a plain terminal `width` columns wide."""
+    sink = io.StringIO()
+    Console(width=width, file=sink, color_system=None).print(renderable)
+    return sink.getvalue()
+
+
+class LiveView:
+    """The live view in a terminal: redrawn on every poll (no refresh thread)."""
+
+    def __init__(self, console: Console, *, title: str) -> None:
+        self._title = title
+        self._live = Live(console=console, auto_refresh=False)
+        self._live.start()
+
+    def update(self, status: Row | None, history: Sequence[Row], *, elapsed_s: float) -> None:
+        """Redraw with the latest status and history."""
+        view = render_view(status, history, elapsed_s=elapsed_s, title=self._title)
+        self._live.update(view, refresh=True)
+
+    def note(self, message: str) -> None:
+        """Print a message above the live view."""
+        self._live.console.print(message, markup=False, highlight=False)
+
+    def close(self) -> None:
+        """Stop redrawing; the last view stays on screen."""
+        self._live.stop()
+
+
+class LinePrinter:
+    """Without a terminal (or with --no-live): one line per finished round."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._printed = 0
+
+    def update(self, status: Row | None, history: Sequence[Row], *, elapsed_s: float) -> None:
+        """Print the rounds that finished since the last update."""
+        del elapsed_s
+        num_rounds = status["num_rounds"] if status else len(history)
+        for row in history[self._printed :]:
+            self.note(round_line(row, num_rounds=num_rounds))
+        self._printed = max(self._printed, len(history))
+
+    def note(self, message: str) -> None:
+        """Print one line."""
+        self._console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        """Nothing to tear down."""

@@ -1,0 +1,220 @@
+"""What a run leaves behind, computed from the aggregator's /history rows.
+
+    metrics.csv     one row per round (the /history fields, MB in/out, participant count)
+    metrics.json    {"summary": {...}, "rounds": [the /history rows]}
+    curves.png      accuracy and loss versus round
+    tensorboard/    one event file: eval_accuracy, eval_loss, train_loss, bytes_in,
+                    bytes_out, duration_s per round (`tensorboard --logdir runs`)
+
+matplotlib and TensorBoard are imported inside their writers: the runner starts fast and
+only pays for them once, at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CSV_FIELDS",
+    "TENSORBOARD_SCALARS",
+    "ReportPaths",
+    "megabytes",
+    "plot_curves",
+    "summarize",
+    "traffic",
+    "write_metrics_csv",
+    "write_metrics_json",
+    "write_report",
+    "write_tensorboard",
+]
+
+Row = Mapping[str, Any]
+
+BYTES_PER_MB = 1_000_000  # decimal megabytes, as network traffic is usually counted
+CSV_FIELDS = (
+    "round",
+    "num_participants",
+    "participants",
+    "num_examples",
+    "train_loss",
+    "eval_loss",
+    "eval_accuracy",
+    "bytes_in",
+    "bytes_out",
+    "mb_in",
+    "mb_out",
+    "duration_s",
+    "attempts",
+    "finished_at",
+)
+TENSORBOARD_SCALARS = (
+    "eval_accuracy",
+    "eval_loss",
+    "train_loss",
+    "bytes_in",
+    "bytes_out",
+    "duration_s",
+)
+
+
+def megabytes(num_bytes: float) -> float:
+    """Return `num_bytes` in decimal megabytes (10**6 bytes)."""
+    return num_bytes / BYTES_PER_MB
+
+
+def traffic(history: Sequence[Row]) -> dict[str, Any]:
+    """Return MB in and out per round, in total, and per round on average."""
+    per_round = [
+        {
+            "round": row["round"],
+            "mb_in": megabytes(row.get("bytes_in") or 0),
+            "mb_out": megabytes(row.get("bytes_out") or 0),
+        }
+        for row in history
+    ]
+    total_in = sum(r["mb_in"] for r in per_round)
+    total_out = sum(r["mb_out"] for r in per_round)
+    count = max(len(per_round), 1)
+    return {
+        "per_round": per_round,
+        "total_mb_in": total_in,
+        "total_mb_out": total_out,
+        "mean_mb_in_per_round": total_in / count,
+        "mean_mb_out_per_round": total_out / count,
+    }
+
+
+def _last_value(history: Sequence[Row], key: str) -> Any:
+    values = [row.get(key) for row in history if row.get(key) is not None]
+    return values[-1] if values else None
+
+
+def summarize(history: Sequence[Row], **extra: Any) -> dict[str, Any]:
+    """Return the run's summary: final and best accuracy, losses, traffic, time (+ `extra`)."""
+    accuracies = [row["eval_accuracy"] for row in history if row.get("eval_accuracy") is not None]
+    flow = traffic(history)
+    best = max(accuracies) if accuracies else None
+    best_round = next(
+        (row["round"] for row in history if best is not None and row.get("eval_accuracy") == best),
+        None,
+    )
+    return {
+        "rounds": len(history),
+        "final_round": history[-1]["round"] if history else None,
+        "final_accuracy": _last_value(history, "eval_accuracy"),
+        "final_eval_loss": _last_value(history, "eval_loss"),
+        "final_train_loss": _last_value(history, "train_loss"),
+        "best_accuracy": best,
+        "best_round": best_round,
+        "total_examples": sum(row.get("num_examples") or 0 for row in history),
+        "total_mb_in": flow["total_mb_in"],
+        "total_mb_out": flow["total_mb_out"],
+        "mean_mb_in_per_round": flow["mean_mb_in_per_round"],
+        "mean_mb_out_per_round": flow["mean_mb_out_per_round"],
+        "rounds_duration_s": sum(row.get("duration_s") or 0.0 for row in history),
+        **extra,
+    }
+
+
+def _csv_row(row: Row) -> dict[str, Any]:
+    participants = list(row.get("participants") or [])
+    out = {key: row.get(key) for key in CSV_FIELDS}
+    out["num_participants"] = len(participants)
+    out["participants"] = " ".join(str(p) for p in participants)
+    out["mb_in"] = megabytes(row.get("bytes_in") or 0)
+    out["mb_out"] = megabytes(row.get("bytes_out") or 0)
+    return out
+
+
+def write_metrics_csv(path: Path, history: Sequence[Row]) -> Path:
+    """Write one CSV line per round (empty cells for missing values)."""
+    with path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(_csv_row(row) for row in history)
+    return path
+
+
+def write_metrics_json(path: Path, history: Sequence[Row], summary: Mapping[str, Any]) -> Path:
+    """Write {"summary": ..., "rounds": [...]} as indented JSON."""
+    document = {"summary": dict(summary), "rounds": [dict(row) for row in history]}
+    path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def _series(history: Sequence[Row], key: str) -> tuple[list[int], list[float]]:
+    points = [(row["round"], row[key]) for row in history if row.get(key) is not None]
+    return [r for r, _ in points], [float(v) for _, v in points]
+
+
+def plot_curves(path: Path, history: Sequence[Row], *, title: str = "") -> Path:
+    """Draw accuracy (left) and loss (right) versus round into a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(figure)  # no pyplot: no global state, no display needed
+    accuracy_ax, loss_ax = figure.subplots(1, 2)
+    rounds, accuracy = _series(history, "eval_accuracy")
+    accuracy_ax.plot(rounds, accuracy, marker="o", label="eval accuracy (server)")
+    accuracy_ax.set(xlabel="round", ylabel="accuracy", title="test accuracy")
+    for key, label in (("train_loss", "train loss (clients)"), ("eval_loss", "eval loss")):
+        loss_ax.plot(*_series(history, key), marker="o", label=label)
+    loss_ax.set(xlabel="round", ylabel="loss", title="loss")
+    for ax in (accuracy_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.has_data():
+            ax.legend()
+    if title:
+        figure.suptitle(title)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def write_tensorboard(log_dir: Path, history: Sequence[Row]) -> Path:
+    """Write one scalar per TENSORBOARD_SCALARS key and round; return the event file."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    before = set(log_dir.glob("events.out.tfevents.*"))
+    writer = SummaryWriter(log_dir=str(log_dir))
+    try:
+        for row in history:
+            for key in TENSORBOARD_SCALARS:
+                value = row.get(key)
+                if value is not None and math.isfinite(value):
+                    writer.add_scalar(key, float(value), global_step=int(row["round"]))
+    finally:
+        writer.close()
+    created = sorted(set(log_dir.glob("events.out.tfevents.*")) - before)
+    return created[-1] if created else log_dir
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """The files one report wrote."""
+
+    metrics_csv: Path
+    metrics_json: Path
+    curves_png: Path
+    tensorboard: Path
+
+
+def write_report(
+    run_dir: Path, history: Sequence[Row], *, title: str = "", **extra: Any
+) -> ReportPaths:
+    """Write metrics.csv, metrics.json, curves.png and tensorboard/ into `run_dir`."""
+    summary = summarize(history, **extra)
+    return ReportPaths(
+        metrics_csv=write_metrics_csv(run_dir / "metrics.csv", history),
+        metrics_json=write_metrics_json(run_dir / "metrics.json", history, summary),
+        curves_png=plot_curves(run_dir / "curves.png", history, title=title),
+        tensorboard=write_tensorboard(run_dir / "tensorboard", history),
+    )

@@ -1,0 +1,182 @@
+"""deploy/k8s: manifests against the Kubernetes JSON schemas, and their cross-references."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.config import load_config
+from tests.deploy.helpers import DEPLOY, K8S, load_yaml_documents, unknown_variables
+
+# The oldest version the workers' manifests are meant for, and the newest with schemas.
+KUBERNETES_VERSIONS = ["1.28.0", "1.37.0"]
+
+
+def _resources() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        docs.extend(load_yaml_documents(K8S / name))
+    return docs
+
+
+def _get(kind: str, name: str) -> dict[str, Any]:
+    matches = [d for d in _resources() if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def _pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in _resources():
+        if doc["kind"] in {"Deployment", "StatefulSet"}:
+            yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+
+
+def _validate(doc: dict[str, Any], version: str) -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="pip install kubernetes-validate (it ships the schemas)"
+    )
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_manifest_is_valid_for_kubernetes(version: str) -> None:
+    """Each resource passes the strict schema of its kind (unknown fields are errors)."""
+    for doc in _resources():
+        _validate(doc, version)
+
+
+def test_schema_rejects_a_broken_deployment() -> None:
+    """The validation is not vacuous: a misspelled field is an error."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    broken = copy.deepcopy(_get("Deployment", "tributary-aggregator"))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    """No manifest of deploy/k8s is left out of kubectl apply -k, none is missing."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(on_disk)
+    assert kustomization["namespace"] == _get("Namespace", "tributary")["metadata"]["name"]
+
+
+def test_aggregator_is_one_recreated_pod_behind_its_service() -> None:
+    """replicas 1, Recreate; the Service selects its pods and targets its named port."""
+    deployment = _get("Deployment", "tributary-aggregator")
+    service = _get("Service", "tributary-aggregator")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    (container,) = spec["template"]["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] in ports
+    assert str(ports[service_port["targetPort"]]) == _env(container)["TRIBUTARY_AGG_PORT"]
+
+
+def test_aggregator_probes_and_state_volume() -> None:
+    """HTTP /healthz probes; the state dir is the PersistentVolumeClaim."""
+    pod = _get("Deployment", "tributary-aggregator")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    state = volumes[mounts[_env(container)["TRIBUTARY_AGG_STATE_DIR"]]]
+    claim = state["persistentVolumeClaim"]["claimName"]
+    assert _get("PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_workers_are_ten_ordinals_of_ten_partitions() -> None:
+    """The StatefulSet has 10 replicas = num_partitions; the ordinal comes from the pod name."""
+    statefulset = _get("StatefulSet", "tributary-worker")
+    spec = statefulset["spec"]
+    governing = _get("Service", spec["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+    labels = spec["template"]["metadata"]["labels"]
+    assert governing["spec"]["selector"].items() <= labels.items()
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    (container,) = spec["template"]["spec"]["containers"]
+    env = _env(container)
+    assert env["TRIBUTARY_ROLE"] == "worker"
+    assert env["TRIBUTARY_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "TRIBUTARY_WORKER_CLIENT_ID" not in env  # derived from the pod name
+    num_partitions = load_config(DEPLOY / "experiment.yaml").num_partitions
+    assert spec["replicas"] == int(env["TRIBUTARY_WORKER_NUM_PARTITIONS"]) == num_partitions
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert probe not in container  # no HTTP port: see the comment in workers.yaml
+
+
+def test_workers_reach_the_aggregator_service() -> None:
+    """The workers' server URL names the aggregator Service and its port."""
+    (container,) = _get("StatefulSet", "tributary-worker")["spec"]["template"]["spec"]["containers"]
+    service = _get("Service", "tributary-aggregator")
+    (port,) = service["spec"]["ports"]
+    url = f"http://{service['metadata']['name']}:{port['port']}"
+    assert _env(container)["TRIBUTARY_WORKER_SERVER_URL"] == url
+
+
+def test_pods_mount_the_experiment_config_map_where_it_is_read() -> None:
+    """Both pod templates mount the ConfigMap so its key lands at the configured path."""
+    config_map = _get("ConfigMap", "tributary-experiment")
+    for _, pod in _pod_specs():
+        (container,) = pod["containers"]
+        env = _env(container)
+        config_path = env.get("TRIBUTARY_AGG_CONFIG") or env["TRIBUTARY_WORKER_CONFIG_PATH"]
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        (mount,) = [m for m in container["volumeMounts"] if config_path.startswith(m["mountPath"])]
+        assert mount["readOnly"] is True
+        source = volumes[mount["name"]]["configMap"]["name"]
+        assert source == config_map["metadata"]["name"]
+        key = config_path.removeprefix(mount["mountPath"]).lstrip("/")
+        assert key in config_map["data"]
+
+
+def test_config_map_carries_the_shipped_experiment() -> None:
+    """The ConfigMap's experiment equals deploy/experiment.yaml."""
+    data = _get("ConfigMap", "tributary-experiment")["data"]["experiment.yaml"]
+    shipped = (DEPLOY / "experiment.yaml").read_text()
+    assert yaml.safe_load(data) == yaml.safe_load(shipped)
+
+
+def test_pods_are_unprivileged_and_sized() -> None:
+    """Non-root, no privilege escalation, read-only root, requests and limits set."""
+    for name, pod in _pod_specs():
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["automountServiceAccountToken"] is False, name
+        (container,) = pod["containers"]
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False, name
+        assert security["readOnlyRootFilesystem"] is True, name
+        assert security["capabilities"] == {"drop": ["ALL"]}, name
+        resources = container["resources"]
+        assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}, name
+
+
+def test_token_secret_is_a_placeholder_that_nothing_mounts() -> None:
+    """The Secret exists for later; no pod uses it while authentication does not exist."""
+    secret = _get("Secret", "tributary-client-tokens")
+    assert "not used yet" in secret["stringData"]["README"]
+    for name, pod in _pod_specs():
+        assert "tributary-client-tokens" not in yaml.safe_dump(pod), name
+
+
+def test_environment_names_only_real_settings() -> None:
+    """Every TRIBUTARY_* variable of the pod templates is read by something."""
+    for name, pod in _pod_specs():
+        (container,) = pod["containers"]
+        assert unknown_variables(set(_env(container))) == [], name

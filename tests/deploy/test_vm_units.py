@@ -1,0 +1,185 @@
+"""deploy/vm: the systemd units and env files, checked by systemd-analyze and the settings."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from aggregator_service.settings import AggregatorSettings
+from client_worker.settings import WorkerSettings
+from shared.config import load_config
+from tests.deploy.helpers import (
+    REPO,
+    VM,
+    exec_start_argv,
+    parse_env_file,
+    parse_unit,
+    unit_values,
+    unknown_variables,
+)
+
+UNITS = ["tributary-aggregator.service", "tributary-worker@.service", "tributary-role.service"]
+SERVICE_UNITS = ["tributary-aggregator.service", "tributary-worker@.service"]
+ENV_FILES = {
+    "tributary-aggregator.service": "aggregator.env",
+    "tributary-worker@.service": "worker.env",
+}
+# Lines systemd-analyze prints when it cannot work at all here (a container without a manager).
+_CANNOT_RUN = (
+    "Failed to initialize manager",
+    "Failed to allocate manager",
+    "Operation not permitted",
+)
+
+
+def _analyze() -> str:
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    return path
+
+
+def _stage_units(tmp_path: Path, units: dict[str, str]) -> Path:
+    """Copy units to tmp_path with their programs replaced by stub executables there."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("tributary-aggregator", "tributary-worker", "tributary-role"):
+        stub = bin_dir / name
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+    for name, text in units.items():
+        text = text.replace("/opt/tributary/venv/bin/", f"{bin_dir}/")
+        text = text.replace("/usr/local/sbin/", f"{bin_dir}/")
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def _verify(tmp_path: Path, names: list[str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [_analyze(), "verify", *names],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if any(marker in done.stderr for marker in _CANNOT_RUN):
+        pytest.skip(f"systemd-analyze cannot run in this environment: {done.stderr.strip()}")
+    return done
+
+
+def _instance_name(unit: str) -> str:
+    return unit.replace("@.service", "@3.service")
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """systemd-analyze verify finds no unknown directive, bad value or missing program."""
+    staged = _stage_units(tmp_path, {name: (VM / name).read_text() for name in UNITS})
+    done = _verify(staged, [_instance_name(name) for name in UNITS])
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_verify_reports_a_misspelled_directive(tmp_path: Path) -> None:
+    """The check above is not vacuous: a typo in a unit produces a complaint."""
+    text = (VM / "tributary-aggregator.service").read_text()
+    broken = text.replace("NoNewPrivileges=yes", "NoNewPrivilege=yes")
+    staged = _stage_units(tmp_path, {"tributary-aggregator.service": broken})
+    done = _verify(staged, ["tributary-aggregator.service"])
+    assert "NoNewPrivilege" in done.stderr
+
+
+@pytest.mark.parametrize("name", SERVICE_UNITS)
+def test_services_are_hardened(tmp_path: Path, name: str) -> None:
+    """systemd's own exposure score of each service stays at 2.5 or below (10 = unprotected)."""
+    staged = _stage_units(tmp_path, {name: (VM / name).read_text()})
+    command = [_analyze(), "security", "--offline=yes", "--threshold=25"]
+    done = subprocess.run(
+        [*command, _instance_name(name)],
+        cwd=staged,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if "--offline" in done.stderr and "nrecognized" in done.stderr:
+        pytest.skip("this systemd-analyze has no offline security check (systemd < 250)")
+    assert done.returncode == 0, done.stdout[-600:] + done.stderr
+    plain = tmp_path / "plain.service"
+    plain.write_text("[Service]\nExecStart=/bin/true\n")
+    unhardened = subprocess.run(
+        [*command, "plain.service"], cwd=staged, capture_output=True, timeout=60, check=False
+    )
+    assert unhardened.returncode != 0  # the threshold does reject an unhardened unit
+
+
+@pytest.mark.parametrize("name", SERVICE_UNITS)
+def test_services_run_unprivileged_and_restart_on_failure(name: str) -> None:
+    """Each service has a dedicated user, a state directory and the basic protections."""
+    unit = parse_unit(VM / name)
+    service = dict(unit["Service"])
+    assert service["User"] == service["Group"] == "tributary"
+    assert service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"] == "2"  # configuration errors: no restart loop
+    assert service["NoNewPrivileges"] == "yes"
+    assert service["ProtectSystem"] == "strict"
+    assert service["ProtectHome"] == "yes"
+    assert service["CapabilityBoundingSet"] == ""
+    state_dir = f"/var/lib/{service['StateDirectory']}"
+    assert service["WorkingDirectory"] == state_dir
+    assert dict(unit["Install"])["WantedBy"] == "multi-user.target"
+    assert "tributary-role.service" in dict(unit["Unit"])["After"].split()
+
+
+@pytest.mark.parametrize("name", SERVICE_UNITS)
+def test_exec_start_is_a_console_script_of_the_project(name: str) -> None:
+    """ExecStart runs the venv's entry point that pyproject.toml declares."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    argv = exec_start_argv(parse_unit(VM / name), instance="4", env={})
+    program = Path(argv[0])
+    assert program.parent == Path("/opt/tributary/venv/bin")
+    assert program.name in scripts
+    if "@" in name:
+        assert argv[1:] == ["--client-id", "4", "--partition-id", "4"]
+
+
+@pytest.mark.parametrize("name", SERVICE_UNITS)
+def test_environment_files_name_only_real_settings(name: str) -> None:
+    """Every TRIBUTARY_* variable of the env file and the unit is read by a settings class."""
+    unit = parse_unit(VM / name)
+    assert unit_values(unit, "Service", "EnvironmentFile") == [f"/etc/tributary/{ENV_FILES[name]}"]
+    env = parse_env_file(VM / ENV_FILES[name])
+    assert unknown_variables(set(env)) == []
+    text = (VM / ENV_FILES[name]).read_text()
+    assert "NOT implemented" in text  # the token placeholder says it does nothing yet
+
+
+def test_aggregator_env_file_configures_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aggregator.env, read as the process environment, gives the intended settings."""
+    for key, value in parse_env_file(VM / "aggregator.env").items():
+        monkeypatch.setenv(key, value)
+    settings = AggregatorSettings()
+    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
+    assert settings.state_dir == Path("/var/lib/tributary")
+    assert settings.config == Path("/etc/tributary/experiment.yaml")
+
+
+def test_worker_env_file_configures_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """worker.env plus the unit's flags give a worker of the right client and partition."""
+    for key, value in parse_env_file(VM / "worker.env").items():
+        monkeypatch.setenv(key, value)
+    settings = WorkerSettings(client_id="6", partition_id=6)
+    assert settings.config_path == Path("/etc/tributary/experiment.yaml")
+    assert settings.server_url.startswith("http://")
+    assert settings.resolved_partition_id() == 6
+
+
+def test_shipped_experiment_is_a_valid_ten_client_config() -> None:
+    """deploy/experiment.yaml loads and describes ten partitions that all must register."""
+    config = load_config(REPO / "deploy/experiment.yaml")
+    assert config.num_partitions == 10
+    assert config.min_available_clients == 10
+    assert config.min_fit_clients <= config.min_available_clients

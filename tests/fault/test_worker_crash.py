@@ -1,0 +1,81 @@
+"""Workers that die or straggle: the round closes at its deadline with the others, and a
+restarted worker with the same id takes part again.
+
+Real processes: one aggregator and four `python -m client_worker` processes on mnist5k
+with the 2NN. The worker to kill trains on a partition 16 times larger than the others'
+(4000 examples instead of 250), so it is still training when the others have posted:
+it is killed mid-training, and the test checks that it was busy (its CPU time grows).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fault.procs import Proc, Processes, cpu_seconds, get_json, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROUND_TIMEOUT_S = 15.0
+SERVER = ("model=mlp", "dataset=mnist5k", "server_eval=false", "fraction_fit=1.0")
+SURVIVORS = ["1", "2", "3"]
+VICTIM = "0"
+
+
+def start_victim(procs: Processes, url: str, name: str) -> Proc:
+    """Start the worker to kill: client 0 on the whole training split (one partition)."""
+    return procs.worker(url, VICTIM, partition_id=0, num_partitions=1, name=name)
+
+
+def test_worker_killed_mid_training_then_rejoins(procs: Processes, tmp_path: Path) -> None:
+    overrides = (*SERVER, "num_rounds=2", "min_fit_clients=3", "min_available_clients=4")
+    overrides += ("local_epochs=20", f"round_timeout_s={ROUND_TIMEOUT_S}")
+    aggregator = procs.aggregator(tmp_path / "state", *overrides)
+    url = aggregator.url
+    survivors = [
+        procs.worker(url, cid, partition_id=int(cid), num_partitions=16) for cid in SURVIVORS
+    ]
+    victim = start_victim(procs, url, "worker-0")
+    wait_until(url, lambda s: s["phase"] == "training", timeout=90, describe=procs.logs)
+    status = wait_until(url, lambda s: s["received"] >= 3, timeout=30, describe=procs.logs)
+    assert status["received_from"] == SURVIVORS, procs.logs()
+    assert status["round"] == 1
+
+    before = cpu_seconds(victim.pid)
+    time.sleep(0.5)
+    assert cpu_seconds(victim.pid) - before > 0.2, "the victim is not training"
+    victim.kill()
+    assert VICTIM not in get_json(url, "/status")["received_from"]
+
+    wait_until(url, lambda s: s["round"] == 2, timeout=ROUND_TIMEOUT_S + 15, describe=procs.logs)
+    (first,) = get_json(url, "/history")
+    assert first["participants"] == SURVIVORS
+    assert first["attempts"] == 1
+    assert first["duration_s"] >= ROUND_TIMEOUT_S - 0.5  # closed by the deadline
+
+    start_victim(procs, url, "worker-0-restarted")
+    wait_until(url, lambda s: s["phase"] == "finished", timeout=60, describe=procs.logs)
+    second = get_json(url, "/history")[1]
+    assert second["participants"] == [VICTIM, *SURVIVORS]
+    assert second["num_examples"] == 4000 + 3 * 250
+    for proc in [*survivors, procs.started[-1]]:
+        assert proc.wait(30) == 0, procs.logs()
+
+
+def test_straggler_of_the_last_round_exits_cleanly(procs: Processes, tmp_path: Path) -> None:
+    """A worker whose update arrives after the last round closed drops it and exits 0."""
+    # The straggler trains 240,000 examples (seconds), the others 15,000 each.
+    overrides = (*SERVER, "num_rounds=1", "min_fit_clients=3", "min_available_clients=4")
+    overrides += ("local_epochs=60", "round_timeout_s=3")
+    aggregator = procs.aggregator(tmp_path / "state", *overrides)
+    url = aggregator.url
+    fast = [procs.worker(url, cid, partition_id=int(cid), num_partitions=16) for cid in SURVIVORS]
+    straggler = start_victim(procs, url, "worker-0")
+    wait_until(url, lambda s: s["phase"] == "finished", timeout=90, describe=procs.logs)
+    (row,) = get_json(url, "/history")
+    assert row["participants"] == SURVIVORS
+    for proc in fast:
+        assert proc.wait(30) == 0, procs.logs()
+    assert straggler.wait(60) == 0, straggler.log()

@@ -1,0 +1,122 @@
+"""End to end: `python -m shared.runs` with a real aggregator and real workers.
+
+Three clients on mnist5k with the 2NN, so a run takes seconds of training; most of the time
+is the four processes starting (importing torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.config import load_config
+from shared.data import dataset_from_config
+from shared.evaluation import evaluate
+from shared.models import build_model, init_global_weights, load_numpy_state
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[3]
+RUNNER = [sys.executable, "-m", "shared.runs", "--config", str(REPO / "configs" / "demo.yaml")]
+TIMEOUT_S = 180.0
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Return the PIDs whose command line contains `text` (the run folder is in each)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def only_run_dir(runs_dir: Path) -> Path:
+    (run_dir,) = runs_dir.iterdir()
+    return run_dir
+
+
+def initial_accuracy(config_path: Path) -> float:
+    """Evaluate the seeded initial global model, as the aggregator builds it."""
+    config = load_config(config_path)
+    weights = init_global_weights(config.model, seed=config.seed, **config.model_args())
+    model = build_model(config.model, **config.model_args())
+    load_numpy_state(model, weights)
+    test = dataset_from_config(config).test
+    return evaluate(model, test.images, test.labels).accuracy
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")
+def test_runner_finishes_a_small_federation(tmp_path: Path) -> None:
+    argv = [*RUNNER, "--clients", "3", "--rounds", "2", "--no-live"]
+    argv += ["--runs-dir", str(tmp_path / "runs")]
+    done = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = only_run_dir(tmp_path / "runs")
+    assert processes_mentioning(str(run_dir)) == []
+
+    for name in ["config.yaml", "metrics.csv", "metrics.json", "curves.png"]:
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    logs = sorted(path.name for path in (run_dir / "logs").iterdir())
+    assert logs == ["aggregator.log", "worker-0.log", "worker-1.log", "worker-2.log"]
+
+    document = json.loads((run_dir / "metrics.json").read_text())
+    rounds = document["rounds"]
+    assert [row["round"] for row in rounds] == [1, 2]
+    assert all(row["participants"] == ["0", "1", "2"] for row in rounds)  # min_* capped to 3
+    assert document["summary"]["status"] == "finished"
+    final = rounds[-1]["eval_accuracy"]
+    assert final > initial_accuracy(run_dir / "config.yaml") + 0.3
+    assert f"final accuracy {final:.4f} after round 2" in done.stdout
+    assert "MB in" in done.stdout
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")
+def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    argv = [*RUNNER, "--clients", "3", "--rounds", "50", "--no-live"]
+    argv += ["--runs-dir", str(tmp_path / "runs")]
+    runner = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline and len(children) < 4:  # aggregator + 3 workers
+            time.sleep(0.2)
+            if (tmp_path / "runs").is_dir() and any((tmp_path / "runs").iterdir()):
+                children = processes_mentioning(str(only_run_dir(tmp_path / "runs")))
+        assert len(children) == 4
+        runner.send_signal(signal.SIGINT)
+        output, _ = runner.communicate(timeout=60)
+        assert runner.returncode == 128 + signal.SIGINT, output
+        assert "interrupted by SIGINT" in output
+        assert not [pid for pid in children if alive(pid)]
+        summary = json.loads((only_run_dir(tmp_path / "runs") / "metrics.json").read_text())
+        assert summary["summary"]["status"] == "stopped"
+    finally:
+        for pid in [*children, runner.pid]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        runner.wait(timeout=10)
