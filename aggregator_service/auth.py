@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 MIN_TOKEN_CHARS = 32
 MIN_DISTINCT_CHARS = 10
-GENERATE_HINT = "generate one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+GENERATE_HINT = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
@@ -83,7 +83,9 @@ def parse_tokens(text: str, *, source: str) -> dict[str, str]:
         if not line or line.startswith("#"):
             continue
         where = f"{source} line {number}"
-        client_id, colon, token = (part.strip() for part in line.rpartition(":"))  # ids may hold ":"
+        client_id, colon, token = (
+            part.strip() for part in line.rpartition(":")
+        )  # ids may hold ":"
         if not colon:
             raise ConfigError(f"{where}: expected 'client_id: token'")
         if not _CLIENT_ID.fullmatch(client_id):
@@ -97,7 +99,9 @@ def parse_tokens(text: str, *, source: str) -> dict[str, str]:
             )
         problem = token_problem(token)
         if problem is not None:
-            raise ConfigError(f"{where}: the token of client {client_id!r} {problem}; {GENERATE_HINT}")
+            raise ConfigError(
+                f"{where}: the token of client {client_id!r} {problem}; {GENERATE_HINT}"
+            )
         if token in owner_line:
             raise ConfigError(
                 f"{where}: the token of client {client_id!r} is the same as on line "

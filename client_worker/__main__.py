@@ -7,7 +7,8 @@ SIGTERM or SIGINT asks the worker(s) to stop: training is abandoned between two 
 a post in flight completes (for up to `stop_grace_s` seconds), a client idle in a long
 poll is not waited for, and the process exits 0. A second signal exits at once.
 Exit codes: 0 done or stopped, 1 the aggregator stayed unreachable, 2 a fatal error (the
-server refused the update, or a bad config or dataset).
+server refused the update or the token (401/403), its TLS certificate did not verify, or a
+bad config, token file, CA bundle or dataset).
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ IDLE_JOIN_S = 0.5  # after a stop, how long an idle client may take to return by
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the worker CLI."""
-    parser = argparse.ArgumentParser(prog=PROG, description="Run a federated client worker.")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run a federated client worker.",
+        allow_abbrev=False,  # "--token x" must not be taken for "--token-file x"
+    )
     parser.add_argument("--server", dest="server_url", help="aggregator base URL")
     who = parser.add_mutually_exclusive_group()
     who.add_argument("--client-id", help="this client's id (default 0)")
@@ -59,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-rounds", type=int, help="exit after training this many rounds")
     parser.add_argument("--data-dir", help="dataset directory (default: the config's)")
     parser.add_argument("--download", action="store_true", default=None, help="fetch datasets")
+    parser.add_argument(
+        "--token-file",
+        help="this client's bearer token, or 'client_id: token' lines (or TRIBUTARY_WORKER_TOKEN)",
+    )
+    parser.add_argument("--ca-bundle", help="CA certificates (PEM) to verify the aggregator with")
     parser.add_argument("--check", action="store_true", help="GET /healthz once and exit 0/1")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
@@ -76,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = WorkerSettings(**_settings_fields(args))
         config = load_config(settings.config_path, parse_overrides(args.overrides))
         client_ids = _parse_client_ids(args.client_ids) if args.client_ids else None
+        _check_credentials(settings, client_ids)
     except (TributaryError, ValidationError) as exc:
         return _fail(2, f"invalid settings: {exc}")
     if args.check:
@@ -97,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 def _settings_fields(args: argparse.Namespace) -> dict[str, Any]:
     """Return the flags that were given, as WorkerSettings fields (the rest: env/defaults)."""
     names = ["server_url", "client_id", "partition_id", "num_partitions", "config_path"]
-    names += ["max_rounds", "data_dir", "download"]
+    names += ["max_rounds", "data_dir", "download", "token_file", "ca_bundle"]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -108,9 +119,22 @@ def _parse_client_ids(text: str) -> list[int]:
     return sorted(ids)
 
 
+def _check_credentials(settings: WorkerSettings, client_ids: list[int] | None) -> None:
+    """Read the token(s) and the CA bundle now, so that a problem exits before any work."""
+    settings.ssl_verify()
+    for client_id in client_ids or []:
+        settings.model_copy(update={"client_id": str(client_id)}).resolved_token()
+    if client_ids is None:
+        settings.resolved_token()
+
+
 def _check(settings: WorkerSettings) -> int:
     with AggregatorClient(
-        settings.server_url, client_id=settings.client_id, timeout=settings.http_timeout()
+        settings.server_url,
+        client_id=settings.client_id,
+        timeout=settings.http_timeout(),
+        token=settings.resolved_token(),
+        verify=settings.ssl_verify(),
     ) as client:
         healthy = client.healthy()
     print(f"{settings.server_url}: {'healthy' if healthy else 'unreachable or unhealthy'}")

@@ -8,10 +8,11 @@ highest priority last. The experiment itself (dataset, model, partitioning) is t
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import httpx
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import ExperimentConfig
@@ -56,12 +57,22 @@ class WorkerSettings(BaseSettings):
     torch_threads: int = Field(1, ge=1)
     seed: int | None = None  # network simulation and retry jitter; default: config seed
 
+    # Authentication and TLS (docs/security.md). The token comes from a file or the
+    # environment (TRIBUTARY_WORKER_TOKEN), never from a command-line flag.
+    token: SecretStr | None = None
+    token_file: Path | None = None  # one token, or `client_id: token` lines
+    ca_bundle: Path | None = None  # PEM CA certificates that sign the aggregator's certificate
+
     @model_validator(mode="after")
     def _check_timeouts(self) -> WorkerSettings:
         if self.read_timeout_s is not None and self.read_timeout_s <= self.long_poll_wait_s:
             raise ValueError(
                 f"read_timeout_s ({self.read_timeout_s}) must exceed long_poll_wait_s "
                 f"({self.long_poll_wait_s}): the server holds each poll that long"
+            )
+        if self.token is not None and self.token_file is not None:
+            raise ValueError(
+                "the token is given twice (token_file and TRIBUTARY_WORKER_TOKEN); keep one"
             )
         if self.backoff_base_s > self.backoff_cap_s:
             raise ValueError(
@@ -81,6 +92,28 @@ class WorkerSettings(BaseSettings):
             write=self.write_timeout_s,
             pool=self.pool_timeout_s,
         )
+
+    def resolved_token(self) -> str | None:
+        """Return this client's bearer token (from the env or the token file), or None."""
+        if self.token is not None:
+            token = self.token.get_secret_value().strip()
+            source = "TRIBUTARY_WORKER_TOKEN"
+        elif self.token_file is not None:
+            token, source = _token_from_file(self.token_file, self.client_id)
+        else:
+            return None
+        if not token or any(c.isspace() for c in token):
+            raise ConfigError(f"the token in {source} is empty or holds spaces")
+        return token
+
+    def ssl_verify(self) -> ssl.SSLContext | bool:
+        """Return how the HTTP client verifies the server: the CA bundle, else the system CAs."""
+        if self.ca_bundle is None:
+            return True
+        try:
+            return ssl.create_default_context(cafile=str(self.ca_bundle))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the CA bundle {self.ca_bundle}: {exc}") from None
 
     def resolved_partition_id(self) -> int:
         """Return the partition this client trains on: partition_id, else the numeric id."""
@@ -109,3 +142,20 @@ class WorkerSettings(BaseSettings):
         if self.download is not None:
             update["download"] = self.download
         return config.model_copy(update=update) if update else config
+
+
+def _token_from_file(path: Path, client_id: str) -> tuple[str, str]:
+    """Read a token file: one bare token, or `client_id: token` lines (this client's is taken)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the token file {path}: {exc}") from None
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if len(lines) == 1 and ":" not in lines[0]:
+        return lines[0], f"the token file {path}"
+    for line in lines:
+        owner, _, token = line.rpartition(":")  # tokens hold no ":", client ids may
+        if owner.strip() == client_id:
+            return token.strip(), f"the token file {path} (client {client_id!r})"
+    raise ConfigError(f"the token file {path} has no token for client {client_id!r}")

@@ -5,6 +5,10 @@ full jitter (sleep = uniform(0, min(cap, base * 2**attempt))), honouring Retry-A
 an overall time limit. Client errors that a retry cannot heal (400, 401, 403, 404, 413, 415,
 422, ...) raise `FatalServerError`; a 409 for a stale round or an unselected client raises
 `UpdateRejected`, after which the worker drops its update and polls again.
+
+With a token, every request carries ``Authorization: Bearer <token>``. A server
+certificate that does not verify (against `verify`: the system's CAs or a CA bundle)
+raises `CertificateError` at once: retrying cannot make it trusted.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +35,7 @@ from shared.wire import decode_weights as _decode_weights
 __all__ = [
     "AggregatorClient",
     "Backoff",
+    "CertificateError",
     "FatalServerError",
     "ServerUnavailableError",
     "StopRequested",
@@ -48,12 +54,24 @@ _REJECTIONS = frozenset({"stale_round", "not_selected", "round_closed"})
 class FatalServerError(TributaryError):
     """The aggregator refused a request in a way a retry cannot heal."""
 
-    def __init__(self, status: int, detail: str, code: str | None = None) -> None:
+    def __init__(self, status: int, detail: str, code: str | None = None, hint: str = "") -> None:
         label = f"{status} {code}" if code else str(status)
-        super().__init__(f"aggregator answered HTTP {label}: {detail}")
+        super().__init__(
+            f"aggregator answered HTTP {label}: {detail}" + (f"; {hint}" if hint else "")
+        )
         self.status = status
         self.detail = detail
         self.code = code
+
+
+class CertificateError(TributaryError):
+    """The aggregator's TLS certificate could not be verified."""
+
+
+_HINTS = {
+    401: "check this worker's token (--token-file or TRIBUTARY_WORKER_TOKEN)",
+    403: "the token does not allow this request; each client needs its own token",
+}
 
 
 class UpdateRejected(TributaryError):
@@ -125,9 +143,14 @@ class AggregatorClient:
         sleep: Sleep | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
+        token: str | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.client_id = client_id
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout, transport=transport, headers=headers, verify=verify
+        )
         self._backoff = backoff if backoff is not None else Backoff()
         self._network = network if network is not None else NetworkSimulator()
         self._stop = stop
@@ -271,6 +294,7 @@ class AggregatorClient:
                 method, path, content=content, params=params, headers=headers
             )
         except httpx.TransportError as exc:
+            _raise_if_untrusted(exc, self._http.base_url)
             return None, f"{type(exc).__name__}: {exc}"
         self.bytes_up += len(content or b"")
         self.bytes_down += len(response.content)
@@ -329,7 +353,22 @@ def _raise_for_status(response: httpx.Response) -> None:
     if status == 409 and code in _REJECTIONS:
         current = body.get("round")
         raise UpdateRejected(code, current if isinstance(current, int) else None, detail)
-    raise FatalServerError(status, detail or response.reason_phrase, code)
+    raise FatalServerError(status, detail or response.reason_phrase, code, _HINTS.get(status, ""))
+
+
+def _raise_if_untrusted(exc: httpx.TransportError, base_url: httpx.URL) -> None:
+    """Raise CertificateError when `exc` comes from a server certificate that did not verify."""
+    cause: BaseException | None = exc
+    for _ in range(16):  # the chain is short; the bound guards against a cycle
+        if cause is None:
+            return
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = cause.verify_message or str(cause)
+            raise CertificateError(
+                f"cannot verify the TLS certificate of {base_url}: {reason}; give the worker "
+                "the CA that signed it (--ca-bundle or TRIBUTARY_WORKER_CA_BUNDLE)"
+            ) from exc
+        cause = cause.__cause__ or cause.__context__
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

@@ -229,6 +229,8 @@ class _Worker:
             stop=stop,
             sleep=self.sleep,
             seed=derive_seed(seed, self.partition_id),  # clients retry out of step
+            token=settings.resolved_token(),
+            verify=settings.ssl_verify(),
         )
         self.summary = WorkerSummary(self.client_id, self.partition_id, len(self.labels))
         self.last_done = 0  # the last round trained, skipped, crashed or rejected

@@ -1,4 +1,4 @@
-"""FedAvg against its definition: the worker's training loop and the aggregator's strategy together."""
+"""FedAvg against its definition: the worker's training loop with the aggregator's strategy."""
 
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 from aggregator_service.app import create_app
 from aggregator_service.settings import AggregatorSettings
 from shared.evaluation import EvalResult
-
 from shared.wire import decode_message
 from tests.aggregator_service.helpers import (
     MSGPACK,

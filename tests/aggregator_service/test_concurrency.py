@@ -15,9 +15,9 @@ from shared.wire import decode_message, decode_weights
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
+    aggregator_process,
     experiment,
     global_model,
-    aggregator_process,
     register,
     update_body,
     wait_for,
@@ -89,7 +89,7 @@ def test_status_stays_responsive_while_ten_resnet18_updates_arrive(tmp_path: Pat
         status = http.get("/status").json()
         assert status["phase"] == "finished" or status["received"] == 10
     assert len(latencies) >= 5
-    print(  # noqa: T201 - the figures are the point of this test's output
+    print(
         f"/status during {upload_seconds:.2f}s of uploads: n={len(latencies)} "
         f"median={statistics.median(latencies):.4f}s max={max(latencies):.4f}s"
     )
