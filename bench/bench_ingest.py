@@ -1,25 +1,28 @@
 """Aggregator ingest throughput: N clients posting ResNet18 updates at once over loopback HTTP.
 
-Measured in one run, each `--repeats` times:
+Each repetition is one round of an aggregator process (``python -m aggregator_service``)
+with N clients. The N updates of the round are encoded first; then, with those same bytes
+and right before the round's uploads, the baselines of that repetition are measured:
 
-- raw TCP: N threads each send one body of the update's size over loopback to a plain socket
-  sink in another process (4 MiB socket buffers, 4 MiB receive buffer per connection); from
-  the first byte sent to the last one-byte acknowledgement sent once the sink has read every
-  byte of its connection;
-- HTTP read only: the same uploads to a stand-in server process running the same HTTP stack
-  (uvicorn, FastAPI, the service's `read_body` under the same two upload slots) that
-  answers 200 once the body is read and does nothing with it: the ceiling the HTTP layer
-  leaves for the aggregator;
-- raw write: the same bytes written to the state dir's filesystem as N files of the update's
-  size, one after the other, each fsynced (as the store does with an accepted update);
-- ingest: an aggregator process (``python -m aggregator_service``) in a round of N clients;
-  N threads each POST one update, encoded beforehand, at the same moment; from the first
-  byte sent to the last 200 reply. Once with ``--no-persist-updates``, once with
-  persistence on; each repetition is one round of the same server.
+- raw TCP: N threads each send one body (after an 8-byte length) over loopback to a plain
+  socket sink in another process (4 MiB socket buffers, a 4 MiB receive buffer per
+  connection); from the first byte sent to the last one-byte acknowledgement, sent once
+  the sink has read every byte;
+- HTTP read only: the same uploads to a stand-in server process running the service's
+  HTTP stack (uvicorn, FastAPI, the service's `read_body` under the same upload slots)
+  that answers 200 once the body is read and does nothing with it;
+- raw fsync write (persistence on only): the N bodies written to the state dir's
+  filesystem one after the other, each file fsynced, as the store does with an update.
+
+Then ingest: N threads each POST their update at the same moment; from the first byte
+sent to the last 200 reply. Once with ``--no-persist-updates``, once with persistence on.
+Ratios are taken per repetition (ingest over the baseline measured just before it), so a
+burst of load from elsewhere on the machine hits both sides of a ratio alike.
 
 GB/s means 1e9 bytes per second. The CPU columns split the CPU seconds used during each
-measurement between the server (or TCP sink), this process (the clients), and everything
-else on the machine. Run: ``.venv/bin/python bench/bench_ingest.py``.
+measurement between the server (or sink), this process (the clients) and the rest of the
+machine (other processes, kernel threads, interrupts).
+Run: ``.venv/bin/python bench/bench_ingest.py [--clients 10] [--repeats 5]``.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import uvicorn
 from _common import (
     Aggregator,
@@ -54,7 +57,6 @@ from _common import (
     post_update,
     register_clients,
     running_aggregator,
-    summarize,
     wait_for_status,
 )
 from fastapi import FastAPI, Request
@@ -62,13 +64,14 @@ from fastapi import FastAPI, Request
 from aggregator_service.body import read_body
 from aggregator_service.settings import AggregatorSettings
 
-__all__ = ["Timing", "fsync_write", "http_read_only", "ingest_round", "main", "raw_tcp", "report"]
+__all__ = ["Timing", "fsync_write", "ingest_rounds", "main", "post_together", "raw_tcp"]
 
 SOCKET_BUFFER = 4 << 20
-RAW_TCP, RAW_WRITE, HTTP_READ = "raw TCP", "raw fsync write", "HTTP read only"
-INGEST_OFF, INGEST_ON = "ingest, persistence off", "ingest, persistence on"
 UPLOAD_SLOTS = AggregatorSettings().max_concurrent_uploads  # the service's default
+RAW_TCP, HTTP_READ, INGEST_OFF = "raw TCP", "HTTP read only", "ingest, persistence off"
+RAW_WRITE, INGEST_ON = "raw fsync write", "ingest, persistence on"
 Span = tuple[float, float]  # perf_counter at the first byte sent, at the reply
+Measure = Callable[[Sequence[bytes]], None]
 
 
 @dataclass(frozen=True)
@@ -86,67 +89,18 @@ class Timing:
 
 
 def _concurrently(
-    count: int, send: Callable[[threading.Barrier], Span], nbytes: int, server_pid: int | None
+    count: int, send: Callable[[int, threading.Barrier], Span], nbytes: int, pid: int | None
 ) -> Timing:
-    """Run `send` in `count` threads released together; time the first start to the last reply."""
+    """Run `send(i, start)` in `count` threads released together; first start to last reply."""
     start = threading.Barrier(count, timeout=120)
 
     def run_all() -> list[Span]:
         with ThreadPoolExecutor(count) as pool:
-            return list(pool.map(lambda _: send(start), range(count)))
+            return list(pool.map(lambda i: send(i, start), range(count)))
 
-    spans, cpu = measure_cpu(server_pid, run_all)
+    spans, cpu = measure_cpu(pid, run_all)
     seconds = max(end for _, end in spans) - min(begin for begin, _ in spans)
     return Timing(nbytes, seconds, cpu)
-
-
-# --------------------------------------------------------------------------- raw TCP
-
-
-def _tcp_sink(reply: Connection, nbytes: int) -> None:
-    """Accept connections forever; read `nbytes` from each, then acknowledge with one byte."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    reply.send(listener.getsockname()[1])
-    while True:
-        connection, _ = listener.accept()
-        threading.Thread(target=_drain, args=(connection, nbytes), daemon=True).start()
-
-
-def _drain(connection: socket.socket, nbytes: int) -> None:
-    view = memoryview(bytearray(SOCKET_BUFFER))
-    received = 0
-    with connection:
-        while received < nbytes:
-            count = connection.recv_into(view)
-            if count == 0:
-                return
-            received += count
-        connection.sendall(b"k")
-
-
-def _send_one(port: int, body: bytes, start: threading.Barrier) -> Span:
-    with socket.create_connection(("127.0.0.1", port), timeout=120) as sender:
-        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        start.wait()
-        began = time.perf_counter()
-        sender.sendall(body)
-        if sender.recv(1) != b"k":
-            raise RuntimeError("the TCP sink closed the connection before reading every byte")
-        return began, time.perf_counter()
-
-
-def raw_tcp(body: bytes, *, senders: int, repeats: int) -> list[Timing]:
-    """Time `senders` concurrent loopback transfers of `body` to a sink in another process."""
-    with _spawned(_tcp_sink, len(body)) as (pid, port):
-        return [
-            _concurrently(
-                senders, lambda start: _send_one(port, body, start), len(body) * senders, pid
-            )
-            for _ in range(repeats)
-        ]
 
 
 @contextmanager
@@ -157,13 +111,59 @@ def _spawned(target: Callable[[Connection, int], None], arg: int) -> Iterator[tu
     process = context.Process(target=target, args=(child, arg), daemon=True)
     process.start()
     try:
-        if not parent.poll(60):
+        if not parent.poll(60) or process.pid is None:
             raise TimeoutError(f"{target.__name__} did not start within 60 s")
-        assert process.pid is not None
         yield process.pid, int(parent.recv())
     finally:
         process.terminate()
         process.join(10)
+
+
+# --------------------------------------------------------------------------- raw TCP
+
+
+def _tcp_sink(reply: Connection, buffer_size: int) -> None:
+    """Accept connections forever; each sends an 8-byte length, then that many bytes."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_size)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    reply.send(listener.getsockname()[1])
+    while True:
+        connection, _ = listener.accept()
+        threading.Thread(target=_drain, args=(connection, buffer_size), daemon=True).start()
+
+
+def _drain(connection: socket.socket, buffer_size: int) -> None:
+    """Read one length-prefixed transfer, then acknowledge it with one byte."""
+    view = memoryview(bytearray(buffer_size))
+    with connection:
+        header = connection.recv(8, socket.MSG_WAITALL)
+        remaining = int.from_bytes(header, "big") if len(header) == 8 else 0
+        while remaining > 0:
+            count = connection.recv_into(view, min(remaining, buffer_size))
+            if count == 0:
+                return
+            remaining -= count
+        connection.sendall(b"k")
+
+
+def raw_tcp(sink: tuple[int, int], bodies: Sequence[bytes]) -> Timing:
+    """Send each body from its own thread to the sink (pid, port), all at once; time it."""
+    pid, port = sink
+
+    def send(i: int, start: threading.Barrier) -> Span:
+        with socket.create_connection(("127.0.0.1", port), timeout=120) as sender:
+            sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            start.wait()
+            began = time.perf_counter()
+            sender.sendall(len(bodies[i]).to_bytes(8, "big"))
+            sender.sendall(bodies[i])
+            if sender.recv(1) != b"k":
+                raise RuntimeError("the TCP sink closed a connection before reading every byte")
+            return began, time.perf_counter()
+
+    return _concurrently(len(bodies), send, sum(len(b) for b in bodies), pid)
 
 
 # -------------------------------------------------------------------- HTTP read only
@@ -193,121 +193,99 @@ def _http_sink(reply: Connection, upload_slots: int) -> None:
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
 
 
-def http_read_only(bodies: Sequence[bytes], *, repeats: int, upload_slots: int) -> list[Timing]:
-    """Time posting `bodies` at once to a server that only reads them."""
-    with _spawned(_http_sink, upload_slots) as (pid, port):
-        server = Aggregator(pid, "127.0.0.1", port, Path(os.devnull))
-        return [_post_together(server, bodies) for _ in range(repeats)]
+def post_together(server: Aggregator, bodies: Sequence[bytes]) -> Timing:
+    """POST /receive each body from its own thread, all released at once; time the lot."""
 
-
-# ------------------------------------------------------------------------ raw write
-
-
-def fsync_write(directory: Path, body: bytes, *, count: int, repeats: int) -> list[Timing]:
-    """Time writing `count` files of `body` into `directory` in sequence, each fsynced."""
-    timings = []
-    for repeat in range(repeats):
-        paths = [directory / f"raw-write-{repeat}-{i}.bin" for i in range(count)]
-        began = time.perf_counter()
-        _, cpu = measure_cpu(None, functools.partial(_write_files, paths, body))
-        timings.append(Timing(len(body) * count, time.perf_counter() - began, cpu))
-        for path in paths:
-            path.unlink()
-    return timings
-
-
-def _write_files(paths: Sequence[Path], body: bytes) -> None:
-    for path in paths:
-        with open(path, "wb") as file:
-            file.write(body)
-            file.flush()
-            os.fsync(file.fileno())
-    fd = os.open(paths[0].parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# --------------------------------------------------------------------------- ingest
-
-
-def ingest_round(
-    server: Aggregator, client_ids: Sequence[str], server_round: int, weights: dict[str, np.ndarray]
-) -> Timing:
-    """Encode every client's update for the round, then post them all at once and time it."""
-    wait_for_status(server, lambda s: s["round"] == server_round and s["phase"] == "training")
-    bodies = [encode_update(cid, server_round, weights) for cid in client_ids]
-    return _post_together(server, bodies)
-
-
-def _post_together(server: Aggregator, bodies: Sequence[bytes]) -> Timing:
-    """POST every body from its own thread, all released at once; time the lot."""
-    claim = iter(bodies)
-    lock = threading.Lock()
-
-    def send(start: threading.Barrier) -> Span:
-        with lock:
-            body = next(claim)
-        upload = post_update(server, body, start=start)
+    def send(i: int, start: threading.Barrier) -> Span:
+        upload = post_update(server, bodies[i], start=start)
         return upload.started, upload.finished
 
     return _concurrently(len(bodies), send, sum(len(b) for b in bodies), server.pid)
 
 
-def ingest_run(
-    state_dir: Path,
-    *,
-    clients: int,
-    repeats: int,
-    persist: bool,
-    first: Callable[[bytes], None],
+# ------------------------------------------------------------------------ raw write
+
+
+def fsync_write(directory: Path, bodies: Sequence[bytes]) -> Timing:
+    """Write each body to its own file in `directory`, one after the other, each fsynced."""
+    paths = [directory / f"raw-write-{i}.bin" for i in range(len(bodies))]
+
+    def write_all() -> None:
+        for path, body in zip(paths, bodies, strict=True):
+            with open(path, "wb") as file:
+                file.write(body)
+                file.flush()
+                os.fsync(file.fileno())
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    began = time.perf_counter()
+    _, cpu = measure_cpu(None, write_all)
+    timing = Timing(sum(len(b) for b in bodies), time.perf_counter() - began, cpu)
+    for path in paths:
+        path.unlink()
+    return timing
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def ingest_rounds(
+    state_dir: Path, *, clients: int, repeats: int, persist: bool, before_each: Measure
 ) -> tuple[list[Timing], int]:
-    """Run one aggregator for `repeats` rounds; `first(body)` runs before them (a baseline)."""
+    """Run an aggregator for `repeats` rounds of `clients` uploads; return their timings.
+
+    `before_each(bodies)` runs before each round's uploads, with that round's bodies.
+    """
     client_ids = [f"client-{i:03d}" for i in range(clients)]  # fixed width: equal body sizes
     with running_aggregator(
         state_dir=state_dir, num_clients=clients, num_rounds=repeats, persist_updates=persist
     ) as server:
         register_clients(server, client_ids)
         wait_for_status(server, lambda s: s["phase"] == "training")
-        weights = {}
-        for cid in client_ids:  # every client fetches the model once, as in a real round
-            weights = fetch_model(server, cid)
-        body = encode_update(client_ids[0], 1, weights)
-        first(body)
-        timings = [
-            ingest_round(server, client_ids, server_round, weights)
-            for server_round in range(1, repeats + 1)
-        ]
-    return timings, len(body)
+        for client_id in client_ids:  # every client fetches the model once
+            weights = fetch_model(server, client_id)
+        timings = []
+        for server_round in range(1, repeats + 1):
+            wait_for_status(server, functools.partial(_training, server_round=server_round))
+            bodies = [encode_update(cid, server_round, weights) for cid in client_ids]
+            before_each(bodies)
+            timings.append(post_together(server, bodies))
+    return timings, len(bodies[0])
+
+
+def _training(status: dict[str, Any], *, server_round: int) -> bool:
+    return bool(status["round"] == server_round and status["phase"] == "training")
 
 
 # --------------------------------------------------------------------------- report
 
 
 def _row(name: str, timings: Sequence[Timing]) -> list[str]:
-    best, median = summarize([t.gbps for t in timings])
+    rates = [t.gbps for t in timings]
     cells = [
         statistics.median(t.seconds for t in timings),
         statistics.median(t.cpu.server for t in timings),
         statistics.median(t.cpu.client for t in timings),
         statistics.median(t.cpu.others for t in timings),
     ]
-    return [name, f"{best:.3f}", f"{median:.3f}", *(f"{c:.2f}" for c in cells)]
+    return [name, f"{max(rates):.3f}", f"{statistics.median(rates):.3f}"] + [
+        f"{c:.2f}" for c in cells
+    ]
 
 
 def _ratio_row(results: dict[str, list[Timing]], top: str, bottom: str, target: str) -> list[str]:
-    best = max(t.gbps for t in results[top]) / max(t.gbps for t in results[bottom])
-    median = statistics.median(t.gbps for t in results[top]) / statistics.median(
-        t.gbps for t in results[bottom]
-    )
-    return [f"{top} / {bottom}", f"{best:.2f}", f"{median:.2f}", target]
+    ratios = [a.gbps / b.gbps for a, b in zip(results[top], results[bottom], strict=True)]
+    return [f"{top} / {bottom}", f"{max(ratios):.2f}", f"{statistics.median(ratios):.2f}", target]
 
 
 def report(results: dict[str, list[Timing]]) -> str:
-    """Render the measured figures and the ratios as two Markdown tables."""
+    """Render the measured figures and the per-repetition ratios as two Markdown tables."""
     header = ["transfer", "best GB/s", "median GB/s", "median s"]
-    header += ["server CPU s", "client CPU s", "others' CPU s"]
+    header += ["server CPU s", "client CPU s", "rest CPU s"]
     names = [RAW_TCP, HTTP_READ, INGEST_OFF, RAW_WRITE, INGEST_ON]
     ratios = [
         _ratio_row(results, INGEST_OFF, RAW_TCP, ">= 0.5 (target)"),
@@ -318,43 +296,58 @@ def report(results: dict[str, list[Timing]]) -> str:
     return (
         markdown_table(header, [_row(name, results[name]) for name in names])
         + "\n\n"
-        + markdown_table(["ratio", "best", "median", "target"], ratios)
+        + markdown_table(["ratio (per repetition)", "best", "median", "target"], ratios)
     )
+
+
+def run(*, clients: int, repeats: int, work: Path) -> tuple[dict[str, list[Timing]], int]:
+    """Measure everything; return the timings by name and the size of one update."""
+    results: dict[str, list[Timing]] = {name: [] for name in (RAW_TCP, HTTP_READ, RAW_WRITE)}
+    with (
+        _spawned(_tcp_sink, SOCKET_BUFFER) as tcp_sink,
+        _spawned(_http_sink, UPLOAD_SLOTS) as (http_pid, http_port),
+    ):
+        stand_in = Aggregator(http_pid, "127.0.0.1", http_port, Path(os.devnull))
+
+        def network_baselines(bodies: Sequence[bytes]) -> None:
+            results[RAW_TCP].append(raw_tcp(tcp_sink, bodies))
+            results[HTTP_READ].append(post_together(stand_in, bodies))
+
+        results[INGEST_OFF], size = ingest_rounds(
+            work / "state-off",
+            clients=clients,
+            repeats=repeats,
+            persist=False,
+            before_each=network_baselines,
+        )
+
+    def write_baseline(bodies: Sequence[bytes]) -> None:
+        results[RAW_WRITE].append(fsync_write(work, bodies))
+
+    results[INGEST_ON], _ = ingest_rounds(
+        work / "state-on",
+        clients=clients,
+        repeats=repeats,
+        persist=True,
+        before_each=write_baseline,
+    )
+    return results, size
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the baselines and both ingest modes; print tables of the measured figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work-dir", type=Path, help="where the state dirs go (default: /tmp)")
     args = parser.parse_args(argv)
     print(f"machine: {machine_line()}", flush=True)
-    results: dict[str, list[Timing]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=args.work_dir) as root:
-        work = Path(root)
-
-        def tcp(body: bytes) -> None:
-            results[RAW_TCP] = raw_tcp(body, senders=args.clients, repeats=args.repeats)
-            results[HTTP_READ] = http_read_only(
-                [body] * args.clients, repeats=args.repeats, upload_slots=UPLOAD_SLOTS
-            )
-
-        def write(body: bytes) -> None:
-            results[RAW_WRITE] = fsync_write(work, body, count=args.clients, repeats=args.repeats)
-
-        off, body_size = ingest_run(
-            work / "state-off", clients=args.clients, repeats=args.repeats, persist=False, first=tcp
-        )
-        results[INGEST_OFF] = off
-        on, _ = ingest_run(
-            work / "state-on", clients=args.clients, repeats=args.repeats, persist=True, first=write
-        )
-        results[INGEST_ON] = on
+        results, size = run(clients=args.clients, repeats=args.repeats, work=Path(root))
     print(
-        f"{args.clients} clients x {body_size} bytes per update = "
-        f"{args.clients * body_size / 1e6:.1f} MB per repetition, {args.repeats} repetitions; "
-        f"state dir under {args.work_dir or tempfile.gettempdir()}"
+        f"{args.clients} clients x {size} bytes per update = {args.clients * size / 1e6:.1f} MB "
+        f"per repetition, {args.repeats} repetitions; state dirs under "
+        f"{args.work_dir or tempfile.gettempdir()}"
     )
     print(report(results))
     print(f"machine after: {machine_line()}")

@@ -49,6 +49,7 @@ MSGPACK = "application/msgpack"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
 _RETRYABLE = frozenset({408, 429})  # plus every 5xx
 _REJECTIONS = frozenset({"stale_round", "not_selected", "round_closed"})
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class FatalServerError(TributaryError):
@@ -151,6 +152,11 @@ class AggregatorClient:
         self._http = httpx.Client(
             base_url=base_url, timeout=timeout, transport=transport, headers=headers, verify=verify
         )
+        url = self._http.base_url
+        if token and url.scheme == "http" and url.host not in _LOOPBACK:
+            _log.warning(
+                "client %s: sending its token to %s over plain HTTP; use https://", client_id, url
+            )
         self._backoff = backoff if backoff is not None else Backoff()
         self._network = network if network is not None else NetworkSimulator()
         self._stop = stop

@@ -31,7 +31,8 @@ def serve(
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        assert thread.is_alive(), "the server thread ended"
+        assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
     scheme = "https" if certfile is not None else "http"
     try:
@@ -44,7 +45,9 @@ def serve(
 
 def write_tokens(path: Path, *client_ids: str) -> dict[str, str]:
     """Write a tokens file with a strong (derived, reproducible) token per client; return them."""
-    tokens = {cid: hashlib.sha256(f"test token of {cid}".encode()).hexdigest() for cid in client_ids}
+    tokens = {
+        cid: hashlib.sha256(f"test token of {cid}".encode()).hexdigest() for cid in client_ids
+    }
     lines = ["# client_id: token", *(f"{cid}: {token}" for cid, token in tokens.items())]
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)

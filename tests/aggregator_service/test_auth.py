@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from aggregator_service.app import create_app
 from aggregator_service.auth import Access, Caller, parse_tokens
 from aggregator_service.settings import AggregatorSettings
+from client_worker.settings import WorkerSettings
+from client_worker.transport import FatalServerError
+from client_worker.worker import run_worker
+from shared.config import ExperimentConfig
 from shared.errors import ConfigError
 from shared.wire import decode_message, decode_weights
 from tests.aggregator_service.helpers import (
@@ -21,7 +27,7 @@ from tests.aggregator_service.helpers import (
     update_body,
     wait_for,
 )
-from tests.aggregator_service.serving import bearer, write_tokens
+from tests.aggregator_service.serving import bearer, serve, write_tokens
 
 ADMIN = "admin-" + "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -48,7 +54,8 @@ class Secured:
 
     def post(self, token_of: str, body: bytes) -> int:
         headers = {**MSGPACK, **bearer(self.tokens[token_of])}
-        return self.client.post("/receive", content=body, headers=headers).status_code
+        reply: httpx.Response = self.client.post("/receive", content=body, headers=headers)
+        return reply.status_code
 
 
 @pytest.fixture
@@ -271,7 +278,10 @@ OTHER = "Zq9Wx8Ec7Rv6Tb5Yn4Um3Ik2Ol1Pa0Sd-Fg_Hj"
         ("a: short-token-123\n", "line 1: the token of client 'a' is too short"),
         ("a: " + "ab" * 20 + "\n", "too repetitive"),
         ("a: " + STRONG[:-1] + "!\n", "characters outside"),
-        (f"a: {STRONG}\n\nb: {OTHER}\na: {OTHER}x\n", "line 4: client 'a' is listed twice (also line 1)"),
+        (
+            f"a: {STRONG}\n\nb: {OTHER}\na: {OTHER}x\n",
+            "line 4: client 'a' is listed twice (also line 1)",
+        ),
         (f"a: {STRONG}\nb: {STRONG}\n", "line 2: the token of client 'b' is the same as on line 1"),
         (f"-a: {STRONG}\n", "'-a' is not a client id"),
     ],
@@ -279,7 +289,7 @@ OTHER = "Zq9Wx8Ec7Rv6Tb5Yn4Um3Ik2Ol1Pa0Sd-Fg_Hj"
 def test_a_bad_tokens_file_is_refused_naming_the_line_but_never_the_token(
     text: str, problem: str
 ) -> None:
-    with pytest.raises(ConfigError, match="tokens.txt") as info:
+    with pytest.raises(ConfigError, match=r"tokens\.txt") as info:
         parse_tokens(text, source="tokens.txt")
     assert problem in str(info.value)
     assert STRONG not in str(info.value)
@@ -314,3 +324,41 @@ def test_create_app_refuses_a_bad_tokens_file_or_a_weak_admin_token(tmp_path: Pa
     missing = AggregatorSettings(state_dir=tmp_path / "state", tokens_file=tmp_path / "nope")
     with pytest.raises(ConfigError, match="cannot read the token file"):
         create_app(missing, experiment())
+
+
+# ---------------------------------------------------------------------- a real worker
+
+
+def _tiny_experiment() -> ExperimentConfig:
+    synthetic = {"channels": 1, "image_size": 4, "num_classes": 3, "train_size": 40}
+    return experiment(
+        dataset="synthetic",
+        synthetic={**synthetic, "test_size": 10},
+        model="mlp",
+        num_partitions=2,
+        num_rounds=1,
+        min_fit_clients=1,
+        min_available_clients=1,
+        local_epochs=1,
+    )
+
+
+def test_a_worker_with_its_token_takes_part_and_a_wrong_token_is_fatal(tmp_path: Path) -> None:
+    tokens_file = tmp_path / "tokens.txt"
+    tokens = write_tokens(tokens_file, "0", "1")
+    config = _tiny_experiment()
+    settings = AggregatorSettings(state_dir=tmp_path / "state", tokens_file=tokens_file)
+    with serve(create_app(settings, config)) as (url, _):
+        worker = WorkerSettings(server_url=url, long_poll_wait_s=2, backoff_max_time_s=5)
+        forged = worker.model_copy(update={"client_id": "0", "token": SecretStr(tokens["1"])})
+        with pytest.raises(FatalServerError) as info:
+            run_worker(forged, config)
+        assert (info.value.status, info.value.code) == (403, "wrong_client")
+        unknown = worker.model_copy(update={"token": SecretStr("u" * 30 + "0123456789")})
+        with pytest.raises(FatalServerError, match="401 unauthorized") as info:
+            run_worker(unknown, config)
+        own = worker.model_copy(update={"client_id": "0", "token_file": tokens_file})
+        summary = run_worker(own, config)  # the server's tokens file works for workers too
+        status = httpx.get(f"{url}/status", headers=bearer(tokens["0"]), timeout=10).json()
+    assert (summary.outcome, summary.rounds_trained) == ("finished", 1)
+    assert (status["phase"], status["registered_clients"]) == ("finished", 1)

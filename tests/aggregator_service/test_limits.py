@@ -64,7 +64,9 @@ def test_rate_limit_per_client_answers_429_with_retry_after_then_recovers(
     client = start_app(tokens_file=tmp_path / "tokens.txt", receive_rate=4.0, receive_burst=2)
 
     def post(cid: str) -> httpx.Response:
-        return client.post("/receive", content=b"\xc1", headers={**MSGPACK, **bearer(tokens[cid])})
+        headers = {**MSGPACK, **bearer(tokens[cid])}
+        reply: httpx.Response = client.post("/receive", content=b"\xc1", headers=headers)
+        return reply
 
     assert [post("a").status_code for _ in range(2)] == [400, 400]  # malformed, but let in
     limited = post("a")

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.aggregator_service.helpers import start_app
 from tests.fault.procs import Processes
+
+__all__ = ["procs", "start_app"]
 
 
 @pytest.fixture

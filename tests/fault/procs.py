@@ -25,6 +25,7 @@ __all__ = [
     "Proc",
     "Processes",
     "cpu_seconds",
+    "damage",
     "free_port",
     "get_json",
     "wait_healthy",
@@ -129,12 +130,29 @@ class Processes:
         name: str | None = None,
     ) -> Proc:
         """Start `python -m client_worker` for one client."""
-        command = [sys.executable, "-m", "client_worker", "--server", url]
-        command += ["--client-id", client_id, "--partition-id", str(partition_id)]
+        flags = ["--client-id", client_id, "--partition-id", str(partition_id)]
+        return self._worker(url, flags, overrides, num_partitions, name or f"worker-{client_id}")
+
+    def virtual_workers(
+        self, url: str, client_ids: str, *overrides: str, num_partitions: int, name: str
+    ) -> Proc:
+        """Start one worker process running several clients (`--client-ids 1-3`)."""
+        flags = ["--client-ids", client_ids]
+        return self._worker(url, flags, overrides, num_partitions, name)
+
+    def _worker(
+        self,
+        url: str,
+        flags: Sequence[str],
+        overrides: Sequence[str],
+        num_partitions: int,
+        name: str,
+    ) -> Proc:
+        command = [sys.executable, "-m", "client_worker", "--server", url, *flags]
         command += ["--num-partitions", str(num_partitions)]
         for item in overrides:
             command += ["--set", item]
-        return self.spawn(name or f"worker-{client_id}", command, env=WORKER_ENV)
+        return self.spawn(name, command, env=WORKER_ENV)
 
     def stop_all(self) -> None:
         """SIGTERM every process still running, then SIGKILL those that do not exit."""
@@ -196,6 +214,14 @@ def wait_until(
             return status
         assert time.monotonic() < deadline, f"timed out; last status {status}\n{describe()}"
         time.sleep(0.05)
+
+
+def damage(path: Path) -> None:
+    """Overwrite 4 KiB in the middle of a file with zeros (same size, other content)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
 
 
 def cpu_seconds(pid: int) -> float:
