@@ -313,16 +313,17 @@ def summarize(values: Sequence[float]) -> tuple[float, float]:
 
 
 def machine_line() -> str:
-    """Describe the machine: cores, CPU model, Python, load average now."""
+    """Describe the machine: cores, CPU model, Python, glibc tunables, load average now."""
     model = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    tunables = os.environ.get("GLIBC_TUNABLES", "unset")
     return (
         f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
-        f"Linux {platform.release()}, load average {load}"
+        f"Linux {platform.release()}, GLIBC_TUNABLES {tunables}, load average {load}"
     )
 
 

@@ -283,7 +283,7 @@ def _ratio_row(results: dict[str, list[Timing]], top: str, bottom: str, target: 
 
 
 def report(results: dict[str, list[Timing]]) -> str:
-    """Render the measured figures and the per-repetition ratios as two Markdown tables."""
+    """Render the figures, the per-repetition ratios and every repetition as Markdown tables."""
     header = ["transfer", "best GB/s", "median GB/s", "median s"]
     header += ["server CPU s", "client CPU s", "rest CPU s"]
     names = [RAW_TCP, HTTP_READ, INGEST_OFF, RAW_WRITE, INGEST_ON]
@@ -293,10 +293,13 @@ def report(results: dict[str, list[Timing]]) -> str:
         _ratio_row(results, INGEST_OFF, HTTP_READ, "-"),
         _ratio_row(results, INGEST_ON, RAW_WRITE, ">= 0.8 (target)"),
     ]
-    return (
-        markdown_table(header, [_row(name, results[name]) for name in names])
-        + "\n\n"
-        + markdown_table(["ratio (per repetition)", "best", "median", "target"], ratios)
+    repetitions = [[name, " ".join(f"{t.gbps:.2f}" for t in results[name])] for name in names]
+    return "\n\n".join(
+        [
+            markdown_table(header, [_row(name, results[name]) for name in names]),
+            markdown_table(["ratio (per repetition)", "best", "median", "target"], ratios),
+            markdown_table(["transfer", "GB/s in each repetition"], repetitions),
+        ]
     )
 
 

@@ -6,8 +6,10 @@
 # Creates the system user `tributary`, a venv at /opt/tributary/venv with the project in
 # it, the systemd units, /etc/tributary/{aggregator,worker,role}.env and experiment.yaml
 # (existing files in /etc/tributary are kept: they hold the operator's edits), the
-# `tributary-role` command, and enables tributary-role.service, which picks the role at boot.
-# Running it again upgrades the venv and the units and keeps the configuration.
+# `tributary-role` and `tributary-secrets` commands, and enables tributary-role.service,
+# which picks the role at boot. Running it again upgrades the venv and the units and keeps
+# the configuration. It installs no secret: the tokens, the CA and the aggregator's
+# certificate come from `tributary-secrets` (docs/deploy.md).
 #
 #   --source DIR    the project tree to install (default: the tree holding this script)
 #   --root DIR      lay the files out under DIR (an image being built, or a test); no user
@@ -74,7 +76,8 @@ install_files() {
         install -D -m 0644 "$vm/$unit" "$units/$unit"
     done
     install -D -m 0755 "$vm/tributary-role" "$root/usr/local/sbin/tributary-role"
-    # systemd reads the env files as root: 0600 keeps future tokens private.
+    install -D -m 0755 "$vm/tributary-secrets" "$root/usr/local/sbin/tributary-secrets"
+    # systemd reads the env files as root: 0600 keeps a TRIBUTARY_AGG_ADMIN_TOKEN line private.
     install_once 0600 "$vm/aggregator.env" "$etc/aggregator.env"
     install_once 0600 "$vm/worker.env" "$etc/worker.env"
     install_once 0644 "$vm/role.env" "$etc/role.env"

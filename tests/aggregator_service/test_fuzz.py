@@ -132,6 +132,8 @@ def _pack(message: Any) -> Body:
 
 BuildCase = Callable[[Weights, Body], Body]
 
+# msgpack carries integers from -2**63 to 2**64 - 1: "num_examples = 2**70" goes as the
+# largest one it can carry and as the float 2.0**70.
 WRONG_VALUES: dict[str, list[Any]] = {
     "protocol": [1.0, "1", 2, 0, -1, None, True, [1], 2**64 - 1],
     "client_id": [7, None, ["a"], "a" * 100_000, "", "a b", "../../etc/passwd", b"a", True],
@@ -222,22 +224,27 @@ def wrong_names() -> st.SearchStrategy[BuildCase]:
     )
 
 
+MISSING = object()  # a WRONG_FIELDS value: leave the field out
+WRONG_FIELDS: list[tuple[str, Any]] = [
+    (key, value) for key, values in WRONG_VALUES.items() for value in values
+] + [(key, MISSING) for key in FIELDS[:-1]]  # metrics is optional
+
+
+def wrong_field(weights: Weights, key: str, value: Any) -> dict[str, Any]:
+    """A message with `key` set to `value`, or without `key` when value is MISSING."""
+    message = _message(weights)
+    if value is MISSING:
+        del message[key]
+    else:
+        message[key] = value
+    return message
+
+
 def wrong_field_types() -> st.SearchStrategy[BuildCase]:
-    pairs = st.sampled_from([(key, value) for key, values in WRONG_VALUES.items() for value in values])
-    missing = st.sampled_from(["protocol", "client_id", "round", "num_examples", "weights"])
+    def build(pair: tuple[str, Any]) -> BuildCase:
+        return lambda w, valid: _pack(wrong_field(w, *pair))
 
-    def wrong(pair: tuple[str, Any]) -> BuildCase:
-        return lambda w, valid: _pack(_message(w, **{pair[0]: pair[1]}))
-
-    def without(key: str) -> BuildCase:
-        def case(w: Weights, valid: Body) -> Body:
-            message = _message(w)
-            del message[key]
-            return _pack(message)
-
-        return case
-
-    return st.one_of(pairs.map(wrong), missing.map(without))
+    return st.sampled_from(WRONG_FIELDS).map(build)
 
 
 def extra_fields() -> st.SearchStrategy[BuildCase]:
@@ -251,16 +258,18 @@ def extra_fields() -> st.SearchStrategy[BuildCase]:
 
 
 INVALID_UPDATES: st.SearchStrategy[tuple[str, BuildCase]] = st.one_of(
-    st.tuples(st.just(kind), strategy)
-    for kind, strategy in [
-        ("random bytes", random_bytes()),
-        ("truncated", truncated()),
-        ("huge shape", huge_shapes()),
-        ("dtype confusion", dtype_confusion()),
-        ("deep nesting", deep_nesting()),
-        ("wrong names", wrong_names()),
-        ("wrong field type", wrong_field_types()),
-        ("extra field", extra_fields()),
+    [
+        st.tuples(st.just(kind), strategy)
+        for kind, strategy in [
+            ("random bytes", random_bytes()),
+            ("truncated", truncated()),
+            ("huge shape", huge_shapes()),
+            ("dtype confusion", dtype_confusion()),
+            ("deep nesting", deep_nesting()),
+            ("wrong names", wrong_names()),
+            ("wrong field type", wrong_field_types()),
+            ("extra field", extra_fields()),
+        ]
     ]
 )
 
@@ -294,11 +303,26 @@ def test_receive_rejects_every_invalid_update(target: Target) -> None:
         np.testing.assert_allclose(new[name], expected, rtol=1e-6, atol=1e-6, err_msg=name)
 
 
+def test_receive_rejects_each_wrong_field_value(target: Target) -> None:
+    """Every entry of WRONG_VALUES, and every required field left out, once each."""
+    for key, value in WRONG_FIELDS:
+        message = wrong_field(target.weights, key, value)
+        reply = target.client.post("/receive", content=_pack(message), headers=MSGPACK)
+        target.statuses[reply.status_code] += 1
+        target.errors[assert_clean_error(reply, statuses=range(400, 500))["error"]] += 1
+        target.check_unchanged()
+    target.report("POST /receive, wrong field values")
+
+
 # ------------------------------------------------------------------ POST /register
 
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner),
     max_leaves=12,
 )

@@ -1,9 +1,11 @@
 """A simulated VM file tree: deploy/vm/install.sh and tributary-role run against a temp root.
 
-`install_machine` lays out what install.sh installs under `root`, writes role.env and runs
-`tributary-role apply` with a recording systemctl; `service_command` then turns the unit it
-enabled into the argv, environment and working directory systemd would use, with every
-path of the VM (/etc/tributary, /var/lib, /opt/tributary) moved under `root`.
+`install_machine` lays out what install.sh installs under `root`, writes role.env and the
+machine's own files (what cloud-init's write_files or the operator put there: tokens, the
+CA, certificates) and runs `tributary-role apply` with a recording systemctl;
+`service_command` then turns the unit it enabled into the argv, environment and working
+directory systemd would use, with every path of the VM (/etc/tributary, /var/lib,
+/opt/tributary) moved under `root`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +71,18 @@ def run_role(
     )
 
 
-def install_machine(root: Path, *, role_env: str, hostname: str, experiment: str) -> str:
-    """Install a VM tree under `root`, select its role and return the unit it enabled."""
+def install_machine(
+    root: Path,
+    *,
+    role_env: str,
+    hostname: str,
+    experiment: str,
+    files: Mapping[str, bytes] | None = None,
+) -> str:
+    """Install a VM tree under `root`, select its role and return the unit it enabled.
+
+    `files` maps absolute VM paths to contents, written (mode 0600) before the role is applied.
+    """
     root.mkdir(parents=True, exist_ok=True)
     systemctl = fake_systemctl(root)
     log = root / "systemctl.log"
@@ -84,6 +97,11 @@ def install_machine(root: Path, *, role_env: str, hostname: str, experiment: str
     )
     (root / "etc/tributary/role.env").write_text(role_env)
     (root / "etc/tributary/experiment.yaml").write_text(experiment)
+    for vm_path, content in (files or {}).items():
+        target = Path(rooted(vm_path, root))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        target.chmod(0o600)
     venv = root / "opt/tributary/venv"
     venv.parent.mkdir(parents=True, exist_ok=True)
     venv.symlink_to(Path(sys.prefix))

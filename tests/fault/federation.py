@@ -90,12 +90,16 @@ def weighted_mean(updates: Iterable[KnownUpdate]) -> Weights:
         if array.dtype.kind != "f":
             mean[name] = np.maximum.reduce([u.weights[name] for u in chosen])
             continue
-        weighted = sum(u.num_examples * u.weights[name].astype(np.float64) for u in chosen)
+        weighted = np.zeros(array.shape, np.float64)
+        for update in chosen:
+            weighted += update.num_examples * update.weights[name].astype(np.float64)
         mean[name] = (weighted / total).astype(array.dtype)
     return mean
 
 
-def assert_model_equals(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]) -> None:
+def assert_model_equals(
+    actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]
+) -> None:
     """Assert two models have the same tensors, equal to float32 rounding."""
     assert list(actual) == list(expected)
     for name, array in expected.items():

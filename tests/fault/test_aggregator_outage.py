@@ -32,9 +32,7 @@ def test_workers_resume_after_an_outage(procs: Processes, tmp_path: Path) -> Non
     state_dir = tmp_path / "state"
     port = free_port()
     first = procs.aggregator(state_dir, *OVERRIDES, port=port, wait=False)
-    workers = [
-        procs.worker(first.url, str(k), partition_id=k, num_partitions=4) for k in range(3)
-    ]
+    workers = [procs.worker(first.url, str(k), partition_id=k, num_partitions=4) for k in range(3)]
     wait_healthy(first)
     wait_until(first.url, lambda s: s["last_round"] is not None, timeout=90, describe=procs.logs)
 

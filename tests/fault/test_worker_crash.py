@@ -44,7 +44,12 @@ def start_survivors(procs: Processes, url: str) -> Proc:
 
 
 def test_worker_killed_mid_training_then_rejoins(procs: Processes, tmp_path: Path) -> None:
-    overrides = (*SERVER, "num_rounds=2", "min_fit_clients=3", "min_available_clients=4")
+    overrides: tuple[str, ...] = (
+        *SERVER,
+        "num_rounds=2",
+        "min_fit_clients=3",
+        "min_available_clients=4",
+    )
     overrides += ("local_epochs=40", f"round_timeout_s={ROUND_TIMEOUT_S}")
     aggregator = procs.aggregator(tmp_path / "state", *overrides, wait=False)
     url = aggregator.url
@@ -82,7 +87,12 @@ def test_worker_killed_mid_training_then_rejoins(procs: Processes, tmp_path: Pat
 def test_straggler_of_the_last_round_exits_cleanly(procs: Processes, tmp_path: Path) -> None:
     """A worker whose update arrives after the last round closed drops it and exits 0."""
     # The straggler trains 100,000 examples (seconds), the others 6,250 each.
-    overrides = (*SERVER, "num_rounds=1", "min_fit_clients=3", "min_available_clients=4")
+    overrides: tuple[str, ...] = (
+        *SERVER,
+        "num_rounds=1",
+        "min_fit_clients=3",
+        "min_available_clients=4",
+    )
     overrides += ("local_epochs=25", "round_timeout_s=1.5")
     aggregator = procs.aggregator(tmp_path / "state", *overrides, wait=False)
     url = aggregator.url
