@@ -25,10 +25,12 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from client_worker.errors import FatalServerError, ServerUnavailableError
 from client_worker.network import parse_clients
 from client_worker.settings import WorkerSettings
-from client_worker.transport import AggregatorClient, FatalServerError, ServerUnavailableError
-from client_worker.worker import Activity, WorkerSummary, run_virtual_clients, run_worker
+from client_worker.summary import Activity, WorkerSummary
+from client_worker.transport import AggregatorClient
+from client_worker.worker import run_virtual_clients, run_worker
 from shared.config import load_config, parse_overrides
 from shared.errors import TributaryError
 

@@ -13,7 +13,6 @@ raises `CertificateError` at once: retrying cannot make it trusted.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import ssl
@@ -27,86 +26,28 @@ from typing import Any
 import httpx
 import numpy as np
 
+from client_worker.errors import (
+    HINTS,
+    CertificateError,
+    FatalServerError,
+    ServerUnavailableError,
+    StopRequested,
+    UpdateRejected,
+)
 from client_worker.network import NetworkSimulator, Sleep, event_sleep
-from shared.errors import MalformedMessage, TributaryError
+from client_worker.retry import Backoff, retry_after, retryable
+from shared.errors import MalformedMessage
 from shared.wire import PROTOCOL_VERSION, TensorSpec, check_protocol, decode_message, encode_message
 from shared.wire import decode_weights as _decode_weights
 
-__all__ = [
-    "AggregatorClient",
-    "Backoff",
-    "CertificateError",
-    "FatalServerError",
-    "ServerUnavailableError",
-    "StopRequested",
-    "UpdateRejected",
-    "WeightsReply",
-]
+__all__ = ["AggregatorClient", "WeightsReply"]
 
 _log = logging.getLogger(__name__)
 
 MSGPACK = "application/msgpack"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
-_RETRYABLE = frozenset({408, 429})  # plus every 5xx
 _REJECTIONS = frozenset({"stale_round", "not_selected", "round_closed"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-class FatalServerError(TributaryError):
-    """The aggregator refused a request in a way a retry cannot heal."""
-
-    def __init__(self, status: int, detail: str, code: str | None = None, hint: str = "") -> None:
-        label = f"{status} {code}" if code else str(status)
-        super().__init__(
-            f"aggregator answered HTTP {label}: {detail}" + (f"; {hint}" if hint else "")
-        )
-        self.status = status
-        self.detail = detail
-        self.code = code
-
-
-class CertificateError(TributaryError):
-    """The aggregator's TLS certificate could not be verified."""
-
-
-_HINTS = {
-    401: "check this worker's token (--token-file or TRIBUTARY_WORKER_TOKEN)",
-    403: "the token does not allow this request; each client needs its own token",
-}
-
-
-class UpdateRejected(TributaryError):
-    """The aggregator declined an update (stale round, or this client was not selected)."""
-
-    def __init__(self, reason: str, current_round: int | None, detail: str = "") -> None:
-        super().__init__(f"update rejected ({reason}); server round {current_round}: {detail}")
-        self.reason = reason
-        self.current_round = current_round
-
-
-class ServerUnavailableError(TributaryError):
-    """Retries went on for longer than the backoff time limit without success."""
-
-
-class StopRequested(TributaryError):
-    """A stop was requested while the client waited to retry."""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter and an overall time limit."""
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-    max_time_s: float = 600.0
-
-    def bound(self, attempt: int) -> float:
-        """Return the largest delay of retry number `attempt` (0-based)."""
-        return min(self.cap_s, self.base_s * 2.0 ** min(attempt, 64))
-
-    def delay(self, attempt: int, rng: np.random.Generator) -> float:
-        """Draw the delay of retry `attempt`: uniform(0, bound(attempt)) (full jitter)."""
-        return float(rng.uniform(0.0, self.bound(attempt)))
 
 
 @dataclass(frozen=True)
@@ -256,13 +197,11 @@ class AggregatorClient:
         attempt = 0
         while True:
             response, failure = self._attempt(method, path, content, params, all_headers)
-            if response is not None and not _retryable(response.status_code):
+            if response is not None and not retryable(response.status_code):
                 _raise_for_status(response)
                 return response
-            retry_after = _retry_after(response) if response is not None else None
-            delay = (
-                retry_after if retry_after is not None else self._backoff.delay(attempt, self._rng)
-            )
+            wait_s = retry_after(response) if response is not None else None
+            delay = wait_s if wait_s is not None else self._backoff.delay(attempt, self._rng)
             elapsed = self._clock() - started
             if elapsed + delay > self._backoff.max_time_s:
                 raise ServerUnavailableError(
@@ -315,26 +254,6 @@ class AggregatorClient:
 # -------------------------------------------------------------------- responses
 
 
-def _retryable(status: int) -> bool:
-    return status >= 500 or status in _RETRYABLE
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """Return the Retry-After header in seconds (delta or HTTP date), if present."""
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _error_fields(response: httpx.Response) -> tuple[str | None, str, dict[str, Any]]:
     """Return (error code, detail, body) of an error response; tolerant of any body."""
     if response.status_code < 400:
@@ -359,7 +278,7 @@ def _raise_for_status(response: httpx.Response) -> None:
     if status == 409 and code in _REJECTIONS:
         current = body.get("round")
         raise UpdateRejected(code, current if isinstance(current, int) else None, detail)
-    raise FatalServerError(status, detail or response.reason_phrase, code, _HINTS.get(status, ""))
+    raise FatalServerError(status, detail or response.reason_phrase, code, HINTS.get(status, ""))
 
 
 def _raise_if_untrusted(exc: httpx.TransportError, base_url: httpx.URL) -> None:

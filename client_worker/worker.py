@@ -11,106 +11,34 @@ Several virtual clients can share one process and one loaded dataset, one thread
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import torch
 from torch import nn
 
+from client_worker.errors import StopRequested, UpdateRejected
 from client_worker.network import NetworkSimulator, Sleep, event_sleep
+from client_worker.retry import Backoff
 from client_worker.settings import WorkerSettings
+from client_worker.summary import Activity, WorkerSummary
 from client_worker.train import TrainConfig, TrainingInterrupted, TrainResult, derive_seed, train
 from client_worker.train import seeded_global_rng as _seeded_global_rng
-from client_worker.transport import (
-    AggregatorClient,
-    Backoff,
-    StopRequested,
-    UpdateRejected,
-    WeightsReply,
-)
+from client_worker.transport import AggregatorClient, WeightsReply
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config
 from shared.errors import ConfigError
 from shared.models import build_model, load_numpy_state, model_spec, state_to_numpy
 from shared.partition import client_indices
 
-__all__ = ["Activity", "WorkerSummary", "run_virtual_clients", "run_worker"]
+__all__ = ["run_virtual_clients", "run_worker"]
 
 _log = logging.getLogger(__name__)
 
 NO_ETAG_PAUSE_S = 1.0  # pause between polls when the server sends no ETag to wait on
-
-
-@dataclass
-class WorkerSummary:
-    """What one worker did, reported when it ends."""
-
-    client_id: str
-    partition_id: int
-    num_examples: int  # size of this client's partition
-    rounds_trained: int = 0  # updates posted and accepted (duplicates included)
-    rounds_skipped: int = 0  # selected but sat out (simulated dropout, empty partition)
-    rounds_crashed: int = 0  # simulated crash mid-training
-    rounds_rejected: int = 0  # 409 stale_round / not_selected
-    examples_trained: int = 0  # examples processed over all epochs of all trained rounds
-    train_seconds: float = 0.0
-    bytes_up: int = 0
-    bytes_down: int = 0
-    last_round: int = 0  # the last server round seen
-    outcome: str = "running"  # "finished" | "max_rounds" | "stopped"
-
-    def line(self) -> str:
-        """Return the one-line summary printed when the worker ends."""
-        return (
-            f"client {self.client_id} {self.outcome}: partition {self.partition_id} "
-            f"({self.num_examples} examples), trained {self.rounds_trained} rounds, "
-            f"skipped {self.rounds_skipped}, crashed {self.rounds_crashed}, rejected "
-            f"{self.rounds_rejected}, {self.examples_trained} examples in "
-            f"{self.train_seconds:.1f} s, sent {self.bytes_up / 1e6:.2f} MB, received "
-            f"{self.bytes_down / 1e6:.2f} MB, last round {self.last_round}"
-        )
-
-
-class Activity:
-    """What the clients of a process are doing: who is mid-round, and their summaries."""
-
-    def __init__(self) -> None:
-        self._busy = 0
-        self._changed = threading.Condition()
-        self._summaries: list[WorkerSummary] = []
-
-    def track(self, summary: WorkerSummary) -> None:
-        """Keep a client's live summary, so it can be reported even if it never returns."""
-        with self._changed:
-            self._summaries.append(summary)
-
-    def summaries(self) -> list[WorkerSummary]:
-        """Return the tracked summaries, in the order the clients started."""
-        with self._changed:
-            return list(self._summaries)
-
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        """Mark the body as work that a stop should let finish."""
-        with self._changed:
-            self._busy += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._busy -= 1
-                self._changed.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no client is mid-round; False if `timeout` seconds passed first."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self._busy == 0, timeout=timeout)
 
 
 def run_worker(

@@ -13,8 +13,8 @@ from pydantic import SecretStr
 from aggregator_service.app import create_app
 from aggregator_service.auth import Access, Caller, parse_tokens
 from aggregator_service.settings import AggregatorSettings
+from client_worker.errors import FatalServerError
 from client_worker.settings import WorkerSettings
-from client_worker.transport import FatalServerError
 from client_worker.worker import run_worker
 from shared.config import ExperimentConfig
 from shared.errors import ConfigError

@@ -17,8 +17,10 @@ import pytest
 from aggregator_service.__main__ import main
 from aggregator_service.app import create_app
 from aggregator_service.settings import AggregatorSettings
+from client_worker.errors import CertificateError
+from client_worker.retry import Backoff
 from client_worker.settings import WorkerSettings
-from client_worker.transport import AggregatorClient, Backoff, CertificateError
+from client_worker.transport import AggregatorClient
 from tests.aggregator_service.helpers import experiment
 from tests.aggregator_service.serving import serve, write_tokens
 

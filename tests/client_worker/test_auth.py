@@ -11,8 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from client_worker import __main__ as cli
+from client_worker.errors import FatalServerError
 from client_worker.settings import WorkerSettings
-from client_worker.transport import AggregatorClient, FatalServerError
+from client_worker.transport import AggregatorClient
 from shared.errors import ConfigError
 from shared.wire import encode_message
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from client_worker import __main__ as cli
+from client_worker.errors import FatalServerError, ServerUnavailableError
 from client_worker.settings import WorkerSettings
-from client_worker.transport import FatalServerError, ServerUnavailableError
-from client_worker.worker import Activity, WorkerSummary
+from client_worker.summary import Activity, WorkerSummary
 from shared.config import ExperimentConfig
 
 

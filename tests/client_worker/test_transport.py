@@ -11,15 +11,15 @@ import httpx
 import numpy as np
 import pytest
 
-from client_worker.network import NetworkSimulator
-from client_worker.transport import (
-    AggregatorClient,
-    Backoff,
+from client_worker.errors import (
     FatalServerError,
     ServerUnavailableError,
     StopRequested,
     UpdateRejected,
 )
+from client_worker.network import NetworkSimulator
+from client_worker.retry import Backoff
+from client_worker.transport import AggregatorClient
 from shared.config import NetworkProfile
 from shared.wire import TensorSpec, decode_message, decode_weights, encode_message
 
