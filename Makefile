@@ -78,6 +78,8 @@ run-worker: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_wire.py
+	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -39,6 +39,8 @@ from shared.errors import SpecMismatch, TributaryError
 __all__ = ["STRATEGIES", "AggregationError", "FedAvg", "Strategy", "build_strategy"]
 
 
+_BLOCK = 1 << 17  # elements folded per step (1 MiB of float64 scratch)
+
 class AggregationError(TributaryError):
     """A strategy used out of order (no round begun, no update) or given a bad num_examples."""
 
@@ -118,7 +120,7 @@ class FedAvg:
             self._slots = slots
             self._sums = {n: np.zeros(s.shape, np.float64) for n, s in slots.items() if s.floating}
             self._maxima = {}
-            self._scratch = np.empty(largest, dtype=np.float64)
+            self._scratch = np.empty(min(largest, _BLOCK), dtype=np.float64)
             self._num_updates = 0
             self._total_examples = 0
             self._open = True
@@ -168,11 +170,16 @@ class FedAvg:
             return result
 
     def _fold_floating(self, name: str, update: np.ndarray, num_examples: int) -> None:
-        scratch = self._scratch[: update.size].reshape(update.shape)
-        # dtype=float64 makes the ufunc loop itself float64: a float32 loop would round the
-        # product to float32 before `out` widened it.
-        np.multiply(update, num_examples, out=scratch, dtype=np.float64)
-        np.add(self._sums[name], scratch, out=self._sums[name])
+        total = self._sums[name].reshape(-1)
+        flat = update.reshape(-1)
+        # Block by block: the float64 scratch stays small (1 MiB) and in cache.
+        for start in range(0, flat.size, _BLOCK):
+            stop = min(start + _BLOCK, flat.size)
+            scratch = self._scratch[: stop - start]
+            # dtype=float64 makes the ufunc loop itself float64: a float32 loop would round
+            # the product to float32 before `out` widened it.
+            np.multiply(flat[start:stop], num_examples, out=scratch, dtype=np.float64)
+            np.add(total[start:stop], scratch, out=total[start:stop])
 
     def _fold_integer(self, name: str, update: np.ndarray, dtype: np.dtype[np.generic]) -> None:
         current = self._maxima.get(name)

@@ -14,7 +14,6 @@ import os
 import platform
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from shared.wire import decode_message, decode_weights, encode_message
 
 __all__ = [
     "MIB",
+    "REPO_ROOT",
     "Aggregator",
     "CpuUse",
     "Upload",
@@ -47,7 +47,6 @@ __all__ = [
     "register_clients",
     "reset_peak",
     "running_aggregator",
-    "summarize",
     "wait_for_status",
 ]
 
@@ -305,11 +304,6 @@ def post_update(
 
 
 # ---------------------------------------------------------------------------- reporting
-
-
-def summarize(values: Sequence[float]) -> tuple[float, float]:
-    """Return (best, median) of throughputs (best is the largest)."""
-    return max(values), statistics.median(values)
 
 
 def machine_line() -> str:

@@ -64,7 +64,16 @@ from fastapi import FastAPI, Request
 from aggregator_service.body import read_body
 from aggregator_service.settings import AggregatorSettings
 
-__all__ = ["Timing", "fsync_write", "ingest_rounds", "main", "post_together", "raw_tcp"]
+__all__ = [
+    "Timing",
+    "fsync_write",
+    "ingest_rounds",
+    "main",
+    "post_together",
+    "raw_tcp",
+    "report",
+    "run",
+]
 
 SOCKET_BUFFER = 4 << 20
 UPLOAD_SLOTS = AggregatorSettings().max_concurrent_uploads  # the service's default

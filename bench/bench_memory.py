@@ -36,7 +36,7 @@ from _common import (
     wait_for_status,
 )
 
-__all__ = ["Footprint", "absorb_round", "main"]
+__all__ = ["Footprint", "absorb_round", "main", "report"]
 
 TARGET_GROWTH = 4.0  # x the model's bytes
 

@@ -341,3 +341,19 @@ def test_memory_stays_bounded_by_model_size() -> None:
     # A hundred more updates add essentially nothing: no per-update copies are kept.
     assert peak - after_first < num_params // 10
     assert current - after_first < 10_000
+
+
+def test_tensors_larger_than_one_block_are_folded_whole() -> None:
+    from aggregator_service.strategy import _BLOCK
+
+    size = 3 * _BLOCK + 5  # three full blocks and a remainder
+    base = {"w": np.zeros((size,), np.float32)}
+    first = {"w": np.arange(size, dtype=np.float32)}
+    second = {"w": np.full((size,), 4.0, np.float32)}
+    strategy = FedAvg()
+    strategy.begin_round(1, base)
+    strategy.accumulate(first, 1)
+    strategy.accumulate(second, 3)
+    result = strategy.finalize()["w"]
+    expected = (np.arange(size, dtype=np.float64) * 1 + 4.0 * 3) / 4
+    np.testing.assert_allclose(result, expected.astype(np.float32), rtol=1e-7)
