@@ -51,6 +51,26 @@ def test_role_env_is_the_one_block_to_edit(tmp_path: Path) -> None:
     assert env["TRIBUTARY_CLIENT_ID"] == ""  # clones take their id from the hostname
 
 
+def test_token_and_ca_are_per_machine_files_with_placeholders() -> None:
+    """worker.token (private) and ca.pem are written where worker.env reads them."""
+    files = _files()
+    worker_env = parse_env_file(VM / "worker.env")
+    token = files[worker_env["TRIBUTARY_WORKER_TOKEN_FILE"]]
+    assert token["permissions"] == "0600"
+    assert token["content"] == "CLIENT_TOKEN_LINE\n"
+    ca = files[worker_env["TRIBUTARY_WORKER_CA_BUNDLE"]]
+    assert ca["content"] == "CA_CERTIFICATE\n"
+    order = [entry["path"] for entry in _user_data()["write_files"]]
+    assert order[:3] == ["/etc/tributary/role.env", token["path"], ca["path"]]  # the blocks to edit
+
+
+def test_clients_reach_the_aggregator_over_https(tmp_path: Path) -> None:
+    """With TLS on by default, the URL in role.env is https://."""
+    role_env = tmp_path / "role.env"
+    role_env.write_text(_files()["/etc/tributary/role.env"]["content"])
+    assert parse_env_file(role_env)["TRIBUTARY_AGGREGATOR_URL"].startswith("https://")
+
+
 def test_install_env_parameterises_source_and_cpu_torch(tmp_path: Path) -> None:
     """The source and the torch index are settings, the CPU wheels by default."""
     install_env = tmp_path / "install.env"

@@ -6,6 +6,7 @@ import http.server
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.helpers import DEPLOY, REPO, unknown_variables
+from tests.deploy.helpers import DEPLOY, REPO, VM, unknown_variables
 
 DOCKER = DEPLOY / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
@@ -210,12 +211,14 @@ def health_server() -> Iterator[http.server.ThreadingHTTPServer]:
         thread.join(timeout=5)
 
 
-def _healthcheck(port: int, role: str) -> int:
+def _healthcheck(port: int, role: str, *, certfile: Path | None = None) -> int:
     env = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "TRIBUTARY_ROLE": role,
         "TRIBUTARY_AGG_PORT": str(port),
     }
+    if certfile is not None:
+        env["TRIBUTARY_AGG_SSL_CERTFILE"] = str(certfile)
     return subprocess.run(
         ["sh", str(DOCKER / "healthcheck.sh")],
         env=env,
@@ -238,3 +241,32 @@ def test_healthcheck_follows_the_aggregators_healthz(
     health_server.server_close()
     assert _healthcheck(port, "aggregator") == 1
     assert _healthcheck(port, "worker") == 0
+
+
+def test_healthcheck_speaks_https_when_the_aggregator_does(tmp_path: Path) -> None:
+    """With TRIBUTARY_AGG_SSL_CERTFILE set, the check reaches an HTTPS /healthz on loopback
+    (whose certificate names another host); plain HTTP would not."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl makes the certificate")
+    secrets = tmp_path / "secrets"
+    subprocess.run(
+        ["bash", str(VM / "tributary-secrets"), "tls", str(secrets), "DNS:aggregator"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(secrets / "server.pem", secrets / "server.key")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _Health.status = 200
+        port = server.server_address[1]
+        assert _healthcheck(port, "aggregator", certfile=secrets / "server.pem") == 0
+        assert _healthcheck(port, "aggregator") == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -6,23 +6,62 @@ import re
 
 from fastapi.routing import APIRoute
 
-from aggregator_service.routes import inspect, model, updates
-from tests.deploy.helpers import REPO, VM
+from aggregator_service.routes import admin, inspect, model, updates
+from tests.deploy.helpers import K8S, REPO, VM, load_yaml_documents
 
 DOC = REPO / "docs/deploy.md"
 
 
-def _get_paths() -> set[str]:
+def _paths(method: str) -> set[str]:
     routes = [
-        r for m in (inspect, model, updates) for r in m.router.routes if isinstance(r, APIRoute)
+        r
+        for m in (inspect, model, updates, admin)
+        for r in m.router.routes
+        if isinstance(r, APIRoute)
     ]
-    return {route.path for route in routes if "GET" in (route.methods or set())}
+    return {route.path for route in routes if method in (route.methods or set())}
 
 
-def test_curl_recipes_use_existing_get_endpoints() -> None:
-    """Every $AGG/<path> in the runbook is a GET endpoint, and every GET endpoint is shown."""
-    used = set(re.findall(r"\$AGG(/[a-z_]+)", DOC.read_text()))
-    assert used == _get_paths()
+def test_curl_recipes_use_existing_endpoints() -> None:
+    """Every $AGG/<path> in the runbook is a GET or admin endpoint; every GET one is shown."""
+    used = set(re.findall(r"\$AGG(/[a-z_/]+)", DOC.read_text()))
+    admin_paths = {path for path in _paths("POST") if path.startswith("/admin/")}
+    assert admin_paths
+    assert used == _paths("GET") | admin_paths
+
+
+def test_curl_recipes_send_the_admin_token_except_to_healthz() -> None:
+    """Each recipe line that calls $AGG carries the token header, but the /healthz one."""
+    for line in DOC.read_text().splitlines():
+        if not line.startswith("curl ") or "$AGG/" not in line:
+            continue
+        if "$AGG/healthz" in line:
+            assert "Authorization" not in line, line
+            assert "$AUTH" not in line, line
+        else:
+            assert '"$AUTH"' in line or "Authorization: Bearer" in line, line
+
+
+def test_documented_secrets_commands_exist() -> None:
+    """Every `tributary-secrets <command>` of the runbook is a command of the helper."""
+    script = (VM / "tributary-secrets").read_text()
+    commands = set(re.findall(r"tributary-secrets ([a-z-]+) ", DOC.read_text()))
+    assert {"tokens", "line", "add", "env", "tls", "user-data"} <= commands
+    for command in commands:
+        assert f"        {command}:" in script, command
+
+
+def test_documented_kubectl_secret_matches_the_manifests() -> None:
+    """`kubectl create secret` makes the Secret the pods mount, with the keys they read."""
+    (secret,) = load_yaml_documents(K8S / "secret.yaml")
+    match = re.search(
+        r"kubectl -n (\S+) create secret generic (\S+) \\\n\s+(.*)\n", DOC.read_text()
+    )
+    assert match is not None
+    namespace, name, options = match.groups()
+    assert (namespace, name) == (secret["metadata"]["namespace"], secret["metadata"]["name"])
+    keys = set(re.findall(r"--from-file=([^=]+)=", options))
+    assert keys == set(secret["stringData"])
 
 
 def test_documented_role_switch_edits_one_line_of_cloud_init() -> None:
@@ -47,5 +86,7 @@ def test_every_deploy_file_is_mentioned() -> None:
         "kustomization.yaml",
         "experiment.yaml",
         "role.env",
+        "tributary-secrets",
+        "secret.yaml",
     ):
         assert name in text, name

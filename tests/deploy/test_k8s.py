@@ -9,11 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
+from aggregator_service.auth import parse_tokens, token_problem
 from shared.config import load_config
+from shared.errors import ConfigError
 from tests.deploy.helpers import DEPLOY, K8S, load_yaml_documents, unknown_variables
 
 # The oldest version the workers' manifests are meant for, and the newest with schemas.
 KUBERNETES_VERSIONS = ["1.28.0", "1.37.0"]
+# The shape of the tokens Secret, kept out of the kustomization (its header says why).
+SECRET_FILE = K8S / "secret.yaml"
 
 
 def _resources() -> list[dict[str, Any]]:
@@ -47,10 +51,25 @@ def _validate(doc: dict[str, Any], version: str) -> None:
     kubernetes_validate.validate(doc, version, strict=True)
 
 
+def _secret() -> dict[str, Any]:
+    (doc,) = load_yaml_documents(SECRET_FILE)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def _secret_volume(pod: dict[str, Any], container: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Return (mount path, secret volume source) of the container's one secret mount."""
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = [m for m in container["volumeMounts"] if "secret" in volumes[m["name"]]]
+    (mount,) = mounts
+    assert mount["readOnly"] is True
+    return mount["mountPath"], volumes[mount["name"]]["secret"]
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_manifest_is_valid_for_kubernetes(version: str) -> None:
     """Each resource passes the strict schema of its kind (unknown fields are errors)."""
-    for doc in _resources():
+    for doc in [*_resources(), _secret()]:
         _validate(doc, version)
 
 
@@ -66,8 +85,9 @@ def test_schema_rejects_a_broken_deployment() -> None:
 def test_kustomization_lists_every_manifest() -> None:
     """No manifest of deploy/k8s is left out of kubectl apply -k, none is missing."""
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", SECRET_FILE.name}
     assert sorted(kustomization["resources"]) == sorted(on_disk)
+    assert "secretGenerator" not in kustomization  # the Secret is made by hand, from files
     assert kustomization["namespace"] == _get("Namespace", "tributary")["metadata"]["name"]
 
 
@@ -167,12 +187,42 @@ def test_pods_are_unprivileged_and_sized() -> None:
         assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}, name
 
 
-def test_token_secret_is_a_placeholder_that_nothing_mounts() -> None:
-    """The Secret exists for later; no pod uses it while authentication does not exist."""
-    secret = _get("Secret", "tributary-client-tokens")
-    assert "not used yet" in secret["stringData"]["README"]
-    for name, pod in _pod_specs():
-        assert "tributary-client-tokens" not in yaml.safe_dump(pod), name
+def test_secret_shape_holds_placeholders_the_aggregator_refuses() -> None:
+    """secret.yaml has the two keys, in the namespace, with values no aggregator accepts."""
+    secret = _secret()
+    assert secret["metadata"]["namespace"] == _get("Namespace", "tributary")["metadata"]["name"]
+    data = secret["stringData"]
+    assert set(data) == {"tokens.txt", "admin.token"}
+    with pytest.raises(ConfigError, match="too short"):
+        parse_tokens(data["tokens.txt"], source="secret.yaml")
+    assert token_problem(data["admin.token"].strip()) is not None
+
+
+def test_aggregator_reads_the_tokens_secret_where_its_settings_look() -> None:
+    """The Secret's keys, mounted read-only, are the aggregator's tokens and admin token files."""
+    pod = _get("Deployment", "tributary-aggregator")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    path, source = _secret_volume(pod, container)
+    assert source["secretName"] == _secret()["metadata"]["name"]
+    assert "items" not in source  # both keys
+    env = _env(container)
+    assert env["TRIBUTARY_AGG_TOKENS_FILE"] == f"{path}/tokens.txt"
+    assert env["TRIBUTARY_AGG_ADMIN_TOKEN_FILE"] == f"{path}/admin.token"
+    assert "TRIBUTARY_AGG_ADMIN_TOKEN" not in env
+    assert float(env["TRIBUTARY_AGG_RECEIVE_RATE"]) < 2.0  # tighter than the default
+
+
+def test_workers_read_their_line_of_the_tokens_file_but_not_the_admin_token() -> None:
+    """Workers mount tokens.txt only; each takes the line of its own client id from it."""
+    pod = _get("StatefulSet", "tributary-worker")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    path, source = _secret_volume(pod, container)
+    assert source["secretName"] == _secret()["metadata"]["name"]
+    assert source["items"] == [{"key": "tokens.txt", "path": "tokens.txt"}]
+    env = _env(container)
+    assert env["TRIBUTARY_WORKER_TOKEN_FILE"] == f"{path}/tokens.txt"
+    assert "TRIBUTARY_WORKER_TOKEN" not in env
+    assert "admin.token" not in yaml.safe_dump(pod)
 
 
 def test_environment_names_only_real_settings() -> None:

@@ -14,6 +14,7 @@ from tests.deploy.helpers import DEPLOY, VM
 
 SCRIPTS = [
     VM / "tributary-role",
+    VM / "tributary-secrets",
     VM / "install.sh",
     DEPLOY / "docker/entrypoint.sh",
     DEPLOY / "docker/healthcheck.sh",

@@ -12,7 +12,7 @@ from tests.deploy.helpers import DEPLOY, VM, parse_env_file
 from tests.deploy.vmroot import fake_systemctl, run_role
 
 WANTS = "etc/systemd/system/multi-user.target.wants"
-URL = "http://10.0.0.10:8000"
+URL = "https://10.0.0.10:8000"
 
 
 def _install(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -71,6 +71,8 @@ def test_install_lays_out_units_config_and_role_command(root: Path, tmp_path: Pa
     ):
         assert (root / "etc/systemd/system" / unit).read_text() == (VM / unit).read_text()
     assert os.access(root / "usr/local/sbin/tributary-role", os.X_OK)
+    assert os.access(root / "usr/local/sbin/tributary-secrets", os.X_OK)
+    assert not (root / "etc/tributary/tokens.txt").exists()  # secrets come from the operator
     assert (root / "etc/tributary/worker.env").stat().st_mode & 0o777 == 0o600
     assert (root / "etc/tributary/aggregator.env").stat().st_mode & 0o777 == 0o600
     assert (root / "etc/tributary/experiment.yaml").read_text() == (
@@ -192,6 +194,7 @@ def test_show_prints_the_role_and_changes_nothing(root: Path) -> None:
         (_worker_env(), "aggregator", "does not end in a number"),
         (_worker_env("seven"), "client-01", "not a non-negative integer"),
         (_worker_env(url="10.0.0.10:8000"), "client-01", "not an http(s) URL"),
+        (_worker_env(url="http://10.0.0.10:8000"), "client-01", "sets TRIBUTARY_WORKER_CA_BUNDLE"),
         ("TRIBUTARY_ROLE=worker\nTRIBUTARY_CLIENTID=3\n", "client-01", "unknown key"),
     ],
 )
@@ -212,3 +215,63 @@ def test_missing_role_env_is_refused(root: Path) -> None:
     done = run_role(root, "apply", hostname="c-1", systemctl=fake_systemctl(root.parent), log=log)
     assert done.returncode == 2
     assert "role.env" in done.stderr
+
+
+def test_http_url_is_accepted_once_tls_is_commented_out(root: Path) -> None:
+    """Without a CA bundle in worker.env (an aggregator without TLS), http:// is fine."""
+    worker_env = root / "etc/tributary/worker.env"
+    worker_env.write_text(
+        worker_env.read_text().replace(
+            "TRIBUTARY_WORKER_CA_BUNDLE=", "#TRIBUTARY_WORKER_CA_BUNDLE="
+        )
+    )
+    done, calls = _role(root, _worker_env(url="http://10.0.0.10:8000"))
+    assert done.returncode == 0, done.stderr
+    assert calls == [f"--root={root} enable tributary-worker@7.service"]
+    env = parse_env_file(worker_env)
+    assert env["TRIBUTARY_WORKER_SERVER_URL"] == "http://10.0.0.10:8000"
+    assert "TRIBUTARY_WORKER_CA_BUNDLE" not in env
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def test_worker_secrets_are_made_private_and_missing_ones_reported(root: Path) -> None:
+    """worker.token becomes mode 600; a missing CA is named; the unit is enabled anyway."""
+    token = root / "etc/tributary/worker.token"
+    _write(token, "7: abc\n", 0o644)
+    done, calls = _role(root, _worker_env())
+    assert done.returncode == 0, done.stderr
+    assert calls == [f"--root={root} enable tributary-worker@7.service"]
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert token.read_text() == "7: abc\n"
+    (warning,) = done.stderr.splitlines()
+    assert "/etc/tributary/ca.pem (TRIBUTARY_WORKER_CA_BUNDLE) is missing" in warning
+    assert "tributary-worker@7.service exits 2 without it" in warning
+
+
+def test_cloud_init_placeholders_are_reported(root: Path) -> None:
+    """A token file still holding cloud-init.yaml's placeholder gets a warning naming it."""
+    _write(root / "etc/tributary/worker.token", "CLIENT_TOKEN_LINE\n", 0o600)
+    _write(root / "etc/tributary/ca.pem", "CA_CERTIFICATE\n", 0o644)
+    done, _ = _role(root, _worker_env())
+    assert done.returncode == 0, done.stderr
+    warnings = done.stderr.splitlines()
+    assert len(warnings) == 2
+    assert all("still holds the placeholder of cloud-init.yaml" in line for line in warnings)
+
+
+def test_aggregator_secrets_are_made_private_and_missing_ones_reported(root: Path) -> None:
+    """The aggregator's four files named in aggregator.env: present ones 600, missing named."""
+    etc = root / "etc/tributary"
+    _write(etc / "tokens.txt", "0: x\n", 0o644)
+    _write(etc / "server.pem", "pem\n", 0o644)
+    done, calls = _role(root, "TRIBUTARY_ROLE=aggregator\n")
+    assert done.returncode == 0, done.stderr
+    assert calls == [f"--root={root} enable tributary-aggregator.service"]
+    assert (etc / "tokens.txt").stat().st_mode & 0o777 == 0o600
+    assert (etc / "server.pem").stat().st_mode & 0o777 == 0o600
+    missing = [line.split()[2] for line in done.stderr.splitlines()]
+    assert missing == ["/etc/tributary/admin.token", "/etc/tributary/server.key"]

@@ -21,6 +21,7 @@ from tests.deploy.helpers import (
     unit_values,
     unknown_variables,
 )
+from tests.deploy.vmroot import install_machine, service_command
 
 UNITS = ["tributary-aggregator.service", "tributary-worker@.service", "tributary-role.service"]
 SERVICE_UNITS = ["tributary-aggregator.service", "tributary-worker@.service"]
@@ -154,27 +155,98 @@ def test_environment_files_name_only_real_settings(name: str) -> None:
     env = parse_env_file(VM / ENV_FILES[name])
     assert unknown_variables(set(env)) == []
     text = (VM / ENV_FILES[name]).read_text()
-    assert "NOT implemented" in text  # the token placeholder says it does nothing yet
+    assert "NOT implemented" not in text  # no placeholder left from before authentication
 
 
 def test_aggregator_env_file_configures_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """aggregator.env, read as the process environment, gives the intended settings."""
+    """aggregator.env, read as the process environment, turns tokens and HTTPS on."""
     for key, value in parse_env_file(VM / "aggregator.env").items():
         monkeypatch.setenv(key, value)
     settings = AggregatorSettings()
     assert (settings.host, settings.port) == ("0.0.0.0", 8000)
     assert settings.state_dir == Path("/var/lib/tributary")
     assert settings.config == Path("/etc/tributary/experiment.yaml")
+    assert settings.tokens_file == Path("/etc/tributary/tokens.txt")
+    assert settings.admin_token_file == Path("/etc/tributary/admin.token")
+    assert settings.admin_token is None  # from the file, not from the environment
+    assert settings.tls
+    assert (settings.ssl_certfile, settings.ssl_keyfile) == (
+        Path("/etc/tributary/server.pem"),
+        Path("/etc/tributary/server.key"),
+    )
+    # Tighter than the defaults (2 per second, bursts of 100), still many per round.
+    assert 0 < settings.receive_rate < AggregatorSettings.model_fields["receive_rate"].default
+    assert 1 < settings.receive_burst < AggregatorSettings.model_fields["receive_burst"].default
 
 
 def test_worker_env_file_configures_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """worker.env plus the unit's flags give a worker of the right client and partition."""
+    """worker.env plus the unit's flags: the right client, its token file, the CA, HTTPS."""
     for key, value in parse_env_file(VM / "worker.env").items():
         monkeypatch.setenv(key, value)
     settings = WorkerSettings(client_id="6", partition_id=6)
     assert settings.config_path == Path("/etc/tributary/experiment.yaml")
-    assert settings.server_url.startswith("http://")
+    assert settings.server_url.startswith("https://")
+    assert settings.token_file == Path("/etc/tributary/worker.token")
+    assert settings.token is None
+    assert settings.ca_bundle == Path("/etc/tributary/ca.pem")
     assert settings.resolved_partition_id() == 6
+
+
+def _run_unit_without(tmp_path: Path, *, role: str, present: dict[str, bytes]) -> tuple[int, str]:
+    """Install a VM tree with only the `present` files, run its unit's command; (exit, stderr)."""
+    url = "https://10.0.0.10:8000"
+    root = tmp_path / "vm"
+    unit = install_machine(
+        root,
+        role_env=f"TRIBUTARY_ROLE={role}\nTRIBUTARY_AGGREGATOR_URL={url}\nTRIBUTARY_CLIENT_ID=\n",
+        hostname="client-04",
+        experiment=(REPO / "deploy/experiment.yaml").read_text(),
+        files=present,
+    )
+    service = service_command(root, unit)
+    # Should the check ever pass by mistake, serve on loopback only, on a free port.
+    env = service.env | {"TRIBUTARY_AGG_HOST": "127.0.0.1", "TRIBUTARY_AGG_PORT": "0"}
+    done = subprocess.run(
+        service.argv,
+        env=env,
+        cwd=service.cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return done.returncode, done.stderr
+
+
+@pytest.mark.slow  # a real process: imports torch
+def test_aggregator_unit_refuses_to_start_without_its_tokens_file(tmp_path: Path) -> None:
+    """No tokens file: exit 2 (no restart) with one line naming it, before serving anything."""
+    code, stderr = _run_unit_without(tmp_path, role="aggregator", present={})
+    assert code == 2
+    missing = tmp_path / "vm/etc/tributary/tokens.txt"
+    (line,) = [line for line in stderr.splitlines() if line.startswith("tributary-aggregator:")]
+    assert f"cannot read the token file {missing}" in line
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.slow  # a real process: imports torch
+def test_worker_unit_refuses_to_start_without_its_token_file(tmp_path: Path) -> None:
+    """A worker VM with its CA but no token file exits 2 naming the file, before any request."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl makes the CA here")
+    secrets = tmp_path / "secrets"
+    subprocess.run(
+        ["bash", str(VM / "tributary-secrets"), "tls", str(secrets), "IP:10.0.0.10"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    ca = (secrets / "ca.pem").read_bytes()
+    code, stderr = _run_unit_without(tmp_path, role="worker", present={"/etc/tributary/ca.pem": ca})
+    assert code == 2
+    missing = tmp_path / "vm/etc/tributary/worker.token"
+    assert f"cannot read the token file {missing}" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_shipped_experiment_is_a_valid_ten_client_config() -> None:
