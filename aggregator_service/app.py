@@ -25,6 +25,7 @@ from aggregator_service.state import UpdateRejected
 from aggregator_service.store import StoreError
 from shared.config import ExperimentConfig, load_config
 from shared.errors import MalformedMessage, ProtocolVersionError, TensorError
+from shared.schemas import ErrorBody
 
 __all__ = ["build_federation", "create_app"]
 
@@ -103,6 +104,10 @@ def create_app(
         summary="Federated averaging over HTTP: workers fetch the global model and post updates.",
         version="0.1.0",
         lifespan=lifespan,
+        responses={
+            400: {"model": ErrorBody, "description": "Malformed request"},
+            422: {"model": ErrorBody, "description": "Invalid request or update"},
+        },
     )
     app.state.settings = settings
     app.state.access = access

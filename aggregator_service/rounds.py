@@ -232,7 +232,10 @@ class RoundLoop:
         self.store.drop_updates(server_round)
         with self.state.lock:
             self.state.global_weights = new_weights
-            self.state.history.append(row)
+            self.state.history = [
+                *(r for r in self.state.history if r["round"] != server_round),
+                row,
+            ]
         log.info("round %d closed: %s", server_round, _brief(row))
         if server_round >= self.state.config.num_rounds:
             self._finish(server_round, new_weights)

@@ -113,6 +113,7 @@ class Federation:
             published=published,
             client_timeout_s=self.settings.client_timeout_s,
         )
+        self.store.drop_history_after(done_rounds)  # rounds whose checkpoint was lost
         state.history = self.store.history()
         now = time.monotonic()
         for client_id, meta in dict(self.store.get_meta("clients", {})).items():

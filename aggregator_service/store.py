@@ -207,6 +207,11 @@ class RunStore:
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO history VALUES (?, ?)", (server_round, text))
 
+    def drop_history_after(self, server_round: int) -> None:
+        """Forget the rows of rounds after `server_round` (their checkpoints were lost)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM history WHERE server_round > ?", (server_round,))
+
     def history(self) -> list[dict[str, Any]]:
         """Return every history row, ordered by round."""
         with self._lock:

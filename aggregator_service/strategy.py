@@ -41,6 +41,7 @@ __all__ = ["STRATEGIES", "AggregationError", "FedAvg", "Strategy", "build_strate
 
 _BLOCK = 1 << 17  # elements folded per step (1 MiB of float64 scratch)
 
+
 class AggregationError(TributaryError):
     """A strategy used out of order (no round begun, no update) or given a bad num_examples."""
 

@@ -201,7 +201,10 @@ class AggregatorClient:
                 _raise_for_status(response)
                 return response
             wait_s = retry_after(response) if response is not None else None
-            delay = wait_s if wait_s is not None else self._backoff.delay(attempt, self._rng)
+            if wait_s is None:
+                delay = self._backoff.delay(attempt, self._rng)
+            else:  # at least Retry-After, jittered so refused clients do not return together
+                delay = wait_s * (1.0 + float(self._rng.uniform()))
             elapsed = self._clock() - started
             if elapsed + delay > self._backoff.max_time_s:
                 raise ServerUnavailableError(

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 __all__ = [
     "MAX_NUM_EXAMPLES",
     "ClientId",
+    "ErrorBody",
     "Phase",
     "ReceiveReply",
     "RegisterReply",
@@ -65,3 +66,12 @@ class ReceiveReply(BaseModel):
     round: int
     received: int
     needed: int
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a machine-readable code and a sentence for people."""
+
+    model_config = ConfigDict(extra="allow")  # e.g. "tensor", or the current "round"
+
+    error: str
+    detail: str
