@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
 import stat
 from dataclasses import dataclass
@@ -133,10 +134,13 @@ def read_admin_token(settings: AggregatorSettings) -> str | None:
 def _read_secret_file(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
-        mode = path.stat().st_mode
+        info = path.stat()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the token file {path}: {exc}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    # Group bits are fine when the group is this process's own (Kubernetes mounts Secrets
+    # 0440 with the pod's fsGroup); anything for other users is not.
+    shared_group = info.st_gid not in (os.getgid(), *os.getgroups())
+    if info.st_mode & stat.S_IRWXO or (shared_group and info.st_mode & stat.S_IRWXG):
         log.warning("%s is readable by other users; chmod 600 it", path)
     return text
 
