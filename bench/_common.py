@@ -47,6 +47,7 @@ __all__ = [
     "register_clients",
     "reset_peak",
     "running_aggregator",
+    "stop_process",
     "wait_for_status",
 ]
 
@@ -129,7 +130,7 @@ def running_aggregator(
         _wait_healthy(server, process, startup_timeout_s)
         yield server
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def _free_port() -> int:
@@ -153,7 +154,7 @@ def _wait_healthy(server: Aggregator, process: subprocess.Popen[bytes], timeout:
     raise TimeoutError(f"the aggregator on port {server.port} was not healthy after {timeout} s")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
     """Stop the aggregator by its PID: SIGTERM, then SIGKILL after 15 s."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)

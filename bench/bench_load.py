@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import signal
 import socket
 import ssl
 import statistics
@@ -53,6 +52,7 @@ from _common import (
     markdown_table,
     process_cpu_seconds,
     read_memory,
+    stop_process,
 )
 
 from shared.wire import decode_message, decode_weights, encode_message
@@ -114,19 +114,8 @@ def start_aggregator(
                 return process, url
         except httpx.TransportError:
             time.sleep(0.2)
-    stop_aggregator(process)
+    stop_process(process)
     raise RuntimeError(f"the aggregator did not start; see {log.name}")
-
-
-def stop_aggregator(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the aggregator by its PID, SIGKILL it after 15 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(15)
 
 
 # ------------------------------------------------------------------ the /status poller
@@ -360,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             if poller.is_alive():
                 poller.terminate()
             poller.join(10)
-            stop_aggregator(process)
+            stop_process(process)
 
     updates = args.rounds * args.clients
     durations = ", ".join(f"{row['duration_s']:.1f}" for row in history)
