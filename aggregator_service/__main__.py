@@ -11,6 +11,7 @@ import argparse
 import logging
 import ssl
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,12 @@ def prepare(argv: list[str] | None) -> tuple[AggregatorSettings, uvicorn.Server]
     server: uvicorn.Server | None = None
 
     def stop_when_finished() -> None:
+        # Serve the "finished" phase for a grace period first: a worker that is between
+        # two requests (backing off, or in a simulated delay) must still get to see it.
         if settings.exit_when_finished and server is not None:
-            server.should_exit = True
+            timer = threading.Timer(settings.finish_grace_s, setattr, (server, "should_exit", True))
+            timer.daemon = True
+            timer.start()
 
     federation = build_federation(settings, config, on_finished=stop_when_finished)
     app = create_app(settings, config, federation=federation)

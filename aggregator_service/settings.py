@@ -31,6 +31,7 @@ class AggregatorSettings(BaseSettings):
     long_poll_max_s: float = Field(60.0, ge=0)
     client_timeout_s: float = Field(300.0, gt=0)  # unseen this long = not active
     exit_when_finished: bool = False
+    finish_grace_s: float = Field(30.0, ge=0)  # keep serving "finished" this long before exiting
     log_level: str = "info"
 
     # Authentication: off (anyone may take part) unless a tokens file is given.
