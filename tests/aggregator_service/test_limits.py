@@ -80,12 +80,11 @@ def test_rate_limit_per_client_answers_429_with_retry_after_then_recovers(
     assert 'tributary_rejected_total{reason="rate_limited"} 1' in metrics
 
 
-def test_without_authentication_the_rate_limit_is_per_remote_address(
-    start_app: AppFactory,
-) -> None:
+def test_without_authentication_there_is_no_rate_limit(start_app: AppFactory) -> None:
+    # one host may simulate hundreds of clients, and nothing tells them apart without tokens
     client = start_app(receive_rate=1.0, receive_burst=2)
-    codes = [client.post("/receive", content=b"\xc1", headers=MSGPACK).status_code for _ in "abc"]
-    assert codes == [400, 400, 429]
+    codes = [client.post("/receive", content=b"\xc1", headers=MSGPACK).status_code for _ in "abcd"]
+    assert codes == [400, 400, 400, 400]
 
 
 def _slow_upload(url: str, declared: int) -> socket.socket:
