@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -36,9 +36,15 @@ def ingest_update(
     state: FederationState,
     strategy: Strategy,
     store: RunStore | None,
+    authorize: Callable[[UpdateHeader], None] | None = None,
 ) -> ReceiveReply:
-    """Accept one update into the current round, or raise why not; state changes only on success."""
+    """Accept one update into the current round, or raise why not; state changes only on success.
+
+    `authorize` sees the decoded header first and raises to refuse the sender.
+    """
     header, raw_weights = decode_update(body)
+    if authorize is not None:
+        authorize(header)
     duplicate = state.reserve(header)
     if duplicate is not None:
         return duplicate

@@ -10,10 +10,10 @@ from fastapi.concurrency import run_in_threadpool
 from aggregator_service.auth import Caller, ClientCaller, check_client
 from aggregator_service.body import read_body
 from aggregator_service.deps import FederationDep, ReceiveLimiterDep, SettingsDep, UploadGateDep
-from aggregator_service.ingest import decode_update, ingest_update
+from aggregator_service.ingest import ingest_update
 from aggregator_service.runtime import Federation
 from aggregator_service.state import UpdateRejected
-from shared.schemas import ReceiveReply, RegisterReply, RegisterRequest
+from shared.schemas import ReceiveReply, RegisterReply, RegisterRequest, UpdateHeader
 
 __all__ = ["router"]
 
@@ -99,9 +99,14 @@ def _ingest_as(
     body: memoryview, *, request: Request, caller: Caller, federation: Federation
 ) -> ReceiveReply:
     """Ingest an update; with authentication, only under the client id of the caller's token."""
-    if caller.client_id is not None:
-        header, _ = decode_update(body)  # cheap: tensors stay views of the body
+
+    def authorize(header: UpdateHeader) -> None:
         check_client(request, caller, header.client_id)
+
     return ingest_update(
-        body, state=federation.state, strategy=federation.strategy, store=federation.update_store
+        body,
+        state=federation.state,
+        strategy=federation.strategy,
+        store=federation.update_store,
+        authorize=authorize if caller.client_id is not None else None,
     )
