@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -117,8 +118,14 @@ def shifted(weights: Mapping[str, np.ndarray], delta: float) -> dict[str, np.nda
 
 
 @contextmanager
-def aggregator_process(state_dir: Path, *overrides: str, timeout: float = 60) -> Iterator[str]:
-    """Run `python -m aggregator_service` as a child process on a free port; yield its URL."""
+def aggregator_process(
+    state_dir: Path,
+    *overrides: str,
+    flags: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run `python -m aggregator_service` on a free port; yield its URL and process."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -134,10 +141,13 @@ def aggregator_process(state_dir: Path, *overrides: str, timeout: float = 60) ->
         "--log-level",
         "warning",
     ]
+    command += flags
     for item in overrides:
         command += ["--set", item]
     log = (state_dir.parent / f"aggregator-{port}.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -149,7 +159,7 @@ def aggregator_process(state_dir: Path, *overrides: str, timeout: float = 60) ->
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:

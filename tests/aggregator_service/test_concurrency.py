@@ -61,7 +61,7 @@ def test_status_stays_responsive_while_ten_resnet18_updates_arrive(tmp_path: Pat
     overrides = ["model=resnet18", "dataset=synthetic", "min_fit_clients=10"]
     overrides += ["min_available_clients=10", "num_rounds=1", "server_eval=false"]
     with (
-        aggregator_process(tmp_path / "state", *overrides) as url,
+        aggregator_process(tmp_path / "state", *overrides) as (url, _),
         httpx.Client(base_url=url, timeout=120) as http,
     ):
         for i in range(10):
