@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import math
+import secrets
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -17,9 +21,19 @@ from shared.wire import PROTOCOL_VERSION, encode_message
 __all__ = ["ModelWatch", "PublishedModel", "publish"]
 
 
+_versions = itertools.count(1)
+_boot: list[str] = []  # this process's ETag prefix, drawn on the first publish
+_boot_lock = threading.Lock()
+
+
 @dataclass(frozen=True)
 class PublishedModel:
-    """One immutable version of what GET /get_weights serves."""
+    """One immutable version of what GET /get_weights serves.
+
+    The ETag names the version (unique per process start and publish), so publishing costs
+    one encode; the payload's sha256 and the per-tensor summary for curl are computed on
+    first request, off the round loop's critical path.
+    """
 
     server_round: int
     phase: Phase
@@ -27,8 +41,24 @@ class PublishedModel:
     selected: frozenset[str]
     payload: bytes  # the msgpack body, built once
     etag: str
-    sha256: str
-    summary: dict[str, Any] = field(repr=False)
+    weights: Mapping[str, np.ndarray] = field(repr=False)
+
+    @cached_property
+    def sha256(self) -> str:
+        """The sha256 of the msgpack payload (hex)."""
+        return hashlib.sha256(self.payload).hexdigest()
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        """The readable summary GET /model answers."""
+        return {
+            "round": self.server_round,
+            "phase": self.phase,
+            "model": self.model,
+            "sha256": self.sha256,
+            "payload_bytes": len(self.payload),
+            **_tensor_summary(self.weights),
+        }
 
 
 def publish(
@@ -52,25 +82,23 @@ def publish(
             "weights": weights,
         }
     )
-    digest = hashlib.sha256(payload).hexdigest()
-    summary = {
-        "round": server_round,
-        "phase": phase,
-        "model": model,
-        "sha256": digest,
-        "payload_bytes": len(payload),
-        **_tensor_summary(weights),
-    }
     return PublishedModel(
         server_round=server_round,
         phase=phase,
         model=model,
         selected=selected,
         payload=payload,
-        etag=f'"{digest[:32]}"',
-        sha256=digest,
-        summary=summary,
+        etag=f'"{_boot_prefix()}-{next(_versions)}"',
+        weights=weights,
     )
+
+
+def _boot_prefix() -> str:
+    """Return a random prefix fixed for this process, so ETags differ across restarts."""
+    with _boot_lock:
+        if not _boot:
+            _boot.append(secrets.token_hex(8))
+        return _boot[0]
 
 
 def _tensor_summary(weights: Mapping[str, np.ndarray]) -> dict[str, Any]:

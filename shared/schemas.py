@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 __all__ = [
+    "MAX_METRICS",
     "MAX_NUM_EXAMPLES",
     "ClientId",
     "ErrorBody",
@@ -19,6 +20,10 @@ __all__ = [
 
 # Above this a client's example count is absurd (and would swamp every other client).
 MAX_NUM_EXAMPLES = 1_000_000_000
+MAX_METRICS = 32  # metrics per update; each is kept in the round's /history row
+
+MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")]
+MetricValue = Annotated[float, Field(allow_inf_nan=False)]
 
 ClientId = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$", strict=True)
@@ -36,7 +41,7 @@ class UpdateHeader(BaseModel):
     round: Annotated[StrictInt, Field(ge=1)]
     num_examples: Annotated[StrictInt, Field(ge=1, le=MAX_NUM_EXAMPLES)]
     weights: dict[str, Any]
-    metrics: dict[str, float] = {}
+    metrics: Annotated[dict[MetricName, MetricValue], Field(max_length=MAX_METRICS)] = {}
 
 
 class RegisterRequest(BaseModel):

@@ -132,6 +132,26 @@ def test_round_aggregates_weighted_mean_and_records_history(start_app: AppFactor
     assert row["num_examples"] == 4
     assert row["train_loss"] == pytest.approx(0.5)
     assert row["bytes_in"] > 2 * sum(a.nbytes for a in weights.values())
+    assert row["clients"] == {
+        "a": {"num_examples": 1, "train_loss": 0.5},
+        "b": {"num_examples": 3, "train_loss": 0.5},
+    }
+
+
+def test_every_publish_has_its_own_etag_and_a_summary_of_its_payload(
+    start_app: AppFactory,
+) -> None:
+    client = start_app()
+    waiting = client.get("/get_weights")
+    register(client, "a", "b")
+    wait_for(client, lambda s: s["phase"] == "training")
+    training = client.get("/get_weights")
+    assert waiting.headers["etag"] != training.headers["etag"]
+    summary = client.get("/model").json()
+    assert summary["sha256"] == hashlib.sha256(training.content).hexdigest()
+    assert summary["payload_bytes"] == len(training.content)
+    as_json = client.get("/get_weights", headers={"accept": "application/json"}).json()
+    assert as_json == summary
 
 
 def test_duplicate_is_counted_once_and_stale_round_gets_409(start_app: AppFactory) -> None:
