@@ -227,8 +227,9 @@ class RoundLoop:
         evaluation = self.evaluator(new_weights) if self.evaluator is not None else None
         row = history_row(current, records, evaluation)
         server_round = current.server_round
-        self.store.save_checkpoint(server_round, new_weights)
+        # History first: a row without its checkpoint is dropped again on restart.
         self.store.append_history(row)
+        self.store.save_checkpoint(server_round, new_weights)
         self.store.drop_updates(server_round)
         with self.state.lock:
             self.state.global_weights = new_weights
@@ -317,6 +318,10 @@ def history_row(
         "bytes_out": current.bytes_out,
         "duration_s": round(time.monotonic() - current.started_at, 4),
         "finished_at": time.time(),
+        "clients": {
+            r.client_id: {"num_examples": r.num_examples, **r.metrics}
+            for r in sorted(records, key=lambda r: r.client_id)
+        },
     }
 
 

@@ -104,8 +104,8 @@ def update_body(
         "num_examples": num_examples,
         "weights": dict(weights),
         "metrics": {"train_loss": 0.5},
-        **fields,
     }
+    message.update(fields)
     return encode_message(message)
 
 

@@ -135,6 +135,24 @@ CASES: dict[str, tuple[Case, int, str]] = {
         422,
         "invalid_update",
     ),
+    "NaN metric": (
+        lambda cid, w: (update_body(cid, 1, w, metrics={"train_loss": float("nan")}), MSGPACK),
+        422,
+        "invalid_update",
+    ),
+    "too many metrics": (
+        lambda cid, w: (
+            update_body(cid, 1, w, metrics={f"m{i}": 1.0 for i in range(33)}),
+            MSGPACK,
+        ),
+        422,
+        "invalid_update",
+    ),
+    "metric name with space": (
+        lambda cid, w: (update_body(cid, 1, w, metrics={"train loss": 1.0}), MSGPACK),
+        422,
+        "invalid_update",
+    ),
     "too large": (
         lambda cid, w: (update_body(cid, 1, w) + b"\x00" * (5 << 20), MSGPACK),
         413,
