@@ -114,6 +114,7 @@ class Federation:
             client_timeout_s=self.settings.client_timeout_s,
         )
         self.store.drop_history_after(done_rounds)  # rounds whose checkpoint was lost
+        self.store.drop_updates_through(done_rounds)  # a crash right after a checkpoint
         state.history = self.store.history()
         now = time.monotonic()
         for client_id, meta in dict(self.store.get_meta("clients", {})).items():

@@ -145,6 +145,7 @@ class RunStore:
         round_dir = self.state_dir / "updates" / str(server_round)
         client_digest = hashlib.sha256(client_id.encode("utf-8", "surrogatepass")).hexdigest()
         path = round_dir / f"{client_digest[:32]}-{uuid.uuid4().hex[:12]}.msgpack"
+        digest = _Digest(body)  # hashes on its own thread while the file is written
         try:
             if not round_dir.is_dir():
                 round_dir.mkdir(exist_ok=True)
@@ -152,7 +153,9 @@ class RunStore:
             _write_atomic(path, lambda f: f.write(body))
         except OSError as exc:
             raise StoreError(f"cannot write the update of {client_id!r} to {path}: {exc}") from exc
-        row = (server_round, client_id, num_examples, path.name, hashlib.sha256(body).hexdigest())
+        finally:
+            digest.join()
+        row = (server_round, client_id, num_examples, path.name, digest.hexdigest)
         try:
             with self._transaction() as db:
                 db.execute(
@@ -195,6 +198,14 @@ class RunStore:
         with self._transaction() as db:
             db.execute("DELETE FROM updates WHERE server_round = ?", (server_round,))
         shutil.rmtree(self.state_dir / "updates" / str(server_round), ignore_errors=True)
+
+    def drop_updates_through(self, server_round: int) -> None:
+        """Forget the saved updates of every round up to `server_round` (all checkpointed)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM updates WHERE server_round <= ?", (server_round,))
+        for round_dir in (self.state_dir / "updates").iterdir():
+            if round_dir.name.isdigit() and int(round_dir.name) <= server_round:
+                shutil.rmtree(round_dir, ignore_errors=True)
 
     # ---------------------------------------------------------------- history, meta
 
@@ -307,6 +318,19 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _Digest(threading.Thread):
+    """The sha256 of a buffer, computed on a thread of its own (hashlib releases the GIL)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        super().__init__(name="sha256", daemon=True)
+        self._data = data
+        self.hexdigest = ""
+        self.start()
+
+    def run(self) -> None:
+        self.hexdigest = hashlib.sha256(self._data).hexdigest()
 
 
 def _sha256_file(path: Path) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aggregator_service.store import RunStore
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
@@ -80,6 +81,32 @@ def test_restart_after_a_round_resumes_from_the_checkpoint(
     assert status["round"] == 2
     assert len(second.get("/history").json()) == 1
     assert second.get("/model").json()["sha256"] == sha
+
+
+def test_updates_of_a_checkpointed_round_are_dropped_on_restart(
+    start_app: AppFactory, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "durable"
+    config = experiment(num_rounds=3)
+    first = start_app(config, state_dir=state_dir)
+    register(first, "a", "b")
+    wait_for(first, lambda s: s["phase"] == "training")
+    _, weights = global_model(first)
+    bodies = {cid: update_body(cid, 1, shifted(weights, 1.0)) for cid in ("a", "b")}
+    for body in bodies.values():
+        first.post("/receive", content=body, headers=MSGPACK)
+    wait_for(first, lambda s: s["round"] == 2)
+    first.__exit__(None, None, None)
+    # As if the process died between round 1's checkpoint and the removal of its updates:
+    with RunStore(state_dir) as store:
+        store.save_update(1, "a", 10, bodies["a"])
+    assert any((state_dir / "updates" / "1").iterdir())
+
+    second = start_app(config, state_dir=state_dir)
+    assert second.get("/status").json()["round"] == 2
+    assert not (state_dir / "updates" / "1").exists()
+    with RunStore(state_dir) as store:
+        assert store.pending_updates(1) == []
 
 
 def test_state_dir_of_another_model_is_refused(start_app: AppFactory, tmp_path: Path) -> None:
