@@ -271,3 +271,23 @@ def test_leftover_temp_files_are_removed_on_open(tmp_path: Path) -> None:
         assert _files(tmp_path / "checkpoints") == []
         assert len(_files(tmp_path / "updates")) == 1
         assert store.pending_updates(1) == [("client-a", 1, b"x")]
+
+
+def test_drop_updates_through_a_round_keeps_later_rounds(tmp_path: Path) -> None:
+    with RunStore(tmp_path) as store:
+        for server_round in (1, 2, 3):
+            store.save_update(server_round, "a", 1, b"round %d" % server_round)
+        store.drop_updates_through(2)
+        assert store.pending_updates(1) == []
+        assert store.pending_updates(2) == []
+        assert store.pending_updates(3) == [("a", 1, b"round 3")]
+    left = sorted(p.name for p in (tmp_path / "updates").iterdir())
+    assert left == ["3"]  # close() waited for the deletions
+
+
+def test_half_deleted_update_directories_are_removed_on_open(tmp_path: Path) -> None:
+    with RunStore(tmp_path) as store:
+        store.save_update(1, "a", 1, b"x")
+    (tmp_path / "updates" / "1").rename(tmp_path / "updates" / ".discarded-1-0000")
+    with RunStore(tmp_path):
+        assert list((tmp_path / "updates").iterdir()) == []
