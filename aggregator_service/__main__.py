@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from aggregator_service.app import build_federation, create_app
 from aggregator_service.auth import Access
+from aggregator_service.fastpath import DirectUploadProtocol
 from aggregator_service.settings import AggregatorSettings
 from shared.config import load_config, parse_overrides
 from shared.errors import ConfigError, TributaryError
@@ -52,6 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_false",
         default=None,
         help="do not fsync updates before acknowledging them",
+    )
+    parser.add_argument(
+        "--no-direct-uploads",
+        dest="direct_uploads",
+        action="store_false",
+        default=None,
+        help="read upload bodies through uvicorn's parser, not straight into their buffer",
     )
     parser.add_argument("--exit-when-finished", action="store_true", default=None)
     parser.add_argument("--log-level")
@@ -115,6 +123,7 @@ def prepare(argv: list[str] | None) -> tuple[AggregatorSettings, uvicorn.Server]
             host=settings.host,
             port=settings.port,
             workers=1,
+            http=_http_protocol(settings),
             log_level=settings.log_level.lower(),
             timeout_graceful_shutdown=10,
             ssl_certfile=settings.ssl_certfile,
@@ -137,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: the server did not start; see the log above", file=sys.stderr)
         return 2
     return 0
+
+
+def _http_protocol(settings: AggregatorSettings) -> Any:
+    """Return uvicorn's `http` option: direct uploads, or plain httptools."""
+    # Any: uvicorn's hint names asyncio.Protocol, but a BufferedProtocol class works as well.
+    return DirectUploadProtocol if settings.direct_uploads else "httptools"
 
 
 def _check_tls(settings: AggregatorSettings) -> None:

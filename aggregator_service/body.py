@@ -6,6 +6,9 @@ for transparent huge pages: filling a 45 MB update then faults in about 23 pages
 of about 11,000, which measured 7 ms instead of 27 ms per ResNet18 update on the
 benchmark machine (docs/benchmarks.md). The mapping is unmapped as soon as the last view
 of it is dropped, so a finished upload gives its memory straight back to the system.
+
+Served by the direct upload protocol (fastpath.py), a large body is read from the socket
+straight into that buffer, through the scope extension `tributary.body_into`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import mmap
 
 from fastapi import Request
 
+from aggregator_service.fastpath_http import BODY_INTO
 from aggregator_service.state import UpdateRejected
 
 __all__ = ["read_body"]
@@ -32,6 +36,10 @@ async def read_body(request: Request, limit: int) -> memoryview:
     if size > limit:
         raise _too_large(size, limit)
     buffer = memoryview(_allocate(size))
+    fill = request.scope.get("extensions", {}).get(BODY_INTO)
+    if fill is not None:
+        await fill(buffer)
+        return buffer
     filled = 0
     async for chunk in request.stream():
         end = filled + len(chunk)
