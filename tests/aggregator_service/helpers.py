@@ -74,7 +74,7 @@ def wait_for(
     """Poll /status until predicate holds (the loop runs in its own thread)."""
     deadline = time.monotonic() + timeout
     while True:
-        status = client.get("/status").json()
+        status: dict[str, Any] = client.get("/status").json()
         if predicate(status):
             return status
         assert time.monotonic() < deadline, f"timed out; last status {status}"
