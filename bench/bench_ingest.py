@@ -9,13 +9,16 @@ and right before the round's uploads, the baselines of that repetition are measu
   connection); from the first byte sent to the last one-byte acknowledgement, sent once
   the sink has read every byte;
 - HTTP read only: the same uploads to a stand-in server process running the service's
-  HTTP stack (uvicorn, FastAPI, the service's `read_body` under the same upload slots)
-  that answers 200 once the body is read and does nothing with it;
+  HTTP stack (uvicorn with the service's direct-upload protocol, FastAPI, the service's
+  `read_body` under the same upload slots) that answers 200 once the body is read and
+  does nothing with it;
 - raw fsync write (persistence on only): the N bodies written to the state dir's
   filesystem one after the other, each file fsynced, as the store does with an update.
 
 Then ingest: N threads each POST their update at the same moment; from the first byte
-sent to the last 200 reply. Once with ``--no-persist-updates``, once with persistence on.
+sent to the last 200 reply. Once with ``--no-persist-updates``, once more so with
+``--no-direct-uploads`` as well (bodies through uvicorn's parser; raw TCP measured again
+before each of its rounds), and once with persistence on.
 Ratios are taken per repetition (ingest over the baseline measured just before it), so a
 burst of load from elsewhere on the machine hits both sides of a ratio alike.
 
@@ -62,6 +65,7 @@ from _common import (
 from fastapi import FastAPI, Request
 
 from aggregator_service.body import read_body
+from aggregator_service.fastpath import DirectUploadProtocol
 from aggregator_service.settings import AggregatorSettings
 
 __all__ = [
@@ -78,6 +82,8 @@ __all__ = [
 SOCKET_BUFFER = 4 << 20
 UPLOAD_SLOTS = AggregatorSettings().max_concurrent_uploads  # the service's default
 RAW_TCP, HTTP_READ, INGEST_OFF = "raw TCP", "HTTP read only", "ingest, persistence off"
+RAW_TCP_AGAIN = "raw TCP (before the uvicorn-path rounds)"
+INGEST_PLAIN = "ingest, persistence off, --no-direct-uploads"
 RAW_WRITE, INGEST_ON = "raw fsync write", "ingest, persistence on"
 Span = tuple[float, float]  # perf_counter at the first byte sent, at the reply
 Measure = Callable[[Sequence[bytes]], None]
@@ -199,7 +205,8 @@ def _http_sink(reply: Connection, upload_slots: int) -> None:
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)  # connections wait in the backlog until the server accepts them
     reply.send(listener.getsockname()[1])
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
+    config = uvicorn.Config(app, log_level="warning", http=DirectUploadProtocol)
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 def post_together(server: Aggregator, bodies: Sequence[bytes]) -> Timing:
@@ -243,7 +250,13 @@ def fsync_write(directory: Path, bodies: Sequence[bytes]) -> Timing:
 
 
 def ingest_rounds(
-    state_dir: Path, *, clients: int, repeats: int, persist: bool, before_each: Measure
+    state_dir: Path,
+    *,
+    clients: int,
+    repeats: int,
+    persist: bool,
+    before_each: Measure,
+    env: dict[str, str] | None = None,
 ) -> tuple[list[Timing], int]:
     """Run an aggregator for `repeats` rounds of `clients` uploads; return their timings.
 
@@ -251,7 +264,11 @@ def ingest_rounds(
     """
     client_ids = [f"client-{i:03d}" for i in range(clients)]  # fixed width: equal body sizes
     with running_aggregator(
-        state_dir=state_dir, num_clients=clients, num_rounds=repeats, persist_updates=persist
+        state_dir=state_dir,
+        num_clients=clients,
+        num_rounds=repeats,
+        persist_updates=persist,
+        env=env,
     ) as server:
         register_clients(server, client_ids)
         wait_for_status(server, lambda s: s["phase"] == "training")
@@ -295,11 +312,12 @@ def report(results: dict[str, list[Timing]]) -> str:
     """Render the figures, the per-repetition ratios and every repetition as Markdown tables."""
     header = ["transfer", "best GB/s", "median GB/s", "median s"]
     header += ["server CPU s", "client CPU s", "rest CPU s"]
-    names = [RAW_TCP, HTTP_READ, INGEST_OFF, RAW_WRITE, INGEST_ON]
+    names = [RAW_TCP, HTTP_READ, INGEST_OFF, RAW_TCP_AGAIN, INGEST_PLAIN, RAW_WRITE, INGEST_ON]
     ratios = [
         _ratio_row(results, INGEST_OFF, RAW_TCP, ">= 0.5 (target)"),
         _ratio_row(results, HTTP_READ, RAW_TCP, "-"),
         _ratio_row(results, INGEST_OFF, HTTP_READ, "-"),
+        _ratio_row(results, INGEST_PLAIN, RAW_TCP_AGAIN, "-"),
         _ratio_row(results, INGEST_ON, RAW_WRITE, ">= 0.8 (target)"),
     ]
     repetitions = [[name, " ".join(f"{t.gbps:.2f}" for t in results[name])] for name in names]
@@ -314,7 +332,9 @@ def report(results: dict[str, list[Timing]]) -> str:
 
 def run(*, clients: int, repeats: int, work: Path) -> tuple[dict[str, list[Timing]], int]:
     """Measure everything; return the timings by name and the size of one update."""
-    results: dict[str, list[Timing]] = {name: [] for name in (RAW_TCP, HTTP_READ, RAW_WRITE)}
+    results: dict[str, list[Timing]] = {
+        name: [] for name in (RAW_TCP, HTTP_READ, RAW_TCP_AGAIN, RAW_WRITE)
+    }
     with (
         _spawned(_tcp_sink, SOCKET_BUFFER) as tcp_sink,
         _spawned(_http_sink, UPLOAD_SLOTS) as (http_pid, http_port),
@@ -331,6 +351,18 @@ def run(*, clients: int, repeats: int, work: Path) -> tuple[dict[str, list[Timin
             repeats=repeats,
             persist=False,
             before_each=network_baselines,
+        )
+
+        def tcp_baseline(bodies: Sequence[bytes]) -> None:
+            results[RAW_TCP_AGAIN].append(raw_tcp(tcp_sink, bodies))
+
+        results[INGEST_PLAIN], _ = ingest_rounds(
+            work / "state-plain",
+            clients=clients,
+            repeats=repeats,
+            persist=False,
+            before_each=tcp_baseline,
+            env={"TRIBUTARY_AGG_DIRECT_UPLOADS": "false"},
         )
 
     def write_baseline(bodies: Sequence[bytes]) -> None:
