@@ -38,7 +38,7 @@ from aggregator_service.fastpath_upload import DirectUpload
 
 __all__ = ["BODY_INTO", "DirectUploadProtocol"]
 
-SCRATCH_BYTES = 256 * 1024  # receive buffer outside direct bodies
+SCRATCH_BYTES = 64 * 1024  # receive buffer outside direct bodies (one per connection)
 LINGER_S = 5.0  # after refusing a body: how long to wait for more of it before closing
 
 log = logging.getLogger("uvicorn.error")
