@@ -236,7 +236,7 @@ def _identify(request: Request, credentials: HTTPAuthorizationCredentials | None
     return caller
 
 
-def client_caller(request: Request, credentials: Credentials) -> Caller:
+async def client_caller(request: Request, credentials: Credentials) -> Caller:
     """Require a client's token when client authentication is on."""
     if not _access(request).clients_enabled:
         return ANYONE
@@ -248,14 +248,14 @@ def client_caller(request: Request, credentials: Credentials) -> Caller:
     return caller
 
 
-def reader_caller(request: Request, credentials: Credentials) -> Caller:
+async def reader_caller(request: Request, credentials: Credentials) -> Caller:
     """Require any client's token or the admin token when client authentication is on."""
     if not _access(request).clients_enabled:
         return ANYONE
     return _identify(request, credentials)
 
 
-def admin_caller(request: Request, credentials: Credentials) -> Caller:
+async def admin_caller(request: Request, credentials: Credentials) -> Caller:
     """Require the admin token; refuse everyone when no admin token is configured."""
     if not _access(request).admin_enabled:
         raise _refuse(

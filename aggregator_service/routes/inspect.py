@@ -1,4 +1,8 @@
-"""Read-only views for people and monitors: /status, /history, /metrics, /healthz."""
+"""Read-only views for people and monitors: /status, /history, /metrics, /healthz.
+
+/status and /healthz answer on the event loop (a snapshot under the state's lock, held
+only briefly by anyone); /history and /metrics, which grow with the run, on the thread pool.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ _READERS = [Depends(reader_caller)]  # any client's token or the admin token, wh
 
 
 @router.get("/status", dependencies=_READERS)
-def status(federation: FederationDep) -> dict[str, Any]:
+async def status(federation: FederationDep) -> dict[str, Any]:
     """Return the round, phase, clients, this round's updates and the last round's metrics."""
     return federation.state.status()
 
@@ -37,7 +41,7 @@ def metrics(federation: FederationDep) -> str:
 
 
 @router.get("/healthz", response_model=None)
-def healthz(federation: FederationDep) -> dict[str, str] | JSONResponse:
+async def healthz(federation: FederationDep) -> dict[str, str] | JSONResponse:
     """Return ok while the round loop is alive."""
     error = federation.loop.error
     if error is not None:
