@@ -61,6 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="read upload bodies through uvicorn's parser, not straight into their buffer",
     )
+    parser.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        default=None,
+        help="do not log one line per HTTP request",
+    )
     parser.add_argument("--exit-when-finished", action="store_true", default=None)
     parser.add_argument("--log-level")
     _add_security_args(parser)
@@ -125,6 +132,7 @@ def prepare(argv: list[str] | None) -> tuple[AggregatorSettings, uvicorn.Server]
             workers=1,
             http=_http_protocol(settings),
             log_level=settings.log_level.lower(),
+            access_log=settings.access_log,
             timeout_graceful_shutdown=10,
             ssl_certfile=settings.ssl_certfile,
             ssl_keyfile=settings.ssl_keyfile,

@@ -34,6 +34,7 @@ class AggregatorSettings(BaseSettings):
     exit_when_finished: bool = False
     finish_grace_s: float = Field(30.0, ge=0)  # keep serving "finished" this long before exiting
     log_level: str = "info"
+    access_log: bool = True  # one log line per HTTP request
 
     # Authentication: off (anyone may take part) unless a tokens file is given.
     tokens_file: Path | None = None  # `client_id: token` lines (docs/security.md)

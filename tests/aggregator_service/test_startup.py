@@ -79,3 +79,19 @@ def test_corrupt_checkpoints_only_refuse_to_start_instead_of_starting_over(
         TestClient(create_app(settings, experiment())),
     ):
         pass
+
+
+def test_flags_reach_the_settings_and_the_server(tmp_path: Path) -> None:
+    from aggregator_service.__main__ import prepare
+
+    flags = ["--state-dir", str(tmp_path / "s"), "--port", "0"]
+    settings, server = prepare([*flags, "--no-access-log", "--no-direct-uploads"])
+    assert settings.access_log is False
+    assert settings.direct_uploads is False
+    assert server.config.access_log is False
+    assert server.config.http == "httptools"
+    settings, server = prepare(flags)
+    assert settings.access_log is True
+    assert server.config.access_log is True
+    assert server.config.http is not None
+    assert server.config.http != "httptools"  # the direct-upload protocol class
