@@ -15,6 +15,9 @@ MODEL ?=
 DATASET ?=
 PARTITION ?=
 ALPHA ?=
+# Worker processes (empty = one per client); fewer run the clients as virtual clients,
+# one training per core overall: `make demo PROCESSES=2`
+PROCESSES ?=
 # Single parts on machines of their own: `make run-aggregator`, `make run-worker ID=3 SERVER=...`
 SERVER ?= http://127.0.0.1:8000
 ID ?= 0
@@ -27,7 +30,8 @@ EPOCHS ?= 20
 RUN_FLAGS := --config $(CONFIG) \
 	$(if $(CLIENTS),--clients $(CLIENTS)) $(if $(ROUNDS),--rounds $(ROUNDS)) \
 	$(if $(MODEL),--model $(MODEL)) $(if $(DATASET),--dataset $(DATASET)) \
-	$(if $(PARTITION),--partition $(PARTITION)) $(if $(ALPHA),--alpha $(ALPHA))
+	$(if $(PARTITION),--partition $(PARTITION)) $(if $(ALPHA),--alpha $(ALPHA)) \
+	$(if $(PROCESSES),--worker-processes $(PROCESSES))
 
 .PHONY: help venv test test-fast lint format demo centralized run-aggregator run-worker bench clean
 

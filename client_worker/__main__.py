@@ -2,6 +2,7 @@
 
     python -m client_worker --server http://127.0.0.1:8000 --client-id 3 [--config exp.yaml]
     python -m client_worker --server URL --client-ids 0-9 --max-rounds 2
+    python -m client_worker --server URL --client-ids 0-4 --train-slots 1
 
 SIGTERM or SIGINT asks the worker(s) to stop: training is abandoned between two batches,
 a post in flight completes (for up to `stop_grace_s` seconds), a client idle in a long
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override an experiment config key (repeatable), e.g. --set partition.alpha=0.3",
     )
     parser.add_argument("--max-rounds", type=int, help="exit after training this many rounds")
+    parser.add_argument(
+        "--train-slots",
+        type=int,
+        help="at most this many of the virtual clients train at once (default: no limit)",
+    )
     parser.add_argument("--data-dir", help="dataset directory (default: the config's)")
     parser.add_argument("--download", action="store_true", default=None, help="fetch datasets")
     parser.add_argument(
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 def _settings_fields(args: argparse.Namespace) -> dict[str, Any]:
     """Return the flags that were given, as WorkerSettings fields (the rest: env/defaults)."""
     names = ["server_url", "client_id", "partition_id", "num_partitions", "config_path"]
-    names += ["max_rounds", "data_dir", "download", "token_file", "ca_bundle"]
+    names += ["max_rounds", "train_slots", "data_dir", "download", "token_file", "ca_bundle"]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -55,6 +55,10 @@ class WorkerSettings(BaseSettings):
     # Intra-op threads for torch. Many workers (or virtual clients) usually share a few
     # cores; one thread each avoids oversubscription, which is slower than serial work.
     torch_threads: int = Field(1, ge=1)
+    # At most this many of the process's virtual clients train at the same time (None: no
+    # limit). One per core lets trainings run back to back instead of time-slicing the
+    # cores; the other clients' downloads, encodes and uploads go on meanwhile.
+    train_slots: int | None = Field(None, ge=1)
     seed: int | None = None  # network simulation and retry jitter; default: config seed
 
     # Authentication and TLS (docs/security.md). The token comes from a file or the

@@ -3,7 +3,7 @@
 The loop is plain PyTorch and deterministic for a given seed: the batch order comes from
 a seeded `torch.Generator`, and a model that draws from torch's process-wide generator
 (dropout) trains inside a forked, seeded copy of it, so the caller's RNG state is left
-as it was.
+as it was. `TrainingSlots` bounds how many virtual clients of one process train at once.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingInterrupted",
+    "TrainingSlots",
     "derive_seed",
     "seeded_global_rng",
     "train",
@@ -41,6 +42,7 @@ _GLOBAL_RNG_MODULES = (
 # torch has one process-wide CPU generator: threads (virtual clients) that fork and seed
 # it must take turns, or one thread's draws would land in another's stream.
 _GLOBAL_RNG_LOCK = threading.Lock()
+SLOT_POLL_S = 0.1  # how often a client waiting for a training slot looks at its stop event
 
 
 class TrainingInterrupted(Exception):
@@ -96,8 +98,37 @@ class TrainResult:
 
     num_examples: int  # size of the local data set (the FedAvg weight)
     train_loss: float  # mean cross-entropy over the examples of the LAST epoch (no prox term)
-    train_seconds: float
+    train_seconds: float  # wall time of the training loop
+    train_cpu_seconds: float  # CPU time of the training thread over the same loop
     examples_per_second: float  # examples processed over all epochs / train_seconds
+
+
+class TrainingSlots:
+    """At most `slots` trainings at a time among the clients sharing this object (None: any)."""
+
+    def __init__(self, slots: int | None = None) -> None:
+        if slots is not None and slots < 1:
+            raise ValueError(f"train_slots must be at least 1 (or None for no limit); got {slots}")
+        self.slots = slots
+        self._semaphore = threading.Semaphore(slots) if slots is not None else None
+
+    @contextlib.contextmanager
+    def hold(self, stop: threading.Event | None = None) -> Iterator[None]:
+        """Wait for a free slot and hold it for the body.
+
+        A `stop` set while waiting raises `TrainingInterrupted(0)` (nothing was trained).
+        """
+        semaphore = self._semaphore
+        if semaphore is None:
+            yield
+            return
+        while not semaphore.acquire(timeout=SLOT_POLL_S):
+            if stop is not None and stop.is_set():
+                raise TrainingInterrupted(0)
+        try:
+            yield
+        finally:
+            semaphore.release()
 
 
 @contextlib.contextmanager
@@ -131,15 +162,17 @@ def train(
     num_examples = _check_data(images, labels)
     uses_global_rng = any(isinstance(m, _GLOBAL_RNG_MODULES) for m in model.modules())
     guard = seeded_global_rng(seed) if uses_global_rng else contextlib.nullcontext()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.thread_time()
     with guard:
         train_loss = _run_epochs(model, images, labels, config, seed, stop, max_batches)
     seconds = time.perf_counter() - start
+    cpu_seconds = time.thread_time() - start_cpu  # this thread only: not other clients'
     seen = num_examples * config.local_epochs
     return TrainResult(
         num_examples=num_examples,
         train_loss=train_loss,
         train_seconds=seconds,
+        train_cpu_seconds=cpu_seconds,
         examples_per_second=seen / seconds if seconds > 0 else 0.0,
     )
 

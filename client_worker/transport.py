@@ -6,6 +6,12 @@ an overall time limit. Client errors that a retry cannot heal (400, 401, 403, 40
 422, ...) raise `FatalServerError`; a 409 for a stale round or an unselected client raises
 `UpdateRejected`, after which the worker drops its update and polls again.
 
+The global model (tens of MB) is streamed into one buffer sized from its Content-Length
+and decoded from a read-only view of it: the body is never held twice (as a list of
+chunks and their joined copy), and the tensors are views of it. A Content-Length over
+`MAX_BODY_BYTES` is refused at once; a body shorter or longer than declared is a broken
+transfer and retried like a dropped connection.
+
 With a token, every request carries ``Authorization: Bearer <token>``. A server
 certificate that does not verify (against `verify`: the system's CAs or a CA bundle)
 raises `CertificateError` at once: retrying cannot make it trusted.
@@ -40,7 +46,7 @@ from shared.errors import MalformedMessage
 from shared.wire import PROTOCOL_VERSION, TensorSpec, check_protocol, decode_message, encode_message
 from shared.wire import decode_weights as _decode_weights
 
-__all__ = ["AggregatorClient", "WeightsReply"]
+__all__ = ["MAX_BODY_BYTES", "AggregatorClient", "WeightsReply"]
 
 _log = logging.getLogger(__name__)
 
@@ -48,6 +54,13 @@ MSGPACK = "application/msgpack"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
 _REJECTIONS = frozenset({"stale_round", "not_selected", "round_closed"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+# The largest global model a worker accepts (2 GiB): a larger Content-Length is an error,
+# and without one the download stops at this size.
+MAX_BODY_BYTES = 2 * 1024**3
+
+
+class _BrokenBody(Exception):
+    """A body whose length differs from its Content-Length (a broken transfer, retried)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +125,7 @@ class AggregatorClient:
     def register(self, num_examples: int) -> dict[str, Any]:
         """Register this client and the size of its data; idempotent."""
         body = {"client_id": self.client_id, "num_examples": num_examples}
-        response = self._request("POST", "/register", json_body=body)
+        response, _ = self._request("POST", "/register", json_body=body)
         return _json(response)
 
     def get_weights(
@@ -125,10 +138,12 @@ class AggregatorClient:
             "wait": wait,
         }
         headers = {"If-None-Match": etag} if etag is not None else {}
-        response = self._request("GET", "/get_weights", params=params, headers=headers)
+        response, body = self._request(
+            "GET", "/get_weights", params=params, headers=headers, into_buffer=True
+        )
         if response.status_code == 304:
             return None
-        return _weights_reply(response, self.client_id)
+        return _weights_reply(response, body, self.client_id)
 
     def post_update(
         self,
@@ -147,7 +162,7 @@ class AggregatorClient:
             "metrics": dict(metrics),
         }
         content = encode_message(message)
-        response = self._request(
+        response, _ = self._request(
             "POST", "/receive", content=content, headers={"Content-Type": MSGPACK}
         )
         return _json(response)
@@ -187,8 +202,12 @@ class AggregatorClient:
         content: bytes | None = None,
         params: Mapping[str, str | int | float] | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
-        """Send with retries; return a 2xx or 304 response or raise a typed error."""
+        into_buffer: bool = False,
+    ) -> tuple[httpx.Response, memoryview]:
+        """Send with retries; return a 2xx or 304 response and its body, or raise.
+
+        With `into_buffer`, a 200 body is streamed into one preallocated buffer.
+        """
         all_headers = dict(headers or {})
         if json_body is not None:
             content = json.dumps(json_body).encode()
@@ -196,11 +215,13 @@ class AggregatorClient:
         started = self._clock()
         attempt = 0
         while True:
-            response, failure = self._attempt(method, path, content, params, all_headers)
-            if response is not None and not retryable(response.status_code):
-                _raise_for_status(response)
-                return response
-            wait_s = retry_after(response) if response is not None else None
+            answer, failure = self._attempt(
+                method, path, content, params, all_headers, into_buffer=into_buffer
+            )
+            if answer is not None and not retryable(answer[0].status_code):
+                _raise_for_status(answer[0])
+                return answer
+            wait_s = retry_after(answer[0]) if answer is not None else None
             if wait_s is None:
                 delay = self._backoff.delay(attempt, self._rng)
             else:  # at least Retry-After, jittered so refused clients do not return together
@@ -232,26 +253,95 @@ class AggregatorClient:
         content: bytes | None,
         params: Mapping[str, str | int | float] | None,
         headers: Mapping[str, str],
-    ) -> tuple[httpx.Response | None, str]:
-        """Send once with the simulated network; return (response or None, failure text)."""
+        *,
+        into_buffer: bool,
+    ) -> tuple[tuple[httpx.Response, memoryview] | None, str]:
+        """Send once with the simulated network; return ((response, body) or None, failure)."""
         self._network.before_request()
         if content:
             self._network.after_transfer(len(content))
         try:
-            response = self._http.request(
+            with self._http.stream(
                 method, path, content=content, params=params, headers=headers
-            )
+            ) as response:
+                if into_buffer and response.status_code == 200:
+                    body = _read_body(response, f"{method} {path}")
+                else:
+                    body = memoryview(response.read())
         except httpx.TransportError as exc:
             _raise_if_untrusted(exc, self._http.base_url)
             return None, f"{type(exc).__name__}: {exc}"
+        except _BrokenBody as exc:
+            return None, str(exc)
         self.bytes_up += len(content or b"")
-        self.bytes_down += len(response.content)
-        self._network.after_transfer(len(response.content))
-        return response, f"HTTP {response.status_code} {_error_fields(response)[1]}".strip()
+        self.bytes_down += len(body)
+        self._network.after_transfer(len(body))
+        failure = f"HTTP {response.status_code} {_error_fields(response)[1]}".strip()
+        return (response, body), failure
 
     def _check_stop(self) -> None:
         if self._stop is not None and self._stop.is_set():
             raise StopRequested(f"client {self.client_id}: stop requested")
+
+
+# -------------------------------------------------------------------- bodies
+
+
+def _read_body(response: httpx.Response, what: str) -> memoryview:
+    """Read a body into one buffer sized from Content-Length; return a read-only view."""
+    declared = _declared_length(response, what)
+    if declared is None:
+        return _read_chunks(response, what)
+    buffer = np.empty(declared, dtype=np.uint8)  # not zeroed: every byte is written below
+    view = buffer.data
+    filled = 0
+    for chunk in response.iter_bytes():
+        end = filled + len(chunk)
+        if end > declared:
+            raise _BrokenBody(f"{what}: the body is longer than its Content-Length {declared}")
+        view[filled:end] = chunk
+        filled = end
+    if filled != declared:
+        raise _BrokenBody(
+            f"{what}: the body ended after {filled} of the {declared} bytes of its Content-Length"
+        )
+    return view.toreadonly()
+
+
+def _declared_length(response: httpx.Response, what: str) -> int | None:
+    """Return the Content-Length of an unencoded body; None when there is none to trust."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    value = response.headers.get("Content-Length")
+    if value is None or encoding != "identity":  # an encoded body's length is not its size
+        return None
+    try:
+        declared = int(value)
+    except ValueError:
+        declared = -1
+    if declared < 0:
+        raise FatalServerError(response.status_code, f"{what}: invalid Content-Length {value!r}")
+    if declared > MAX_BODY_BYTES:
+        raise FatalServerError(response.status_code, _too_large(what, f"declares {declared}"))
+    return declared
+
+
+def _read_chunks(response: httpx.Response, what: str) -> memoryview:
+    """Read a body of unknown length chunk by chunk, up to `MAX_BODY_BYTES`."""
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in response.iter_bytes():
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            raise FatalServerError(response.status_code, _too_large(what, f"sent over {total}"))
+        chunks.append(chunk)
+    return memoryview(b"".join(chunks))
+
+
+def _too_large(what: str, amount: str) -> str:
+    return (
+        f"{what}: the answer {amount} bytes, more than the {MAX_BODY_BYTES} bytes "
+        "(MAX_BODY_BYTES) a global model may take; check the server URL"
+    )
 
 
 # -------------------------------------------------------------------- responses
@@ -311,9 +401,9 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def _weights_reply(response: httpx.Response, client_id: str) -> WeightsReply:
-    """Decode a 200 msgpack answer of GET /get_weights."""
-    message = decode_message(response.content)
+def _weights_reply(response: httpx.Response, body: memoryview, client_id: str) -> WeightsReply:
+    """Decode a 200 msgpack answer of GET /get_weights (tensors stay views of `body`)."""
+    message = decode_message(body)
     check_protocol(message)
     for key in ("round", "phase"):
         if key not in message:
@@ -331,5 +421,5 @@ def _weights_reply(response: httpx.Response, client_id: str) -> WeightsReply:
         raw_weights=message.get("weights"),
         etag=response.headers.get("ETag"),
         is_selected=is_selected,
-        nbytes=len(response.content),
+        nbytes=len(body),
     )

@@ -6,7 +6,8 @@ GET /get_weights with min_round = last handled round + 1 and its last ETag, so t
 does the waiting. When a round is training and this client is selected, it trains the
 received global model on its partition and posts the result. It ends when the server
 says "finished", when `max_rounds` rounds are trained (bounded mode) or on a stop request.
-Several virtual clients can share one process and one loaded dataset, one thread each.
+Several virtual clients can share one process and one loaded dataset, one thread each;
+with `train_slots` at most that many of them train at the same time.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from client_worker.network import NetworkSimulator, Sleep, event_sleep
 from client_worker.retry import Backoff
 from client_worker.settings import WorkerSettings
 from client_worker.summary import Activity, WorkerSummary
-from client_worker.train import TrainConfig, TrainingInterrupted, TrainResult, derive_seed, train
+from client_worker.train import (
+    TrainConfig,
+    TrainingInterrupted,
+    TrainingSlots,
+    TrainResult,
+    derive_seed,
+    train,
+)
 from client_worker.train import seeded_global_rng as _seeded_global_rng
 from client_worker.transport import AggregatorClient, WeightsReply
 from shared.config import ExperimentConfig
@@ -50,20 +58,23 @@ def run_worker(
     transport: httpx.BaseTransport | None = None,
     sleep: Sleep | None = None,
     activity: Activity | None = None,
+    slots: TrainingSlots | None = None,
 ) -> WorkerSummary:
     """Run one client until the federation finishes, max_rounds are trained, or `stop`.
 
     `dataset` skips loading (virtual clients share one); `transport` and `sleep` are for
     tests (an `httpx.MockTransport`, a sleep that only records); `activity` tells a caller
-    whether a stop must wait for a round in progress. Server errors that a retry cannot
-    heal propagate as `FatalServerError`.
+    whether a stop must wait for a round in progress; `slots` (shared by virtual clients,
+    default: the settings' train_slots) bounds the trainings at once. Server errors that a
+    retry cannot heal propagate as `FatalServerError`.
     """
     config = settings.experiment_for_worker(config)
     if dataset is None:
         dataset = dataset_from_config(config)
     stop = stop if stop is not None else threading.Event()
     activity = activity if activity is not None else Activity()
-    return _Worker(settings, config, dataset, stop, transport, sleep, activity).run()
+    slots = slots if slots is not None else TrainingSlots(settings.train_slots)
+    return _Worker(settings, config, dataset, stop, transport, sleep, activity, slots).run()
 
 
 def run_virtual_clients(
@@ -79,10 +90,12 @@ def run_virtual_clients(
 ) -> list[WorkerSummary]:
     """Run several clients in this process, one thread each, sharing one loaded dataset.
 
-    Client k trains on partition k. The first error of any client stops all of them and
-    is raised once every thread has ended.
+    Client k trains on partition k; at most `settings.train_slots` of them train at the
+    same time. The first error of any client stops all of them and is raised once every
+    thread has ended.
     """
     stop = stop if stop is not None else threading.Event()
+    slots = TrainingSlots(settings.train_slots)  # one for the process: shared by every client
     config = settings.experiment_for_worker(config)
     if dataset is None:
         dataset = dataset_from_config(config)
@@ -102,6 +115,7 @@ def run_virtual_clients(
                 transport=transport,
                 sleep=sleep,
                 activity=activity,
+                slots=slots,
             )
         except BaseException as exc:  # handed to the caller below
             errors.append(exc)
@@ -132,6 +146,7 @@ class _Worker:
         transport: httpx.BaseTransport | None,
         sleep: Sleep | None,
         activity: Activity,
+        slots: TrainingSlots,
     ) -> None:
         self.settings = settings
         self.config = config
@@ -167,6 +182,7 @@ class _Worker:
         self.model_name = ""
         self.warned: set[str] = set()  # config keys whose mismatch was already logged
         self.activity = activity
+        self.slots = slots
         activity.track(self.summary)
 
     def _partition(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,15 +275,16 @@ class _Worker:
             int(reply.config.get("seed", self.config.seed)), self.partition_id, server_round
         )
         try:
-            result = train(
-                model,
-                self.images,
-                self.labels,
-                train_config,
-                seed=seed,
-                stop=self.stop,
-                max_batches=crash_at,
-            )
+            with self.slots.hold(self.stop):  # the wait is not part of train_seconds
+                result = train(
+                    model,
+                    self.images,
+                    self.labels,
+                    train_config,
+                    seed=seed,
+                    stop=self.stop,
+                    max_batches=crash_at,
+                )
         except TrainingInterrupted as exc:
             self._interrupted(server_round, exc)
             return
@@ -279,6 +296,7 @@ class _Worker:
         metrics = {
             "train_loss": result.train_loss,
             "train_seconds": result.train_seconds,
+            "train_cpu_seconds": result.train_cpu_seconds,
             "examples_per_second": result.examples_per_second,
         }
         try:
@@ -293,10 +311,12 @@ class _Worker:
         self.summary.examples_trained += result.num_examples * local_epochs
         self.summary.train_seconds += result.train_seconds
         self._log(
-            "round %d: trained %d examples in %.2f s, loss %.4f; posted (%s/%s received%s)",
+            "round %d: trained %d examples in %.2f s (%.2f s CPU), loss %.4f; "
+            "posted (%s/%s received%s)",
             server_round,
             result.num_examples,
             result.train_seconds,
+            result.train_cpu_seconds,
             result.train_loss,
             answer.get("received"),
             answer.get("needed"),

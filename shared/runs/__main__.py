@@ -1,11 +1,14 @@
 """`python -m shared.runs`: one aggregator and N workers on 127.0.0.1, a live view, a run folder.
 
     python -m shared.runs --config configs/demo.yaml [--clients 10] [--rounds 20] [--no-live]
+    python -m shared.runs --clients 10 --worker-processes 2   # 2 processes of 5 clients each
 
-Every part is its own OS process, logging to <run>/logs/. The runner only starts them and
-polls the aggregator's /status and /history. It stops every process when the run finished,
-when one of them dies, or on Ctrl-C / SIGTERM, and leaves config.yaml, metrics.csv,
-metrics.json, curves.png and tensorboard/ in runs/<timestamp>-<model>-<dataset>/.
+Every part is its own OS process, logging to <run>/logs/: by default one worker process per
+client; with --worker-processes N, N processes run contiguous ranges of clients as virtual
+clients, one training per core overall (see shared/runs/layout.py). The runner only starts
+them and polls the aggregator's /status and /history. It stops every process when the run
+finished, when one of them dies, or on Ctrl-C / SIGTERM, and leaves config.yaml,
+metrics.csv, metrics.json, curves.png and tensorboard/ in runs/<timestamp>-<model>-<dataset>/.
 Exit codes: 0 the run finished, 1 a process died or never became healthy, 2 a bad config,
 128 + the signal number when interrupted.
 """
@@ -13,7 +16,6 @@ Exit codes: 0 the run finished, 1 a process died or never became healthy, 2 a ba
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
@@ -37,6 +39,13 @@ from shared.runs.launch import (
     free_port,
     wait_healthy,
 )
+from shared.runs.layout import (
+    WorkerProcess,
+    aggregator_argv,
+    child_env,
+    worker_argv,
+    worker_processes,
+)
 from shared.runs.progress import LinePrinter, LiveView, traffic_lines
 from shared.runs.report import write_report
 
@@ -47,6 +56,7 @@ __all__ = [
     "child_env",
     "create_run_dir",
     "describe_exit",
+    "describe_layout",
     "interrupted",
     "main",
     "resolve_config",
@@ -76,7 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Run one aggregator and N workers on 127.0.0.1 with a live view."
     )
     parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
-    parser.add_argument("--clients", type=int, help="number of workers (= num_partitions)")
+    parser.add_argument("--clients", type=int, help="number of clients (= num_partitions)")
+    parser.add_argument(
+        "--worker-processes",
+        type=_positive_int,
+        metavar="N",
+        help="run the clients as virtual clients of N worker processes (default: one process "
+        "per client)",
+    )
+    parser.add_argument(
+        "--train-slots",
+        type=_positive_int,
+        help="with --worker-processes: trainings at once per process (default: cores // N, "
+        "at least 1: one training per core)",
+    )
     parser.add_argument("--rounds", type=int, help="num_rounds")
     parser.add_argument("--model", help="model name, e.g. mlp, mlp-128, cnn, resnet18")
     parser.add_argument("--dataset", choices=get_args(DatasetName))
@@ -131,43 +154,23 @@ def write_config(run_dir: Path, config: ExperimentConfig) -> Path:
     return path
 
 
-def child_env(*, worker: bool) -> dict[str, str]:
-    """Return the children's environment: unbuffered logs; one torch thread per worker."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if worker:  # ten workers on two cores: more threads each would only fight
-        env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        env["TRIBUTARY_WORKER_TORCH_THREADS"] = "1"
-        # A stopped worker ends within this (default 10 s), before Fleet's SIGKILL.
-        env.setdefault("TRIBUTARY_WORKER_STOP_GRACE_S", "3")
-    return env
-
-
-def _flags(**values: object) -> list[str]:
-    """Turn keyword arguments into command-line flags: state_dir=x -> ["--state-dir", "x"]."""
-    return [
-        item for key, value in values.items() for item in (f"--{key.replace('_', '-')}", str(value))
-    ]
-
-
-def aggregator_argv(config_path: Path, *, port: int, state_dir: Path) -> list[str]:
-    """Return the aggregator's command line (it serves on 127.0.0.1 only)."""
-    flags = _flags(config=config_path, host=LOOPBACK, port=port, state_dir=state_dir)
-    return [sys.executable, "-m", "aggregator_service", *flags]
-
-
-def worker_argv(
-    config_path: Path, *, url: str, partition_id: int, num_partitions: int
-) -> list[str]:
-    """Return the command line of the worker that trains partition `partition_id`."""
-    flags = _flags(server=url, client_id=partition_id, partition_id=partition_id)
-    flags += _flags(num_partitions=num_partitions, config=config_path)
-    return [sys.executable, "-m", "client_worker", *flags]
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _launch(
-    fleet: Fleet, config_path: Path, run_dir: Path, *, n: int, port: int, stop: StopSignals
+    fleet: Fleet,
+    config_path: Path,
+    run_dir: Path,
+    layout: list[WorkerProcess],
+    *,
+    port: int,
+    stop: StopSignals,
 ) -> tuple[Child, list[Child], str]:
-    """Start the aggregator, wait until it is healthy, then start the workers."""
+    """Start the aggregator, wait until it is healthy, then start the worker processes."""
     url = f"http://{LOOPBACK}:{port}"
     aggregator = fleet.start(
         "aggregator",
@@ -178,14 +181,26 @@ def _launch(
     wait_healthy(url, child=aggregator, timeout_s=HEALTH_TIMEOUT_S, stop=stop.event)
     workers = [
         fleet.start(
-            f"worker-{k}",
-            worker_argv(config_path, url=url, partition_id=k, num_partitions=n),
-            log_path=run_dir / "logs" / f"worker-{k}.log",
+            worker.name,
+            worker.argv,
+            log_path=run_dir / "logs" / f"{worker.name}.log",
             env=child_env(worker=True),
         )
-        for k in range(n)
+        for worker in layout
     ]
     return aggregator, workers, url
+
+
+def describe_layout(layout: list[WorkerProcess]) -> str:
+    """Return one line saying how the clients are spread over worker processes."""
+    if all(worker.train_slots is None for worker in layout):
+        return f"workers: {len(layout)} processes, one per client"
+    slots = layout[0].train_slots
+    ranges = ", ".join(f"{w.first}-{w.last}" for w in layout)
+    return (
+        f"workers: {len(layout)} processes of virtual clients ({ranges}), "
+        f"at most {slots} training at once in each"
+    )
 
 
 def describe_exit(child: Child) -> str:
@@ -269,8 +284,16 @@ def _run(config: ExperimentConfig, run_dir: Path, args: argparse.Namespace) -> i
     title = f"{config.name}: {config.model} on {config.dataset}, {config.num_partitions} clients"
     config_path = write_config(run_dir, config)
     port = args.port or free_port()
+    layout = worker_processes(
+        config_path,
+        url=f"http://{LOOPBACK}:{port}",
+        num_clients=config.num_partitions,
+        num_processes=args.worker_processes,
+        train_slots=args.train_slots,
+    )
     console.print(f"run folder: {run_dir}", markup=False, highlight=False)
     console.print(f"aggregator: http://{LOOPBACK}:{port}", markup=False, highlight=False)
+    console.print(describe_layout(layout), markup=False, highlight=False)
     live = console.is_terminal and not args.no_live
     view: View = LiveView(console, title=title) if live else LinePrinter(console)
     view.update(None, [], elapsed_s=0.0)
@@ -280,7 +303,7 @@ def _run(config: ExperimentConfig, run_dir: Path, args: argparse.Namespace) -> i
         with stop.installed(), Fleet() as fleet:
             try:
                 aggregator, workers, url = _launch(
-                    fleet, config_path, run_dir, n=config.num_partitions, port=port, stop=stop
+                    fleet, config_path, run_dir, layout, port=port, stop=stop
                 )
                 outcome, history = supervise(
                     fleet, aggregator, workers, url=url, view=view, stop=stop
@@ -316,7 +339,10 @@ def _finish(
 
 def main(argv: list[str] | None = None) -> int:
     """Run one local federation and return the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.train_slots is not None and args.worker_processes is None:
+        parser.error("--train-slots needs --worker-processes (one process per client has one)")
     try:
         config = resolve_config(args)
         run_dir = create_run_dir(args.runs_dir, config)

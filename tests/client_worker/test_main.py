@@ -99,7 +99,20 @@ def test_client_ids_run_virtual_clients(
     calls = _patch_worker(monkeypatch, lambda stop, activity: _summary())
     assert cli.main(["--client-ids", "0,3-5"]) == 0
     assert calls.client_ids == [[0, 3, 4, 5]]
+    assert calls.settings[0].train_slots is None  # no limit unless asked
     assert len(capsys.readouterr().out.strip().splitlines()) == 4  # one summary per client
+
+
+def test_train_slots_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _patch_worker(monkeypatch, lambda stop, activity: _summary())
+    assert cli.main(["--client-ids", "0-4", "--train-slots", "1"]) == 0
+    assert calls.client_ids == [[0, 1, 2, 3, 4]]
+    assert calls.settings[0].train_slots == 1
+
+
+def test_zero_train_slots_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--client-ids", "0-4", "--train-slots", "0"]) == 2
+    assert "train_slots" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -72,3 +72,13 @@ def test_invalid_settings_are_rejected() -> None:
         WorkerSettings(backoff_base_s=10, backoff_cap_s=1)
     with pytest.raises(ValidationError, match="server"):
         WorkerSettings(server="http://x")  # type: ignore[call-arg]
+
+
+def test_train_slots_default_to_no_limit_and_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert WorkerSettings().train_slots is None
+    monkeypatch.setenv("TRIBUTARY_WORKER_TRAIN_SLOTS", "2")
+    assert WorkerSettings().train_slots == 2
+    with pytest.raises(ValidationError, match="train_slots"):
+        WorkerSettings(train_slots=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 
 import pytest
 import torch
@@ -11,8 +12,10 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from client_worker.train import (
+    SLOT_POLL_S,
     TrainConfig,
     TrainingInterrupted,
+    TrainingSlots,
     derive_seed,
     seeded_global_rng,
     train,
@@ -236,3 +239,95 @@ def test_derive_seed_is_stable_and_distinguishes_inputs() -> None:
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
     assert len({derive_seed(0, pid, rnd) for pid in range(5) for rnd in range(5)}) == 25
     assert 0 <= derive_seed(123) < 2**32
+
+
+# -------------------------------------------------------------------- CPU time and slots
+
+
+class _Sleepy(nn.Module):
+    """Wraps a model and sleeps in every forward pass: wall time without CPU time."""
+
+    def __init__(self, inner: nn.Module, seconds: float) -> None:
+        super().__init__()
+        self.inner, self.seconds = inner, seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        out: torch.Tensor = self.inner(x)
+        return out
+
+
+def test_train_cpu_seconds_count_the_thread_cpu_not_the_wall_time() -> None:
+    images, labels = _blobs(32)
+    result = train(_Sleepy(_linear(), 0.02), images, labels, TrainConfig(1, 8, lr=0.1), seed=0)
+    assert result.train_seconds >= 4 * 0.02  # four batches, each sleeping 20 ms
+    assert 0.0 < result.train_cpu_seconds < 0.5 * result.train_seconds
+
+
+def test_train_cpu_seconds_stay_within_the_wall_time() -> None:
+    images, labels = _blobs()
+    result = train(_linear(), images, labels, TrainConfig(3, 8, lr=0.1), seed=0)
+    assert 0.0 < result.train_cpu_seconds <= result.train_seconds + 0.01
+
+
+def test_training_slots_admit_at_most_that_many_holders() -> None:
+    slots = TrainingSlots(2)
+    inside: list[int] = []
+    peak: list[int] = []
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def holder() -> None:
+        with slots.hold():
+            with lock:
+                inside.append(1)
+                peak.append(len(inside))
+            release.wait(5.0)
+            with lock:
+                inside.pop()
+
+    threads = [threading.Thread(target=holder) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5.0
+    while len(peak) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # the other two had time to enter if they could
+    assert len(peak) == 2
+    release.set()
+    for thread in threads:
+        thread.join(5.0)
+    assert max(peak) == 2
+    assert len(peak) == 4  # every holder got its turn
+
+
+def test_waiting_for_a_slot_ends_on_stop_without_training() -> None:
+    slots = TrainingSlots(1)
+    stop = threading.Event()
+    outcome: list[TrainingInterrupted] = []
+
+    def waiter() -> None:
+        try:
+            with slots.hold(stop):
+                pytest.fail("the waiter should never get the slot")
+        except TrainingInterrupted as exc:
+            outcome.append(exc)
+
+    with slots.hold(stop):  # taken for the whole test
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.05)
+        assert thread.is_alive()  # waiting
+        stopped_at = time.monotonic()
+        stop.set()
+        thread.join(5.0)
+        assert time.monotonic() - stopped_at < 5 * SLOT_POLL_S
+    assert [exc.batches_done for exc in outcome] == [0]
+
+
+def test_no_slot_limit_never_waits_and_zero_slots_are_refused() -> None:
+    slots = TrainingSlots(None)
+    with slots.hold(), slots.hold(), slots.hold():
+        pass
+    with pytest.raises(ValueError, match="train_slots must be at least 1"):
+        TrainingSlots(0)

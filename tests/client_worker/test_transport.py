@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import numpy as np
@@ -19,7 +20,7 @@ from client_worker.errors import (
 )
 from client_worker.network import NetworkSimulator
 from client_worker.retry import Backoff
-from client_worker.transport import AggregatorClient
+from client_worker.transport import MAX_BODY_BYTES, AggregatorClient
 from shared.config import NetworkProfile
 from shared.wire import TensorSpec, decode_message, decode_weights, encode_message
 
@@ -288,3 +289,129 @@ def test_simulated_latency_and_bandwidth_are_applied_per_request() -> None:
     up, down = len(seen[0].content), len(httpx.Response(200, json={"accepted": True}).content)
     # latency first, then the upload, then the download at 1 Mbit/s (1e6 bit/s).
     assert fake.sleeps == pytest.approx([0.1, up * 8 / 1e6, down * 8 / 1e6])
+
+
+# -------------------------------------------------------------------- download
+
+
+def _streamed(
+    body: bytes, *, chunk: int = 1000, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """A 200 whose body arrives in `chunk`-byte pieces, as from a socket (not pre-read)."""
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    return httpx.Response(200, content=iter(pieces), headers=headers)
+
+
+def _spec_w() -> dict[str, TensorSpec]:
+    return {"w": TensorSpec((2, 3), "float32")}
+
+
+def test_download_fills_one_buffer_from_content_length_and_decodes_read_only_views() -> None:
+    body = _weights_body(2, "training", ["3"])
+    handler, seen = _scripted(_streamed(body, chunk=7, headers={"Content-Length": str(len(body))}))
+    client = _client(handler)
+    reply = client.get_weights(min_round=1)
+    assert reply is not None
+    assert reply.nbytes == len(body)
+    assert client.bytes_down == len(body)
+    weights = reply.weights(_spec_w())
+    np.testing.assert_array_equal(weights["w"], [[0, 1, 2], [3, 4, 5]])
+    assert not weights["w"].flags.writeable  # a view of the received bytes, as documented
+    assert len(seen) == 1
+
+
+def test_download_without_content_length_reads_the_chunks() -> None:
+    body = _weights_body(3, "training", ["3"])
+    handler, _ = _scripted(_streamed(body, chunk=64))  # chunked transfer: no Content-Length
+    client = _client(handler)
+    reply = client.get_weights(min_round=1)
+    assert reply is not None
+    assert (reply.server_round, reply.nbytes, client.bytes_down) == (3, len(body), len(body))
+    np.testing.assert_array_equal(reply.weights(_spec_w())["w"].ravel(), np.arange(6))
+
+
+def test_download_of_a_compressed_body_ignores_the_encoded_length() -> None:
+    body = _weights_body(2, "training", ["3"])
+    packed = gzip.compress(body)
+    headers = {"Content-Encoding": "gzip", "Content-Length": str(len(packed))}
+    handler, _ = _scripted(_streamed(packed, chunk=50, headers=headers))
+    reply = _client(handler).get_weights(min_round=1)
+    assert reply is not None
+    assert reply.nbytes == len(body)  # the decoded size
+    np.testing.assert_array_equal(reply.weights(_spec_w())["w"].ravel(), np.arange(6))
+
+
+@pytest.mark.parametrize("extra", [-10, 10], ids=["shorter", "longer"])
+def test_a_body_that_differs_from_its_content_length_is_retried(extra: int) -> None:
+    body = _weights_body(2, "training", ["3"])
+    broken = _streamed(body, chunk=100, headers={"Content-Length": str(len(body) - extra)})
+    handler, seen = _scripted(broken, _streamed(body, headers={"Content-Length": str(len(body))}))
+    fake = _FakeTime()
+    client = _client(handler, fake)
+    reply = client.get_weights(min_round=1)
+    assert reply is not None
+    assert reply.server_round == 2
+    assert len(seen) == 2
+    assert len(fake.sleeps) == 1  # one backoff between the two attempts
+    assert client.bytes_down == len(body)  # the broken transfer is not counted
+
+
+def test_a_broken_body_every_time_ends_as_server_unavailable() -> None:
+    body = _weights_body(2, "training", ["3"])
+
+    def truncating(request: httpx.Request) -> httpx.Response:
+        return _streamed(body[:-1], headers={"Content-Length": str(len(body))})
+
+    client = _client(truncating, backoff=Backoff(base_s=1.0, cap_s=2.0, max_time_s=10.0))
+    with pytest.raises(ServerUnavailableError, match=f"ended after {len(body) - 1} of the"):
+        client.get_weights(min_round=1)
+
+
+def test_a_content_length_over_the_cap_is_refused_before_reading() -> None:
+    served: list[int] = []
+
+    def pieces() -> Iterator[bytes]:
+        served.append(1)
+        yield b"x"
+
+    too_big = str(MAX_BODY_BYTES + 1)
+    response = httpx.Response(200, content=pieces(), headers={"Content-Length": too_big})
+    handler, seen = _scripted(response)
+    with pytest.raises(FatalServerError, match=f"declares {too_big} bytes, more than") as info:
+        _client(handler).get_weights(min_round=1)
+    assert info.value.status == 200
+    assert len(seen) == 1  # not retried
+    assert served == []  # no byte of the body was read
+    assert MAX_BODY_BYTES == 2 * 1024**3
+
+
+def test_an_invalid_content_length_is_refused() -> None:
+    handler, _ = _scripted(_streamed(b"\x80", headers={"Content-Length": "many"}))
+    with pytest.raises(FatalServerError, match="invalid Content-Length 'many'"):
+        _client(handler).get_weights(min_round=1)
+
+
+def test_a_body_without_length_stops_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("client_worker.transport.MAX_BODY_BYTES", 1000)
+    handler, _ = _scripted(_streamed(b"\x00" * 1500, chunk=400))
+    with pytest.raises(FatalServerError, match="sent over 1200 bytes, more than the 1000"):
+        _client(handler).get_weights(min_round=1)
+
+
+def test_simulated_bandwidth_applies_to_the_streamed_download() -> None:
+    fake = _FakeTime()
+    network = NetworkSimulator(NetworkProfile(latency_ms=50, bandwidth_mbit=8), sleep=fake.sleep)
+    body = _weights_body(2, "training", ["3"])
+    handler, _ = _scripted(_streamed(body, headers={"Content-Length": str(len(body))}))
+    assert _client(handler, fake, network=network).get_weights(min_round=1) is not None
+    # latency, then the body at 8 Mbit/s = 1 byte per microsecond
+    assert fake.sleeps == pytest.approx([0.05, len(body) * 1e-6])
+
+
+def test_an_error_answer_to_a_download_keeps_its_detail() -> None:
+    body = {"error": "unknown_client", "detail": "client '3' is not registered"}
+    handler, seen = _scripted(httpx.Response(403, json=body))
+    with pytest.raises(FatalServerError, match="client '3' is not registered") as info:
+        _client(handler).get_weights(min_round=1)
+    assert (info.value.status, info.value.code) == (403, "unknown_client")
+    assert len(seen) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from client_worker.errors import FatalServerError
 from client_worker.settings import WorkerSettings
 from client_worker.summary import Activity
+from client_worker.train import train
 from client_worker.worker import run_virtual_clients, run_worker
 from shared.config import ExperimentConfig, load_config
 from shared.data import Dataset, dataset_from_config
@@ -203,8 +205,15 @@ def test_full_loop_trains_the_selected_round_and_exits_when_finished(
     assert post["num_examples"] == TRAIN_SIZE // NUM_PARTITIONS
     weights = decode_weights(post["weights"], spec=_spec())
     assert any(not np.array_equal(weights[k], global_weights[k]) for k in weights)  # trained
-    assert set(post["metrics"]) == {"train_loss", "train_seconds", "examples_per_second"}
-    assert post["metrics"]["train_loss"] > 0
+    metrics = post["metrics"]
+    assert set(metrics) == {
+        "train_loss",
+        "train_seconds",
+        "train_cpu_seconds",
+        "examples_per_second",
+    }
+    assert metrics["train_loss"] > 0
+    assert 0 < metrics["train_cpu_seconds"] <= metrics["train_seconds"] + 0.01
 
     # Polls ask for the next round with the last ETag: min_round 1 until round 1 is done.
     assert [int(p.url.params["min_round"]) for p in fake.polls] == [1, 1, 1, 2, 2, 2]
@@ -420,3 +429,137 @@ def test_worker_summary_is_tracked_live(
     )
     assert activity.summaries() == [summary]
     assert activity.wait_idle(timeout=0.0)
+
+
+class _TrainingTracker:
+    """Wraps `train`: counts the trainings running at once, each held for `hold_s` first;
+    records per client thread when it got to train and how long the real `train` took."""
+
+    def __init__(self, hold_s: float, barrier: threading.Barrier | None = None) -> None:
+        self.hold_s = hold_s
+        self.barrier = barrier
+        self.running = 0
+        self.peak = 0
+        self.entered: dict[str, float] = {}
+        self.inner_s: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        client = threading.current_thread().name.removeprefix("client-")
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            self.entered[client] = time.monotonic()
+        try:
+            if self.barrier is not None:
+                self.barrier.wait()  # every client trains at the same time, or this times out
+            time.sleep(self.hold_s)
+            started = time.perf_counter()
+            result = train(*args, **kwargs)
+            self.inner_s[client] = time.perf_counter() - started
+            return result
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def _run_three(
+    fake: FakeAggregator, config: ExperimentConfig, dataset: Dataset, **settings: Any
+) -> list[Any]:
+    return run_virtual_clients(
+        [0, 1, 2],
+        WorkerSettings(server_url="http://agg.test", **settings),
+        config,
+        dataset=dataset,
+        transport=httpx.MockTransport(fake.handler),
+        sleep=_Sleeps(),
+    )
+
+
+def test_one_training_slot_makes_virtual_clients_train_one_at_a_time(
+    config: ExperimentConfig,
+    dataset: Dataset,
+    global_weights: dict[str, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tracker = _TrainingTracker(hold_s=0.1)
+    monkeypatch.setattr("client_worker.worker.train", tracker)
+    states = [_State(1, "training", ["0", "1", "2"], wait_for_posts=True), _State(1, "finished")]
+    fake = FakeAggregator(states, global_weights)
+    summaries = _run_three(fake, config, dataset, train_slots=1)
+    assert tracker.peak == 1
+    assert sorted(p["client_id"] for p in fake.posts) == ["0", "1", "2"]
+    assert all(s.rounds_trained == 1 for s in summaries)
+    # Back to back: the last client got the slot two holds after the first one.
+    entered = sorted(tracker.entered.values())
+    assert entered[2] - entered[0] >= 2 * 0.1
+    # What each client posts is the time of `train` alone, not its wait for the slot.
+    for post in fake.posts:
+        assert post["metrics"]["train_seconds"] <= tracker.inner_s[post["client_id"]]
+
+
+def test_without_a_slot_limit_virtual_clients_train_together(
+    config: ExperimentConfig,
+    dataset: Dataset,
+    global_weights: dict[str, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tracker = _TrainingTracker(hold_s=0.0, barrier=threading.Barrier(3, timeout=10.0))
+    monkeypatch.setattr("client_worker.worker.train", tracker)
+    states = [_State(1, "training", ["0", "1", "2"], wait_for_posts=True), _State(1, "finished")]
+    fake = FakeAggregator(states, global_weights)
+    _run_three(fake, config, dataset)
+    assert tracker.peak == 3
+    assert len(fake.posts) == 3
+
+
+def test_a_stop_reaches_a_client_waiting_for_a_training_slot(
+    config: ExperimentConfig,
+    dataset: Dataset,
+    global_weights: dict[str, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stop, entered, release = threading.Event(), threading.Event(), threading.Event()
+    holder: list[str] = []
+
+    def blocking_train(*args: Any, **kwargs: Any) -> Any:
+        holder.append(threading.current_thread().name.removeprefix("client-"))
+        entered.set()
+        release.wait(10.0)  # keeps the only slot until the test lets go
+        return train(*args, **kwargs)  # the stop is set by then: interrupted at once
+
+    monkeypatch.setattr("client_worker.worker.train", blocking_train)
+    fake = FakeAggregator([_State(1, "training", ["0", "1"], wait_for_posts=True)], global_weights)
+    activity = Activity()
+    waiter_outcome: list[str] = []
+
+    def stop_then_release() -> None:
+        entered.wait(10.0)
+        time.sleep(0.05)  # the other client is waiting for the slot by now
+        stop.set()
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            waiter = [s for s in activity.summaries() if s.client_id != holder[0]]
+            if waiter and waiter[0].outcome != "running":
+                waiter_outcome.append(waiter[0].outcome)
+                break
+            time.sleep(0.01)
+        release.set()
+
+    helper = threading.Thread(target=stop_then_release, daemon=True)
+    helper.start()
+    summaries = run_virtual_clients(
+        [0, 1],
+        WorkerSettings(server_url="http://agg.test", train_slots=1),
+        config,
+        stop=stop,
+        dataset=dataset,
+        transport=httpx.MockTransport(fake.handler),
+        sleep=_Sleeps(),
+        activity=activity,
+    )
+    helper.join(5.0)
+    assert waiter_outcome == ["stopped"]  # ended while the slot was still taken
+    assert len(holder) == 1  # the waiter never trained
+    assert [s.outcome for s in summaries] == ["stopped", "stopped"]
+    assert fake.posts == []

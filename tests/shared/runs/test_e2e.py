@@ -94,6 +94,34 @@ def test_runner_finishes_a_small_federation(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")
+def test_runner_with_two_worker_processes_of_virtual_clients(tmp_path: Path) -> None:
+    argv = [*RUNNER, "--clients", "4", "--rounds", "2", "--worker-processes", "2", "--no-live"]
+    argv += ["--train-slots", "1", "--runs-dir", str(tmp_path / "runs")]
+    done = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = only_run_dir(tmp_path / "runs")
+    assert processes_mentioning(str(run_dir)) == []
+    assert "workers: 2 processes of virtual clients (0-1, 2-3)" in done.stdout
+
+    logs = sorted(path.name for path in (run_dir / "logs").iterdir())
+    assert logs == ["aggregator.log", "worker-0-1.log", "worker-2-3.log"]
+    second = (run_dir / "logs" / "worker-2-3.log").read_text()
+    assert "client 2 finished" in second
+    assert "client 3 finished" in second
+
+    document = json.loads((run_dir / "metrics.json").read_text())
+    rounds = document["rounds"]
+    assert [row["round"] for row in rounds] == [1, 2]
+    assert all(row["participants"] == ["0", "1", "2", "3"] for row in rounds)
+    assert document["summary"]["status"] == "finished"
+    for row in rounds:
+        for metrics in row["clients"].values():
+            assert 0 < metrics["train_cpu_seconds"] <= metrics["train_seconds"] + 0.01
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     argv = [*RUNNER, "--clients", "3", "--rounds", "50", "--no-live"]
     argv += ["--runs-dir", str(tmp_path / "runs")]
