@@ -62,9 +62,13 @@ def _flags(**values: object) -> list[str]:
 
 
 def aggregator_argv(config_path: Path, *, port: int, state_dir: Path) -> list[str]:
-    """Return the aggregator's command line (it serves on 127.0.0.1 only)."""
+    """Return the aggregator's command line (it serves on 127.0.0.1 only).
+
+    Without the access log: the runner shows progress itself, and a line per request
+    (the runner and every worker poll) would bury the aggregator's own log lines.
+    """
     flags = _flags(config=config_path, host=LOOPBACK, port=port, state_dir=state_dir)
-    return [sys.executable, "-m", "aggregator_service", *flags]
+    return [sys.executable, "-m", "aggregator_service", *flags, "--no-access-log"]
 
 
 def worker_argv(
