@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from aggregator_service.store import RunStore
+from shared.config import ExperimentConfig
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
@@ -60,21 +61,29 @@ def test_restart_resumes_round_with_acknowledged_updates(
     assert row["num_examples"] == 10
 
 
+def _one_round_then_exit(
+    start_app: AppFactory, config: ExperimentConfig, state_dir: Path
+) -> tuple[dict[str, bytes], str]:
+    """Run round 1 with clients a and b, stop; return their bodies and the model's sha256."""
+    first = start_app(config, state_dir=state_dir)
+    register(first, "a", "b")
+    wait_for(first, lambda s: s["phase"] == "training")
+    _, weights = global_model(first)
+    bodies = {cid: update_body(cid, 1, shifted(weights, 1.0)) for cid in ("a", "b")}
+    for body in bodies.values():
+        first.post("/receive", content=body, headers=MSGPACK)
+    wait_for(first, lambda s: s["round"] == 2)
+    sha = first.get("/model").json()["sha256"]
+    first.__exit__(None, None, None)
+    return bodies, sha
+
+
 def test_restart_after_a_round_resumes_from_the_checkpoint(
     start_app: AppFactory, tmp_path: Path
 ) -> None:
     state_dir = tmp_path / "durable"
     config = experiment(num_rounds=3)
-    first = start_app(config, state_dir=state_dir)
-    register(first, "a", "b")
-    wait_for(first, lambda s: s["phase"] == "training")
-    _, weights = global_model(first)
-    for client_id in ("a", "b"):
-        body = update_body(client_id, 1, shifted(weights, 1.0))
-        first.post("/receive", content=body, headers=MSGPACK)
-    wait_for(first, lambda s: s["round"] == 2)
-    sha = first.get("/model").json()["sha256"]
-    first.__exit__(None, None, None)
+    _, sha = _one_round_then_exit(start_app, config, state_dir)
 
     second = start_app(config, state_dir=state_dir)
     status = second.get("/status").json()
@@ -88,15 +97,7 @@ def test_updates_of_a_checkpointed_round_are_dropped_on_restart(
 ) -> None:
     state_dir = tmp_path / "durable"
     config = experiment(num_rounds=3)
-    first = start_app(config, state_dir=state_dir)
-    register(first, "a", "b")
-    wait_for(first, lambda s: s["phase"] == "training")
-    _, weights = global_model(first)
-    bodies = {cid: update_body(cid, 1, shifted(weights, 1.0)) for cid in ("a", "b")}
-    for body in bodies.values():
-        first.post("/receive", content=body, headers=MSGPACK)
-    wait_for(first, lambda s: s["round"] == 2)
-    first.__exit__(None, None, None)
+    bodies, _ = _one_round_then_exit(start_app, config, state_dir)
     # As if the process died between round 1's checkpoint and the removal of its updates:
     with RunStore(state_dir) as store:
         store.save_update(1, "a", 10, bodies["a"])
