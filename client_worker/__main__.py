@@ -31,7 +31,8 @@ from client_worker.network import parse_clients
 from client_worker.settings import WorkerSettings
 from client_worker.summary import Activity, WorkerSummary
 from client_worker.transport import AggregatorClient
-from client_worker.worker import run_virtual_clients, run_worker
+from client_worker.virtual import run_virtual_clients
+from client_worker.worker import run_worker
 from shared.config import load_config, parse_overrides
 from shared.errors import TributaryError
 

@@ -6,11 +6,9 @@ an overall time limit. Client errors that a retry cannot heal (400, 401, 403, 40
 422, ...) raise `FatalServerError`; a 409 for a stale round or an unselected client raises
 `UpdateRejected`, after which the worker drops its update and polls again.
 
-The global model (tens of MB) is streamed into one buffer sized from its Content-Length
-and decoded from a read-only view of it: the body is never held twice (as a list of
-chunks and their joined copy), and the tensors are views of it. A Content-Length over
-`MAX_BODY_BYTES` is refused at once; a body shorter or longer than declared is a broken
-transfer and retried like a dropped connection.
+The global model is streamed into one buffer sized from its Content-Length
+(`client_worker.download`); a body shorter or longer than declared is a broken transfer
+and retried like a dropped connection.
 
 With a token, every request carries ``Authorization: Bearer <token>``. A server
 certificate that does not verify (against `verify`: the system's CAs or a CA bundle)
@@ -32,6 +30,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from client_worker.download import MAX_BODY_BYTES, BrokenBody, read_body
 from client_worker.errors import (
     HINTS,
     CertificateError,
@@ -54,13 +53,6 @@ MSGPACK = "application/msgpack"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
 _REJECTIONS = frozenset({"stale_round", "not_selected", "round_closed"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-# The largest global model a worker accepts (2 GiB): a larger Content-Length is an error,
-# and without one the download stops at this size.
-MAX_BODY_BYTES = 2 * 1024**3
-
-
-class _BrokenBody(Exception):
-    """A body whose length differs from its Content-Length (a broken transfer, retried)."""
 
 
 @dataclass(frozen=True)
@@ -265,13 +257,13 @@ class AggregatorClient:
                 method, path, content=content, params=params, headers=headers
             ) as response:
                 if into_buffer and response.status_code == 200:
-                    body = _read_body(response, f"{method} {path}")
+                    body = read_body(response, f"{method} {path}")
                 else:
                     body = memoryview(response.read())
         except httpx.TransportError as exc:
             _raise_if_untrusted(exc, self._http.base_url)
             return None, f"{type(exc).__name__}: {exc}"
-        except _BrokenBody as exc:
+        except BrokenBody as exc:
             return None, str(exc)
         self.bytes_up += len(content or b"")
         self.bytes_down += len(body)
@@ -282,66 +274,6 @@ class AggregatorClient:
     def _check_stop(self) -> None:
         if self._stop is not None and self._stop.is_set():
             raise StopRequested(f"client {self.client_id}: stop requested")
-
-
-# -------------------------------------------------------------------- bodies
-
-
-def _read_body(response: httpx.Response, what: str) -> memoryview:
-    """Read a body into one buffer sized from Content-Length; return a read-only view."""
-    declared = _declared_length(response, what)
-    if declared is None:
-        return _read_chunks(response, what)
-    buffer = np.empty(declared, dtype=np.uint8)  # not zeroed: every byte is written below
-    view = buffer.data
-    filled = 0
-    for chunk in response.iter_bytes():
-        end = filled + len(chunk)
-        if end > declared:
-            raise _BrokenBody(f"{what}: the body is longer than its Content-Length {declared}")
-        view[filled:end] = chunk
-        filled = end
-    if filled != declared:
-        raise _BrokenBody(
-            f"{what}: the body ended after {filled} of the {declared} bytes of its Content-Length"
-        )
-    return view.toreadonly()
-
-
-def _declared_length(response: httpx.Response, what: str) -> int | None:
-    """Return the Content-Length of an unencoded body; None when there is none to trust."""
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    value = response.headers.get("Content-Length")
-    if value is None or encoding != "identity":  # an encoded body's length is not its size
-        return None
-    try:
-        declared = int(value)
-    except ValueError:
-        declared = -1
-    if declared < 0:
-        raise FatalServerError(response.status_code, f"{what}: invalid Content-Length {value!r}")
-    if declared > MAX_BODY_BYTES:
-        raise FatalServerError(response.status_code, _too_large(what, f"declares {declared}"))
-    return declared
-
-
-def _read_chunks(response: httpx.Response, what: str) -> memoryview:
-    """Read a body of unknown length chunk by chunk, up to `MAX_BODY_BYTES`."""
-    chunks: list[bytes] = []
-    total = 0
-    for chunk in response.iter_bytes():
-        total += len(chunk)
-        if total > MAX_BODY_BYTES:
-            raise FatalServerError(response.status_code, _too_large(what, f"sent over {total}"))
-        chunks.append(chunk)
-    return memoryview(b"".join(chunks))
-
-
-def _too_large(what: str, amount: str) -> str:
-    return (
-        f"{what}: the answer {amount} bytes, more than the {MAX_BODY_BYTES} bytes "
-        "(MAX_BODY_BYTES) a global model may take; check the server URL"
-    )
 
 
 # -------------------------------------------------------------------- responses

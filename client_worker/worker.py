@@ -6,8 +6,8 @@ GET /get_weights with min_round = last handled round + 1 and its last ETag, so t
 does the waiting. When a round is training and this client is selected, it trains the
 received global model on its partition and posts the result. It ends when the server
 says "finished", when `max_rounds` rounds are trained (bounded mode) or on a stop request.
-Several virtual clients can share one process and one loaded dataset, one thread each;
-with `train_slots` at most that many of them train at the same time.
+Several virtual clients can share one process and one loaded dataset, one thread each
+(`client_worker.virtual`); with `train_slots` at most that many of them train at the same time.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from shared.errors import ConfigError
 from shared.models import build_model, load_numpy_state, model_spec, state_to_numpy
 from shared.partition import client_indices
 
-__all__ = ["run_virtual_clients", "run_worker"]
+__all__ = ["run_worker"]
 
 _log = logging.getLogger(__name__)
 
@@ -75,63 +75,6 @@ def run_worker(
     activity = activity if activity is not None else Activity()
     slots = slots if slots is not None else TrainingSlots(settings.train_slots)
     return _Worker(settings, config, dataset, stop, transport, sleep, activity, slots).run()
-
-
-def run_virtual_clients(
-    client_ids: list[int],
-    settings: WorkerSettings,
-    config: ExperimentConfig,
-    *,
-    stop: threading.Event | None = None,
-    dataset: Dataset | None = None,
-    transport: httpx.BaseTransport | None = None,
-    sleep: Sleep | None = None,
-    activity: Activity | None = None,
-) -> list[WorkerSummary]:
-    """Run several clients in this process, one thread each, sharing one loaded dataset.
-
-    Client k trains on partition k; at most `settings.train_slots` of them train at the
-    same time. The first error of any client stops all of them and is raised once every
-    thread has ended.
-    """
-    stop = stop if stop is not None else threading.Event()
-    slots = TrainingSlots(settings.train_slots)  # one for the process: shared by every client
-    config = settings.experiment_for_worker(config)
-    if dataset is None:
-        dataset = dataset_from_config(config)
-    summaries: dict[int, WorkerSummary] = {}
-    errors: list[BaseException] = []
-
-    def run_one(client_index: int) -> None:
-        own = settings.model_copy(
-            update={"client_id": str(client_index), "partition_id": client_index}
-        )
-        try:
-            summaries[client_index] = run_worker(
-                own,
-                config,
-                stop=stop,
-                dataset=dataset,
-                transport=transport,
-                sleep=sleep,
-                activity=activity,
-                slots=slots,
-            )
-        except BaseException as exc:  # handed to the caller below
-            errors.append(exc)
-            stop.set()
-
-    threads = [
-        threading.Thread(target=run_one, args=(cid,), name=f"client-{cid}", daemon=True)
-        for cid in client_ids
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return [summaries[cid] for cid in client_ids]
 
 
 class _Worker:

@@ -392,7 +392,7 @@ def test_an_invalid_content_length_is_refused() -> None:
 
 
 def test_a_body_without_length_stops_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("client_worker.transport.MAX_BODY_BYTES", 1000)
+    monkeypatch.setattr("client_worker.download.MAX_BODY_BYTES", 1000)
     handler, _ = _scripted(_streamed(b"\x00" * 1500, chunk=400))
     with pytest.raises(FatalServerError, match="sent over 1200 bytes, more than the 1000"):
         _client(handler).get_weights(min_round=1)

@@ -16,7 +16,8 @@ from client_worker.errors import FatalServerError
 from client_worker.settings import WorkerSettings
 from client_worker.summary import Activity
 from client_worker.train import train
-from client_worker.worker import run_virtual_clients, run_worker
+from client_worker.virtual import run_virtual_clients
+from client_worker.worker import run_worker
 from shared.config import ExperimentConfig, load_config
 from shared.data import Dataset, dataset_from_config
 from shared.errors import ConfigError

@@ -1,0 +1,78 @@
+"""Several virtual clients in one process: one thread each, sharing one loaded dataset.
+
+Client k trains on partition k with its own `httpx.Client` and model; with `train_slots`
+at most that many of the process's clients train at the same time.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+
+from client_worker.network import Sleep
+from client_worker.settings import WorkerSettings
+from client_worker.summary import Activity, WorkerSummary
+from client_worker.train import TrainingSlots
+from client_worker.worker import run_worker
+from shared.config import ExperimentConfig
+from shared.data import Dataset, dataset_from_config
+
+__all__ = ["run_virtual_clients"]
+
+
+def run_virtual_clients(
+    client_ids: list[int],
+    settings: WorkerSettings,
+    config: ExperimentConfig,
+    *,
+    stop: threading.Event | None = None,
+    dataset: Dataset | None = None,
+    transport: httpx.BaseTransport | None = None,
+    sleep: Sleep | None = None,
+    activity: Activity | None = None,
+) -> list[WorkerSummary]:
+    """Run several clients in this process, one thread each, sharing one loaded dataset.
+
+    Client k trains on partition k; at most `settings.train_slots` of them train at the
+    same time. The first error of any client stops all of them and is raised once every
+    thread has ended.
+    """
+    stop = stop if stop is not None else threading.Event()
+    slots = TrainingSlots(settings.train_slots)  # one for the process: shared by every client
+    config = settings.experiment_for_worker(config)
+    if dataset is None:
+        dataset = dataset_from_config(config)
+    summaries: dict[int, WorkerSummary] = {}
+    errors: list[BaseException] = []
+
+    def run_one(client_index: int) -> None:
+        own = settings.model_copy(
+            update={"client_id": str(client_index), "partition_id": client_index}
+        )
+        try:
+            summaries[client_index] = run_worker(
+                own,
+                config,
+                stop=stop,
+                dataset=dataset,
+                transport=transport,
+                sleep=sleep,
+                activity=activity,
+                slots=slots,
+            )
+        except BaseException as exc:  # handed to the caller below
+            errors.append(exc)
+            stop.set()
+
+    threads = [
+        threading.Thread(target=run_one, args=(cid,), name=f"client-{cid}", daemon=True)
+        for cid in client_ids
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [summaries[cid] for cid in client_ids]
