@@ -357,3 +357,39 @@ def test_tensors_larger_than_one_block_are_folded_whole() -> None:
     result = strategy.finalize()["w"]
     expected = (np.arange(size, dtype=np.float64) * 1 + 4.0 * 3) / 4
     np.testing.assert_allclose(result, expected.astype(np.float32), rtol=1e-7)
+
+
+def test_a_large_model_folded_on_two_threads_gives_the_weighted_mean() -> None:
+    from aggregator_service.strategy import _PARALLEL_FROM
+
+    shapes = {"w1": (_PARALLEL_FROM // 2 + 5,), "w2": (3, _PARALLEL_FROM // 6), "b": (7,)}
+    global_weights = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
+    rng = np.random.default_rng(7)
+    updates = [
+        {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+        for _ in range(3)
+    ]
+    counts = [5, 1, 14]
+    strategy = FedAvg()
+    strategy.begin_round(1, global_weights)
+    for update, n in zip(updates, counts, strict=True):
+        strategy.accumulate(update, n)
+    result = strategy.finalize()
+    for name in shapes:
+        expected = sum(u[name].astype(np.float64) * n for u, n in zip(updates, counts, strict=True))
+        np.testing.assert_array_equal(result[name], (expected / sum(counts)).astype(np.float32))
+
+
+def test_the_next_round_starts_from_zero_and_leaves_the_last_result_alone() -> None:
+    strategy = FedAvg()
+    for dtype in (np.float32, np.float64):
+        model = {"w": np.zeros(2, dtype)}
+        strategy.begin_round(1, model)
+        strategy.accumulate({"w": np.array([2.0, 4.0], dtype)}, 1)
+        first = strategy.finalize()
+        strategy.begin_round(2, model)
+        strategy.accumulate({"w": np.array([10.0, 20.0], dtype)}, 3)
+        strategy.accumulate({"w": np.array([2.0, 4.0], dtype)}, 1)
+        second = strategy.finalize()
+        np.testing.assert_array_equal(first["w"], [2.0, 4.0])
+        np.testing.assert_array_equal(second["w"], [8.0, 16.0])  # (30 + 2) / 4, (60 + 4) / 4
