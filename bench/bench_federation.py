@@ -177,7 +177,12 @@ SUMMARY_HEADER = [
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=6, help="rounds per run (1 is warm-up)")
+    parser.add_argument(
+        "--mlp-rounds", type=int, default=21, help="MLP rounds per run (1 is warm-up)"
+    )
+    parser.add_argument(
+        "--resnet-rounds", type=int, default=6, help="ResNet18 rounds per run (1 is warm-up)"
+    )
     parser.add_argument("--mlp-epochs", type=int, default=5, help="MLP local epochs")
     parser.add_argument("--resnet-train-size", type=int, default=300)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
@@ -219,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     with tempfile.TemporaryDirectory(prefix="bench-federation-") as tmp:
         for scenario in scenarios(args):
-            config = scenario_config(scenario, rounds=args.rounds)
+            rounds = args.mlp_rounds if scenario.label == "mlp" else args.resnet_rounds
+            config = scenario_config(scenario, rounds=rounds)
             alone = measure_alone(config)
             print(
                 f"\n{scenario.label}: training alone, per client (s): "
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             for layout in chosen:
                 result = run_federation(config, layout, work_dir=Path(tmp))
                 print(
-                    f"\n{scenario.label}, {layout.name}: rounds 2-{args.rounds}, {cores} cores; "
+                    f"\n{scenario.label}, {layout.name}: rounds 2-{rounds}, {cores} cores; "
                     f"load {result.load_before} -> {result.load_after}; CPU during them: ours "
                     f"{result.own_cpu_s:.1f} s, other processes {result.others_cpu_s:.1f} s "
                     f"in {result.window_s:.1f} s"
