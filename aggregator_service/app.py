@@ -15,7 +15,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from aggregator_service.auth import Access
-from aggregator_service.body import BodyBuffers
 from aggregator_service.limits import LongPollGate, RateLimiter, UploadGate
 from aggregator_service.publish import ModelWatch
 from aggregator_service.rounds import Evaluator
@@ -90,7 +89,6 @@ def create_app(
             max_waiting=settings.max_queued_uploads,
             on_refuse=count,
         )
-        app.state.body_buffers = BodyBuffers(keep=settings.max_concurrent_uploads)
         app.state.long_poll_gate = LongPollGate(limit=settings.max_long_polls, on_refuse=count)
         app.state.receive_limiter = RateLimiter(
             rate=settings.receive_rate, burst=settings.receive_burst, on_refuse=count

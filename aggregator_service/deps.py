@@ -10,14 +10,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from aggregator_service.body import BodyBuffers
 from aggregator_service.limits import LongPollGate, RateLimiter, UploadGate
 from aggregator_service.publish import ModelWatch
 from aggregator_service.runtime import Federation
 from aggregator_service.settings import AggregatorSettings
 
 __all__ = [
-    "BodyBuffersDep",
     "FederationDep",
     "LongPollGateDep",
     "ReceiveLimiterDep",
@@ -51,12 +49,6 @@ async def get_upload_gate(request: Request) -> UploadGate:
     return gate
 
 
-async def get_body_buffers(request: Request) -> BodyBuffers:
-    """Return the kept upload buffers."""
-    buffers: BodyBuffers = request.app.state.body_buffers
-    return buffers
-
-
 async def get_long_poll_gate(request: Request) -> LongPollGate:
     """Return the gate bounding how many long polls are held open."""
     gate: LongPollGate = request.app.state.long_poll_gate
@@ -73,6 +65,5 @@ FederationDep = Annotated[Federation, Depends(get_federation)]
 SettingsDep = Annotated[AggregatorSettings, Depends(get_settings)]
 WatchDep = Annotated[ModelWatch, Depends(get_watch)]
 UploadGateDep = Annotated[UploadGate, Depends(get_upload_gate)]
-BodyBuffersDep = Annotated[BodyBuffers, Depends(get_body_buffers)]
 LongPollGateDep = Annotated[LongPollGate, Depends(get_long_poll_gate)]
 ReceiveLimiterDep = Annotated[RateLimiter, Depends(get_receive_limiter)]

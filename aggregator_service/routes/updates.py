@@ -9,13 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from aggregator_service.auth import Caller, ClientCaller, check_client
 from aggregator_service.body import read_body
-from aggregator_service.deps import (
-    BodyBuffersDep,
-    FederationDep,
-    ReceiveLimiterDep,
-    SettingsDep,
-    UploadGateDep,
-)
+from aggregator_service.deps import FederationDep, ReceiveLimiterDep, SettingsDep, UploadGateDep
 from aggregator_service.ingest import ingest_update
 from aggregator_service.runtime import Federation
 from aggregator_service.state import UpdateRejected
@@ -85,7 +79,6 @@ async def receive(
     caller: ClientCaller,
     limiter: ReceiveLimiterDep,
     upload_gate: UploadGateDep,
-    body_buffers: BodyBuffersDep,
 ) -> ReceiveReply:
     """Accept one client's weights for the current round."""
     if caller.client_id is not None:  # without tokens, clients cannot be told apart
@@ -96,13 +89,10 @@ async def receive(
             415, "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
         )
     async with upload_gate.admit():
-        body = await read_body(request, settings.max_body_bytes, body_buffers)
-        try:
-            return await run_in_threadpool(
-                _ingest_as, body, request=request, caller=caller, federation=federation
-            )
-        finally:
-            body_buffers.give_back(body)
+        body = await read_body(request, settings.max_body_bytes)
+        return await run_in_threadpool(
+            _ingest_as, body, request=request, caller=caller, federation=federation
+        )
 
 
 def _ingest_as(

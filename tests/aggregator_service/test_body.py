@@ -11,10 +11,8 @@ from fastapi.testclient import TestClient
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
-    experiment,
     global_model,
     register,
-    shifted,
     update_body,
     wait_for,
 )
@@ -68,43 +66,3 @@ def test_body_read_into_a_preallocated_buffer_decodes_exactly(
     _, new = global_model(client)
     for name, array in shifted.items():
         np.testing.assert_array_equal(new[name], array)
-
-
-def test_a_given_back_buffer_serves_the_next_body_unless_still_in_use() -> None:
-    from aggregator_service.body import BodyBuffers
-
-    buffers = BodyBuffers(keep=1)
-    first = buffers.take(3 << 20)
-    first[:4] = b"abcd"
-    buffers.give_back(first)
-    second = buffers.take((3 << 20) - 10)  # about the same size: the kept mapping
-    assert bytes(second[:4]) == b"abcd"  # a fresh mapping would hold zeros
-    assert len(second) == (3 << 20) - 10
-    alive = np.frombuffer(second, np.uint8)[:4]  # a view that outlives the body
-    buffers.give_back(second)
-    third = buffers.take(3 << 20)
-    assert bytes(third[:4]) == bytes(4)  # not reused while `alive` can still read it
-    third[:4] = b"wxyz"
-    assert bytes(alive) == b"abcd"
-    assert len(buffers.take(100)) == 100  # small bodies: plain bytearrays
-
-
-def test_post_receive_gives_its_buffer_back(start_app: AppFactory) -> None:
-    client = start_app(experiment(model="cnn", min_fit_clients=2, min_available_clients=2))
-    register(client, "a", "b")
-    wait_for(client, lambda s: s["phase"] == "training")
-    _, weights = global_model(client)
-    body = update_body("a", 1, shifted(weights, 1.0))
-    assert len(body) > 6_000_000
-    assert client.post("/receive", content=body, headers=MSGPACK).status_code == 200
-    buffers = client.app.state.body_buffers  # type: ignore[attr-defined]
-    assert len(buffers._idle) == 1
-    # The next upload writes into that mapping; the first update's effect is unchanged.
-    other = update_body("b", 1, shifted(weights, 3.0))
-    assert client.post("/receive", content=other, headers=MSGPACK).status_code == 200
-    wait_for(client, lambda s: s["round"] == 2)
-    _, new = global_model(client)
-    for name, array in weights.items():
-        if array.dtype.kind == "f":
-            expected = (array.astype(np.float64) + 2.0).astype(array.dtype)
-            np.testing.assert_allclose(new[name], expected, rtol=1e-6, atol=1e-6)
