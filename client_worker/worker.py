@@ -236,12 +236,16 @@ class _Worker:
     def _post(
         self, server_round: int, model: nn.Module, result: TrainResult, local_epochs: int
     ) -> None:
-        metrics = {
+        measured = {
             "train_loss": result.train_loss,
             "train_seconds": result.train_seconds,
             "train_cpu_seconds": result.train_cpu_seconds,
             "examples_per_second": result.examples_per_second,
         }
+        # The aggregator refuses non-finite metrics (a diverged loss); leave them out.
+        metrics = {name: value for name, value in measured.items() if math.isfinite(value)}
+        if len(metrics) < len(measured):
+            self._log("round %d: non-finite metrics left out: %s", server_round, measured)
         try:
             answer = self.client.post_update(
                 server_round, result.num_examples, state_to_numpy(model), metrics

@@ -187,6 +187,27 @@ def _spec() -> Any:
     return model_spec(build_model("mlp", in_channels=1, num_classes=3, image_size=4))
 
 
+def test_a_non_finite_loss_is_left_out_of_the_metrics(
+    config: ExperimentConfig,
+    dataset: Dataset,
+    global_weights: dict[str, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dataclasses
+
+    import client_worker.worker as worker_module
+
+    def diverging(*args: Any, **kwargs: Any) -> Any:
+        return dataclasses.replace(train(*args, **kwargs), train_loss=float("nan"))
+
+    monkeypatch.setattr(worker_module, "train", diverging)
+    states = [_State(1, "training", ["1"]), _State(1, "finished")]
+    fake = FakeAggregator(states, global_weights)
+    _run(fake, config, dataset)
+    (post,) = fake.posts
+    assert set(post["metrics"]) == {"train_seconds", "train_cpu_seconds", "examples_per_second"}
+
+
 def test_full_loop_trains_the_selected_round_and_exits_when_finished(
     config: ExperimentConfig, dataset: Dataset, global_weights: dict[str, np.ndarray]
 ) -> None:
