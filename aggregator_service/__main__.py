@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from aggregator_service.app import build_federation, create_app
 from aggregator_service.auth import Access
-from aggregator_service.fastpath import DirectUploadProtocol
+from aggregator_service.fastpath import DirectUploadProtocol, unsupported_reason
 from aggregator_service.settings import AggregatorSettings
 from shared.config import load_config, parse_overrides
 from shared.errors import ConfigError, TributaryError
@@ -159,7 +159,13 @@ def main(argv: list[str] | None = None) -> int:
 def _http_protocol(settings: AggregatorSettings) -> Any:
     """Return uvicorn's `http` option: direct uploads, or plain httptools."""
     # Any: uvicorn's hint names asyncio.Protocol, but a BufferedProtocol class works as well.
-    return DirectUploadProtocol if settings.direct_uploads else "httptools"
+    if not settings.direct_uploads:
+        return "httptools"
+    reason = unsupported_reason()
+    if reason is not None:
+        logging.getLogger(PROG).warning("direct uploads are off: %s", reason)
+        return "httptools"
+    return DirectUploadProtocol
 
 
 def _check_tls(settings: AggregatorSettings) -> None:

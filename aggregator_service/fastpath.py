@@ -36,12 +36,39 @@ from aggregator_service.fastpath_http import (
 )
 from aggregator_service.fastpath_upload import DirectUpload
 
-__all__ = ["BODY_INTO", "DirectUploadProtocol"]
+__all__ = ["BODY_INTO", "DirectUploadProtocol", "unsupported_reason"]
 
 SCRATCH_BYTES = 64 * 1024  # receive buffer outside direct bodies (one per connection)
 LINGER_S = 5.0  # after refusing a body: how long to wait for more of it before closing
 
 log = logging.getLogger("uvicorn.error")
+
+
+_INNER_METHODS = (  # what this module calls on uvicorn's protocol (checked at start-up)
+    "connection_made",
+    "connection_lost",
+    "eof_received",
+    "data_received",
+    "pause_writing",
+    "resume_writing",
+    "shutdown",
+    "_unset_keepalive_if_required",
+)
+
+
+def unsupported_reason() -> str | None:
+    """Return why the installed uvicorn cannot host direct uploads, or None if it can.
+
+    The protocol wraps uvicorn's HttpToolsProtocol and uses some of its internals (tested
+    with uvicorn 0.54); a uvicorn without them makes the service fall back to plain
+    httptools instead of failing on the first request.
+    """
+    missing = [
+        name for name in _INNER_METHODS if not callable(getattr(HttpToolsProtocol, name, None))
+    ]
+    if missing:
+        return f"uvicorn's HttpToolsProtocol has no {', '.join(missing)}"
+    return None
 
 
 class _Mode(enum.Enum):

@@ -95,3 +95,19 @@ def test_flags_reach_the_settings_and_the_server(tmp_path: Path) -> None:
     assert server.config.access_log is True
     assert server.config.http is not None
     assert server.config.http != "httptools"  # the direct-upload protocol class
+
+
+def test_a_uvicorn_without_the_needed_internals_falls_back_to_httptools(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from aggregator_service.__main__ import prepare
+    from aggregator_service.fastpath import unsupported_reason
+
+    assert unsupported_reason() is None  # the installed uvicorn has them
+    monkeypatch.delattr(HttpToolsProtocol, "_unset_keepalive_if_required")
+    assert "_unset_keepalive_if_required" in (unsupported_reason() or "")
+    _, server = prepare(["--state-dir", str(tmp_path / "s"), "--port", "0"])
+    assert server.config.http == "httptools"
+    assert "direct uploads are off" in caplog.text
