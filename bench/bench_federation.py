@@ -156,7 +156,15 @@ def summary_row(
         f"<= {scenario.target:.0%}",
         f"{statistics.median(r.server_turn for r in rounds):.3f}",
         f"{result.own_cpu_s / len(rounds):.2f}",
+        f"{result.aggregator_cpu_s / len(rounds):.2f}",
+        f"{_workers_untrained_cpu(result) / len(rounds):.2f}",
     ]
+
+
+def _workers_untrained_cpu(result: RunResult) -> float:
+    """Return the workers' CPU seconds outside their training loops over the measured rounds."""
+    training = sum(sum(r.train_cpu_seconds) for r in result.rounds)
+    return result.own_cpu_s - result.aggregator_cpu_s - training
 
 
 SUMMARY_HEADER = [
@@ -171,6 +179,8 @@ SUMMARY_HEADER = [
     "target",
     "server turn s",
     "our CPU s / round",
+    "aggregator CPU s / round",
+    "workers' CPU beyond training s / round",
 ]
 
 
@@ -236,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"\n{scenario.label}, {layout.name}: rounds 2-{rounds}, {cores} cores; "
                     f"load {result.load_before} -> {result.load_after}; CPU during them: ours "
-                    f"{result.own_cpu_s:.1f} s, other processes {result.others_cpu_s:.1f} s "
+                    f"{result.own_cpu_s:.1f} s (aggregator {result.aggregator_cpu_s:.1f} s), "
+                    f"other processes {result.others_cpu_s:.1f} s "
                     f"in {result.window_s:.1f} s"
                 )
                 print(rounds_table(result, alone, cores=cores))

@@ -105,6 +105,7 @@ class RunResult:
     rounds: list[RoundFigures]
     window_s: float
     own_cpu_s: float  # aggregator + workers during the measured rounds
+    aggregator_cpu_s: float  # the aggregator alone during the measured rounds
     others_cpu_s: float
     load_before: str
     load_after: str
@@ -140,12 +141,13 @@ def run_federation(
         history, window = _watch(
             url, fleet, rounds=config.num_rounds, pids=pids, timeout_s=timeout_s
         )
-    busy, own, elapsed = window
+    busy, own, aggregator_cpu, elapsed = window
     return RunResult(
         layout=layout,
         rounds=_figures(history, _opened_at(log_dir / "aggregator.log")),
         window_s=elapsed,
         own_cpu_s=own,
+        aggregator_cpu_s=aggregator_cpu,
         others_cpu_s=max(busy - own, 0.0),
         load_before=load_before,
         load_after=_load(),
@@ -197,29 +199,43 @@ def _process_seconds(pids: list[int]) -> float:
 
 def _watch(
     url: str, fleet: Fleet, *, rounds: int, pids: list[int], timeout_s: float
-) -> tuple[list[dict[str, Any]], tuple[float, float, float]]:
+) -> tuple[list[dict[str, Any]], tuple[float, float, float, float]]:
     """Poll /status until round `rounds` closed; measure CPU from round 1's close to then.
+
+    Returns the history and (machine busy, our processes, the aggregator alone, elapsed)
+    over that window; `pids[0]` is the aggregator.
 
     /status is cheap to serve (the full /history is fetched once at the end), so polling
     it every 100 ms costs the aggregator little of the CPU being measured.
     """
     deadline = time.monotonic() + timeout_s
-    start: tuple[float, float, float] | None = None
+    start: tuple[float, float, float, float] | None = None
     with httpx.Client(base_url=url, timeout=10.0) as client:
         while time.monotonic() < deadline:
             last = client.get("/status").json().get("last_round") or {}
             done = int(last.get("round", 0))
             if start is None and done >= 1:
-                start = (machine_busy_seconds(), _process_seconds(pids), time.monotonic())
+                start = _cpu_now(pids)
             if done >= rounds and start is not None:
-                end = (machine_busy_seconds(), _process_seconds(pids), time.monotonic())
+                end = _cpu_now(pids)
                 history: list[dict[str, Any]] = client.get("/history").json()
-                return history, (end[0] - start[0], end[1] - start[1], end[2] - start[2])
+                busy, own, aggregator, elapsed = (b - a for a, b in zip(start, end, strict=True))
+                return history, (busy, own, aggregator, elapsed)
             failed = fleet.failed()
             if failed is not None:
                 raise RuntimeError(f"{failed.name} exited early:\n{failed.log_tail(15)}")
             time.sleep(0.1)
     raise TimeoutError(f"the federation did not finish {rounds} rounds in {timeout_s:.0f} s")
+
+
+def _cpu_now(pids: list[int]) -> tuple[float, float, float, float]:
+    """Return (machine busy, our processes, the aggregator = pids[0], monotonic) seconds."""
+    return (
+        machine_busy_seconds(),
+        _process_seconds(pids),
+        _process_seconds(pids[:1]),
+        time.monotonic(),
+    )
 
 
 def _load() -> str:

@@ -22,10 +22,10 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -41,8 +41,9 @@ from client_worker.errors import (
 )
 from client_worker.network import NetworkSimulator, Sleep, event_sleep
 from client_worker.retry import Backoff, retry_after, retryable
+from client_worker.upload import UploadBody
 from shared.errors import MalformedMessage
-from shared.wire import PROTOCOL_VERSION, TensorSpec, check_protocol, decode_message, encode_message
+from shared.wire import PROTOCOL_VERSION, TensorSpec, check_protocol, decode_message
 from shared.wire import decode_weights as _decode_weights
 
 __all__ = ["MAX_BODY_BYTES", "AggregatorClient", "WeightsReply"]
@@ -144,7 +145,11 @@ class AggregatorClient:
         weights: Mapping[str, np.ndarray],
         metrics: Mapping[str, float],
     ) -> dict[str, Any]:
-        """Send this round's trained weights; a duplicate re-post counts as success."""
+        """Send this round's trained weights; a duplicate re-post counts as success.
+
+        The body is streamed from `weights` (`UploadBody`): they must not change until
+        this returns.
+        """
         message = {
             "protocol": PROTOCOL_VERSION,
             "client_id": self.client_id,
@@ -153,10 +158,9 @@ class AggregatorClient:
             "weights": dict(weights),
             "metrics": dict(metrics),
         }
-        content = encode_message(message)
-        response, _ = self._request(
-            "POST", "/receive", content=content, headers={"Content-Type": MSGPACK}
-        )
+        content = UploadBody(message)
+        headers = {"Content-Type": MSGPACK, "Content-Length": str(content.nbytes)}
+        response, _ = self._request("POST", "/receive", content=content, headers=headers)
         return _json(response)
 
     def healthy(self) -> bool:
@@ -191,7 +195,7 @@ class AggregatorClient:
         path: str,
         *,
         json_body: Mapping[str, Any] | None = None,
-        content: bytes | None = None,
+        content: bytes | UploadBody | None = None,
         params: Mapping[str, str | int | float] | None = None,
         headers: Mapping[str, str] | None = None,
         into_buffer: bool = False,
@@ -242,7 +246,7 @@ class AggregatorClient:
         self,
         method: str,
         path: str,
-        content: bytes | None,
+        content: bytes | UploadBody | None,
         params: Mapping[str, str | int | float] | None,
         headers: Mapping[str, str],
         *,
@@ -252,9 +256,11 @@ class AggregatorClient:
         self._network.before_request()
         if content:
             self._network.after_transfer(len(content))
+        # h11 takes any bytes-like piece; httpx's annotation says bytes only.
+        pieces = cast("bytes | Iterable[bytes] | None", content)
         try:
             with self._http.stream(
-                method, path, content=content, params=params, headers=headers
+                method, path, content=pieces, params=params, headers=headers
             ) as response:
                 if into_buffer and response.status_code == 200:
                     body = read_body(response, f"{method} {path}")

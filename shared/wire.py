@@ -8,7 +8,8 @@ A tensor is the map ``{"dtype": "float32", "shape": [10, 784], "data": <bin>}``;
 payload maps tensor names to tensors in the model's state_dict order. The full format is
 specified in docs/protocol.md.
 
-Encoding copies each tensor's bytes once (into the output buffer) and starts each tensor's
+Encoding copies each tensor's bytes once (into the output buffer; `encode_chunks` leaves
+them in place, for senders that stream the pieces) and starts each tensor's
 data at a multiple of 8 bytes from the message start, so that decoded views are aligned
 for their dtype (numpy's fast loops need that). Decoding is zero-copy: arrays are
 read-only `np.frombuffer` views of the received bytes (copy before in-place math). This
@@ -44,6 +45,7 @@ __all__ = [
     "decode_message",
     "decode_tensor",
     "decode_weights",
+    "encode_chunks",
     "encode_message",
     "spec_of",
     "to_float16",
@@ -83,9 +85,18 @@ def spec_of(weights: Mapping[str, np.ndarray]) -> dict[str, TensorSpec]:
 
 def encode_message(message: Mapping[str, Any]) -> bytes:
     """Encode a message; numpy arrays anywhere inside become tensor maps."""
+    return b"".join(encode_chunks(message))
+
+
+def encode_chunks(message: Mapping[str, Any]) -> list[bytes | memoryview]:
+    """Encode a message as the pieces whose concatenation `encode_message` returns.
+
+    A tensor's data is a read-only view of the array's memory (no copy): the pieces are
+    valid while the arrays stay unchanged. Senders stream them instead of joining them.
+    """
     encoder = _Encoder()
     encoder.encode(message, "")
-    return b"".join(encoder.chunks)
+    return encoder.chunks
 
 
 class _Encoder:
@@ -130,7 +141,7 @@ class _Encoder:
         head = _tensor_head(*fields, pad=0)
         pad = -(self.pos + len(head)) % _ALIGN
         self.put(_tensor_head(*fields, pad=pad) if pad else head)
-        self.put(data)
+        self.put(data.toreadonly())
 
 
 def _tensor_head(dtype_name: str, packed_shape: bytes, bin_header: bytes, *, pad: int) -> bytes:

@@ -415,3 +415,27 @@ def test_an_error_answer_to_a_download_keeps_its_detail() -> None:
         _client(handler).get_weights(min_round=1)
     assert (info.value.status, info.value.code) == (403, "unknown_client")
     assert len(seen) == 1
+
+
+def test_post_update_streams_a_sized_body_and_resends_it_whole_on_a_retry() -> None:
+    accepted = {"accepted": True, "duplicate": True, "round": 2, "received": 1, "needed": 2}
+    handler, seen = _scripted(httpx.Response(503), httpx.Response(200, json=accepted))
+    client = _client(handler)
+    weights = {"w": np.arange(600_000, dtype=np.float32), "b": np.ones(3, np.float32)}
+    client.post_update(2, 40, weights, {"train_loss": 0.5})
+    assert len(seen) == 2
+    expected = encode_message(
+        {
+            "protocol": 1,
+            "client_id": "3",
+            "round": 2,
+            "num_examples": 40,
+            "weights": weights,
+            "metrics": {"train_loss": 0.5},
+        }
+    )
+    for request in seen:
+        assert request.headers["Content-Length"] == str(len(expected))
+        assert "Transfer-Encoding" not in request.headers  # sized, not chunked
+        assert request.content == expected
+    assert client.bytes_up == 2 * len(expected)

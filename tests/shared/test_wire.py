@@ -32,6 +32,7 @@ from shared.wire import (
     decode_message,
     decode_tensor,
     decode_weights,
+    encode_chunks,
     encode_message,
     spec_of,
     to_float16,
@@ -446,3 +447,14 @@ def test_all_finite_reads_big_endian_float16() -> None:
     assert tiny.view(np.uint16)[0] == 0x007C
     assert _all_finite(tiny.astype(">f2"))
     assert not _all_finite(np.array([1.0, np.inf], ">f2"))
+
+
+def test_encode_chunks_are_the_message_with_tensor_data_left_in_place() -> None:
+    weights = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, np.int64)}
+    message = {"protocol": 1, "weights": weights, "metrics": {"loss": 0.25}}
+    chunks = encode_chunks(message)
+    assert b"".join(chunks) == encode_message(message)
+    views = [c for c in chunks if isinstance(c, memoryview)]
+    assert len(views) == 2
+    assert all(v.readonly for v in views)
+    assert np.shares_memory(np.frombuffer(views[0], np.uint8), weights["a"])
