@@ -93,8 +93,7 @@ class RunStore:
         _check_round(server_round)
         path = self.state_dir / "checkpoints" / f"round-{server_round:06d}.npz"
         try:
-            _write_atomic(path, lambda f: _write_npz(f, weights))
-            digest = _sha256_file(path)
+            digest = _write_atomic(path, lambda f: _write_npz(f, weights), hashed=True)
         except OSError as exc:
             raise StoreError(f"cannot write checkpoint {path}: {exc}") from exc
         with self._transaction() as db:
@@ -158,7 +157,7 @@ class RunStore:
             raise StoreError(f"cannot write the update of {client_id!r} to {path}: {exc}") from exc
         finally:
             digest.join()
-        row = (server_round, client_id, num_examples, path.name, digest.hexdigest)
+        row = (server_round, client_id, num_examples, path.name, digest.result())
         try:
             with self._transaction() as db:
                 db.execute(
@@ -305,9 +304,15 @@ def _to_json(value: Any, *, what: str) -> str:
 def _write_npz(file: BinaryIO, weights: Mapping[str, np.ndarray]) -> None:
     """Write `weights` as an .npz archive, entries in the mapping's order, without pickle."""
     with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, array in weights.items():
+        for name, value in weights.items():
+            array = np.asarray(value, order="C")  # keeps 0-d arrays 0-d
+            if array.dtype.hasobject:
+                raise StoreError(f"tensor {name!r} has dtype object, which needs pickle")
             with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
-                np.lib.format.write_array(entry, np.asarray(array), allow_pickle=False)
+                # The array's own memory goes to the file: no temporary copy of it.
+                header = np.lib.format.header_data_from_array_1_0(array)
+                np.lib.format.write_array_header_2_0(entry, header)
+                entry.write(array.reshape(-1).view(np.uint8).data)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -316,18 +321,29 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         return {name: archive[name] for name in archive.files}
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write a file through a temp file in its directory, fsync, rename, fsync the dir."""
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object], *, hashed: bool = False) -> str:
+    """Write a file through a temp file in its directory, fsync, rename, fsync the dir.
+
+    With `hashed`, return the sha256 of the file, read back on a thread while it is fsynced.
+    """
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    digest: _Digest | None = None
     try:
         with open(temp, "wb") as file:
             write(file)
             file.flush()
+            if hashed:
+                digest = _Digest(open(temp, "rb"))  # noqa: SIM115 (the thread closes it)
             os.fsync(file.fileno())
+        if digest is not None:
+            digest.join()
         os.replace(temp, path)
     finally:
+        if digest is not None:
+            digest.join()
         temp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+    return digest.result() if digest is not None else ""
 
 
 def _remove_temp_files(state_dir: Path) -> None:
@@ -348,21 +364,44 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class _Digest(threading.Thread):
-    """The sha256 of a buffer, computed on a thread of its own (hashlib releases the GIL)."""
+    """The sha256 of a buffer or of an open file (which it closes), on a thread of its own.
 
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+    hashlib releases the GIL, so the hash runs beside the write or fsync of the caller.
+    """
+
+    def __init__(self, source: bytes | bytearray | memoryview | BinaryIO) -> None:
         super().__init__(name="sha256", daemon=True)
-        self._data = data
-        self.hexdigest = ""
+        self._source = source
+        self._hexdigest = ""
+        self._error: OSError | None = None
         self.start()
 
     def run(self) -> None:
-        self.hexdigest = hashlib.sha256(self._data).hexdigest()
+        source = self._source
+        if isinstance(source, bytes | bytearray | memoryview):
+            self._hexdigest = hashlib.sha256(source).hexdigest()
+            return
+        try:
+            with source:
+                self._hexdigest = _sha256_of(source)
+        except OSError as exc:
+            self._error = exc
+
+    def result(self) -> str:
+        """Wait for the hash and return it as hex; re-raise a failed read."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._hexdigest
 
 
 def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
+        return _sha256_of(file)
+
+
+def _sha256_of(file: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := file.read(1 << 20):
+        digest.update(chunk)
     return digest.hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -60,6 +61,25 @@ def test_checkpoint_round_trip_keeps_names_order_dtypes_values(store: RunStore) 
     assert server_round == 0
     _assert_same(loaded, weights)
     assert loaded["bn.num_batches_tracked"].shape == ()
+
+
+def test_checkpoint_keeps_odd_layouts_and_records_the_file_sha256(store: RunStore) -> None:
+    weights = {
+        "transposed": np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not C-contiguous
+        "strided": np.arange(20, dtype=np.float64)[::3],
+        "flags": np.array([True, False, True]),
+        "half": np.array([1.5, -2.0], np.float16),
+        "empty": np.zeros((0, 4), np.float32),
+        "big_endian": np.array([1, 2, 3], dtype=">i4"),
+    }
+    store.save_checkpoint(3, weights)
+    found = store.latest_checkpoint()
+    assert found is not None
+    _assert_same(found[1], weights)
+    path = store.state_dir / "checkpoints" / "round-000003.npz"
+    with sqlite3.connect(store.state_dir / "run.sqlite3") as db:
+        (recorded,) = db.execute("SELECT sha256 FROM checkpoints").fetchone()
+    assert recorded == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_latest_checkpoint_is_the_newest_round(store: RunStore) -> None:
