@@ -12,7 +12,8 @@ and retried like a dropped connection.
 
 With a token, every request carries ``Authorization: Bearer <token>``. A server
 certificate that does not verify (against `verify`: the system's CAs or a CA bundle)
-raises `CertificateError` at once: retrying cannot make it trusted.
+raises `CertificateError` at once: retrying cannot make it trusted. Answers are read, and
+errors typed, in `client_worker.replies`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
 
@@ -32,19 +32,21 @@ import numpy as np
 
 from client_worker.download import MAX_BODY_BYTES, BrokenBody, read_body
 from client_worker.errors import (
-    HINTS,
     CertificateError,
-    FatalServerError,
     ServerUnavailableError,
     StopRequested,
-    UpdateRejected,
 )
 from client_worker.network import NetworkSimulator, Sleep, event_sleep
+from client_worker.replies import (
+    WeightsReply,
+    error_fields,
+    json_object,
+    raise_for_status,
+    weights_reply,
+)
 from client_worker.retry import Backoff, retry_after, retryable
 from client_worker.upload import UploadBody
-from shared.errors import MalformedMessage
-from shared.wire import PROTOCOL_VERSION, TensorSpec, check_protocol, decode_message
-from shared.wire import decode_weights as _decode_weights
+from shared.wire import PROTOCOL_VERSION
 
 __all__ = ["MAX_BODY_BYTES", "AggregatorClient", "WeightsReply"]
 
@@ -52,27 +54,7 @@ _log = logging.getLogger(__name__)
 
 MSGPACK = "application/msgpack"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
-_REJECTIONS = frozenset({"stale_round", "not_selected", "round_closed"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-@dataclass(frozen=True)
-class WeightsReply:
-    """A 200 answer of GET /get_weights; tensors stay raw until `weights(spec)`."""
-
-    server_round: int
-    phase: str  # "waiting" | "training" | "finished"
-    model: str
-    selected: tuple[str, ...]
-    config: dict[str, Any]
-    raw_weights: Any
-    etag: str | None
-    is_selected: bool
-    nbytes: int
-
-    def weights(self, spec: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
-        """Decode the global weights, checking names, shapes and dtypes against `spec`."""
-        return _decode_weights(self.raw_weights, spec=spec)
 
 
 class AggregatorClient:
@@ -119,7 +101,7 @@ class AggregatorClient:
         """Register this client and the size of its data; idempotent."""
         body = {"client_id": self.client_id, "num_examples": num_examples}
         response, _ = self._request("POST", "/register", json_body=body)
-        return _json(response)
+        return json_object(response)
 
     def get_weights(
         self, min_round: int, etag: str | None = None, wait: float = 30.0
@@ -136,7 +118,7 @@ class AggregatorClient:
         )
         if response.status_code == 304:
             return None
-        return _weights_reply(response, body, self.client_id)
+        return weights_reply(response, body, self.client_id)
 
     def post_update(
         self,
@@ -161,7 +143,7 @@ class AggregatorClient:
         content = UploadBody(message)
         headers = {"Content-Type": MSGPACK, "Content-Length": str(content.nbytes)}
         response, _ = self._request("POST", "/receive", content=content, headers=headers)
-        return _json(response)
+        return json_object(response)
 
     def healthy(self) -> bool:
         """Tell whether GET /healthz answers 200 (one attempt, no retries)."""
@@ -215,7 +197,7 @@ class AggregatorClient:
                 method, path, content, params, all_headers, into_buffer=into_buffer
             )
             if answer is not None and not retryable(answer[0].status_code):
-                _raise_for_status(answer[0])
+                raise_for_status(answer[0])
                 return answer
             wait_s = retry_after(answer[0]) if answer is not None else None
             if wait_s is None:
@@ -274,42 +256,12 @@ class AggregatorClient:
         self.bytes_up += len(content or b"")
         self.bytes_down += len(body)
         self._network.after_transfer(len(body))
-        failure = f"HTTP {response.status_code} {_error_fields(response)[1]}".strip()
+        failure = f"HTTP {response.status_code} {error_fields(response)[1]}".strip()
         return (response, body), failure
 
     def _check_stop(self) -> None:
         if self._stop is not None and self._stop.is_set():
             raise StopRequested(f"client {self.client_id}: stop requested")
-
-
-# -------------------------------------------------------------------- responses
-
-
-def _error_fields(response: httpx.Response) -> tuple[str | None, str, dict[str, Any]]:
-    """Return (error code, detail, body) of an error response; tolerant of any body."""
-    if response.status_code < 400:
-        return None, "", {}
-    try:
-        body = response.json()
-    except ValueError:
-        return None, response.text[:200], {}
-    if not isinstance(body, dict):
-        return None, str(body)[:200], {}
-    code = body.get("error")
-    detail = body.get("detail", "")
-    return (str(code) if code is not None else None), str(detail), body
-
-
-def _raise_for_status(response: httpx.Response) -> None:
-    """Raise the typed error of a non-retryable 4xx; pass 2xx and 304."""
-    status = response.status_code
-    if status < 400:
-        return
-    code, detail, body = _error_fields(response)
-    if status == 409 and code in _REJECTIONS:
-        current = body.get("round")
-        raise UpdateRejected(code, current if isinstance(current, int) else None, detail)
-    raise FatalServerError(status, detail or response.reason_phrase, code, HINTS.get(status, ""))
 
 
 def _raise_if_untrusted(exc: httpx.TransportError, base_url: httpx.URL) -> None:
@@ -325,39 +277,3 @@ def _raise_if_untrusted(exc: httpx.TransportError, base_url: httpx.URL) -> None:
                 "the CA that signed it (--ca-bundle or TRIBUTARY_WORKER_CA_BUNDLE)"
             ) from exc
         cause = cause.__cause__ or cause.__context__
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise FatalServerError(
-            response.status_code, f"expected a JSON object, got {response.text[:100]!r}"
-        )
-    return body
-
-
-def _weights_reply(response: httpx.Response, body: memoryview, client_id: str) -> WeightsReply:
-    """Decode a 200 msgpack answer of GET /get_weights (tensors stay views of `body`)."""
-    message = decode_message(body)
-    check_protocol(message)
-    for key in ("round", "phase"):
-        if key not in message:
-            raise MalformedMessage(f"GET /get_weights answer lacks the field {key!r}")
-    selected = tuple(str(c) for c in message.get("selected") or ())
-    header = response.headers.get("X-Tributary-Selected")
-    is_selected = header.lower() == "true" if header is not None else client_id in selected
-    config = message.get("config") or {}
-    return WeightsReply(
-        server_round=int(message["round"]),
-        phase=str(message["phase"]),
-        model=str(message.get("model", config.get("model", ""))),
-        selected=selected,
-        config=dict(config),
-        raw_weights=message.get("weights"),
-        etag=response.headers.get("ETag"),
-        is_selected=is_selected,
-        nbytes=len(body),
-    )

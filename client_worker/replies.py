@@ -1,0 +1,108 @@
+"""Reading the aggregator's answers: the global model reply and typed errors.
+
+A 200 of GET /get_weights becomes a `WeightsReply` whose tensors stay raw until
+`weights(spec)` checks and decodes them. An error answer is read tolerantly (any body)
+and raised as the error the worker acts on: `UpdateRejected` for a 409 that only drops
+this round's update, `FatalServerError` for a 4xx that a retry cannot heal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+from client_worker.errors import HINTS, FatalServerError, UpdateRejected
+from shared.errors import MalformedMessage
+from shared.wire import TensorSpec, check_protocol, decode_message
+from shared.wire import decode_weights as _decode_weights
+
+__all__ = ["WeightsReply", "error_fields", "json_object", "raise_for_status", "weights_reply"]
+
+_REJECTIONS = frozenset({"stale_round", "not_selected", "round_closed"})
+
+
+@dataclass(frozen=True)
+class WeightsReply:
+    """A 200 answer of GET /get_weights; tensors stay raw until `weights(spec)`."""
+
+    server_round: int
+    phase: str  # "waiting" | "training" | "finished"
+    model: str
+    selected: tuple[str, ...]
+    config: dict[str, Any]
+    raw_weights: Any
+    etag: str | None
+    is_selected: bool
+    nbytes: int
+
+    def weights(self, spec: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
+        """Decode the global weights, checking names, shapes and dtypes against `spec`."""
+        return _decode_weights(self.raw_weights, spec=spec)
+
+
+def error_fields(response: httpx.Response) -> tuple[str | None, str, dict[str, Any]]:
+    """Return (error code, detail, body) of an error response; tolerant of any body."""
+    if response.status_code < 400:
+        return None, "", {}
+    try:
+        body = response.json()
+    except ValueError:
+        return None, response.text[:200], {}
+    if not isinstance(body, dict):
+        return None, str(body)[:200], {}
+    code = body.get("error")
+    detail = body.get("detail", "")
+    return (str(code) if code is not None else None), str(detail), body
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    """Raise the typed error of a non-retryable 4xx; pass 2xx and 304."""
+    status = response.status_code
+    if status < 400:
+        return
+    code, detail, body = error_fields(response)
+    if status == 409 and code in _REJECTIONS:
+        current = body.get("round")
+        raise UpdateRejected(code, current if isinstance(current, int) else None, detail)
+    raise FatalServerError(status, detail or response.reason_phrase, code, HINTS.get(status, ""))
+
+
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """Return the JSON object of a response; anything else is a `FatalServerError`."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise FatalServerError(
+            response.status_code, f"expected a JSON object, got {response.text[:100]!r}"
+        )
+    return body
+
+
+def weights_reply(response: httpx.Response, body: memoryview, client_id: str) -> WeightsReply:
+    """Decode a 200 msgpack answer of GET /get_weights (tensors stay views of `body`)."""
+    message = decode_message(body)
+    check_protocol(message)
+    for key in ("round", "phase"):
+        if key not in message:
+            raise MalformedMessage(f"GET /get_weights answer lacks the field {key!r}")
+    selected = tuple(str(c) for c in message.get("selected") or ())
+    header = response.headers.get("X-Tributary-Selected")
+    is_selected = header.lower() == "true" if header is not None else client_id in selected
+    config = message.get("config") or {}
+    return WeightsReply(
+        server_round=int(message["round"]),
+        phase=str(message["phase"]),
+        model=str(message.get("model", config.get("model", ""))),
+        selected=selected,
+        config=dict(config),
+        raw_weights=message.get("weights"),
+        etag=response.headers.get("ETag"),
+        is_selected=is_selected,
+        nbytes=len(body),
+    )
