@@ -40,7 +40,7 @@ from shared.errors import SpecMismatch, TributaryError
 __all__ = ["STRATEGIES", "AggregationError", "FedAvg", "Strategy", "build_strategy"]
 
 
-_BLOCK = 1 << 17  # elements folded per step (1 MiB of float64 scratch)
+_BLOCK = 1 << 15  # elements folded per step (256 KiB of float64 scratch)
 _PARALLEL_FROM = 1 << 22  # floating elements from which an update is folded on two threads
 
 
@@ -228,7 +228,7 @@ class FedAvg:
     ) -> None:
         total = self._sums[name].reshape(-1)
         flat = update.reshape(-1)
-        # Block by block: the float64 scratch stays small (1 MiB) and in cache.
+        # Block by block: the float64 scratch stays small (256 KiB) and in cache.
         for start in range(0, flat.size, _BLOCK):
             stop = min(start + _BLOCK, flat.size)
             scratch = scratch_space[: stop - start]

@@ -112,9 +112,9 @@ def _row(footprint: Footprint) -> list[str]:
         "on" if footprint.persist else "off",
         *(f"{value / MIB:.0f}" for value in mib),
         f"{(footprint.peak_absorbing - footprint.idle) / MIB:.0f}",
-        f"{footprint.growth(footprint.peak_absorbing):.2f}",
+        f"{footprint.growth(footprint.peak_absorbing):.3f}",
         f"{(footprint.peak_round - footprint.idle) / MIB:.0f}",
-        f"{footprint.growth(footprint.peak_round):.2f}",
+        f"{footprint.growth(footprint.peak_round):.3f}",
         f"{footprint.seconds:.1f}",
     ]
 
