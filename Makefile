@@ -84,6 +84,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_wire.py
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_memory.py
+	$(BIN)/python bench/bench_fold.py
+	$(BIN)/python bench/bench_upload.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
