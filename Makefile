@@ -85,6 +85,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_memory.py
 	$(BIN)/python bench/bench_fold.py
+	$(BIN)/python bench/bench_checkpoint.py
 	$(BIN)/python bench/bench_upload.py
 
 clean:
