@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from client_worker.errors import StopRequested, UpdateRejected
+from client_worker.local_model import LocalModel
 from client_worker.network import NetworkSimulator, Sleep, event_sleep
 from client_worker.retry import Backoff
 from client_worker.settings import WorkerSettings
@@ -34,12 +35,11 @@ from client_worker.train import (
     derive_seed,
     train,
 )
-from client_worker.train import seeded_global_rng as _seeded_global_rng
 from client_worker.transport import AggregatorClient, WeightsReply
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config
 from shared.errors import ConfigError
-from shared.models import build_model, load_numpy_state, model_spec, state_to_numpy
+from shared.models import state_to_numpy
 from shared.partition import client_indices
 
 __all__ = ["run_worker"]
@@ -121,9 +121,7 @@ class _Worker:
         self.summary = WorkerSummary(self.client_id, self.partition_id, len(self.labels))
         self.last_done = 0  # the last round trained, skipped, crashed or rejected
         self.etag: str | None = None
-        self.model: nn.Module | None = None
-        self.model_name = ""
-        self.warned: set[str] = set()  # config keys whose mismatch was already logged
+        self.model = LocalModel(self.client_id, dataset, config.model)
         self.activity = activity
         self.slots = slots
         activity.track(self.summary)
@@ -207,7 +205,8 @@ class _Worker:
         if self.network.drops_round(server_round):
             self._skip(server_round, "simulated dropout")
             return
-        model = self._load_global_model(reply)
+        self.model.warn_on_mismatch(reply.config, self._local_settings())
+        model = self.model.load(reply)
         try:
             train_config = TrainConfig.from_round_config(reply.config)
         except ValueError as exc:
@@ -295,37 +294,12 @@ class _Worker:
 
     # ---------------------------------------------------------------- model
 
-    def _load_global_model(self, reply: WeightsReply) -> nn.Module:
-        """Return the round's model (built once per name) holding the global weights."""
-        name = reply.model or str(reply.config.get("model", self.config.model))
-        self._warn_on_mismatch(reply.config)
-        if self.model is None or name != self.model_name:
-            with _seeded_global_rng(0):  # the layer initialisers draw from torch's global RNG
-                self.model = build_model(
-                    name,
-                    in_channels=self.dataset.in_channels,
-                    num_classes=self.dataset.num_classes,
-                    image_size=self.dataset.image_size,
-                )
-            self.model_name = name
-        load_numpy_state(self.model, reply.weights(model_spec(self.model)))
-        return self.model
-
-    def _warn_on_mismatch(self, round_config: dict[str, Any]) -> None:
-        local = {
+    def _local_settings(self) -> dict[str, Any]:
+        """Return the settings a round config should agree with (mismatches are logged)."""
+        return {
             "dataset": self.config.dataset,
             "num_partitions": self.settings.resolved_num_partitions(self.config),
         }
-        for key, value in local.items():
-            if key in round_config and round_config[key] != value and key not in self.warned:
-                self.warned.add(key)
-                _log.warning(
-                    "client %s: the server's %s is %r but this worker uses %r",
-                    self.client_id,
-                    key,
-                    round_config[key],
-                    value,
-                )
 
     def _log(self, message: str, *args: object) -> None:
         _log.info("client %s: " + message, self.client_id, *args)
