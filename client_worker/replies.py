@@ -20,7 +20,15 @@ from shared.errors import MalformedMessage
 from shared.wire import TensorSpec, check_protocol, decode_message
 from shared.wire import decode_weights as _decode_weights
 
-__all__ = ["WeightsReply", "error_fields", "json_object", "raise_for_status", "weights_reply"]
+__all__ = [
+    "NotModified",
+    "WeightsReply",
+    "error_fields",
+    "json_object",
+    "not_modified",
+    "raise_for_status",
+    "weights_reply",
+]
 
 _REJECTIONS = frozenset({"stale_round", "not_selected", "round_closed"})
 
@@ -42,6 +50,21 @@ class WeightsReply:
     def weights(self, spec: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
         """Decode the global weights, checking names, shapes and dtypes against `spec`."""
         return _decode_weights(self.raw_weights, spec=spec)
+
+
+@dataclass(frozen=True)
+class NotModified:
+    """A 304 answer of GET /get_weights: the caller's ETag is current; what its headers say."""
+
+    etag: str | None
+    is_selected: bool | None  # X-Tributary-Selected, when the server sent it
+
+
+def not_modified(response: httpx.Response) -> NotModified:
+    """Read a 304 answer of GET /get_weights."""
+    header = response.headers.get("X-Tributary-Selected")
+    selected = header.lower() == "true" if header is not None else None
+    return NotModified(etag=response.headers.get("ETag"), is_selected=selected)
 
 
 def error_fields(response: httpx.Response) -> tuple[str | None, str, dict[str, Any]]:

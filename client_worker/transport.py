@@ -38,9 +38,11 @@ from client_worker.errors import (
 )
 from client_worker.network import NetworkSimulator, Sleep, event_sleep
 from client_worker.replies import (
+    NotModified,
     WeightsReply,
     error_fields,
     json_object,
+    not_modified,
     raise_for_status,
     weights_reply,
 )
@@ -107,6 +109,13 @@ class AggregatorClient:
         self, min_round: int, etag: str | None = None, wait: float = 30.0
     ) -> WeightsReply | None:
         """Long-poll for the global model; None when nothing changed (304)."""
+        answer = self.poll_weights(min_round, etag, wait)
+        return answer if isinstance(answer, WeightsReply) else None
+
+    def poll_weights(
+        self, min_round: int, etag: str | None = None, wait: float = 30.0
+    ) -> WeightsReply | NotModified:
+        """Long-poll for the global model; a 304 comes back as `NotModified` (its headers)."""
         params: dict[str, str | int | float] = {
             "client_id": self.client_id,
             "min_round": min_round,
@@ -117,8 +126,12 @@ class AggregatorClient:
             "GET", "/get_weights", params=params, headers=headers, into_buffer=True
         )
         if response.status_code == 304:
-            return None
+            return not_modified(response)
         return weights_reply(response, body, self.client_id)
+
+    def simulate_download(self, nbytes: int) -> None:
+        """Spend the simulated network's time for a download this client did not make."""
+        self._network.after_transfer(nbytes)
 
     def post_update(
         self,

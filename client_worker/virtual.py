@@ -10,6 +10,7 @@ import threading
 
 import httpx
 
+from client_worker.feed import ModelFeed
 from client_worker.network import Sleep
 from client_worker.settings import WorkerSettings
 from client_worker.summary import Activity, WorkerSummary
@@ -40,6 +41,7 @@ def run_virtual_clients(
     """
     stop = stop if stop is not None else threading.Event()
     slots = TrainingSlots(settings.train_slots)  # one for the process: shared by every client
+    feed = ModelFeed()  # one download of each global model for every client
     config = settings.experiment_for_worker(config)
     if dataset is None:
         dataset = dataset_from_config(config)
@@ -60,6 +62,7 @@ def run_virtual_clients(
                 sleep=sleep,
                 activity=activity,
                 slots=slots,
+                feed=feed,
             )
         except BaseException as exc:  # handed to the caller below
             errors.append(exc)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from client_worker.errors import StopRequested, UpdateRejected
+from client_worker.feed import ModelFeed
 from client_worker.local_model import LocalModel
 from client_worker.network import NetworkSimulator, Sleep, event_sleep
 from client_worker.retry import Backoff
@@ -59,14 +61,16 @@ def run_worker(
     sleep: Sleep | None = None,
     activity: Activity | None = None,
     slots: TrainingSlots | None = None,
+    feed: ModelFeed | None = None,
 ) -> WorkerSummary:
     """Run one client until the federation finishes, max_rounds are trained, or `stop`.
 
     `dataset` skips loading (virtual clients share one); `transport` and `sleep` are for
     tests (an `httpx.MockTransport`, a sleep that only records); `activity` tells a caller
     whether a stop must wait for a round in progress; `slots` (shared by virtual clients,
-    default: the settings' train_slots) bounds the trainings at once. Server errors that a
-    retry cannot heal propagate as `FatalServerError`.
+    default: the settings' train_slots) bounds the trainings at once; `feed` (shared by
+    virtual clients) downloads each global model once for all of them. Server errors that
+    a retry cannot heal propagate as `FatalServerError`.
     """
     config = settings.experiment_for_worker(config)
     if dataset is None:
@@ -74,7 +78,17 @@ def run_worker(
     stop = stop if stop is not None else threading.Event()
     activity = activity if activity is not None else Activity()
     slots = slots if slots is not None else TrainingSlots(settings.train_slots)
-    return _Worker(settings, config, dataset, stop, transport, sleep, activity, slots).run()
+    parts = _Shared(activity, slots, feed)
+    return _Worker(settings, config, dataset, stop, transport, sleep, parts).run()
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What the clients of a process share: activity, training slots, the model feed."""
+
+    activity: Activity
+    slots: TrainingSlots
+    feed: ModelFeed | None
 
 
 class _Worker:
@@ -88,8 +102,7 @@ class _Worker:
         stop: threading.Event,
         transport: httpx.BaseTransport | None,
         sleep: Sleep | None,
-        activity: Activity,
-        slots: TrainingSlots,
+        shared: _Shared,
     ) -> None:
         self.settings = settings
         self.config = config
@@ -122,9 +135,10 @@ class _Worker:
         self.last_done = 0  # the last round trained, skipped, crashed or rejected
         self.etag: str | None = None
         self.model = LocalModel(self.client_id, dataset, config.model)
-        self.activity = activity
-        self.slots = slots
-        activity.track(self.summary)
+        self.activity = shared.activity
+        self.slots = shared.slots
+        self.feed = shared.feed
+        shared.activity.track(self.summary)
 
     def _partition(self) -> tuple[torch.Tensor, torch.Tensor]:
         num_partitions = self.settings.resolved_num_partitions(self.config)
@@ -176,7 +190,12 @@ class _Worker:
             self.summary.outcome = "stopped"
             return
         wait = self.settings.long_poll_wait_s
-        reply = self.client.get_weights(self.last_done + 1, self.etag, wait)
+        if self.feed is not None:
+            reply = self.feed.get_weights(
+                self.client, self.last_done + 1, self.etag, wait, self.stop
+            )
+        else:
+            reply = self.client.get_weights(self.last_done + 1, self.etag, wait)
         if reply is None:
             return  # 304: nothing changed while the server held the request
         self.etag = reply.etag

@@ -124,7 +124,11 @@ def test_scenario_runs_its_rounds(scenario: Scenario, procs: Processes, tmp_path
         assert config.server_eval
         assert 0.0 <= row["eval_accuracy"] <= 1.0, row
         assert count * payload <= row["bytes_in"] <= count * payload * (1 + MSGPACK_SLACK), row
-        assert row["bytes_out"] >= count * payload, row
+        assert row["bytes_out"] >= payload, row
+        if row["round"] > 1:
+            # One worker process: its virtual clients share each model's download (ModelFeed);
+            # before round 1, each registration may publish a new waiting model.
+            assert row["bytes_out"] < count * payload, row
 
 
 def test_scenarios_cover_every_shipped_config() -> None:
