@@ -72,6 +72,24 @@ def test_etag_gives_304_without_body(start_app: AppFactory) -> None:
     assert again.headers["etag"] == etag
 
 
+def test_a_304_tells_the_client_its_round_phase_and_selection(start_app: AppFactory) -> None:
+    client = start_app()
+    register(client, "a", "b")
+    wait_for(client, lambda s: s["phase"] == "training")
+    etag = client.get("/get_weights").headers["etag"]
+    for client_id, selected in (("a", "true"), ("zz", "false")):
+        reply = client.get(
+            "/get_weights",
+            params={"client_id": client_id, "min_round": 1, "wait": 0},
+            headers={"If-None-Match": etag},
+        )
+        assert reply.status_code == 304
+        assert reply.content == b""
+        assert reply.headers["x-tributary-selected"] == selected
+        assert reply.headers["x-tributary-round"] == "1"
+        assert reply.headers["x-tributary-phase"] == "training"
+
+
 def test_payload_is_built_once_and_identical_across_requests(start_app: AppFactory) -> None:
     client = start_app()
     bodies = {client.get("/get_weights").content for _ in range(3)}
