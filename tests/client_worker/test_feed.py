@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -121,17 +123,27 @@ def test_a_model_the_server_has_replaced_is_not_handed_out() -> None:
     assert server.bodies == 2  # round 1 for a, round 2 for b; c confirmed with a 304
 
 
+@contextlib.contextmanager
+def _leading(
+    server: LongPollServer, feed: ModelFeed, stop: threading.Event, wait: float
+) -> Iterator[AggregatorClient]:
+    """Have client "lead" hold the feed's long poll for `wait` s; yield client "other"."""
+    etag = server.etag
+    with _client(server, "lead") as lead, _client(server, "other") as other:
+        leader = threading.Thread(target=feed.get_weights, args=(lead, 1, etag, wait, stop))
+        leader.start()
+        time.sleep(0.2)  # "lead" holds the long poll by now
+        yield other
+        leader.join(wait + 5.0)
+
+
 def test_a_client_that_waited_in_vain_asks_the_server_once_and_gets_nothing() -> None:
     server, feed, stop = LongPollServer(), ModelFeed(), threading.Event()
     etag = server.etag
-    with _client(server, "lead") as lead, _client(server, "other") as other:
-        leader = threading.Thread(target=feed.get_weights, args=(lead, 1, etag, 1.5, stop))
-        leader.start()
-        time.sleep(0.2)  # "lead" holds the long poll
+    with _leading(server, feed, stop, 1.5) as other:
         started = time.monotonic()
         assert feed.get_weights(other, 1, etag, 0.4, stop) is None
         assert 0.3 <= time.monotonic() - started < 1.4
-        leader.join(5.0)
     assert ("other", 0.0) in server.polls  # seen by the server, without a long poll
     assert server.bodies == 0
 
@@ -139,15 +151,11 @@ def test_a_client_that_waited_in_vain_asks_the_server_once_and_gets_nothing() ->
 def test_a_stop_ends_a_wait_on_the_feed() -> None:
     server, feed, stop = LongPollServer(), ModelFeed(), threading.Event()
     etag = server.etag
-    with _client(server, "lead") as lead, _client(server, "other") as other:
-        leader = threading.Thread(target=feed.get_weights, args=(lead, 1, etag, 3.0, stop))
-        leader.start()
-        time.sleep(0.2)
+    with _leading(server, feed, stop, 3.0) as other:
         threading.Timer(0.2, stop.set).start()
         started = time.monotonic()
         assert feed.get_weights(other, 1, etag, 30.0, stop) is None
         assert time.monotonic() - started < 2.5  # the stop is seen within STOP_CHECK_S
-        leader.join(5.0)
 
 
 def test_a_client_that_did_not_download_still_spends_its_simulated_transfer_time() -> None:
