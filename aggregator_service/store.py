@@ -335,8 +335,6 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], object], *, hashed: bo
             if hashed:
                 digest = _Digest(open(temp, "rb"))  # noqa: SIM115 (the thread closes it)
             os.fsync(file.fileno())
-        if digest is not None:
-            digest.join()
         os.replace(temp, path)
     finally:
         if digest is not None:

@@ -86,7 +86,7 @@ def _post(mode: str, url: str, posts: int) -> dict[str, float]:
     with httpx.Client(base_url=url, timeout=60.0) as client:
         client.post("/receive", content=b"{}")  # connect outside the measurement
         reset_peak(os.getpid())  # VmHWM from here on
-        before = read_memory_self()
+        before = read_memory(os.getpid())
         for _ in range(posts):
             start_cpu, start = time.thread_time(), time.perf_counter()
             if mode == "joined":
@@ -101,7 +101,7 @@ def _post(mode: str, url: str, posts: int) -> dict[str, float]:
             cpu.append(time.thread_time() - start_cpu)
             wall.append(time.perf_counter() - start)
             gc.collect()  # httpx's request/response cycles would keep joined bodies alive
-        peak = read_memory_self()["VmHWM"]
+        peak = read_memory(os.getpid())["VmHWM"]
     return {
         "cpu_best": min(cpu),
         "cpu_median": statistics.median(cpu),
@@ -109,11 +109,6 @@ def _post(mode: str, url: str, posts: int) -> dict[str, float]:
         "added_mib": (peak - before["VmRSS"]) / 2**20,
         "nbytes": len(encode_message(message)),
     }
-
-
-def read_memory_self() -> dict[str, int]:
-    """Return this process's VmRSS and VmHWM in bytes."""
-    return read_memory(os.getpid())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,16 +28,24 @@ _log = logging.getLogger(__name__)
 class LocalModel:
     """The module one client trains, reused across rounds while the model name stays."""
 
-    def __init__(self, client_id: str, dataset: Dataset, default_name: str) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        dataset: Dataset,
+        default_name: str,
+        expected: Mapping[str, Any] | None = None,
+    ) -> None:
         self.client_id = client_id
         self.dataset = dataset
         self.default_name = default_name
+        self.expected = dict(expected or {})  # round config keys this worker's values must match
         self.module: nn.Module | None = None
         self.name = ""
         self.warned: set[str] = set()  # config keys whose mismatch was already logged
 
     def load(self, reply: WeightsReply) -> nn.Module:
         """Return the round's model (built once per name) holding the global weights."""
+        self._warn_on_mismatch(reply.config)
         name = reply.model or str(reply.config.get("model", self.default_name))
         if self.module is None or name != self.name:
             with seeded_global_rng(0):  # the layer initialisers draw from torch's global RNG
@@ -51,9 +59,9 @@ class LocalModel:
         load_numpy_state(self.module, reply.weights(model_spec(self.module)))
         return self.module
 
-    def warn_on_mismatch(self, round_config: Mapping[str, Any], local: Mapping[str, Any]) -> None:
-        """Log once per key where the round config disagrees with this worker's `local`."""
-        for key, value in local.items():
+    def _warn_on_mismatch(self, round_config: Mapping[str, Any]) -> None:
+        """Log once per key where the round config disagrees with `expected`."""
+        for key, value in self.expected.items():
             if key in round_config and round_config[key] != value and key not in self.warned:
                 self.warned.add(key)
                 _log.warning(

@@ -62,9 +62,13 @@ class NotModified:
 
 def not_modified(response: httpx.Response) -> NotModified:
     """Read a 304 answer of GET /get_weights."""
+    return NotModified(etag=response.headers.get("ETag"), is_selected=_selected(response))
+
+
+def _selected(response: httpx.Response) -> bool | None:
+    """Return the X-Tributary-Selected header as a bool; None when it is absent."""
     header = response.headers.get("X-Tributary-Selected")
-    selected = header.lower() == "true" if header is not None else None
-    return NotModified(etag=response.headers.get("ETag"), is_selected=selected)
+    return header.lower() == "true" if header is not None else None
 
 
 def error_fields(response: httpx.Response) -> tuple[str | None, str, dict[str, Any]]:
@@ -115,8 +119,7 @@ def weights_reply(response: httpx.Response, body: memoryview, client_id: str) ->
         if key not in message:
             raise MalformedMessage(f"GET /get_weights answer lacks the field {key!r}")
     selected = tuple(str(c) for c in message.get("selected") or ())
-    header = response.headers.get("X-Tributary-Selected")
-    is_selected = header.lower() == "true" if header is not None else client_id in selected
+    is_selected = _selected(response)
     config = message.get("config") or {}
     return WeightsReply(
         server_round=int(message["round"]),
@@ -126,6 +129,6 @@ def weights_reply(response: httpx.Response, body: memoryview, client_id: str) ->
         config=dict(config),
         raw_weights=message.get("weights"),
         etag=response.headers.get("ETag"),
-        is_selected=is_selected,
+        is_selected=client_id in selected if is_selected is None else is_selected,
         nbytes=len(body),
     )

@@ -17,7 +17,6 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import torch
@@ -135,7 +134,11 @@ class _Worker:
         self.summary = WorkerSummary(self.client_id, self.partition_id, len(self.labels))
         self.last_done = 0  # the last round trained, skipped, crashed or rejected
         self.etag: str | None = None
-        self.model = LocalModel(self.client_id, dataset, config.model)
+        expected = {
+            "dataset": config.dataset,
+            "num_partitions": settings.resolved_num_partitions(config),
+        }
+        self.model = LocalModel(self.client_id, dataset, config.model, expected)
         self.activity = shared.activity
         self.slots = shared.slots
         self.feed = shared.feed
@@ -225,7 +228,6 @@ class _Worker:
         if self.network.drops_round(server_round):
             self._skip(server_round, "simulated dropout")
             return
-        self.model.warn_on_mismatch(reply.config, self._local_settings())
         model = self.model.load(reply)
         try:
             train_config = TrainConfig.from_round_config(reply.config)
@@ -311,15 +313,6 @@ class _Worker:
     def _skip(self, server_round: int, reason: str) -> None:
         self.summary.rounds_skipped += 1
         self._log("round %d: selected but skipped (%s)", server_round, reason)
-
-    # ---------------------------------------------------------------- model
-
-    def _local_settings(self) -> dict[str, Any]:
-        """Return the settings a round config should agree with (mismatches are logged)."""
-        return {
-            "dataset": self.config.dataset,
-            "num_partitions": self.settings.resolved_num_partitions(self.config),
-        }
 
     def _log(self, message: str, *args: object) -> None:
         _log.info("client %s: " + message, self.client_id, *args)

@@ -55,12 +55,11 @@ def test_a_reply_without_a_model_name_uses_the_round_config_then_the_default() -
 
 
 def test_a_mismatch_is_logged_once_per_key(caplog: pytest.LogCaptureFixture) -> None:
-    local = LocalModel("7", _dataset(), "mlp")
+    expected = {"dataset": "mnist5k", "num_partitions": 10}
+    local = LocalModel("7", _dataset(), "mlp", expected)
+    reply = _reply("mlp", _weights("mlp", 1), {"dataset": "cifar10", "num_partitions": 10})
     with caplog.at_level(logging.WARNING, logger="client_worker.local_model"):
         for _ in range(3):
-            local.warn_on_mismatch(
-                {"dataset": "cifar10", "num_partitions": 10},
-                {"dataset": "mnist5k", "num_partitions": 10},
-            )
+            local.load(reply)
     assert len(caplog.records) == 1
     assert "the server's dataset is 'cifar10' but this worker uses 'mnist5k'" in caplog.text
