@@ -10,9 +10,10 @@ Every file is written atomically: a temp file in the same directory, flush + fsy
 ``os.replace``, then an fsync of the directory, and only then a row in SQLite naming it.
 A crash therefore leaves at worst an orphan file that no row points to, never a row that
 points to half a file. Checkpoints carry their sha256, and `latest_checkpoint` falls back
-to the previous good checkpoint when the newest is missing or corrupt. Tensors are stored
-as ``.npz`` and loaded with ``allow_pickle=False``; update file names are digests, so a
-client id can never steer a path.
+to the previous good checkpoint when the newest is missing or corrupt. Updates are written
+by journal.py (direct I/O where possible) and carry a CRC-32; a damaged one is skipped.
+Tensors are stored as ``.npz`` and loaded with ``allow_pickle=False``; update file names
+are digests, so a client id can never steer a path.
 
 One (round, client) pair is saved at most once: a second `save_update` for it raises
 `StoreError` and leaves the first untouched.
@@ -36,6 +37,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from aggregator_service import journal
 from shared.errors import TributaryError
 
 __all__ = ["RunStore", "StoreError"]
@@ -147,17 +149,18 @@ class RunStore:
         round_dir = self.state_dir / "updates" / str(server_round)
         client_digest = hashlib.sha256(client_id.encode("utf-8", "surrogatepass")).hexdigest()
         path = round_dir / f"{client_digest[:32]}-{uuid.uuid4().hex[:12]}.msgpack"
-        digest = _Digest(body)  # hashes on its own thread while the file is written
+        checksum = journal.Checksum(body)  # computed on its own thread during the write
         try:
             if not round_dir.is_dir():
                 round_dir.mkdir(exist_ok=True)
                 _fsync_dir(round_dir.parent)
-            _write_atomic(path, lambda f: f.write(body))
+            with _atomic_path(path) as temp:
+                journal.write_file(temp, body)
         except OSError as exc:
             raise StoreError(f"cannot write the update of {client_id!r} to {path}: {exc}") from exc
         finally:
-            digest.join()
-        row = (server_round, client_id, num_examples, path.name, digest.result())
+            checksum.join()
+        row = (server_round, client_id, num_examples, path.name, checksum.result())
         try:
             with self._transaction() as db:
                 db.execute(
@@ -187,7 +190,7 @@ class RunStore:
             except OSError as exc:
                 logger.warning("update of %r in round %d is lost: %s", client_id, server_round, exc)
                 continue
-            if hashlib.sha256(body).hexdigest() != digest:
+            if not journal.matches(body, digest):
                 logger.warning(
                     "update of %r in round %d is corrupt; skipped", client_id, server_round
                 )
@@ -326,22 +329,30 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], object], *, hashed: bo
 
     With `hashed`, return the sha256 of the file, read back on a thread while it is fsynced.
     """
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     digest: _Digest | None = None
     try:
-        with open(temp, "wb") as file:
+        with _atomic_path(path) as temp, open(temp, "wb") as file:
             write(file)
             file.flush()
             if hashed:
                 digest = _Digest(open(temp, "rb"))  # noqa: SIM115 (the thread closes it)
             os.fsync(file.fileno())
-        os.replace(temp, path)
     finally:
         if digest is not None:
             digest.join()
+    return digest.result() if digest is not None else ""
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; once it is written, rename it to `path`, fsync the dir."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
         temp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
-    return digest.result() if digest is not None else ""
 
 
 def _remove_temp_files(state_dir: Path) -> None:
@@ -362,12 +373,12 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class _Digest(threading.Thread):
-    """The sha256 of a buffer or of an open file (which it closes), on a thread of its own.
+    """The sha256 of an open file (which it closes), read on a thread of its own.
 
-    hashlib releases the GIL, so the hash runs beside the write or fsync of the caller.
+    hashlib releases the GIL, so the hash runs beside the fsync of the caller.
     """
 
-    def __init__(self, source: bytes | bytearray | memoryview | BinaryIO) -> None:
+    def __init__(self, source: BinaryIO) -> None:
         super().__init__(name="sha256", daemon=True)
         self._source = source
         self._hexdigest = ""
@@ -375,12 +386,8 @@ class _Digest(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        source = self._source
-        if isinstance(source, bytes | bytearray | memoryview):
-            self._hexdigest = hashlib.sha256(source).hexdigest()
-            return
         try:
-            with source:
+            with self._source as source:
                 self._hexdigest = _sha256_of(source)
         except OSError as exc:
             self._error = exc

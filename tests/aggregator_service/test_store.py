@@ -234,6 +234,18 @@ def test_corrupt_update_is_skipped_with_a_warning(
     assert any("client-b" in r.getMessage() for r in caplog.records)
 
 
+def test_update_journaled_with_a_sha256_by_an_earlier_version_is_still_read(
+    store: RunStore,
+) -> None:
+    store.save_update(1, "client-a", 10, b"journaled before CRC-32")
+    with sqlite3.connect(store.state_dir / "run.sqlite3") as db:
+        (recorded,) = db.execute("SELECT sha256 FROM updates").fetchone()
+        assert recorded.startswith("crc32:")
+        legacy = hashlib.sha256(b"journaled before CRC-32").hexdigest()
+        db.execute("UPDATE updates SET sha256 = ?", (legacy,))
+    assert store.pending_updates(1) == [("client-a", 10, b"journaled before CRC-32")]
+
+
 # ------------------------------------------------------------------------- history, meta
 
 

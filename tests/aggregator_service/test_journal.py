@@ -1,0 +1,152 @@
+"""Tests of aggregator_service/journal.py: writing update files, and their checksums."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import mmap
+import os
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator_service import journal
+
+MIB = 1 << 20
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def _payload(size: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+def _mapped(data: bytes) -> memoryview:
+    """Return `data` in a fresh anonymous mapping: page-aligned, as upload bodies are."""
+    mapping = mmap.mmap(-1, len(data), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    mapping[:] = data
+    return memoryview(mapping)
+
+
+def _record_open_flags(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    flags_seen: list[int] = []
+    real_open = os.open
+
+    def recording_open(path: object, flags: int, *args: object) -> int:
+        flags_seen.append(flags)
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recording_open)
+    return flags_seen
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 4096, MIB - 1, MIB, 3 * MIB + 123, 2 * MIB], ids=lambda s: f"{s}B"
+)
+def test_written_file_holds_exactly_the_body(tmp_path: Path, size: int) -> None:
+    data = _payload(size)
+    path = tmp_path / "update.msgpack"
+    journal.write_file(path, _mapped(data) if size else data)
+    assert path.read_bytes() == data
+
+
+@pytest.mark.skipif(not _O_DIRECT, reason="this system has no O_DIRECT")
+def test_large_aligned_body_goes_direct_and_its_tail_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _payload(2 * MIB + 777, seed=1)
+    flags_seen = _record_open_flags(monkeypatch)
+    path = tmp_path / "direct.msgpack"
+    journal.write_file(path, _mapped(data))
+    assert path.read_bytes() == data
+    if flags_seen[-1] & _O_DIRECT:  # the filesystem of tmp_path took direct I/O
+        assert len(flags_seen) == 1
+    else:  # it refused (e.g. tmpfs): the same file was opened again, buffered
+        assert flags_seen[0] & _O_DIRECT
+        assert len(flags_seen) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(lambda data: memoryview(_mapped(b"\0" + data))[1:], id="unaligned-view"),
+        pytest.param(lambda data: data[: MIB - 1], id="small"),
+    ],
+)
+def test_unaligned_or_small_bodies_are_written_buffered(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    body: Callable[[bytes], bytes | memoryview],
+) -> None:
+    data = _payload(2 * MIB, seed=2)
+    flags_seen = _record_open_flags(monkeypatch)
+    path = tmp_path / "buffered.msgpack"
+    written = body(data)
+    journal.write_file(path, written)
+    assert path.read_bytes() == bytes(written)
+    assert flags_seen
+    assert not any(flags & _O_DIRECT for flags in flags_seen)
+
+
+@pytest.mark.skipif(not _O_DIRECT, reason="this system has no O_DIRECT")
+def test_a_filesystem_refusing_direct_io_gets_a_buffered_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def no_direct_open(path: object, flags: int, *args: object) -> int:
+        if flags & _O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_direct_open)
+    data = _payload(2 * MIB, seed=3)
+    path = tmp_path / "fallback.msgpack"
+    journal.write_file(path, _mapped(data))
+    assert path.read_bytes() == data
+
+
+@pytest.mark.skipif(not _O_DIRECT, reason="this system has no O_DIRECT")
+def test_a_device_refusing_the_direct_write_gets_the_rest_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+    calls = {"n": 0}
+
+    def write_refusing_once(fd: int, data: memoryview) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first direct write went through, the second is refused
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data[: 1 << 16] if calls["n"] == 1 else data)
+
+    monkeypatch.setattr(os, "write", write_refusing_once)
+    data = _payload(2 * MIB + 5, seed=4)
+    path = tmp_path / "partial.msgpack"
+    journal.write_file(path, _mapped(data))
+    assert path.read_bytes() == data
+
+
+def test_other_write_errors_propagate_and_an_existing_file_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "taken.msgpack"
+    path.write_bytes(b"first")
+    with pytest.raises(FileExistsError):
+        journal.write_file(path, b"second")
+    assert path.read_bytes() == b"first"
+
+
+def test_checksum_is_the_crc32_of_the_body_and_matches_it() -> None:
+    data = _payload(3 * MIB + 1, seed=5)
+    recorded = journal.Checksum(memoryview(data)).result()
+    assert recorded == f"crc32:{zlib.crc32(data):08x}"
+    assert journal.matches(data, recorded)
+    damaged = bytearray(data)
+    damaged[MIB] ^= 0x01
+    assert not journal.matches(bytes(damaged), recorded)
+
+
+def test_rows_of_earlier_versions_are_checked_by_their_sha256() -> None:
+    data = b"an update journaled before CRC-32"
+    assert journal.matches(data, hashlib.sha256(data).hexdigest())
+    assert not journal.matches(data + b"!", hashlib.sha256(data).hexdigest())
