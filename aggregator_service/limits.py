@@ -3,7 +3,8 @@
 - `RateLimiter`: a token bucket per key (the client id with authentication, else the
   remote address) for POST /receive; over the limit: 429 with Retry-After.
 - `UploadGate`: at most `slots` upload bodies held at once and `max_waiting` uploads
-  waiting for a slot; one more gets 503 at once instead of queueing without bound.
+  waiting for a slot; one more gets 503 at once instead of queueing without bound. A slot
+  gives its body's buffer to the next upload in line (`body.BodyPool`).
 - `LongPollGate`: at most `limit` GET /get_weights requests held open; a request that
   would have to wait beyond that gets 503 (answering at once would make workers spin).
 
@@ -19,9 +20,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
+from aggregator_service.body import BodyPool
 from aggregator_service.state import UpdateRejected
 
-__all__ = ["BUSY_RETRY_AFTER_S", "LongPollGate", "RateLimiter", "UploadGate"]
+__all__ = ["BUSY_RETRY_AFTER_S", "LongPollGate", "RateLimiter", "UploadGate", "UploadSlot"]
 
 BUSY_RETRY_AFTER_S = 2  # Retry-After of a 503 for a full upload queue or long-poll cap
 MAX_KEYS = 100_000  # buckets remembered; the least recently used go first
@@ -81,6 +83,19 @@ class RateLimiter:
             )
 
 
+class UploadSlot:
+    """One admitted upload: where its body goes."""
+
+    def __init__(self, bodies: BodyPool) -> None:
+        self._bodies = bodies
+        self.body: memoryview | None = None
+
+    def take(self, size: int) -> memoryview:
+        """Return the buffer for a body of `size` bytes (the slot gives it back at its end)."""
+        self.body = self._bodies.take(size)
+        return self.body
+
+
 class UploadGate:
     """Upload slots plus a bounded waiting line; beyond both, 503 `server_busy`."""
 
@@ -89,11 +104,18 @@ class UploadGate:
     ) -> None:
         self._slots = asyncio.Semaphore(slots)
         self._on_refuse = on_refuse
+        self._bodies = BodyPool(keep=slots)
         self.capacity = slots + max_waiting
         self.admitted = 0  # holding a slot or waiting for one
+        self.holding = 0  # holding a slot
+
+    @property
+    def waiting(self) -> int:
+        """Uploads admitted to the line but not yet holding a slot."""
+        return self.admitted - self.holding
 
     @asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
+    async def admit(self) -> AsyncIterator[UploadSlot]:
         """Hold an upload slot for the block, waiting in line if there is room in it."""
         if self.admitted >= self.capacity:
             self._on_refuse("server_busy")
@@ -101,9 +123,18 @@ class UploadGate:
         self.admitted += 1
         try:
             async with self._slots:
-                yield
+                self.holding += 1
+                slot = UploadSlot(self._bodies)
+                try:
+                    yield slot
+                finally:
+                    if slot.body is not None:
+                        self._bodies.give_back(slot.body, hand_on=self.waiting > 0)
+                    self.holding -= 1
         finally:
             self.admitted -= 1
+            if self.admitted == 0:  # e.g. the one in line went away: keep nothing
+                self._bodies.clear()
 
 
 class LongPollGate:

@@ -88,8 +88,8 @@ async def receive(
         raise UpdateRejected(
             415, "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
         )
-    async with upload_gate.admit():
-        body = await read_body(request, settings.max_body_bytes)
+    async with upload_gate.admit() as slot:
+        body = await read_body(request, settings.max_body_bytes, slot.take)
         return await run_in_threadpool(
             _ingest_as, body, request=request, caller=caller, federation=federation
         )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import mmap
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from aggregator_service.body import BodyPool
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
@@ -66,3 +69,69 @@ def test_body_read_into_a_preallocated_buffer_decodes_exactly(
     _, new = global_model(client)
     for name, array in shifted.items():
         np.testing.assert_array_equal(new[name], array)
+
+
+# ----------------------------------------------------------------------- the body pool
+
+MIB = 1 << 20
+
+
+def test_small_bodies_get_plain_buffers_and_large_ones_a_mapping() -> None:
+    pool = BodyPool(keep=2)
+    assert isinstance(pool.take(1000).obj, bytearray)
+    large = pool.take(2 * MIB)
+    assert isinstance(large.obj, mmap.mmap)
+    assert large.nbytes == 2 * MIB
+    assert not large.readonly
+
+
+def test_a_mapping_handed_on_is_reused_for_a_body_of_about_its_size() -> None:
+    pool = BodyPool(keep=2)
+    first = pool.take(2 * MIB)
+    mapping = weakref.ref(first.obj)  # a strong reference would count as a live view
+    first[:5] = b"first"
+    pool.give_back(first, hand_on=True)
+    with pytest.raises(ValueError, match="released"):
+        first[0]
+    second = pool.take(2 * MIB - 100)
+    assert second.obj is mapping()
+    assert second.nbytes == 2 * MIB - 100
+
+
+def test_a_mapping_still_viewed_is_never_reused_and_keeps_its_bytes() -> None:
+    pool = BodyPool(keep=2)
+    first = pool.take(2 * MIB)
+    first[:8] = b"original"
+    reader = np.frombuffer(first[:8], dtype=np.uint8)  # e.g. a decoded tensor still alive
+    mapping = weakref.ref(first.obj)
+    pool.give_back(first, hand_on=True)
+    second = pool.take(2 * MIB)
+    assert second.obj is not mapping()
+    second[:8] = b"new body"
+    assert reader.tobytes() == b"original"
+
+
+def test_nothing_is_kept_without_a_next_upload_or_for_another_size() -> None:
+    pool = BodyPool(keep=2)
+    first = pool.take(4 * MIB)
+    mapping = weakref.ref(first.obj)
+    pool.give_back(first, hand_on=False)
+    assert mapping() is None  # unmapped and gone
+    kept = pool.take(4 * MIB)
+    kept_mapping = weakref.ref(kept.obj)
+    pool.give_back(kept, hand_on=True)
+    assert kept_mapping() is not None
+    smaller = pool.take(2 * MIB)  # 4 MiB is too large to hold 2 MiB: unmapped, not kept
+    assert smaller.obj is not kept_mapping()
+    assert kept_mapping() is None
+
+
+def test_at_most_keep_mappings_are_kept() -> None:
+    pool = BodyPool(keep=1)
+    bodies = [pool.take(2 * MIB) for _ in range(2)]
+    mappings = [weakref.ref(body.obj) for body in bodies]
+    for body in bodies:
+        pool.give_back(body, hand_on=True)
+    assert mappings[0]() is not None
+    assert mappings[1]() is None
+    assert pool.take(2 * MIB).obj is mappings[0]()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import statistics
 import threading
 import time
@@ -10,7 +11,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from aggregator_service import body
 from shared.wire import decode_message, decode_weights
 from tests.aggregator_service.helpers import (
     MSGPACK,
@@ -23,37 +26,64 @@ from tests.aggregator_service.helpers import (
     wait_for,
 )
 
+Updates = dict[str, tuple[dict[str, np.ndarray], int]]
 
-def test_ten_threads_posting_give_the_exact_weighted_mean(start_app: AppFactory) -> None:
-    client_ids = [f"c{i}" for i in range(10)]
-    client = start_app(experiment(min_fit_clients=10, min_available_clients=10))
+
+def _post_at_once_and_check_the_mean(client: TestClient, client_ids: list[str]) -> None:
+    """Post a random update per client from a thread each, all at once; check the mean."""
     register(client, *client_ids)
     wait_for(client, lambda s: s["phase"] == "training")
     _, weights = global_model(client)
     rng = np.random.default_rng(0)
-    updates = {
+    updates: Updates = {
         cid: ({k: rng.normal(size=a.shape).astype(a.dtype) for k, a in weights.items()}, i + 1)
         for i, cid in enumerate(client_ids)
     }
+    bodies = {cid: update_body(cid, 1, u, num_examples=n) for cid, (u, n) in updates.items()}
+    start = threading.Barrier(len(client_ids))
     replies: list[int] = []
 
     def post(cid: str) -> None:
-        update, n = updates[cid]
-        body = update_body(cid, 1, update, num_examples=n)
-        replies.append(client.post("/receive", content=body, headers=MSGPACK).status_code)
+        start.wait(30)
+        replies.append(client.post("/receive", content=bodies[cid], headers=MSGPACK).status_code)
 
     threads = [threading.Thread(target=post, args=(cid,)) for cid in client_ids]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert replies == [200] * 10
+    assert replies == [200] * len(client_ids)
     wait_for(client, lambda s: s["round"] == 2)
     _, new = global_model(client)
     total = sum(n for _, n in updates.values())
     for name in weights:
         expected = sum(u[name].astype(np.float64) * n for u, n in updates.values()) / total
         np.testing.assert_allclose(new[name], expected.astype(np.float32), rtol=1e-5, atol=1e-6)
+
+
+def test_ten_threads_posting_give_the_exact_weighted_mean(start_app: AppFactory) -> None:
+    client_ids = [f"c{i}" for i in range(10)]
+    client = start_app(experiment(min_fit_clients=10, min_available_clients=10))
+    _post_at_once_and_check_the_mean(client, client_ids)
+
+
+def test_large_updates_through_one_slot_reuse_body_buffers_and_give_the_exact_mean(
+    start_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allocated: list[int] = []
+    fresh = body._allocate
+
+    def counting_allocate(size: int) -> bytearray | mmap.mmap:
+        allocated.append(size)
+        return fresh(size)
+
+    monkeypatch.setattr(body, "_allocate", counting_allocate)
+    client_ids = [f"c{i}" for i in range(8)]
+    config = experiment(model="cnn", min_fit_clients=8, min_available_clients=8)
+    client = start_app(config, max_concurrent_uploads=1)
+    _post_at_once_and_check_the_mean(client, client_ids)
+    assert min(allocated) > 1 << 20  # 6.6 MB updates: mapped bodies
+    assert len(allocated) < len(client_ids)  # some uploads took the buffer of the one before
 
 
 @pytest.mark.slow

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import mmap
 import shutil
 import socket
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import httpx
@@ -13,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from aggregator_service.app import create_app
-from aggregator_service.limits import RateLimiter
+from aggregator_service.limits import RateLimiter, UploadGate
 from aggregator_service.settings import AggregatorSettings
 from tests.aggregator_service.helpers import (
     MSGPACK,
@@ -123,6 +126,53 @@ def test_full_upload_queue_answers_503_at_once_with_retry_after(tmp_path: Path) 
         _wait_until(lambda: gate.admitted == 0)
         again = httpx.post(f"{url}/receive", content=b"\xc1", headers=MSGPACK, timeout=10)
         assert again.status_code == 400
+
+
+def test_a_slot_hands_its_body_buffer_to_the_upload_waiting_in_line() -> None:
+    size = 2 << 20
+    bodies: dict[str, weakref.ref[mmap.mmap]] = {}
+    reused: list[bool] = []
+
+    async def scenario() -> UploadGate:
+        gate = UploadGate(slots=1, max_waiting=2)
+        first_may_end = asyncio.Event()
+
+        async def upload(name: str) -> None:
+            async with gate.admit() as slot:
+                body = slot.take(size)
+                assert isinstance(body.obj, mmap.mmap)
+                if name == "second":
+                    reused.append(body.obj is bodies["first"]())
+                bodies[name] = weakref.ref(body.obj)
+                if name == "first":
+                    await first_may_end.wait()
+
+        first = asyncio.create_task(upload("first"))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(upload("second"))
+        await asyncio.sleep(0)
+        assert (gate.holding, gate.waiting) == (1, 1)
+        first_may_end.set()
+        await asyncio.gather(first, second)
+        return gate
+
+    gate = asyncio.run(scenario())
+    assert reused == [True]
+    assert bodies["second"]() is None  # nobody was in line after the second: unmapped
+    assert (gate.admitted, gate.holding) == (0, 0)
+
+
+def test_uploads_one_at_a_time_get_fresh_buffers_and_keep_none() -> None:
+    gate = UploadGate(slots=2, max_waiting=2)
+    seen: list[weakref.ref[mmap.mmap]] = []
+
+    async def upload() -> None:
+        async with gate.admit() as slot:
+            seen.append(weakref.ref(slot.take(2 << 20).obj))
+
+    for _ in range(2):
+        asyncio.run(upload())
+    assert [ref() for ref in seen] == [None, None]
 
 
 def test_long_poll_cap_refuses_to_hold_more_with_503(start_app: AppFactory) -> None:
