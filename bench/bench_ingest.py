@@ -13,7 +13,9 @@ and right before the round's uploads, the baselines of that repetition are measu
   `read_body` under the same upload slots) that answers 200 once the body is read and
   does nothing with it;
 - raw fsync write (persistence on only): the N bodies written to the state dir's
-  filesystem one after the other, each file fsynced, as the store does with an update.
+  filesystem one after the other, each file fsynced, as the store did with an update;
+- raw direct write (persistence on only): the same, with O_DIRECT from page-aligned copies
+  of the bodies (the disk without the page cache, as the store now writes an update).
 
 Then ingest: N threads each POST their update at the same moment; from the first byte
 sent to the last 200 reply. Once with ``--no-persist-updates``, once more so with
@@ -32,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import functools
+import mmap
 import multiprocessing
 import os
 import socket
@@ -70,6 +74,7 @@ from aggregator_service.settings import AggregatorSettings
 
 __all__ = [
     "Timing",
+    "direct_write",
     "fsync_write",
     "ingest_rounds",
     "main",
@@ -85,6 +90,8 @@ RAW_TCP, HTTP_READ, INGEST_OFF = "raw TCP", "HTTP read only", "ingest, persisten
 RAW_TCP_AGAIN = "raw TCP (before the uvicorn-path rounds)"
 INGEST_PLAIN = "ingest, persistence off, --no-direct-uploads"
 RAW_WRITE, INGEST_ON = "raw fsync write", "ingest, persistence on"
+RAW_DIRECT = "raw direct write"
+ALIGNMENT = 4096  # O_DIRECT: address and length in multiples of this
 Span = tuple[float, float]  # perf_counter at the first byte sent, at the reply
 Measure = Callable[[Sequence[bytes]], None]
 
@@ -224,14 +231,55 @@ def post_together(server: Aggregator, bodies: Sequence[bytes]) -> Timing:
 
 def fsync_write(directory: Path, bodies: Sequence[bytes]) -> Timing:
     """Write each body to its own file in `directory`, one after the other, each fsynced."""
+
+    def write(path: Path, body: bytes) -> None:
+        with open(path, "wb") as file:
+            file.write(body)
+            file.flush()
+            os.fsync(file.fileno())
+
+    return _timed_writes(directory, bodies, write)
+
+
+def direct_write(directory: Path, bodies: Sequence[bytes]) -> Timing:
+    """Like `fsync_write`, with O_DIRECT from page-aligned copies (made before the clock)."""
+    copies = []
+    for body in bodies:
+        mapping = mmap.mmap(-1, len(body), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        mapping[:] = body
+        copies.append(mapping)
+
+    def write(path: Path, body: mmap.mmap) -> None:
+        view = memoryview(body)
+        aligned = len(view) - len(view) % ALIGNMENT
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+        try:
+            done = 0
+            while done < aligned:
+                done += os.write(fd, view[done:aligned])
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            while done < len(view):
+                done += os.write(fd, view[done:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            view.release()
+
+    try:
+        return _timed_writes(directory, copies, write)
+    finally:
+        for mapping in copies:
+            mapping.close()
+
+
+def _timed_writes(
+    directory: Path, bodies: Sequence[Any], write: Callable[[Path, Any], None]
+) -> Timing:
     paths = [directory / f"raw-write-{i}.bin" for i in range(len(bodies))]
 
     def write_all() -> None:
         for path, body in zip(paths, bodies, strict=True):
-            with open(path, "wb") as file:
-                file.write(body)
-                file.flush()
-                os.fsync(file.fileno())
+            write(path, body)
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -312,13 +360,15 @@ def report(results: dict[str, list[Timing]]) -> str:
     """Render the figures, the per-repetition ratios and every repetition as Markdown tables."""
     header = ["transfer", "best GB/s", "median GB/s", "median s"]
     header += ["server CPU s", "client CPU s", "rest CPU s"]
-    names = [RAW_TCP, HTTP_READ, INGEST_OFF, RAW_TCP_AGAIN, INGEST_PLAIN, RAW_WRITE, INGEST_ON]
+    names = [RAW_TCP, HTTP_READ, INGEST_OFF, RAW_TCP_AGAIN, INGEST_PLAIN, RAW_WRITE, RAW_DIRECT]
+    names.append(INGEST_ON)
     ratios = [
         _ratio_row(results, INGEST_OFF, RAW_TCP, ">= 0.5 (target)"),
         _ratio_row(results, HTTP_READ, RAW_TCP, "-"),
         _ratio_row(results, INGEST_OFF, HTTP_READ, "-"),
         _ratio_row(results, INGEST_PLAIN, RAW_TCP_AGAIN, "-"),
         _ratio_row(results, INGEST_ON, RAW_WRITE, ">= 0.8 (target)"),
+        _ratio_row(results, INGEST_ON, RAW_DIRECT, "-"),
     ]
     repetitions = [[name, " ".join(f"{t.gbps:.2f}" for t in results[name])] for name in names]
     return "\n\n".join(
@@ -333,7 +383,7 @@ def report(results: dict[str, list[Timing]]) -> str:
 def run(*, clients: int, repeats: int, work: Path) -> tuple[dict[str, list[Timing]], int]:
     """Measure everything; return the timings by name and the size of one update."""
     results: dict[str, list[Timing]] = {
-        name: [] for name in (RAW_TCP, HTTP_READ, RAW_TCP_AGAIN, RAW_WRITE)
+        name: [] for name in (RAW_TCP, HTTP_READ, RAW_TCP_AGAIN, RAW_WRITE, RAW_DIRECT)
     }
     with (
         _spawned(_tcp_sink, SOCKET_BUFFER) as tcp_sink,
@@ -367,6 +417,7 @@ def run(*, clients: int, repeats: int, work: Path) -> tuple[dict[str, list[Timin
 
     def write_baseline(bodies: Sequence[bytes]) -> None:
         results[RAW_WRITE].append(fsync_write(work, bodies))
+        results[RAW_DIRECT].append(direct_write(work, bodies))
 
     results[INGEST_ON], _ = ingest_rounds(
         work / "state-on",
