@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from aggregator_service import journal
+from aggregator_service.store import RunStore, StoreError
 
 MIB = 1 << 20
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -150,3 +151,19 @@ def test_rows_of_earlier_versions_are_checked_by_their_sha256() -> None:
     data = b"an update journaled before CRC-32"
     assert journal.matches(data, hashlib.sha256(data).hexdigest())
     assert not journal.matches(data + b"!", hashlib.sha256(data).hexdigest())
+
+
+@pytest.mark.parametrize("size", [100, 2 * MIB], ids=["buffered", "direct"])
+def test_a_full_disk_fails_the_write_and_the_store_keeps_no_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    def disk_full(fd: int, data: memoryview) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with RunStore(tmp_path / "state") as store:
+        monkeypatch.setattr(os, "write", disk_full)
+        with pytest.raises(StoreError, match="No space left"):
+            store.save_update(1, "client-a", 10, _mapped(_payload(size, seed=6)))
+        monkeypatch.undo()
+        assert store.pending_updates(1) == []
+        assert not [p for p in (store.state_dir / "updates").rglob("*") if p.is_file()]
