@@ -10,8 +10,8 @@ and right before the round's uploads, the baselines of that repetition are measu
   the sink has read every byte;
 - HTTP read only: the same uploads to a stand-in server process running the service's
   HTTP stack (uvicorn with the service's direct-upload protocol, FastAPI, the service's
-  `read_body` under the same upload slots) that answers 200 once the body is read and
-  does nothing with it;
+  `read_body` under the service's upload slots, `UploadGate`) that answers 200 once the
+  body is read and does nothing with it;
 - raw fsync write (persistence on only): the N bodies written to the state dir's
   filesystem one after the other, each file fsynced, as the store did with an update;
 - raw direct write (persistence on only): the same, with O_DIRECT from page-aligned copies
@@ -33,7 +33,6 @@ Run: ``.venv/bin/python bench/bench_ingest.py [--clients 10] [--repeats 5]``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import fcntl
 import functools
 import mmap
@@ -70,6 +69,7 @@ from fastapi import FastAPI, Request
 
 from aggregator_service.body import read_body
 from aggregator_service.fastpath import DirectUploadProtocol
+from aggregator_service.limits import UploadGate
 from aggregator_service.settings import AggregatorSettings
 
 __all__ = [
@@ -194,13 +194,13 @@ def raw_tcp(sink: tuple[int, int], bodies: Sequence[bytes]) -> Timing:
 def _read_only_app(upload_slots: int) -> FastAPI:
     """An app whose POST /receive reads the body as the aggregator's does, then answers."""
     app = FastAPI()
-    slots = asyncio.Semaphore(upload_slots)
+    gate = UploadGate(slots=upload_slots, max_waiting=1000)
 
     @app.post("/receive")
     async def receive(request: Request) -> dict[str, int]:
-        async with slots:
-            body = await read_body(request, 1 << 30)
-        return {"received": len(body)}
+        async with gate.admit() as slot:  # the service's slots, which hand body buffers on
+            body = await read_body(request, 1 << 30, slot.take)
+            return {"received": len(body)}
 
     return app
 
