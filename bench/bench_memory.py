@@ -1,14 +1,17 @@
 """Aggregator peak memory while one round absorbs N ResNet18 updates (N = 10, 50, 100).
 
 For each N a fresh aggregator process runs one round with min_fit_clients =
-min_available_clients = N and fraction_fit 1.0. N clients register; once the round is open
-and the model was fetched once (its payload built), the server's resident size is read
-(idle RSS) and its peak counter VmHWM reset to it (Linux clear_refs). Then the N updates
-are posted by `--concurrency` client threads (each encodes its own client's body just
-before posting, so at most that many bodies live on the client side), and VmHWM is read:
-once when the last update was acknowledged (absorbing), once after the round closed
-(finalize, checkpoint, publish). Growth = peak - idle, also as a multiple of the model's
-bytes. Run: ``.venv/bin/python bench/bench_memory.py``.
+min_available_clients = N and fraction_fit 1.0. N - 1 clients register and the server's
+resident size is read (before the round opens: FedAvg's float64 sums do not exist yet);
+the last one registers; once the round is open and the model was fetched once (its
+payload built), the resident size is read again (idle RSS: it now holds the sums, which
+the round allocates when it opens) and the peak counter VmHWM reset to it (Linux
+clear_refs). Then the N updates are posted by `--concurrency` client threads (each
+encodes its own client's body just before posting, so at most that many bodies live on
+the client side), and VmHWM is read: once when the last update was acknowledged
+(absorbing), once after the round closed (finalize, checkpoint, publish). Growth = peak -
+idle, also as a multiple of the model's bytes; growth over the size before the round
+opened counts the sums too. Run: ``.venv/bin/python bench/bench_memory.py``.
 """
 
 from __future__ import annotations
@@ -48,14 +51,16 @@ class Footprint:
     clients: int
     persist: bool
     model_bytes: int
+    before_open: int
     idle: int
     peak_absorbing: int
     peak_round: int
     seconds: float
 
-    def growth(self, peak: int) -> float:
-        """Growth of `peak` over idle, as a multiple of the model's bytes."""
-        return (peak - self.idle) / self.model_bytes
+    def growth(self, peak: int, *, since_open: bool = False) -> float:
+        """Growth of `peak` over idle (or over the size before the round opened), x model."""
+        base = self.before_open if since_open else self.idle
+        return (peak - base) / self.model_bytes
 
 
 def absorb_round(
@@ -75,7 +80,10 @@ def absorb_round(
         persist_updates=persist,
         env=env,
     ) as server:
-        register_clients(server, client_ids)
+        register_clients(server, client_ids[:-1])
+        wait_for_status(server, lambda s: s["registered_clients"] == clients - 1)
+        before_open = read_memory(server.pid)["VmRSS"]
+        register_clients(server, client_ids[-1:])
         wait_for_status(server, lambda s: s["phase"] == "training")
         weights = fetch_model(server, client_ids[0])
         idle = read_memory(server.pid)["VmRSS"]
@@ -85,7 +93,9 @@ def absorb_round(
         wait_for_status(server, lambda s: s["phase"] == "finished", timeout=300)
         peak_round = read_memory(server.pid)["VmHWM"]
     model_bytes = sum(a.nbytes for a in weights.values())
-    return Footprint(clients, persist, model_bytes, idle, peak_absorbing, peak_round, seconds)
+    return Footprint(
+        clients, persist, model_bytes, before_open, idle, peak_absorbing, peak_round, seconds
+    )
 
 
 def _post_all(
@@ -106,24 +116,24 @@ def _post_all(
 
 
 def _row(footprint: Footprint) -> list[str]:
-    mib = [footprint.idle, footprint.peak_absorbing, footprint.peak_round]
+    mib = [footprint.before_open, footprint.idle, footprint.peak_absorbing, footprint.peak_round]
     return [
         str(footprint.clients),
         "on" if footprint.persist else "off",
         *(f"{value / MIB:.0f}" for value in mib),
-        f"{(footprint.peak_absorbing - footprint.idle) / MIB:.0f}",
         f"{footprint.growth(footprint.peak_absorbing):.3f}",
-        f"{(footprint.peak_round - footprint.idle) / MIB:.0f}",
         f"{footprint.growth(footprint.peak_round):.3f}",
+        f"{footprint.growth(footprint.peak_absorbing, since_open=True):.3f}",
+        f"{footprint.growth(footprint.peak_round, since_open=True):.3f}",
         f"{footprint.seconds:.1f}",
     ]
 
 
 def report(footprints: Sequence[Footprint]) -> str:
     """Render the measured footprints as a Markdown table (MiB, and x model bytes)."""
-    header = ["N", "persist", "idle MiB", "peak absorbing MiB", "peak with close MiB"]
-    header += ["growth absorbing MiB", "x model", "growth with close MiB", "x model"]
-    header += ["posting s"]
+    header = ["N", "persist", "before open MiB", "idle MiB", "peak absorbing MiB"]
+    header += ["peak with close MiB", "growth absorbing x model", "with close x model"]
+    header += ["since before open: absorbing x model", "with close x model", "posting s"]
     return markdown_table(header, [_row(f) for f in footprints])
 
 
