@@ -1,7 +1,8 @@
 """Several virtual clients in one process: one thread each, sharing one loaded dataset.
 
-Client k trains on partition k with its own `httpx.Client` and model; with `train_slots`
-at most that many of the process's clients train at the same time.
+Client k trains on partition k with its own `httpx.Client`; with `train_slots` at most
+that many of the process's clients train at the same time, and they share twice that many
+model modules (one to train, one to post from, per slot; without a limit, one per client).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 import httpx
 
 from client_worker.feed import ModelFeed
+from client_worker.local_model import ModelPool
 from client_worker.network import Sleep
 from client_worker.settings import WorkerSettings
 from client_worker.summary import Activity, WorkerSummary
@@ -45,6 +47,8 @@ def run_virtual_clients(
     config = settings.experiment_for_worker(config)
     if dataset is None:
         dataset = dataset_from_config(config)
+    train_slots = settings.train_slots
+    models = ModelPool(dataset, 2 * train_slots if train_slots is not None else None)
     summaries: dict[int, WorkerSummary] = {}
     errors: list[BaseException] = []
 
@@ -63,6 +67,7 @@ def run_virtual_clients(
                 activity=activity,
                 slots=slots,
                 feed=feed,
+                models=models,
             )
         except BaseException as exc:  # handed to the caller below
             errors.append(exc)

@@ -13,6 +13,7 @@ with `train_slots` at most that many of them train at the same time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -24,7 +25,7 @@ from torch import nn
 
 from client_worker.errors import StopRequested, UpdateRejected
 from client_worker.feed import ModelFeed
-from client_worker.local_model import LocalModel
+from client_worker.local_model import LocalModel, ModelPool
 from client_worker.network import NetworkSimulator, Sleep, event_sleep
 from client_worker.retry import Backoff
 from client_worker.settings import WorkerSettings
@@ -62,6 +63,7 @@ def run_worker(
     activity: Activity | None = None,
     slots: TrainingSlots | None = None,
     feed: ModelFeed | None = None,
+    models: ModelPool | None = None,
 ) -> WorkerSummary:
     """Run one client until the federation finishes, max_rounds are trained, or `stop`.
 
@@ -69,8 +71,9 @@ def run_worker(
     tests (an `httpx.MockTransport`, a sleep that only records); `activity` tells a caller
     whether a stop must wait for a round in progress; `slots` (shared by virtual clients,
     default: the settings' train_slots) bounds the trainings at once; `feed` (shared by
-    virtual clients) downloads each global model once for all of them. Server errors that
-    a retry cannot heal propagate as `FatalServerError`.
+    virtual clients) downloads each global model once for all of them; `models` (shared by
+    virtual clients, default: one module of its own) lends the module to train. Server
+    errors that a retry cannot heal propagate as `FatalServerError`.
     """
     config = settings.experiment_for_worker(config)
     if dataset is None:
@@ -78,17 +81,19 @@ def run_worker(
     stop = stop if stop is not None else threading.Event()
     activity = activity if activity is not None else Activity()
     slots = slots if slots is not None else TrainingSlots(settings.train_slots)
-    parts = _Shared(activity, slots, feed)
+    models = models if models is not None else ModelPool(dataset)
+    parts = _Shared(activity, slots, feed, models)
     return _Worker(settings, config, dataset, stop, transport, sleep, parts).run()
 
 
 @dataclass(frozen=True)
 class _Shared:
-    """What the clients of a process share: activity, training slots, the model feed."""
+    """What the clients of a process share: activity, training slots, feed, model pool."""
 
     activity: Activity
     slots: TrainingSlots
     feed: ModelFeed | None
+    models: ModelPool
 
 
 class _Worker:
@@ -138,7 +143,7 @@ class _Worker:
             "dataset": config.dataset,
             "num_partitions": settings.resolved_num_partitions(config),
         }
-        self.model = LocalModel(self.client_id, dataset, config.model, expected)
+        self.model = LocalModel(self.client_id, shared.models, config.model, expected)
         self.activity = shared.activity
         self.slots = shared.slots
         self.feed = shared.feed
@@ -228,7 +233,6 @@ class _Worker:
         if self.network.drops_round(server_round):
             self._skip(server_round, "simulated dropout")
             return
-        model = self.model.load(reply)
         try:
             train_config = TrainConfig.from_round_config(reply.config)
         except ValueError as exc:
@@ -239,8 +243,9 @@ class _Worker:
             int(reply.config.get("seed", self.config.seed)), self.partition_id, server_round
         )
         try:
-            with self.slots.hold(self.stop):  # the wait is not part of train_seconds
-                result = train(
+            with self.model.loaded(reply, self.stop) as model:  # held until the update is posted
+                work = functools.partial(
+                    train,
                     model,
                     self.images,
                     self.labels,
@@ -249,10 +254,10 @@ class _Worker:
                     stop=self.stop,
                     max_batches=crash_at,
                 )
+                result = self.slots.run(work, self.stop)  # the wait is not in train_seconds
+                self._post(server_round, model, result, train_config.local_epochs)
         except TrainingInterrupted as exc:
             self._interrupted(server_round, exc)
-            return
-        self._post(server_round, model, result, train_config.local_epochs)
 
     def _post(
         self, server_round: int, model: nn.Module, result: TrainResult, local_epochs: int

@@ -331,3 +331,34 @@ def test_no_slot_limit_never_waits_and_zero_slots_are_refused() -> None:
         pass
     with pytest.raises(ValueError, match="train_slots must be at least 1"):
         TrainingSlots(0)
+
+
+def test_trainings_run_on_the_slots_own_threads_under_the_callers_names() -> None:
+    slots = TrainingSlots(2)
+    seen: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def work() -> int:
+        with lock:
+            seen.append((threading.get_ident(), threading.current_thread().name))
+        time.sleep(0.01)
+        return 7
+
+    results: list[int] = []
+    clients = [
+        threading.Thread(target=lambda: results.append(slots.run(work)), name=f"client-{i}")
+        for i in range(6)
+    ]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(10.0)
+    assert results == [7] * 6
+    assert len({ident for ident, _ in seen}) <= 2  # two slots: at most two training threads
+    assert sorted(name for _, name in seen) == [f"client-{i}" for i in range(6)]
+    assert {ident for ident, _ in seen}.isdisjoint(c.ident for c in clients)
+
+
+def test_without_a_slot_limit_training_runs_on_the_callers_thread() -> None:
+    slots = TrainingSlots(None)
+    assert slots.run(threading.get_ident) == threading.get_ident()

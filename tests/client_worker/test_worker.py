@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from client_worker import local_model
 from client_worker.errors import FatalServerError
 from client_worker.settings import WorkerSettings
 from client_worker.summary import Activity
@@ -585,3 +586,39 @@ def test_a_stop_reaches_a_client_waiting_for_a_training_slot(
     assert len(holder) == 1  # the waiter never trained
     assert [s.outcome for s in summaries] == ["stopped", "stopped"]
     assert fake.posts == []
+
+
+def test_virtual_clients_on_one_slot_share_two_modules_and_post_what_they_would_alone(
+    config: ExperimentConfig,
+    dataset: Dataset,
+    global_weights: dict[str, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+    real_build = local_model.build_model
+
+    def counting_build(name: str, **kwargs: Any) -> Any:
+        built.append(name)
+        return real_build(name, **kwargs)
+
+    monkeypatch.setattr(local_model, "build_model", counting_build)
+    states = [_State(1, "training", ["0", "1", "2"], wait_for_posts=True), _State(1, "finished")]
+    shared = FakeAggregator(states, global_weights)
+    _run_three(shared, config, dataset, train_slots=1)
+    assert len(built) <= 2  # 2 x train_slots modules for 3 clients
+    for client_id in ("0", "1", "2"):
+        alone = FakeAggregator(
+            [_State(1, "training", [client_id]), _State(2, "finished")], global_weights
+        )
+        settings = WorkerSettings(server_url="http://agg.test", client_id=client_id)
+        run_worker(
+            settings,
+            config,
+            dataset=dataset,
+            transport=httpx.MockTransport(alone.handler),
+            sleep=_Sleeps(),
+        )
+        (mine,) = [p for p in shared.posts if p["client_id"] == client_id]
+        theirs = decode_weights(alone.posts[0]["weights"])
+        for name, array in decode_weights(mine["weights"]).items():
+            np.testing.assert_array_equal(array, theirs[name], err_msg=f"{client_id}: {name}")
