@@ -7,8 +7,9 @@ does the waiting. When a round is training and this client is selected, it train
 received global model on its partition and posts the result. It ends when the server
 says "finished", when `max_rounds` rounds are trained (bounded mode) or on a stop request.
 Several virtual clients can share one process and one loaded dataset, one thread each
-(`client_worker.virtual`), and one download of each global model (`client_worker.feed`);
-with `train_slots` at most that many of them train at the same time.
+(`client_worker.virtual`), one download of each global model (`client_worker.feed`) and
+a pool of model modules (`client_worker.local_model`); with `train_slots` at most that
+many of them train at the same time.
 """
 
 from __future__ import annotations
