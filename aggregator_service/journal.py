@@ -10,8 +10,8 @@ page-aligned, small bodies and filesystems that refuse ``O_DIRECT`` (tmpfs on ol
 kernels, non-Linux systems) get an ordinary buffered write. Either way the file is fsynced
 before it is renamed into place, so it is whole or absent.
 
-Each body carries a CRC-32 (``zlib.crc32``, the checksum of zip and gzip), computed on a
-thread of its own while the body is written: it detects a damaged file at recovery, which
+Each body carries a CRC-32 (``zlib.crc32``, the checksum of zip and gzip), which the store
+computes on another thread while the body is written: it detects a damaged file at recovery, which
 is all the journal needs (it is deleted a round later; whoever can write the state dir can
 rewrite its database too, so a cryptographic digest would protect nothing more). Rows
 written by earlier versions carry a sha256, which `matches` still verifies.
@@ -23,13 +23,12 @@ import errno
 import fcntl
 import hashlib
 import os
-import threading
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ALIGNMENT", "Checksum", "matches", "write_file"]
+__all__ = ["ALIGNMENT", "checksum", "matches", "write_file"]
 
 ALIGNMENT = 4096  # O_DIRECT: buffer address and write length in multiples of this
 _DIRECT_FROM = 1 << 20  # smaller bodies are written through the page cache
@@ -37,29 +36,15 @@ _CRC32 = "crc32:"
 _O_DIRECT = getattr(os, "O_DIRECT", 0)  # 0 where the system has no direct I/O
 
 
-class Checksum(threading.Thread):
-    """The CRC-32 of a buffer, computed on a thread of its own (zlib releases the GIL)."""
-
-    def __init__(self, body: bytes | bytearray | memoryview) -> None:
-        super().__init__(name="journal-crc32", daemon=True)
-        self._body = body
-        self._value = 0
-        self.start()
-
-    def run(self) -> None:
-        self._value = zlib.crc32(self._body)
-        self._body = b""
-
-    def result(self) -> str:
-        """Wait for the checksum; return it in the form the journal records."""
-        self.join()
-        return f"{_CRC32}{self._value:08x}"
+def checksum(body: bytes | bytearray | memoryview) -> str:
+    """Return the CRC-32 of `body` in the form the journal records (zlib releases the GIL)."""
+    return f"{_CRC32}{zlib.crc32(body):08x}"
 
 
 def matches(body: bytes, recorded: str) -> bool:
     """Tell whether `body` has the checksum `recorded` (a CRC-32, or an older sha256)."""
     if recorded.startswith(_CRC32):
-        return f"{_CRC32}{zlib.crc32(body):08x}" == recorded
+        return checksum(body) == recorded
     return hashlib.sha256(body).hexdigest() == recorded
 
 

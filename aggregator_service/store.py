@@ -32,6 +32,7 @@ import threading
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -72,6 +73,7 @@ class RunStore:
         self.keep = keep
         self._lock = threading.Lock()
         self._removers: list[threading.Thread] = []
+        self._hashing = futures.ThreadPoolExecutor(4, thread_name_prefix="store-hash")
         try:
             (self.state_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             (self.state_dir / "updates").mkdir(exist_ok=True)
@@ -95,7 +97,7 @@ class RunStore:
         _check_round(server_round)
         path = self.state_dir / "checkpoints" / f"round-{server_round:06d}.npz"
         try:
-            digest = _write_atomic(path, lambda f: _write_npz(f, weights), hashed=True)
+            digest = _write_atomic(path, lambda f: _write_npz(f, weights), self._hashing)
         except OSError as exc:
             raise StoreError(f"cannot write checkpoint {path}: {exc}") from exc
         with self._transaction() as db:
@@ -149,7 +151,7 @@ class RunStore:
         round_dir = self.state_dir / "updates" / str(server_round)
         client_digest = hashlib.sha256(client_id.encode("utf-8", "surrogatepass")).hexdigest()
         path = round_dir / f"{client_digest[:32]}-{uuid.uuid4().hex[:12]}.msgpack"
-        checksum = journal.Checksum(body)  # computed on its own thread during the write
+        checksum = self._hashing.submit(journal.checksum, body)  # beside the write
         try:
             if not round_dir.is_dir():
                 round_dir.mkdir(exist_ok=True)
@@ -159,7 +161,7 @@ class RunStore:
         except OSError as exc:
             raise StoreError(f"cannot write the update of {client_id!r} to {path}: {exc}") from exc
         finally:
-            checksum.join()
+            futures.wait([checksum])
         row = (server_round, client_id, num_examples, path.name, checksum.result())
         try:
             with self._transaction() as db:
@@ -270,6 +272,7 @@ class RunStore:
         """Close the database (after pending deletions); the store cannot be used afterwards."""
         for remover in self._removers:
             remover.join()
+        self._hashing.shutdown()
         with self._lock:
             self._db.close()
 
@@ -324,23 +327,24 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         return {name: archive[name] for name in archive.files}
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object], *, hashed: bool = False) -> str:
+def _write_atomic(
+    path: Path, write: Callable[[BinaryIO], object], hashing: futures.Executor
+) -> str:
     """Write a file through a temp file in its directory, fsync, rename, fsync the dir.
 
-    With `hashed`, return the sha256 of the file, read back on a thread while it is fsynced.
+    Return the sha256 of the file, read back on `hashing` while it is fsynced.
     """
-    digest: _Digest | None = None
+    digest: futures.Future[str] | None = None
     try:
         with _atomic_path(path) as temp, open(temp, "wb") as file:
             write(file)
             file.flush()
-            if hashed:
-                digest = _Digest(open(temp, "rb"))  # noqa: SIM115 (the thread closes it)
+            digest = hashing.submit(_sha256_and_close, open(temp, "rb"))  # noqa: SIM115
             os.fsync(file.fileno())
     finally:
         if digest is not None:
-            digest.join()
-    return digest.result() if digest is not None else ""
+            futures.wait([digest])
+    return digest.result()
 
 
 @contextlib.contextmanager
@@ -372,32 +376,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-class _Digest(threading.Thread):
-    """The sha256 of an open file (which it closes), read on a thread of its own.
-
-    hashlib releases the GIL, so the hash runs beside the fsync of the caller.
-    """
-
-    def __init__(self, source: BinaryIO) -> None:
-        super().__init__(name="sha256", daemon=True)
-        self._source = source
-        self._hexdigest = ""
-        self._error: OSError | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            with self._source as source:
-                self._hexdigest = _sha256_of(source)
-        except OSError as exc:
-            self._error = exc
-
-    def result(self) -> str:
-        """Wait for the hash and return it as hex; re-raise a failed read."""
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return self._hexdigest
+def _sha256_and_close(file: BinaryIO) -> str:
+    with file:
+        return _sha256_of(file)
 
 
 def _sha256_file(path: Path) -> str:

@@ -181,7 +181,7 @@ class FedAvg:
 
         Zeroing resident arrays is a memset. Fresh ones are written here too (np.full, not
         np.zeros): otherwise the kernel would zero their pages one fault at a time inside
-        the first update's fold, 70-95 ms for ResNet18 on the benchmark machine, with the
+        the first update's fold, 170 ms for ResNet18 on the benchmark machine, with the
         fold's lock held and uploads waiting.
         """
         spare, self._spare = self._spare, {}

@@ -139,7 +139,7 @@ def test_other_write_errors_propagate_and_an_existing_file_is_kept(tmp_path: Pat
 
 def test_checksum_is_the_crc32_of_the_body_and_matches_it() -> None:
     data = _payload(3 * MIB + 1, seed=5)
-    recorded = journal.Checksum(memoryview(data)).result()
+    recorded = journal.checksum(memoryview(data))
     assert recorded == f"crc32:{zlib.crc32(data):08x}"
     assert journal.matches(data, recorded)
     damaged = bytearray(data)
