@@ -80,15 +80,24 @@ def create_app(
             )
         _log_access(access, settings)
         count = running.state.count_rejection
-        watch = ModelWatch(asyncio.get_running_loop())
-        running.state.on_publish = watch.notify
-        app.state.federation = running
-        app.state.watch = watch
-        app.state.upload_gate = UploadGate(
+        loop = asyncio.get_running_loop()
+        watch = ModelWatch(loop)
+        upload_gate = UploadGate(
             slots=settings.max_concurrent_uploads,
             max_waiting=settings.max_queued_uploads,
             on_refuse=count,
         )
+
+        def on_publish() -> None:  # on the round loop's thread
+            watch.notify()
+            published = running.state.published
+            training = published.phase == "training"
+            upload_gate.prepare(len(published.payload) if training else None, loop)
+
+        running.state.on_publish = on_publish
+        app.state.federation = running
+        app.state.watch = watch
+        app.state.upload_gate = upload_gate
         app.state.long_poll_gate = LongPollGate(limit=settings.max_long_polls, on_refuse=count)
         app.state.receive_limiter = RateLimiter(
             rate=settings.receive_rate, burst=settings.receive_burst, on_refuse=count

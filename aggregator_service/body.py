@@ -7,6 +7,8 @@ of about 11,000, which measured 7 ms instead of 27 ms per ResNet18 update on the
 benchmark machine (docs/benchmarks.md). The mapping is unmapped as soon as the last view
 of it is dropped, so a finished upload gives its memory straight back to the system,
 unless another upload is waiting for a slot: `BodyPool` then hands it on (see there).
+When a round opens, the upload gate stocks the pool with mappings already faulted in off
+the event loop (`faulted_mapping`), so the round's first uploads do not zero their pages.
 
 Served by the direct upload protocol (fastpath.py), a large body is read from the socket
 straight into that buffer, through the scope extension `tributary.body_into`.
@@ -23,10 +25,11 @@ from fastapi import Request
 from aggregator_service.fastpath_http import BODY_INTO
 from aggregator_service.state import UpdateRejected
 
-__all__ = ["BodyPool", "read_body"]
+__all__ = ["MAPPED_FROM", "BodyPool", "faulted_mapping", "read_body"]
 
-_MAPPED_FROM = 1 << 20  # smaller bodies go to an ordinary bytearray
+MAPPED_FROM = 1 << 20  # smaller bodies go to an ordinary bytearray
 _UNUSED_REFS = 2  # references to a mapping nothing else holds: a local and getrefcount's
+_PAGE = mmap.PAGESIZE
 
 
 class BodyPool:
@@ -37,7 +40,8 @@ class BodyPool:
     it. A handed-on mapping is simply overwritten. A mapping is kept only while an upload
     waits for a slot (so with nobody in line no body memory stays mapped, and never more
     mappings exist than slots), and only if nothing refers to it any more, so no view of an
-    earlier body can see a later one. Used on the event loop only.
+    earlier body can see a later one. `stock` adds mappings faulted in elsewhere, within
+    the same bound. Used on the event loop only.
     """
 
     def __init__(self, keep: int) -> None:
@@ -46,7 +50,7 @@ class BodyPool:
 
     def take(self, size: int) -> memoryview:
         """Return a writable buffer of exactly `size` bytes, reusing a kept mapping that fits."""
-        if size < _MAPPED_FROM:
+        if size < MAPPED_FROM:
             return memoryview(bytearray(size))
         while self._idle:  # each take consumes a kept mapping: reuse it or unmap it
             mapping = self._idle.pop()
@@ -70,6 +74,23 @@ class BodyPool:
         if sys.getrefcount(mapping) > _UNUSED_REFS:  # some view of the body is still alive
             return
         self._idle.append(mapping)
+
+    @property
+    def kept(self) -> int:
+        """Mappings ready for the next bodies."""
+        return len(self._idle)
+
+    def missing(self, *, in_use: int) -> int:
+        """How many more mappings the bound allows while `in_use` bodies are held."""
+        return max(0, self._keep - len(self._idle) - in_use)
+
+    def stock(self, mappings: list[mmap.mmap], *, in_use: int) -> None:
+        """Keep `mappings` while `in_use` bodies plus the kept ones stay within the bound."""
+        for mapping in mappings:
+            if len(self._idle) + in_use < self._keep:
+                self._idle.append(mapping)
+            else:
+                mapping.close()
 
     def clear(self) -> None:
         """Unmap every kept mapping."""
@@ -121,11 +142,28 @@ async def _read_growing(request: Request, limit: int) -> bytearray:
 
 def _allocate(size: int) -> bytearray | mmap.mmap:
     """Return a writable buffer of `size` bytes; large ones are huge-page-backed if possible."""
-    if size < _MAPPED_FROM:
+    if size < MAPPED_FROM:
         return bytearray(size)
+    return _map(size)
+
+
+def _map(size: int) -> mmap.mmap:
+    """Return an anonymous mapping of `size` bytes, advised for transparent huge pages."""
     mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux only; elsewhere ordinary pages
         mapping.madvise(mmap.MADV_HUGEPAGE)
+    return mapping
+
+
+def faulted_mapping(size: int) -> mmap.mmap:
+    """Return a body mapping of `size` bytes whose pages the kernel has already zeroed.
+
+    One byte written per page faults each in (with huge pages, each 2 MiB at its first
+    byte): the zeroing a fresh mapping costs is paid here, by the caller's thread.
+    """
+    mapping = _map(size)
+    for offset in range(0, len(mapping), _PAGE):
+        mapping[offset] = 0
     return mapping
 
 

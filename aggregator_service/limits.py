@@ -4,28 +4,32 @@
   remote address) for POST /receive; over the limit: 429 with Retry-After.
 - `UploadGate`: at most `slots` upload bodies held at once and `max_waiting` uploads
   waiting for a slot; one more gets 503 at once instead of queueing without bound. A slot
-  gives its body's buffer to the next upload in line (`body.BodyPool`).
+  gives its body's buffer to the next upload in line (`body.BodyPool`). When a round
+  opens, `prepare` faults in a body buffer per free slot on a worker thread.
 - `LongPollGate`: at most `limit` GET /get_weights requests held open; a request that
   would have to wait beyond that gets 503 (answering at once would make workers spin).
 
-The gates run on the event loop only (no threads), so plain counters suffice.
+The gates run on the event loop only, so plain counters suffice; `UploadGate.prepare` is
+the one entry from another thread, and it hands its work to the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import mmap
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
-from aggregator_service.body import BodyPool
+from aggregator_service.body import MAPPED_FROM, BodyPool, faulted_mapping
 from aggregator_service.state import UpdateRejected
 
 __all__ = ["BUSY_RETRY_AFTER_S", "LongPollGate", "RateLimiter", "UploadGate", "UploadSlot"]
 
 BUSY_RETRY_AFTER_S = 2  # Retry-After of a 503 for a full upload queue or long-poll cap
+UPDATE_HEADROOM = 1 << 16  # an update's header and metrics beyond the model's weights
 MAX_KEYS = 100_000  # buckets remembered; the least recently used go first
 
 
@@ -114,6 +118,35 @@ class UploadGate:
         """Uploads admitted to the line but not yet holding a slot."""
         return self.admitted - self.holding
 
+    @property
+    def kept(self) -> int:
+        """Body buffers ready for the next uploads."""
+        return self._bodies.kept
+
+    def prepare(self, payload_bytes: int | None, loop: asyncio.AbstractEventLoop) -> None:
+        """From any other thread: ready buffers for updates to a model of `payload_bytes`.
+
+        Called as a round is published (`payload_bytes`: the size of its GET /get_weights
+        body), so the kernel zeroes the round's first body buffers while its clients
+        train, not while their uploads stream in. None means no round is open: the kept
+        buffers go.
+        """
+        body_size = None if payload_bytes is None else payload_bytes + UPDATE_HEADROOM
+        prepared = self._prepare(body_size)
+        try:
+            asyncio.run_coroutine_threadsafe(prepared, loop)
+        except RuntimeError:  # the loop is closed: the app has stopped
+            prepared.close()
+
+    async def _prepare(self, body_size: int | None) -> None:
+        if body_size is None or body_size < MAPPED_FROM:
+            if self.admitted == 0:
+                self._bodies.clear()
+            return
+        count = self._bodies.missing(in_use=self.holding)
+        mappings = await asyncio.to_thread(_faulted, body_size, count)
+        self._bodies.stock(mappings, in_use=self.holding)
+
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[UploadSlot]:
         """Hold an upload slot for the block, waiting in line if there is room in it."""
@@ -156,6 +189,10 @@ class LongPollGate:
             yield
         finally:
             self.held -= 1
+
+
+def _faulted(size: int, count: int) -> list[mmap.mmap]:
+    return [faulted_mapping(size) for _ in range(count)]
 
 
 def _busy(code: str, detail: str) -> UpdateRejected:

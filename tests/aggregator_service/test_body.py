@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from aggregator_service.body import BodyPool
+from aggregator_service.body import BodyPool, faulted_mapping
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
@@ -135,3 +135,24 @@ def test_at_most_keep_mappings_are_kept() -> None:
     assert mappings[0]() is not None
     assert mappings[1]() is None
     assert pool.take(2 * MIB).obj is mappings[0]()
+
+
+def test_a_faulted_mapping_is_zeroed_and_of_the_size_asked() -> None:
+    mapping = faulted_mapping(3 * MIB + 5)
+    assert len(mapping) == 3 * MIB + 5
+    assert mapping[:] == bytes(3 * MIB + 5)
+
+
+def test_stocked_mappings_are_taken_and_never_exceed_keep_with_bodies_in_use() -> None:
+    pool = BodyPool(keep=2)
+    assert pool.missing(in_use=0) == 2
+    assert pool.missing(in_use=1) == 1
+    stocked = [faulted_mapping(2 * MIB) for _ in range(3)]
+    refs = [weakref.ref(m) for m in stocked]
+    pool.stock(stocked, in_use=1)  # one body is held: only one more mapping may exist
+    del stocked
+    assert [ref() is not None for ref in refs] == [True, False, False]
+    assert pool.missing(in_use=1) == 0
+    body = pool.take(2 * MIB - 4096)
+    assert body.obj is refs[0]()
+    assert body.nbytes == 2 * MIB - 4096

@@ -71,13 +71,13 @@ def test_large_updates_through_one_slot_reuse_body_buffers_and_give_the_exact_me
     start_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     allocated: list[int] = []
-    fresh = body._allocate
+    fresh = body._map
 
-    def counting_allocate(size: int) -> bytearray | mmap.mmap:
+    def counting_map(size: int) -> mmap.mmap:
         allocated.append(size)
         return fresh(size)
 
-    monkeypatch.setattr(body, "_allocate", counting_allocate)
+    monkeypatch.setattr(body, "_map", counting_map)  # fresh body mappings, stocked ones too
     client_ids = [f"c{i}" for i in range(8)]
     config = experiment(model="cnn", min_fit_clients=8, min_available_clients=8)
     client = start_app(config, max_concurrent_uploads=1)

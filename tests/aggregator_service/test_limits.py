@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import mmap
 import shutil
 import socket
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -173,6 +176,62 @@ def test_uploads_one_at_a_time_get_fresh_buffers_and_keep_none() -> None:
     for _ in range(2):
         asyncio.run(upload())
     assert [ref() for ref in seen] == [None, None]
+
+
+def test_prepare_from_another_thread_stocks_a_zeroed_buffer_per_free_slot() -> None:
+    payload = 3 << 20
+    taken: list[tuple[int, int]] = []
+
+    async def scenario() -> UploadGate:
+        gate = UploadGate(slots=2, max_waiting=2)
+        loop = asyncio.get_running_loop()
+        thread = threading.Thread(target=gate.prepare, args=(payload, loop))
+        thread.start()
+        thread.join()
+        await _until_async(lambda: gate.kept == 2)
+        async with gate.admit() as slot:
+            body = slot.take(payload + 100)
+            taken.append((gate.kept, body.nbytes))  # one kept buffer is now the body
+            assert bytes(body[:4096]) == bytes(4096)
+        assert gate.kept == 0  # nobody waited: its buffer and the spare one are unmapped
+        gate.prepare(payload, loop)
+        await _until_async(lambda: gate.kept == 2)
+        gate.prepare(None, loop)  # the round is over: nothing stays mapped
+        await _until_async(lambda: gate.kept == 0)
+        return gate
+
+    asyncio.run(scenario())
+    assert taken == [(1, payload + 100)]
+
+
+def test_each_open_round_has_a_ready_body_buffer_per_slot_and_a_finished_run_none(
+    start_app: AppFactory,
+) -> None:
+    client = start_app(experiment(model="cnn", num_rounds=2), max_concurrent_uploads=2)
+    gate = client.app.state.upload_gate  # type: ignore[attr-defined]
+    register(client, "a", "b")
+    for server_round in (1, 2):
+        wait_for(client, functools.partial(_training, server_round=server_round))
+        _wait_until(lambda: gate.kept == 2)
+        _, weights = global_model(client)
+        for client_id in ("a", "b"):
+            body = update_body(client_id, server_round, weights)
+            assert len(body) > 1 << 20  # large enough for a mapped buffer
+            reply = client.post("/receive", content=body, headers=MSGPACK)
+            assert reply.status_code == 200, reply.text
+    wait_for(client, lambda s: s["phase"] == "finished")
+    _wait_until(lambda: gate.kept == 0)
+
+
+def _training(status: dict[str, Any], *, server_round: int) -> bool:
+    return bool(status["round"] == server_round and status["phase"] == "training")
+
+
+async def _until_async(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 def test_long_poll_cap_refuses_to_hold_more_with_503(start_app: AppFactory) -> None:
