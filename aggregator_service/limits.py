@@ -16,6 +16,8 @@ the one entry from another thread, and it hands its work to the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import math
 import mmap
 import time
@@ -126,26 +128,26 @@ class UploadGate:
     def prepare(self, payload_bytes: int | None, loop: asyncio.AbstractEventLoop) -> None:
         """From any other thread: ready buffers for updates to a model of `payload_bytes`.
 
-        Called as a round is published (`payload_bytes`: the size of its GET /get_weights
-        body), so the kernel zeroes the round's first body buffers while its clients
-        train, not while their uploads stream in. None means no round is open: the kept
-        buffers go.
+        Called on the round loop's thread as a round is published (`payload_bytes`: the
+        size of its GET /get_weights body): the kernel zeroes the round's first body
+        buffers there, while its clients train, not on the event loop while their uploads
+        stream in. None means no round is open: the kept buffers go.
         """
-        body_size = None if payload_bytes is None else payload_bytes + UPDATE_HEADROOM
-        prepared = self._prepare(body_size)
-        try:
-            asyncio.run_coroutine_threadsafe(prepared, loop)
-        except RuntimeError:  # the loop is closed: the app has stopped
-            prepared.close()
+        size = None if payload_bytes is None else payload_bytes + UPDATE_HEADROOM
+        if size is None or size < MAPPED_FROM:
+            done: Callable[[], None] = self._drop_kept
+        else:  # the count read here is a hint; `stock`, on the loop, enforces the bound
+            count = self._bodies.missing(in_use=self.holding)
+            done = functools.partial(self._stock, [faulted_mapping(size) for _ in range(count)])
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the app has stopped
+            loop.call_soon_threadsafe(done)
 
-    async def _prepare(self, body_size: int | None) -> None:
-        if body_size is None or body_size < MAPPED_FROM:
-            if self.admitted == 0:
-                self._bodies.clear()
-            return
-        count = self._bodies.missing(in_use=self.holding)
-        mappings = await asyncio.to_thread(_faulted, body_size, count)
+    def _stock(self, mappings: list[mmap.mmap]) -> None:
         self._bodies.stock(mappings, in_use=self.holding)
+
+    def _drop_kept(self) -> None:
+        if self.admitted == 0:
+            self._bodies.clear()
 
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[UploadSlot]:
@@ -189,10 +191,6 @@ class LongPollGate:
             yield
         finally:
             self.held -= 1
-
-
-def _faulted(size: int, count: int) -> list[mmap.mmap]:
-    return [faulted_mapping(size) for _ in range(count)]
 
 
 def _busy(code: str, detail: str) -> UpdateRejected:
