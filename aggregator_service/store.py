@@ -6,7 +6,7 @@ Layout of ``state_dir``::
     checkpoints/round-000012.npz  the global model after round 12 (last `keep` rounds)
     updates/12/<digest>.msgpack   accepted updates of round 12 not yet aggregated
 
-Every file is written atomically: a temp file in the same directory, flush + fsync,
+Every file is written atomically (files.py): a temp file in the same directory, fsync,
 ``os.replace``, then an fsync of the directory, and only then a row in SQLite naming it.
 A crash therefore leaves at worst an orphan file that no row points to, never a row that
 points to half a file. Checkpoints carry their sha256, and `latest_checkpoint` falls back
@@ -31,14 +31,14 @@ import sqlite3
 import threading
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent import futures
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
-from aggregator_service import journal
+from aggregator_service import files, journal
 from shared.errors import TributaryError
 
 __all__ = ["RunStore", "StoreError"]
@@ -97,8 +97,8 @@ class RunStore:
         _check_round(server_round)
         path = self.state_dir / "checkpoints" / f"round-{server_round:06d}.npz"
         try:
-            digest = _write_atomic(path, lambda f: _write_npz(f, weights), self._hashing)
-        except OSError as exc:
+            digest = files.write_atomic(path, lambda f: files.write_npz(f, weights), self._hashing)
+        except (OSError, ValueError) as exc:
             raise StoreError(f"cannot write checkpoint {path}: {exc}") from exc
         with self._transaction() as db:
             db.execute(
@@ -125,9 +125,9 @@ class RunStore:
         for server_round, name, digest in rows:
             path = self.state_dir / "checkpoints" / name
             try:
-                if _sha256_file(path) != digest:
+                if files.sha256_file(path) != digest:
                     raise StoreError("sha256 does not match the recorded one")
-                return server_round, _read_npz(path)
+                return server_round, files.read_npz(path)
             except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, StoreError) as exc:
                 logger.warning(
                     "checkpoint of round %d (%s) is unusable (%s); trying an older one",
@@ -155,8 +155,8 @@ class RunStore:
         try:
             if not round_dir.is_dir():
                 round_dir.mkdir(exist_ok=True)
-                _fsync_dir(round_dir.parent)
-            with _atomic_path(path) as temp:
+                files.fsync_dir(round_dir.parent)
+            with files.atomic_path(path) as temp:
                 journal.write_file(temp, body)
         except OSError as exc:
             raise StoreError(f"cannot write the update of {client_id!r} to {path}: {exc}") from exc
@@ -307,58 +307,6 @@ def _to_json(value: Any, *, what: str) -> str:
         raise StoreError(f"{what} is not JSON-serializable: {exc}") from exc
 
 
-def _write_npz(file: BinaryIO, weights: Mapping[str, np.ndarray]) -> None:
-    """Write `weights` as an .npz archive, entries in the mapping's order, without pickle."""
-    with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, value in weights.items():
-            array = np.asarray(value, order="C")  # keeps 0-d arrays 0-d
-            if array.dtype.hasobject:
-                raise StoreError(f"tensor {name!r} has dtype object, which needs pickle")
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
-                # The array's own memory goes to the file: no temporary copy of it.
-                header = np.lib.format.header_data_from_array_1_0(array)
-                np.lib.format.write_array_header_2_0(entry, header)
-                entry.write(array.reshape(-1).view(np.uint8).data)
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    # Never allow pickle: a tampered file must not run code.
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
-
-
-def _write_atomic(
-    path: Path, write: Callable[[BinaryIO], object], hashing: futures.Executor
-) -> str:
-    """Write a file through a temp file in its directory, fsync, rename, fsync the dir.
-
-    Return the sha256 of the file, read back on `hashing` while it is fsynced.
-    """
-    digest: futures.Future[str] | None = None
-    try:
-        with _atomic_path(path) as temp, open(temp, "wb") as file:
-            write(file)
-            file.flush()
-            digest = hashing.submit(_sha256_and_close, open(temp, "rb"))  # noqa: SIM115
-            os.fsync(file.fileno())
-    finally:
-        if digest is not None:
-            futures.wait([digest])
-    return digest.result()
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; once it is written, rename it to `path`, fsync the dir."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
 def _remove_temp_files(state_dir: Path) -> None:
     """Delete temp files an interrupted write left behind (no row ever points to them)."""
     for pattern in ("checkpoints/.*.tmp", "updates/*/.*.tmp"):
@@ -366,28 +314,3 @@ def _remove_temp_files(state_dir: Path) -> None:
             temp.unlink(missing_ok=True)
     for trash in (state_dir / "updates").glob(f"{_TRASH}*"):
         shutil.rmtree(trash, ignore_errors=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256_and_close(file: BinaryIO) -> str:
-    with file:
-        return _sha256_of(file)
-
-
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as file:
-        return _sha256_of(file)
-
-
-def _sha256_of(file: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    while chunk := file.read(1 << 20):
-        digest.update(chunk)
-    return digest.hexdigest()
