@@ -19,13 +19,14 @@ from __future__ import annotations
 import mmap
 import sys
 from collections.abc import Callable
+from typing import Protocol
 
 from fastapi import Request
 
 from aggregator_service.fastpath_http import BODY_INTO
 from aggregator_service.state import UpdateRejected
 
-__all__ = ["MAPPED_FROM", "BodyPool", "faulted_mapping", "read_body"]
+__all__ = ["MAPPED_FROM", "BodyPool", "BodyWatcher", "faulted_mapping", "read_body"]
 
 MAPPED_FROM = 1 << 20  # smaller bodies go to an ordinary bytearray
 _UNUSED_REFS = 2  # references to a mapping nothing else holds: a local and getrefcount's
@@ -98,12 +99,26 @@ class BodyPool:
             self._idle.pop().close()
 
 
+class BodyWatcher(Protocol):
+    """Follows a body with a Content-Length as it arrives in its buffer (journal_stream.py)."""
+
+    def start(self, buffer: memoryview) -> None:
+        """The body goes into `buffer`, from its start."""
+
+    def advance(self, filled: int) -> None:
+        """The first `filled` bytes of the buffer are in (called on the event loop)."""
+
+
 async def read_body(
-    request: Request, limit: int, allocate: Callable[[int], memoryview] | None = None
+    request: Request,
+    limit: int,
+    allocate: Callable[[int], memoryview] | None = None,
+    watcher: BodyWatcher | None = None,
 ) -> memoryview:
     """Return the body, refusing with 413 as soon as it is known to exceed `limit` bytes.
 
-    A body with a Content-Length goes into `allocate(length)` (default: a fresh buffer).
+    A body with a Content-Length goes into `allocate(length)` (default: a fresh buffer),
+    and `watcher` follows it there as it arrives.
     """
     declared = request.headers.get("content-length")
     if declared is None:
@@ -114,9 +129,11 @@ async def read_body(
     if size > limit:
         raise _too_large(size, limit)
     buffer = allocate(size) if allocate is not None else memoryview(_allocate(size))
+    if watcher is not None:
+        watcher.start(buffer)
     fill = request.scope.get("extensions", {}).get(BODY_INTO)
     if fill is not None:
-        await fill(buffer)
+        await fill(buffer, None if watcher is None else watcher.advance)
         return buffer
     filled = 0
     async for chunk in request.stream():
@@ -127,6 +144,8 @@ async def read_body(
             )
         buffer[filled:end] = chunk
         filled = end
+        if watcher is not None:
+            watcher.advance(filled)
     return buffer if filled == size else buffer[:filled]
 
 

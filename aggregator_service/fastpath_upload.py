@@ -57,6 +57,7 @@ class DirectUpload:
         self.body_read = 0  # body bytes taken from the connection (prefix or socket)
         self.target: memoryview | None = None  # where the socket writes, while reading
         self.filled = 0  # bytes of `target` written so far
+        self.on_data: Callable[[int], None] | None = None  # told `filled` as bytes arrive
         self.reading = False
         self.waiter: asyncio.Future[None] | None = None
         self.disconnected = False
@@ -85,6 +86,8 @@ class DirectUpload:
         """Count `nbytes` written into free_space(); wake the reader when the buffer is full."""
         self.filled += nbytes
         self.body_read += nbytes
+        if self.on_data is not None:
+            self.on_data(self.filled)
         if self.target is not None and self.filled >= len(self.target):
             self.target = None
             self.conn.inner.flow.pause_reading()
@@ -107,10 +110,12 @@ class DirectUpload:
 
     # the ASGI side
 
-    async def fill(self, buffer: memoryview) -> None:
+    async def fill(self, buffer: memoryview, on_data: Callable[[int], None] | None = None) -> None:
         """Read the whole body into `buffer` (exactly Content-Length writable bytes).
 
-        Raise starlette's ClientDisconnect if the client goes away first.
+        `on_data(filled)` is called on the event loop each time more bytes are in, with how
+        many bytes of `buffer` are filled from its start. Raise starlette's ClientDisconnect
+        if the client goes away first.
         """
         view = buffer.cast("B")
         if view.readonly or view.nbytes != self.length:
@@ -120,7 +125,11 @@ class DirectUpload:
             )
         if self.reading or self.body_read:
             raise RuntimeError("the request body is already being read or was read")
-        await self._read_into(view)
+        self.on_data = on_data
+        try:
+            await self._read_into(view)
+        finally:
+            self.on_data = None
 
     async def receive(self) -> dict[str, Any]:
         """ASGI receive: the body in messages of up to 1 MiB, then http.disconnect at the end."""
@@ -146,6 +155,8 @@ class DirectUpload:
         del self.prefix[:size]
         self.body_read += size
         self.filled = size
+        if size and self.on_data is not None:
+            self.on_data(size)
         try:
             if size < len(view):
                 self.target = view

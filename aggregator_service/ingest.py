@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from aggregator_service.journal_stream import StreamedBody
 from aggregator_service.state import FederationState, UpdateRejected
 from aggregator_service.store import RunStore
 from aggregator_service.strategy import Strategy
@@ -37,10 +38,12 @@ def ingest_update(
     strategy: Strategy,
     store: RunStore | None,
     authorize: Callable[[UpdateHeader], None] | None = None,
+    streamed: StreamedBody | None = None,
 ) -> ReceiveReply:
     """Accept one update into the current round, or raise why not; state changes only on success.
 
-    `authorize` sees the decoded header first and raises to refuse the sender.
+    `authorize` sees the decoded header first and raises to refuse the sender; `streamed`
+    is what the store wrote of the body while it arrived (journal_stream.py).
     """
     header, raw_weights = decode_update(body)
     if authorize is not None:
@@ -51,7 +54,7 @@ def ingest_update(
     try:
         weights = decode_weights(raw_weights, spec=state.spec)
         if store is not None:
-            store.save_update(header.round, header.client_id, header.num_examples, body)
+            store.save_update(header.round, header.client_id, header.num_examples, body, streamed)
         strategy.accumulate(weights, header.num_examples)
     except BaseException:
         state.release(header.client_id)

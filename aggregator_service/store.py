@@ -5,13 +5,14 @@ Layout of ``state_dir``::
     run.sqlite3                   rounds, history, update bookkeeping, meta (WAL mode)
     checkpoints/round-000012.npz  the global model after round 12 (last `keep` rounds)
     updates/12/<digest>.msgpack   accepted updates of round 12 not yet aggregated
+    updates/incoming/.<uuid>.tmp  bodies being written while they arrive (journal_stream.py)
 
 Every file is written atomically (files.py): a temp file in the same directory, fsync,
 ``os.replace``, then an fsync of the directory, and only then a row in SQLite naming it.
 A crash therefore leaves at worst an orphan file that no row points to, never a row that
 points to half a file. Checkpoints carry their sha256, and `latest_checkpoint` falls back
 to the previous good checkpoint when the newest is missing or corrupt. Updates are written
-by journal.py (direct I/O where possible) and carry a CRC-32; a damaged one is skipped.
+by journal.py (direct I/O where possible) and carry a checksum; a damaged one is skipped.
 Tensors are stored as ``.npz`` and loaded with ``allow_pickle=False``; update file names
 are digests, so a client id can never steer a path.
 
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from aggregator_service import files, journal
+from aggregator_service.journal_stream import StreamedBody
 from shared.errors import TributaryError
 
 __all__ = ["RunStore", "StoreError"]
@@ -46,6 +48,7 @@ __all__ = ["RunStore", "StoreError"]
 logger = logging.getLogger(__name__)
 
 _TRASH = ".discarded-"  # prefix of update directories being deleted
+_INCOMING = "incoming"  # update bodies being written as they arrive (journal_stream.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -76,7 +79,7 @@ class RunStore:
         self._hashing = futures.ThreadPoolExecutor(4, thread_name_prefix="store-hash")
         try:
             (self.state_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (self.state_dir / "updates").mkdir(exist_ok=True)
+            (self.state_dir / "updates" / _INCOMING).mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
                 self.state_dir / "run.sqlite3", check_same_thread=False, isolation_level=None
             )
@@ -139,30 +142,36 @@ class RunStore:
 
     # --------------------------------------------------------------------- updates
 
+    def stream_update(self) -> StreamedBody:
+        """Return a follower that writes an update body to the journal as it arrives."""
+        return StreamedBody(self.state_dir / "updates" / _INCOMING, self._hashing)
+
     def save_update(
         self,
         server_round: int,
         client_id: str,
         num_examples: int,
         body: bytes | bytearray | memoryview,
+        streamed: StreamedBody | None = None,
     ) -> None:
-        """Durably store an accepted update's raw body; raise StoreError if already saved."""
+        """Durably store an accepted update's raw body; raise StoreError if already saved.
+
+        `streamed` (from `stream_update`) has followed the body as it arrived: what it
+        wrote is then only completed, not written again.
+        """
         _check_round(server_round)
         round_dir = self.state_dir / "updates" / str(server_round)
         client_digest = hashlib.sha256(client_id.encode("utf-8", "surrogatepass")).hexdigest()
         path = round_dir / f"{client_digest[:32]}-{uuid.uuid4().hex[:12]}.msgpack"
-        checksum = self._hashing.submit(journal.checksum, body)  # beside the write
         try:
             if not round_dir.is_dir():
                 round_dir.mkdir(exist_ok=True)
                 files.fsync_dir(round_dir.parent)
-            with files.atomic_path(path) as temp:
-                journal.write_file(temp, body)
+            written = streamed.finish(body) if streamed is not None else None
+            checksum = self._place(written, path) if written else self._write_body(body, path)
         except OSError as exc:
             raise StoreError(f"cannot write the update of {client_id!r} to {path}: {exc}") from exc
-        finally:
-            futures.wait([checksum])
-        row = (server_round, client_id, num_examples, path.name, checksum.result())
+        row = (server_round, client_id, num_examples, path.name, checksum)
         try:
             with self._transaction() as db:
                 db.execute(
@@ -175,6 +184,26 @@ class RunStore:
             raise StoreError(
                 f"an update of client {client_id!r} for round {server_round} is already saved"
             ) from None
+
+    def _write_body(self, body: bytes | bytearray | memoryview, path: Path) -> str:
+        """Write `body` to `path` atomically; return its checksum, computed beside the write."""
+        checksum = self._hashing.submit(journal.checksum, body)
+        try:
+            with files.atomic_path(path) as temp:
+                journal.write_file(temp, body)
+        finally:
+            futures.wait([checksum])
+        return checksum.result()
+
+    def _place(self, written: tuple[Path, str], path: Path) -> str:
+        """Move a streamed body's fsynced temp file to `path`; return its checksum."""
+        temp, checksum = written
+        try:
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+        files.fsync_dir(path.parent)
+        return checksum
 
     def pending_updates(self, server_round: int) -> list[tuple[str, int, bytes]]:
         """Return (client_id, num_examples, body) of the round's saved updates, oldest first."""

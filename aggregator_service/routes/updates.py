@@ -11,6 +11,7 @@ from aggregator_service.auth import Caller, ClientCaller, check_client
 from aggregator_service.body import read_body
 from aggregator_service.deps import FederationDep, ReceiveLimiterDep, SettingsDep, UploadGateDep
 from aggregator_service.ingest import ingest_update
+from aggregator_service.journal_stream import StreamedBody
 from aggregator_service.runtime import Federation
 from aggregator_service.state import UpdateRejected
 from shared.schemas import ReceiveReply, RegisterReply, RegisterRequest, UpdateHeader
@@ -88,15 +89,31 @@ async def receive(
         raise UpdateRejected(
             415, "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
         )
+    store = federation.update_store
     async with upload_gate.admit() as slot:
-        body = await read_body(request, settings.max_body_bytes, slot.take)
-        return await run_in_threadpool(
-            _ingest_as, body, request=request, caller=caller, federation=federation
-        )
+        streamed = store.stream_update() if store is not None else None
+        try:
+            body = await read_body(request, settings.max_body_bytes, slot.take, streamed)
+            return await run_in_threadpool(
+                _ingest_as,
+                body,
+                request=request,
+                caller=caller,
+                federation=federation,
+                streamed=streamed,
+            )
+        finally:
+            if streamed is not None and streamed.following:  # the update was not saved
+                await run_in_threadpool(streamed.discard)
 
 
 def _ingest_as(
-    body: memoryview, *, request: Request, caller: Caller, federation: Federation
+    body: memoryview,
+    *,
+    request: Request,
+    caller: Caller,
+    federation: Federation,
+    streamed: StreamedBody | None,
 ) -> ReceiveReply:
     """Ingest an update; with authentication, only under the client id of the caller's token."""
 
@@ -109,4 +126,5 @@ def _ingest_as(
         strategy=federation.strategy,
         store=federation.update_store,
         authorize=authorize if caller.client_id is not None else None,
+        streamed=streamed,
     )

@@ -443,9 +443,9 @@ def test_the_aggregator_reads_an_update_through_the_extension(tmp_path: Path) ->
         fill = scope.get("extensions", {}).get(BODY_INTO)
         if fill is not None:
 
-            async def counted(buffer: memoryview) -> None:
+            async def counted(buffer: memoryview, on_data: Any = None) -> None:
                 filled.append(buffer.nbytes)
-                await fill(buffer)
+                await fill(buffer, on_data)
 
             scope = {**scope, "extensions": {BODY_INTO: counted}}
         await app(scope, receive, send)
@@ -473,7 +473,7 @@ def _scope(length: int, fill: Any) -> dict[str, Any]:
 def test_read_body_hands_its_buffer_to_the_extension() -> None:
     given_buffers: list[int] = []
 
-    async def fill(buffer: memoryview) -> None:
+    async def fill(buffer: memoryview, on_data: Any) -> None:
         given_buffers.append(buffer.nbytes)
         buffer[:] = bytes(range(10)) * 7000
 
@@ -483,7 +483,7 @@ def test_read_body_hands_its_buffer_to_the_extension() -> None:
 
 
 def test_read_body_refuses_an_oversized_body_before_filling() -> None:
-    async def fill(buffer: memoryview) -> None:
+    async def fill(buffer: memoryview, on_data: Any) -> None:
         raise AssertionError("a refused body must not be read")
 
     with pytest.raises(UpdateRejected) as info:

@@ -137,18 +137,61 @@ def test_other_write_errors_propagate_and_an_existing_file_is_kept(tmp_path: Pat
     assert path.read_bytes() == b"first"
 
 
-def test_checksum_is_the_crc32_of_the_body_and_matches_it() -> None:
+def _sum64_by_hand(data: bytes) -> str:
+    """Sum64 computed the slow, obvious way: sector by sector, word by word."""
+    plain = weighted = 0
+    for number, start in enumerate(range(0, len(data), journal.SECTOR), start=1):
+        sector = data[start : start + journal.SECTOR]
+        sector += bytes(-len(sector) % 8)
+        total = sum(int.from_bytes(sector[i : i + 8], "little") for i in range(0, len(sector), 8))
+        plain += total
+        weighted += number * (total % 2**64)
+    return f"sum64:{len(data)}:{plain % 2**64:016x}{weighted % 2**64:016x}"
+
+
+@pytest.mark.parametrize("size", [0, 1, 8, 4095, 4096, 3 * 4096 + 13, 40_000])
+def test_checksum_is_sum64_as_computed_by_hand(size: int) -> None:
+    data = _payload(size, seed=size)
+    assert journal.checksum(memoryview(data)) == _sum64_by_hand(data)
+    assert journal.matches(data, journal.checksum(data))
+
+
+def test_sum64_fed_in_sectors_equals_it_in_one_go() -> None:
+    data = _payload(5 * 4096 + 100, seed=9)
+    total = journal.Sum64()
+    for start in (0, 4096, 3 * 4096):
+        end = {0: 4096, 4096: 3 * 4096, 3 * 4096: len(data)}[start]
+        total.update(data[start:end])
+    assert total.text() == journal.checksum(data)
+    with pytest.raises(ValueError, match="inside a sector"):
+        total.update(b"more")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["bit flip", "zeroed sector", "swapped sectors", "cut short", "one more byte"],
+)
+def test_checksum_catches_the_damage_a_journal_file_can_take(damage: str) -> None:
     data = _payload(3 * MIB + 1, seed=5)
     recorded = journal.checksum(memoryview(data))
-    assert recorded == f"crc32:{zlib.crc32(data):08x}"
-    assert journal.matches(data, recorded)
     damaged = bytearray(data)
-    damaged[MIB] ^= 0x01
+    if damage == "bit flip":
+        damaged[MIB] ^= 0x01
+    elif damage == "zeroed sector":
+        damaged[8192:12288] = bytes(4096)
+    elif damage == "swapped sectors":
+        damaged[0:4096], damaged[4096:8192] = data[4096:8192], data[0:4096]
+    elif damage == "cut short":
+        del damaged[-1]
+    else:
+        damaged += b"\x00"
     assert not journal.matches(bytes(damaged), recorded)
 
 
-def test_rows_of_earlier_versions_are_checked_by_their_sha256() -> None:
-    data = b"an update journaled before CRC-32"
+def test_rows_of_earlier_versions_are_checked_by_their_crc32_or_sha256() -> None:
+    data = b"an update journaled by an earlier version"
+    assert journal.matches(data, f"crc32:{zlib.crc32(data):08x}")
+    assert not journal.matches(data + b"!", f"crc32:{zlib.crc32(data):08x}")
     assert journal.matches(data, hashlib.sha256(data).hexdigest())
     assert not journal.matches(data + b"!", hashlib.sha256(data).hexdigest())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -234,16 +235,18 @@ def test_corrupt_update_is_skipped_with_a_warning(
     assert any("client-b" in r.getMessage() for r in caplog.records)
 
 
-def test_update_journaled_with_a_sha256_by_an_earlier_version_is_still_read(
-    store: RunStore,
+@pytest.mark.parametrize("legacy", ["crc32", "sha256"])
+def test_update_journaled_with_the_checksum_of_an_earlier_version_is_still_read(
+    store: RunStore, legacy: str
 ) -> None:
-    store.save_update(1, "client-a", 10, b"journaled before CRC-32")
+    body = b"journaled by an earlier version"
+    store.save_update(1, "client-a", 10, body)
     with sqlite3.connect(store.state_dir / "run.sqlite3") as db:
         (recorded,) = db.execute("SELECT sha256 FROM updates").fetchone()
-        assert recorded.startswith("crc32:")
-        legacy = hashlib.sha256(b"journaled before CRC-32").hexdigest()
-        db.execute("UPDATE updates SET sha256 = ?", (legacy,))
-    assert store.pending_updates(1) == [("client-a", 10, b"journaled before CRC-32")]
+        assert recorded.startswith("sum64:")
+        crc32, sha256 = f"crc32:{zlib.crc32(body):08x}", hashlib.sha256(body).hexdigest()
+        db.execute("UPDATE updates SET sha256 = ?", (crc32 if legacy == "crc32" else sha256,))
+    assert store.pending_updates(1) == [("client-a", 10, body)]
 
 
 # ------------------------------------------------------------------------- history, meta
@@ -314,7 +317,7 @@ def test_drop_updates_through_a_round_keeps_later_rounds(tmp_path: Path) -> None
         assert store.pending_updates(2) == []
         assert store.pending_updates(3) == [("a", 1, b"round 3")]
     left = sorted(p.name for p in (tmp_path / "updates").iterdir())
-    assert left == ["3"]  # close() waited for the deletions
+    assert left == ["3", "incoming"]  # close() waited for the deletions
 
 
 def test_half_deleted_update_directories_are_removed_on_open(tmp_path: Path) -> None:
@@ -322,4 +325,4 @@ def test_half_deleted_update_directories_are_removed_on_open(tmp_path: Path) -> 
         store.save_update(1, "a", 1, b"x")
     (tmp_path / "updates" / "1").rename(tmp_path / "updates" / ".discarded-1-0000")
     with RunStore(tmp_path):
-        assert list((tmp_path / "updates").iterdir()) == []
+        assert [p.name for p in (tmp_path / "updates").iterdir()] == ["incoming"]
