@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -104,7 +105,16 @@ async def receive(
             )
         finally:
             if streamed is not None and streamed.following:  # the update was not saved
-                await run_in_threadpool(streamed.discard)
+                await _discard(streamed)
+
+
+async def _discard(streamed: StreamedBody) -> None:
+    """Delete what was streamed of a refused update before its slot's buffer is reused."""
+    try:
+        await run_in_threadpool(streamed.discard)
+    except asyncio.CancelledError:  # on the loop, then: no step may read a reused buffer
+        streamed.discard()
+        raise
 
 
 def _ingest_as(
