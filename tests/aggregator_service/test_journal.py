@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregator_service import journal
 from aggregator_service.store import RunStore, StoreError
@@ -210,3 +212,17 @@ def test_a_full_disk_fails_the_write_and_the_store_keeps_no_trace(
         monkeypatch.undo()
         assert store.pending_updates(1) == []
         assert not [p for p in (store.state_dir / "updates").rglob("*") if p.is_file()]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(min_size=1, max_size=3 * 4096 + 50),
+    where=st.integers(min_value=0),
+    change=st.integers(min_value=1, max_value=255),
+)
+def test_sum64_notices_any_changed_byte_and_any_cut(data: bytes, where: int, change: int) -> None:
+    recorded = journal.checksum(data)
+    damaged = bytearray(data)
+    damaged[where % len(data)] ^= change
+    assert not journal.matches(bytes(damaged), recorded)
+    assert not journal.matches(data[: where % len(data)], recorded)
