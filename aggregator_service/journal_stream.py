@@ -176,7 +176,12 @@ class StreamedBody:
         fd = self._fd if self._fd is not None else self._open()
         if fd is None or self._view is None:
             raise _NoDirectIO("the journal's filesystem refuses direct I/O")
-        _pwrite_all(fd, self._view, start, end)
+        try:
+            _pwrite_all(fd, self._view, start, end)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # e.g. a device wanting a larger alignment
+                raise
+            raise _NoDirectIO(f"a direct write was refused: {exc}") from exc
 
     def _checksum(self, start: int, end: int) -> None:
         if self._view is not None:

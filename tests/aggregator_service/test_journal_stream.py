@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
 import time
@@ -173,6 +174,33 @@ def test_a_filesystem_without_direct_io_falls_back_to_the_ordinary_write(
         store.save_update(1, "a", 7, buffer, streamed)
         assert store.pending_updates(1) == [("a", 7, data)]
     assert list((tmp_path / "state" / "updates" / "incoming").iterdir()) == []
+
+
+@needs_direct_io
+def test_a_refused_direct_write_falls_back_to_the_ordinary_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pwrite = os.pwrite
+    refused: list[int] = []
+
+    def pwrite_refusing_beyond_a_step(fd: int, data: memoryview, offset: int) -> int:
+        direct = fcntl.fcntl(fd, fcntl.F_GETFL) & journal.O_DIRECT
+        if direct and offset + len(data) > STEP:  # a device that refuses some direct writes
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    data = _payload(3 * STEP, seed=9)
+    with RunStore(tmp_path) as store:
+        monkeypatch.setattr(os, "pwrite", pwrite_refusing_beyond_a_step)
+        streamed = store.stream_update()
+        buffer = _buffer(len(data))
+        _arrive(streamed, buffer, data, STEP)
+        store.save_update(1, "a", 2, buffer, streamed)
+        monkeypatch.undo()
+        assert store.pending_updates(1) == [("a", 2, data)]
+    assert refused  # the streamed write was refused, and the whole body written instead
+    assert list((tmp_path / "updates" / "incoming").iterdir()) == []
 
 
 @needs_direct_io
