@@ -40,17 +40,23 @@ class _Lane:
         self._idle = threading.Condition(self._lock)
         self._target = 0  # the lane may go up to here
         self._done = 0  # steps have covered [0, done)
+        self._every = STEP  # a step waits until this many bytes are in (few, large steps)
         self._running = False
         self._stopped = False
         self._error: BaseException | None = None
 
     def extend(self, end: int, *, at_least: int = STEP) -> None:
-        """Let the lane go on up to `end`; start a step if `at_least` bytes are waiting."""
+        """Let the lane go on up to `end`, in steps of at least `at_least` bytes.
+
+        Large steps keep the threads that run them from competing with the event loop
+        for the GIL at every chunk the socket delivers.
+        """
         with self._lock:
             self._target = max(self._target, end)
+            self._every = max(at_least, 1)
             if self._running or self._stopped or self._error is not None:
                 return
-            if self._target - self._done < max(at_least, 1):
+            if self._target - self._done < self._every:
                 return
             self._running = True
             try:
@@ -83,7 +89,7 @@ class _Lane:
         while True:
             with self._lock:
                 start, end = self._done, self._target
-                if start == end or self._stopped or self._error is not None:
+                if end - start < self._every or self._stopped or self._error is not None:
                     self._running = False
                     self._idle.notify_all()
                     return

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import mmap
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -86,6 +91,37 @@ def test_large_updates_through_one_slot_reuse_body_buffers_and_give_the_exact_me
     assert len(allocated) < len(client_ids)  # some uploads took the buffer of the one before
 
 
+class _Poller:
+    """A /status poller in a process of its own (tests/aggregator_service/poll_status.py)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+
+    def stop(self) -> list[float]:
+        """Stop polling; return the latencies of its requests, in seconds."""
+        out, _ = self.process.communicate(timeout=60)  # closing stdin stops the polling
+        assert self.process.returncode == 0, out
+        return [float(x) for x in json.loads(out.splitlines()[-1])]
+
+
+@contextlib.contextmanager
+def _status_poller(url: str) -> Iterator[_Poller]:
+    """Run the poller while the block runs; it has sent its first request when this yields."""
+    command = [sys.executable, "-m", "tests.aggregator_service.poll_status", url]
+    root = Path(__file__).resolve().parents[2]  # where `tests` is importable from
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        yield _Poller(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
 @pytest.mark.slow
 def test_status_stays_responsive_while_ten_resnet18_updates_arrive(tmp_path: Path) -> None:
     overrides = ["model=resnet18", "dataset=synthetic", "min_fit_clients=10"]
@@ -100,22 +136,20 @@ def test_status_stays_responsive_while_ten_resnet18_updates_arrive(tmp_path: Pat
         weights = decode_weights(decode_message(reply.content)["weights"])
         bodies = [update_body(f"c{i}", 1, weights) for i in range(10)]
         assert len(bodies[0]) > 44_000_000
-        latencies: list[float] = []
 
         def upload(i: int) -> None:
             with httpx.Client(base_url=url, timeout=120) as own:
                 own.post("/receive", content=bodies[i], headers=MSGPACK).raise_for_status()
 
         uploaders = [threading.Thread(target=upload, args=(i,)) for i in range(10)]
-        started = time.perf_counter()
-        for thread in uploaders:
-            thread.start()
-        while any(thread.is_alive() for thread in uploaders):
-            start = time.perf_counter()
-            assert http.get("/status").status_code == 200
-            latencies.append(time.perf_counter() - start)
-            time.sleep(0.01)
-        upload_seconds = time.perf_counter() - started
+        with _status_poller(url) as poller:
+            started = time.perf_counter()
+            for thread in uploaders:
+                thread.start()
+            for thread in uploaders:
+                thread.join(timeout=120)
+            upload_seconds = time.perf_counter() - started
+            latencies = poller.stop()
         status = http.get("/status").json()
         assert status["phase"] == "finished" or status["received"] == 10
     assert len(latencies) >= 5
@@ -123,6 +157,9 @@ def test_status_stays_responsive_while_ten_resnet18_updates_arrive(tmp_path: Pat
         f"/status during {upload_seconds:.2f}s of uploads: n={len(latencies)} "
         f"median={statistics.median(latencies):.4f}s max={max(latencies):.4f}s"
     )
-    # bounded: never a stall comparable to the uploads themselves (the figures are printed)
-    assert statistics.median(latencies) < 0.25
-    assert max(latencies) < max(1.0, upload_seconds / 3)
+    # Polled from a process of its own, /status took 2-3 ms (median) and 16 ms at most on
+    # the 2-core test machine; the bounds leave room for a noisy machine, not for a stall.
+    # (Polled from this process, whose ten threads upload, it took up to 1.5 s: that was
+    # the test's own GIL, not the server.)
+    assert statistics.median(latencies) < 0.1
+    assert max(latencies) < 0.5
