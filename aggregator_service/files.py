@@ -20,7 +20,15 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["atomic_path", "fsync_dir", "read_npz", "sha256_file", "write_atomic", "write_npz"]
+__all__ = [
+    "atomic_path",
+    "fsync_dir",
+    "move_into_place",
+    "read_npz",
+    "sha256_file",
+    "write_atomic",
+    "write_npz",
+]
 
 
 def write_npz(file: BinaryIO, weights: Mapping[str, np.ndarray]) -> None:
@@ -67,6 +75,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         yield temp
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    move_into_place(temp, path)
+
+
+def move_into_place(temp: Path, path: Path) -> None:
+    """Rename the written, fsynced `temp` to `path` and fsync `path`'s directory.
+
+    `temp` is gone afterwards, also if the rename fails.
+    """
+    try:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)

@@ -38,10 +38,12 @@ import numpy as np
 __all__ = [
     "ALIGNMENT",
     "DIRECT_FROM",
+    "NEW_FILE",
     "O_DIRECT",
     "Sum64",
     "address",
     "checksum",
+    "end_direct",
     "matches",
     "open_direct",
     "write_file",
@@ -50,6 +52,7 @@ __all__ = [
 ALIGNMENT = 4096  # O_DIRECT: buffer address and write length in multiples of this
 DIRECT_FROM = 1 << 20  # smaller bodies are written through the page cache
 O_DIRECT = getattr(os, "O_DIRECT", 0)  # 0 where the system has no direct I/O
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)  # open flags
 SECTOR = 4096  # the unit of Sum64
 _SUM64 = "sum64:"
 _CRC32 = "crc32:"
@@ -109,10 +112,9 @@ def write_file(path: Path, body: bytes | bytearray | memoryview) -> None:
     """Create `path` (which must not exist), write `body` and fsync it; direct I/O if possible."""
     view = memoryview(body).cast("B")
     direct = O_DIRECT and view.nbytes >= DIRECT_FROM and address(view) % ALIGNMENT == 0
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    fd = open_direct(path, flags) if direct else None
+    fd = open_direct(path, NEW_FILE) if direct else None
     if fd is None:
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, NEW_FILE, 0o644)
     try:
         done = 0
         if direct:
@@ -147,8 +149,13 @@ def _write_aligned(fd: int, view: memoryview) -> int:
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
+    end_direct(fd)
     return done
+
+
+def end_direct(fd: int) -> None:
+    """Switch `fd` from direct to buffered I/O (for a write of an unaligned tail)."""
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
 
 
 def _write_all(fd: int, view: memoryview, start: int) -> None:

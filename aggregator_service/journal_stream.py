@@ -15,7 +15,6 @@ store's ordinary write of the whole body (journal.py).
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import threading
 import uuid
@@ -23,7 +22,16 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
-from aggregator_service.journal import ALIGNMENT, DIRECT_FROM, O_DIRECT, Sum64, address
+from aggregator_service.journal import (
+    ALIGNMENT,
+    DIRECT_FROM,
+    NEW_FILE,
+    O_DIRECT,
+    Sum64,
+    address,
+    end_direct,
+    open_direct,
+)
 
 __all__ = ["STEP", "StreamedBody"]
 
@@ -159,7 +167,7 @@ class StreamedBody:
         fd = self._fd
         if fd is None:  # cannot be: the write lane opened it for the aligned part
             raise _NoDirectIO("the journal temp file was never opened")
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
+        end_direct(fd)
         _pwrite_all(fd, self._view, aligned, size)
         os.fsync(fd)
         self._sums.complete(size)
@@ -195,13 +203,7 @@ class StreamedBody:
 
     def _open(self) -> int | None:
         """Create the temp file for direct I/O; None if the filesystem refuses it."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        try:
-            self._fd = os.open(self.path, flags | O_DIRECT, 0o644)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            return None
+        self._fd = open_direct(self.path, NEW_FILE)
         return self._fd
 
     def _close(self) -> None:

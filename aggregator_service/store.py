@@ -168,7 +168,11 @@ class RunStore:
                 round_dir.mkdir(exist_ok=True)
                 files.fsync_dir(round_dir.parent)
             written = streamed.finish(body) if streamed is not None else None
-            checksum = self._place(written, path) if written else self._write_body(body, path)
+            if written is None:
+                checksum = self._write_body(body, path)
+            else:
+                temp, checksum = written
+                files.move_into_place(temp, path)
         except OSError as exc:
             raise StoreError(f"cannot write the update of {client_id!r} to {path}: {exc}") from exc
         row = (server_round, client_id, num_examples, path.name, checksum)
@@ -194,16 +198,6 @@ class RunStore:
         finally:
             futures.wait([checksum])
         return checksum.result()
-
-    def _place(self, written: tuple[Path, str], path: Path) -> str:
-        """Move a streamed body's fsynced temp file to `path`; return its checksum."""
-        temp, checksum = written
-        try:
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
-        files.fsync_dir(path.parent)
-        return checksum
 
     def pending_updates(self, server_round: int) -> list[tuple[str, int, bytes]]:
         """Return (client_id, num_examples, body) of the round's saved updates, oldest first."""

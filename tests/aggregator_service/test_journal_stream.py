@@ -73,6 +73,13 @@ def _arrive(streamed: StreamedBody, buffer: memoryview, data: bytes, chunk: int)
         streamed.advance(end)
 
 
+def _streamed(store: RunStore, data: bytes, chunk: int) -> tuple[StreamedBody, memoryview]:
+    """A body of exactly `data` that has arrived whole, followed by the store's streamer."""
+    streamed, buffer = store.stream_update(), _buffer(len(data))
+    _arrive(streamed, buffer, data, chunk)
+    return streamed, buffer
+
+
 def _wait_for_size(path: Path, size: int, timeout: float = 10.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,9 +175,7 @@ def test_a_filesystem_without_direct_io_falls_back_to_the_ordinary_write(
     monkeypatch.setattr(os, "open", refusing_open)
     data = _payload(3 * STEP, seed=6)
     with RunStore(tmp_path / "state") as store:
-        streamed = store.stream_update()
-        buffer = _buffer(len(data))
-        _arrive(streamed, buffer, data, STEP)
+        streamed, buffer = _streamed(store, data, STEP)
         store.save_update(1, "a", 7, buffer, streamed)
         assert store.pending_updates(1) == [("a", 7, data)]
     assert list((tmp_path / "state" / "updates" / "incoming").iterdir()) == []
@@ -193,9 +198,7 @@ def test_a_refused_direct_write_falls_back_to_the_ordinary_write(
     data = _payload(3 * STEP, seed=9)
     with RunStore(tmp_path) as store:
         monkeypatch.setattr(os, "pwrite", pwrite_refusing_beyond_a_step)
-        streamed = store.stream_update()
-        buffer = _buffer(len(data))
-        _arrive(streamed, buffer, data, STEP)
+        streamed, buffer = _streamed(store, data, STEP)
         store.save_update(1, "a", 2, buffer, streamed)
         monkeypatch.undo()
         assert store.pending_updates(1) == [("a", 2, data)]
@@ -207,9 +210,7 @@ def test_a_refused_direct_write_falls_back_to_the_ordinary_write(
 def test_the_store_places_a_streamed_body_in_its_round(tmp_path: Path) -> None:
     data = _payload(2 * STEP + 100, seed=7)
     with RunStore(tmp_path) as store:
-        streamed = store.stream_update()
-        buffer = _buffer(len(data))
-        _arrive(streamed, buffer, data, 300_000)
+        streamed, buffer = _streamed(store, data, 300_000)
         store.save_update(2, "b", 3, buffer, streamed)
         assert store.pending_updates(2) == [("b", 3, data)]
     assert list((tmp_path / "updates" / "incoming").iterdir()) == []
@@ -226,9 +227,7 @@ def test_a_failed_write_is_a_store_error_and_leaves_nothing(
     data = _payload(2 * STEP, seed=8)
     with RunStore(tmp_path) as store:
         monkeypatch.setattr(os, "pwrite", full_disk)
-        streamed = store.stream_update()
-        buffer = _buffer(len(data))
-        _arrive(streamed, buffer, data, STEP)
+        streamed, buffer = _streamed(store, data, STEP)
         with pytest.raises(StoreError, match="No space left"):
             store.save_update(1, "a", 1, buffer, streamed)
         assert streamed.following  # the caller discards it, as the route does
