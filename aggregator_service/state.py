@@ -190,6 +190,19 @@ class FederationState:
             current.in_flight.add(client_id)
             return None
 
+    def surely_refused(self, client_id: str, server_round: int) -> bool:
+        """Whether an update of `client_id` for `server_round` can never be accepted now.
+
+        True for a past round, a client already received (a duplicate) and a round being
+        aggregated or finished: refusals no later state lifts (early_refusal.py). Not for a
+        client outside the selection: a retried round may invite it.
+        """
+        with self.lock:
+            current = self.round
+            if server_round != current.server_round:
+                return server_round < current.server_round
+            return client_id in current.received or current.phase in ("aggregating", "finished")
+
     def release(self, client_id: str) -> None:
         """Give back a reserved slot after the update failed."""
         with self.changed:

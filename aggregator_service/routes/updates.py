@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from aggregator_service.auth import Caller, ClientCaller, check_client
 from aggregator_service.body import read_body
 from aggregator_service.deps import FederationDep, ReceiveLimiterDep, SettingsDep, UploadGateDep
+from aggregator_service.early_refusal import EarlyRefusal
 from aggregator_service.ingest import ingest_update
 from aggregator_service.journal_stream import StreamedBody
 from aggregator_service.runtime import Federation
@@ -93,8 +94,9 @@ async def receive(
     store = federation.update_store
     async with upload_gate.admit() as slot:
         streamed = store.stream_update() if store is not None else None
+        watcher = EarlyRefusal(streamed, federation.state) if streamed is not None else None
         try:
-            body = await read_body(request, settings.max_body_bytes, slot.take, streamed)
+            body = await read_body(request, settings.max_body_bytes, slot.take, watcher)
             return await run_in_threadpool(
                 _ingest_as,
                 body,

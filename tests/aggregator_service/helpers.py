@@ -17,12 +17,33 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from aggregator_service import journal
 from aggregator_service.app import create_app
 from aggregator_service.settings import AggregatorSettings
 from shared.config import ExperimentConfig, load_config
 from shared.wire import decode_message, decode_weights, encode_message
 
 MSGPACK = {"content-type": "application/msgpack"}
+
+
+def _direct_io_works(directory: Path) -> bool:
+    """Whether files in `directory` can be opened with O_DIRECT."""
+    if not journal.O_DIRECT:
+        return False
+    probe = directory / ".probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | journal.O_DIRECT, 0o644)
+    except OSError:
+        return False
+    os.close(fd)
+    probe.unlink()
+    return True
+
+
+needs_direct_io = pytest.mark.skipif(
+    not _direct_io_works(Path(os.environ.get("TMPDIR", "/tmp"))),
+    reason="the test filesystem refuses O_DIRECT (streaming falls back: tested too)",
+)
 
 
 def experiment(**overrides: Any) -> ExperimentConfig:

@@ -22,31 +22,13 @@ from tests.aggregator_service.helpers import (
     AppFactory,
     experiment,
     global_model,
+    needs_direct_io,
     register,
     update_body,
     wait_for,
 )
 
 MIB = 1 << 20
-
-
-def _direct_io_works(directory: Path) -> bool:
-    if not journal.O_DIRECT:
-        return False
-    probe = directory / ".probe"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | journal.O_DIRECT, 0o644)
-    except OSError:
-        return False
-    os.close(fd)
-    probe.unlink()
-    return True
-
-
-needs_direct_io = pytest.mark.skipif(
-    not _direct_io_works(Path(os.environ.get("TMPDIR", "/tmp"))),
-    reason="the test filesystem refuses O_DIRECT (streaming falls back: tested below)",
-)
 
 
 def _payload(size: int, seed: int = 0) -> bytes:
