@@ -12,10 +12,6 @@ import http.client
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,6 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from shared.runs.service import local_aggregator
 from shared.wire import decode_message, decode_weights, encode_message
 
 __all__ = [
@@ -47,7 +44,6 @@ __all__ = [
     "register_clients",
     "reset_peak",
     "running_aggregator",
-    "stop_process",
     "wait_for_status",
 ]
 
@@ -98,10 +94,7 @@ def running_aggregator(
     env: Mapping[str, str] | None = None,
     startup_timeout_s: float = 120.0,
 ) -> Iterator[Aggregator]:
-    """Run a ResNet18 aggregator for `num_clients` clients until the block ends, then kill it."""
-    port = _free_port()
-    command = [sys.executable, "-m", "aggregator_service", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--state-dir", str(state_dir), "--log-level", "warning"]
+    """Run a ResNet18 aggregator for `num_clients` clients until the block ends, then stop it."""
     overrides = {
         "model": "resnet18",
         "dataset": "synthetic",
@@ -112,57 +105,12 @@ def running_aggregator(
         "num_rounds": str(num_rounds),
         "round_timeout_s": "600",
     }
-    for key, value in overrides.items():
-        command += ["--set", f"{key}={value}"]
-    if not persist_updates:
-        command.append("--no-persist-updates")
-    log_path = state_dir.parent / f"aggregator-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-            env={**os.environ, **(env or {})},
-        )
-    try:
-        server = Aggregator(process.pid, "127.0.0.1", port, log_path)
-        _wait_healthy(server, process, startup_timeout_s)
-        yield server
-    finally:
-        stop_process(process)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_healthy(server: Aggregator, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = server.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"the aggregator exited with {process.returncode}:\n{tail}")
-        try:
-            if get_json(server, "/healthz", timeout=2.0).get("status") == "ok":
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"the aggregator on port {server.port} was not healthy after {timeout} s")
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """Stop the aggregator by its PID: SIGTERM, then SIGKILL after 15 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(15)
+    items = [f"{key}={value}" for key, value in overrides.items()]
+    flags = [] if persist_updates else ["--no-persist-updates"]
+    started = local_aggregator(state_dir, *items, flags=flags, env=env, timeout_s=startup_timeout_s)
+    with started as (url, child):
+        port = int(url.rsplit(":", 1)[1])
+        yield Aggregator(child.pid, "127.0.0.1", port, child.log_path)
 
 
 def read_memory(pid: int) -> dict[str, int]:

@@ -29,15 +29,14 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -46,15 +45,15 @@ from typing import Any
 import httpx
 import numpy as np
 from _common import (
-    REPO_ROOT,
     machine_busy_seconds,
     machine_line,
     markdown_table,
     process_cpu_seconds,
     read_memory,
-    stop_process,
 )
 
+from shared.runs.launch import Child
+from shared.runs.service import local_aggregator
 from shared.wire import decode_message, decode_weights, encode_message
 
 __all__ = ["LoadStats", "main"]
@@ -83,17 +82,13 @@ class LoadStats:
 
 def start_aggregator(
     state_dir: Path, args: argparse.Namespace
-) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the aggregator for `args.clients` clients and wait until it is healthy."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+) -> AbstractContextManager[tuple[str, Child]]:
+    """Run the aggregator for `args.clients` clients until the block ends; yield URL, process."""
     n = str(args.clients)
-    command = [sys.executable, "-m", "aggregator_service", "--port", str(port)]
-    command += ["--state-dir", str(state_dir), "--log-level", "warning", "--receive-rate", "0"]
+    flags = ["--receive-rate", "0"]
     if args.max_queued_uploads is not None:
-        command += ["--max-queued-uploads", str(args.max_queued_uploads)]
-    for item in (
+        flags += ["--max-queued-uploads", str(args.max_queued_uploads)]
+    overrides = (
         "model=mlp",
         "dataset=mnist5k",
         "server_eval=false",
@@ -102,20 +97,9 @@ def start_aggregator(
         f"min_available_clients={n}",
         "fraction_fit=1.0",
         "round_timeout_s=600",
-    ):
-        command += ["--set", item]
-    log = (state_dir.parent / "aggregator.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    stop_process(process)
-    raise RuntimeError(f"the aggregator did not start; see {log.name}")
+    )
+    log_path = state_dir.parent / "aggregator.log"
+    return local_aggregator(state_dir, *overrides, flags=flags, log_path=log_path, timeout_s=120)
 
 
 # ------------------------------------------------------------------ the /status poller
@@ -321,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-        process, url = start_aggregator(Path(tmp) / "state", args)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-load-") as tmp,
+        start_aggregator(Path(tmp) / "state", args) as (url, process),
+    ):
         stats = LoadStats()
         receiver, sender = multiprocessing.get_context("spawn").Pipe()
         poller = multiprocessing.get_context("spawn").Process(
@@ -349,7 +335,6 @@ def main(argv: list[str] | None = None) -> int:
             if poller.is_alive():
                 poller.terminate()
             poller.join(10)
-            stop_process(process)
 
     updates = args.rounds * args.clients
     durations = ", ".join(f"{row['duration_s']:.1f}" for row in history)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,14 +62,27 @@ def _flags(**values: object) -> list[str]:
     ]
 
 
-def aggregator_argv(config_path: Path, *, port: int, state_dir: Path) -> list[str]:
+def aggregator_argv(
+    config_path: Path | None = None,
+    *,
+    port: int,
+    state_dir: Path,
+    overrides: Sequence[str] = (),
+    flags: Sequence[str] = (),
+) -> list[str]:
     """Return the aggregator's command line (it serves on 127.0.0.1 only).
 
-    Without the access log: the runner shows progress itself, and a line per request
-    (the runner and every worker poll) would bury the aggregator's own log lines.
+    `overrides` are ``--set key=value`` items and `flags` further options (tests and
+    benchmarks). Without the access log: the runner shows progress itself, and a line per
+    request (the runner and every worker poll) would bury the aggregator's own log lines.
     """
-    flags = _flags(config=config_path, host=LOOPBACK, port=port, state_dir=state_dir)
-    return [sys.executable, "-m", "aggregator_service", *flags, "--no-access-log"]
+    argv = [sys.executable, "-m", "aggregator_service"]
+    if config_path is not None:
+        argv += _flags(config=config_path)
+    argv += [*_flags(host=LOOPBACK, port=port, state_dir=state_dir), "--no-access-log", *flags]
+    for item in overrides:
+        argv += ["--set", item]
+    return argv
 
 
 def worker_argv(

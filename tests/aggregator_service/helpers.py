@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -21,6 +18,7 @@ from aggregator_service import journal
 from aggregator_service.app import create_app
 from aggregator_service.settings import AggregatorSettings
 from shared.config import ExperimentConfig, load_config
+from shared.runs.service import local_aggregator
 from shared.wire import decode_message, decode_weights, encode_message
 
 MSGPACK = {"content-type": "application/msgpack"}
@@ -147,45 +145,6 @@ def aggregator_process(
     timeout: float = 60,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Run `python -m aggregator_service` on a free port; yield its URL and process."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    command = [
-        sys.executable,
-        "-m",
-        "aggregator_service",
-        "--port",
-        str(port),
-        "--state-dir",
-        str(state_dir),
-        "--log-level",
-        "warning",
-    ]
-    command += flags
-    for item in overrides:
-        command += ["--set", item]
-    log = (state_dir.parent / f"aggregator-{port}.log").open("wb")
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert process.poll() is None, f"aggregator exited with {process.returncode}"
-            assert time.monotonic() < deadline, "aggregator did not become healthy"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield url, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        log.close()
+    started = local_aggregator(state_dir, *overrides, flags=flags, env=env, timeout_s=timeout)
+    with started as (url, child):
+        yield url, child.process

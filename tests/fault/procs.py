@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from shared.runs.launch import free_port
+from shared.runs.layout import aggregator_argv
 
 __all__ = [
     "REPO",
@@ -110,10 +112,8 @@ class Processes:
     ) -> Proc:
         """Start `python -m aggregator_service` on `port` (default: a free one)."""
         port = port if port is not None else free_port()
-        command = [sys.executable, "-m", "aggregator_service", "--port", str(port)]
-        command += ["--state-dir", str(state_dir), "--log-level", "warning", *flags]
-        for item in overrides:
-            command += ["--set", item]
+        flags = ["--log-level", "warning", *flags]
+        command = aggregator_argv(port=port, state_dir=state_dir, overrides=overrides, flags=flags)
         proc = self.spawn(name, command, **popen)
         proc.url = f"http://127.0.0.1:{port}"
         if wait:
@@ -169,13 +169,6 @@ class Processes:
     def logs(self) -> str:
         """Return the tail of every process's log, for assertion messages."""
         return "\n".join(f"--- {proc.name} (pid {proc.pid})\n{proc.log()}" for proc in self.started)
-
-
-def free_port() -> int:
-    """Return a TCP port that is free on the loopback interface right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_healthy(proc: Proc, timeout: float = 60.0) -> None:
