@@ -27,7 +27,7 @@ burst of load from elsewhere on the machine hits both sides of a ratio alike.
 GB/s means 1e9 bytes per second. The CPU columns split the CPU seconds used during each
 measurement between the server (or sink), this process (the clients) and the rest of the
 machine (other processes, kernel threads, interrupts).
-Run: ``.venv/bin/python bench/bench_ingest.py [--clients 10] [--repeats 5]``.
+Run: ``.venv/bin/python bench/bench_ingest.py [--clients 10] [--repeats 5] [--upload-slots 2]``.
 """
 
 from __future__ import annotations
@@ -380,14 +380,17 @@ def report(results: dict[str, list[Timing]]) -> str:
     )
 
 
-def run(*, clients: int, repeats: int, work: Path) -> tuple[dict[str, list[Timing]], int]:
-    """Measure everything; return the timings by name and the size of one update."""
+def run(
+    *, clients: int, repeats: int, work: Path, slots: int = UPLOAD_SLOTS
+) -> tuple[dict[str, list[Timing]], int]:
+    """Measure everything with `slots` upload slots; return timings by name, an update's size."""
+    slots_env = {"TRIBUTARY_AGG_MAX_CONCURRENT_UPLOADS": str(slots)}
     results: dict[str, list[Timing]] = {
         name: [] for name in (RAW_TCP, HTTP_READ, RAW_TCP_AGAIN, RAW_WRITE, RAW_DIRECT)
     }
     with (
         _spawned(_tcp_sink, SOCKET_BUFFER) as tcp_sink,
-        _spawned(_http_sink, UPLOAD_SLOTS) as (http_pid, http_port),
+        _spawned(_http_sink, slots) as (http_pid, http_port),
     ):
         stand_in = Aggregator(http_pid, "127.0.0.1", http_port, Path(os.devnull))
 
@@ -401,6 +404,7 @@ def run(*, clients: int, repeats: int, work: Path) -> tuple[dict[str, list[Timin
             repeats=repeats,
             persist=False,
             before_each=network_baselines,
+            env=slots_env,
         )
 
         def tcp_baseline(bodies: Sequence[bytes]) -> None:
@@ -412,7 +416,7 @@ def run(*, clients: int, repeats: int, work: Path) -> tuple[dict[str, list[Timin
             repeats=repeats,
             persist=False,
             before_each=tcp_baseline,
-            env={"TRIBUTARY_AGG_DIRECT_UPLOADS": "false"},
+            env={**slots_env, "TRIBUTARY_AGG_DIRECT_UPLOADS": "false"},
         )
 
     def write_baseline(bodies: Sequence[bytes]) -> None:
@@ -425,6 +429,7 @@ def run(*, clients: int, repeats: int, work: Path) -> tuple[dict[str, list[Timin
         repeats=repeats,
         persist=True,
         before_each=write_baseline,
+        env=slots_env,
     )
     return results, size
 
@@ -435,10 +440,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work-dir", type=Path, help="where the state dirs go (default: /tmp)")
+    parser.add_argument(
+        "--upload-slots",
+        type=int,
+        default=UPLOAD_SLOTS,
+        help=f"the aggregator's --max-concurrent-uploads (default: its default, {UPLOAD_SLOTS})",
+    )
     args = parser.parse_args(argv)
     print(f"machine: {machine_line()}", flush=True)
+    print(f"upload slots: {args.upload_slots}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=args.work_dir) as root:
-        results, size = run(clients=args.clients, repeats=args.repeats, work=Path(root))
+        results, size = run(
+            clients=args.clients, repeats=args.repeats, work=Path(root), slots=args.upload_slots
+        )
     print(
         f"{args.clients} clients x {size} bytes per update = {args.clients * size / 1e6:.1f} MB "
         f"per repetition, {args.repeats} repetitions; state dirs under "
