@@ -91,7 +91,6 @@ class FedAvg:
         self._open = False
         self._slots: dict[str, _Slot] = {}
         self._sums: dict[str, np.ndarray] = {}  # float64 running sums of w * n
-        self._spare: dict[str, np.ndarray] = {}  # last round's sums, reused by the next
         self._maxima: dict[str, np.ndarray] = {}  # integer/bool tensors: element-wise max
         self._scratch = np.empty(0, dtype=np.float64)  # reused for every w * n product
         self._scratch2 = np.empty(0, dtype=np.float64)  # ... by the second folding thread
@@ -166,31 +165,27 @@ class FedAvg:
                 )
             result: dict[str, np.ndarray] = {}
             for name, slot in self._slots.items():
-                if slot.floating:
-                    total = np.divide(self._sums[name], self._total_examples, out=self._sums[name])
+                if slot.floating:  # each sum is freed once cast: the peak is the model + 2x
+                    total = self._sums.pop(name)
+                    np.divide(total, self._total_examples, out=total)
                     result[name] = total.astype(slot.dtype)
+                    del total
                 else:
                     result[name] = self._maxima[name]
             self._open = False
-            self._spare, self._sums, self._maxima = self._sums, {}, {}
+            self._sums, self._maxima = {}, {}
             self._scratch = self._scratch2 = np.empty(0, dtype=np.float64)
             return result
 
     def _zeroed_sums(self, slots: Mapping[str, _Slot]) -> dict[str, np.ndarray]:
-        """Return zeroed float64 sums, reusing last round's arrays when the model is the same.
+        """Return fresh float64 sums, written with zeros here.
 
-        Zeroing resident arrays is a memset. Fresh ones are written here too (np.full, not
-        np.zeros): otherwise the kernel would zero their pages one fault at a time inside
-        the first update's fold, 170 ms for ResNet18 on the benchmark machine, with the
-        fold's lock held and uploads waiting.
+        np.full, not np.zeros: otherwise the kernel would zero their pages one fault at a
+        time inside the first update's fold, 170 ms for ResNet18 on the benchmark machine,
+        with the fold's lock held and uploads waiting. Last round's sums are not kept for
+        reuse: between rounds the aggregator holds no sums at all.
         """
-        spare, self._spare = self._spare, {}
-        shapes = {name: s.shape for name, s in slots.items() if s.floating}
-        if {name: a.shape for name, a in spare.items()} == shapes:
-            for array in spare.values():
-                array.fill(0.0)
-            return spare
-        return {name: np.full(shape, 0.0) for name, shape in shapes.items()}
+        return {name: np.full(s.shape, 0.0) for name, s in slots.items() if s.floating}
 
     def _fold_all(self, jobs: list[tuple[str, np.ndarray]], num_examples: int) -> None:
         """Fold the floating tensors; a large model's in two halves on two threads.
