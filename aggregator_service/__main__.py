@@ -93,6 +93,11 @@ def _add_security_args(parser: argparse.ArgumentParser) -> None:
     security.add_argument("--max-concurrent-uploads", type=int, help="bodies held at once")
     security.add_argument("--max-queued-uploads", type=int, help="uploads waiting; more get 503")
     security.add_argument("--max-long-polls", type=int, help="polls held open; more get 503")
+    security.add_argument(
+        "--body-idle-timeout-s",
+        type=float,
+        help="an upload from which no byte arrives this long gets 408 (default 60)",
+    )
 
 
 def prepare(argv: list[str] | None) -> tuple[AggregatorSettings, uvicorn.Server]:

@@ -16,6 +16,7 @@ straight into that buffer, through the scope extension `tributary.body_into`.
 
 from __future__ import annotations
 
+import asyncio
 import mmap
 import sys
 from collections.abc import Callable
@@ -114,26 +115,58 @@ async def read_body(
     limit: int,
     allocate: Callable[[int], memoryview] | None = None,
     watcher: BodyWatcher | None = None,
+    idle_timeout_s: float | None = None,
 ) -> memoryview:
     """Return the body, refusing with 413 as soon as it is known to exceed `limit` bytes.
 
     A body with a Content-Length goes into `allocate(length)` (default: a fresh buffer),
-    and `watcher` follows it there as it arrives.
+    and `watcher` follows it there as it arrives. With `idle_timeout_s`, a body from which
+    no byte arrives for that long is refused with 408 (a stalled client must not hold its
+    upload slot for ever).
     """
     declared = request.headers.get("content-length")
-    if declared is None:
-        return memoryview(await _read_growing(request, limit))
-    if not declared.isdigit():
+    if declared is not None and not declared.isdigit():
         raise UpdateRejected(400, "bad_content_length", "Content-Length is not a number")
-    size = int(declared)
-    if size > limit:
-        raise _too_large(size, limit)
-    buffer = allocate(size) if allocate is not None else memoryview(_allocate(size))
+    if declared is not None and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    idle = _IdleLimit(idle_timeout_s) if idle_timeout_s is not None else None
+    try:
+        if declared is None:
+            return memoryview(await _read_growing(request, limit, idle))
+        buffer = allocate(int(declared)) if allocate is not None else None
+        return await _read_sized(request, buffer, int(declared), watcher, idle)
+    except asyncio.CancelledError:
+        if idle is None or not idle.expired():
+            raise
+        raise UpdateRejected(
+            408, "body_timeout", f"no byte of the body arrived for {idle_timeout_s:g} s"
+        ) from None
+    finally:
+        if idle is not None:
+            idle.close()
+
+
+async def _read_sized(
+    request: Request,
+    buffer: memoryview | None,
+    size: int,
+    watcher: BodyWatcher | None,
+    idle: _IdleLimit | None,
+) -> memoryview:
+    """Read a body with a Content-Length of `size` into `buffer` (or a fresh one)."""
+    buffer = buffer if buffer is not None else memoryview(_allocate(size))
     if watcher is not None:
         watcher.start(buffer)
+
+    def arrived(filled: int) -> None:
+        if idle is not None:
+            idle.touch()
+        if watcher is not None:
+            watcher.advance(filled)
+
     fill = request.scope.get("extensions", {}).get(BODY_INTO)
     if fill is not None:
-        await fill(buffer, None if watcher is None else watcher.advance)
+        await fill(buffer, arrived)
         return buffer
     filled = 0
     async for chunk in request.stream():
@@ -144,19 +177,58 @@ async def read_body(
             )
         buffer[filled:end] = chunk
         filled = end
-        if watcher is not None:
-            watcher.advance(filled)
+        arrived(filled)
     return buffer if filled == size else buffer[:filled]
 
 
-async def _read_growing(request: Request, limit: int) -> bytearray:
+async def _read_growing(request: Request, limit: int, idle: _IdleLimit | None) -> bytearray:
     """Read a body of unknown length (chunked transfer encoding)."""
     body = bytearray()
     async for chunk in request.stream():
         if len(body) + len(chunk) > limit:
             raise _too_large(len(body) + len(chunk), limit)
         body += chunk
+        if idle is not None:
+            idle.touch()
     return body
+
+
+class _IdleLimit:
+    """Cancels the current task once `seconds` pass without `touch()` (on the event loop).
+
+    `touch` only notes the time, so a body arriving in many small chunks costs nothing
+    more; the timer checks when it fires and sets itself again if bytes came meanwhile.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._last = self._loop.time()
+        self._fired = False
+        self._timer = self._loop.call_at(self._last + seconds, self._check)
+
+    def touch(self) -> None:
+        """Note that bytes arrived just now."""
+        self._last = self._loop.time()
+
+    def expired(self) -> bool:
+        """Whether the limit cancelled the task; takes that cancellation back if so."""
+        if self._fired and self._task is not None:
+            self._task.uncancel()
+        return self._fired
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._timer.cancel()
+
+    def _check(self) -> None:
+        due = self._last + self._seconds
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check)
+        elif self._task is not None:
+            self._fired = True
+            self._task.cancel()
 
 
 def _allocate(size: int) -> bytearray | mmap.mmap:

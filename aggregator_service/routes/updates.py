@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from aggregator_service.auth import Caller, ClientCaller, check_client
-from aggregator_service.body import read_body
+from aggregator_service.body import BodyWatcher, read_body
 from aggregator_service.deps import FederationDep, ReceiveLimiterDep, SettingsDep, UploadGateDep
 from aggregator_service.early_refusal import EarlyRefusal
 from aggregator_service.ingest import ingest_update
 from aggregator_service.journal_stream import StreamedBody
 from aggregator_service.runtime import Federation
+from aggregator_service.settings import AggregatorSettings
 from aggregator_service.state import UpdateRejected
 from shared.schemas import ReceiveReply, RegisterReply, RegisterRequest, UpdateHeader
 
@@ -63,6 +65,7 @@ async def register(
     },
     responses={
         400: {"description": "undecodable msgpack or unknown protocol version"},
+        408: {"description": "no byte of the body arrived for --body-idle-timeout-s"},
         **_AUTH_RESPONSES,
         409: {"description": "stale round, round closed, or client not selected"},
         413: {"description": "body over --max-body-bytes"},
@@ -96,7 +99,7 @@ async def receive(
         streamed = store.stream_update() if store is not None else None
         watcher = EarlyRefusal(streamed, federation.state) if streamed is not None else None
         try:
-            body = await read_body(request, settings.max_body_bytes, slot.take, watcher)
+            body = await _read_counted(request, settings, slot.take, watcher, federation)
             return await run_in_threadpool(
                 _ingest_as,
                 body,
@@ -108,6 +111,27 @@ async def receive(
         finally:
             if streamed is not None and streamed.following:  # the update was not saved
                 await _discard(streamed)
+
+
+async def _read_counted(
+    request: Request,
+    settings: AggregatorSettings,
+    allocate: Callable[[int], memoryview],
+    watcher: BodyWatcher | None,
+    federation: Federation,
+) -> memoryview:
+    """Read the body under the limits; a refusal (too large, bad length, stalled) is counted."""
+    try:
+        return await read_body(
+            request,
+            settings.max_body_bytes,
+            allocate,
+            watcher,
+            idle_timeout_s=settings.body_idle_timeout_s,
+        )
+    except UpdateRejected as exc:
+        federation.state.count_rejection(exc.code)
+        raise
 
 
 async def _discard(streamed: StreamedBody) -> None:

@@ -16,15 +16,23 @@ import uvicorn
 
 @contextmanager
 def serve(
-    app: Any, *, certfile: Path | None = None, keyfile: Path | None = None
+    app: Any, *, certfile: Path | None = None, keyfile: Path | None = None, http: Any = "auto"
 ) -> Iterator[tuple[str, uvicorn.Server]]:
-    """Serve `app` on a free loopback port (HTTPS with a cert); yield its URL and the server."""
+    """Serve `app` on a free loopback port (HTTPS with a cert); yield its URL and the server.
+
+    `http` is uvicorn's HTTP protocol, e.g. the service's own DirectUploadProtocol.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", ssl_certfile=certfile, ssl_keyfile=keyfile
+        app,
+        log_level="warning",
+        lifespan="on",
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        http=http,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import mmap
 import weakref
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from fastapi import Request
 from fastapi.testclient import TestClient
 
-from aggregator_service.body import BodyPool, faulted_mapping
+from aggregator_service.body import BodyPool, faulted_mapping, read_body
+from aggregator_service.state import UpdateRejected
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
@@ -156,3 +159,50 @@ def test_stocked_mappings_are_taken_and_never_exceed_keep_with_bodies_in_use() -
     body = pool.take(2 * MIB - 4096)
     assert body.obj is refs[0]()
     assert body.nbytes == 2 * MIB - 4096
+
+
+def _stalling_request(pieces: list[bytes], *, declared: int | None) -> Request:
+    """A request whose body sends `pieces`, then nothing more (a stalled client)."""
+    headers = [(b"content-type", b"application/msgpack")]
+    if declared is not None:
+        headers.append((b"content-length", str(declared).encode()))
+    scope = {"type": "http", "method": "POST", "path": "/receive", "headers": headers}
+    waiting = list(pieces)
+
+    async def receive() -> dict[str, object]:
+        if waiting:
+            return {"type": "http.request", "body": waiting.pop(0), "more_body": True}
+        await asyncio.sleep(60)
+        return {"type": "http.disconnect"}
+
+    return Request(scope, receive)
+
+
+@pytest.mark.parametrize("declared", [10_000, None], ids=["content-length", "chunked"])
+def test_a_body_that_stops_arriving_is_refused_with_408(declared: int | None) -> None:
+    request = _stalling_request([b"\x00" * 100, b"\x00" * 100], declared=declared)
+
+    async def read() -> None:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpdateRejected) as refused:
+            await read_body(request, 1 << 20, idle_timeout_s=0.2)
+        assert asyncio.get_running_loop().time() - started < 5
+        assert (refused.value.status, refused.value.code) == (408, "body_timeout")
+        task = asyncio.current_task()
+        assert task is not None
+        assert task.cancelling() == 0  # the limit took its own cancellation back
+
+    asyncio.run(read())
+
+
+def test_a_body_that_keeps_arriving_is_read_whatever_its_total_time() -> None:
+    pieces = [bytes([i]) * 100 for i in range(6)]
+
+    async def receive_slowly() -> dict[str, object]:
+        await asyncio.sleep(0.08)  # 0.48 s in all, more than twice the idle limit
+        return {"type": "http.request", "body": pieces.pop(0), "more_body": bool(pieces)}
+
+    headers = [(b"content-length", b"600")]
+    request = Request({"type": "http", "method": "POST", "headers": headers}, receive_slowly)
+    body = asyncio.run(read_body(request, 1 << 20, idle_timeout_s=0.2))
+    assert bytes(body) == b"".join(bytes([i]) * 100 for i in range(6))

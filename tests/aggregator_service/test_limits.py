@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from aggregator_service.app import create_app
+from aggregator_service.fastpath import DirectUploadProtocol
 from aggregator_service.limits import RateLimiter, UploadGate
 from aggregator_service.settings import AggregatorSettings
+from shared.wire import decode_message, decode_weights
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
@@ -129,6 +131,57 @@ def test_full_upload_queue_answers_503_at_once_with_retry_after(tmp_path: Path) 
         _wait_until(lambda: gate.admitted == 0)
         again = httpx.post(f"{url}/receive", content=b"\xc1", headers=MSGPACK, timeout=10)
         assert again.status_code == 400
+
+
+@pytest.mark.parametrize("protocol", ["h11", "direct"])
+def test_a_stalled_upload_gets_408_and_gives_its_slot_to_the_next(
+    tmp_path: Path, protocol: str
+) -> None:
+    settings = AggregatorSettings(
+        state_dir=tmp_path / "state", max_concurrent_uploads=1, body_idle_timeout_s=0.5
+    )
+    app = create_app(settings, experiment())
+    http = DirectUploadProtocol if protocol == "direct" else "h11"
+    with serve(app, http=http) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
+        for client_id in ("a", "b"):
+            client.post("/register", json={"client_id": client_id}).raise_for_status()
+        while client.get("/status").json()["phase"] != "training":
+            time.sleep(0.02)
+        weights = decode_weights(decode_message(client.get("/get_weights").content)["weights"])
+        stalled = _slow_upload(url, 8 << 20)  # takes the only slot; the rest never comes
+        _wait_until(lambda: app.state.upload_gate.admitted == 1)
+        started = time.monotonic()
+        reply = client.post("/receive", content=update_body("a", 1, weights), headers=MSGPACK)
+        waited = time.monotonic() - started
+        assert reply.status_code == 200, reply.text
+        assert 0.3 < waited < 10  # it waited for the stalled upload's idle limit, no longer
+        answer = stalled.recv(4096)
+        stalled.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"body_timeout" in answer
+        assert 'reason="body_timeout"} 1' in client.get("/metrics").text
+
+
+def test_a_slow_upload_that_keeps_sending_is_not_cut_off(tmp_path: Path) -> None:
+    settings = AggregatorSettings(state_dir=tmp_path / "state", body_idle_timeout_s=0.4)
+    app = create_app(settings, experiment())
+    with serve(app) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
+        for client_id in ("a", "b"):
+            client.post("/register", json={"client_id": client_id}).raise_for_status()
+        while client.get("/status").json()["phase"] != "training":
+            time.sleep(0.02)
+        weights = decode_weights(decode_message(client.get("/get_weights").content)["weights"])
+        body = update_body("a", 1, weights)
+        pieces = [body[i : i + len(body) // 8 + 1] for i in range(0, len(body), len(body) // 8 + 1)]
+
+        def trickle() -> Iterator[bytes]:
+            for piece in pieces:  # about 1.4 s in all, 0.15 s between pieces
+                time.sleep(0.15)
+                yield piece
+
+        headers = {**MSGPACK, "Content-Length": str(len(body))}
+        reply = client.post("/receive", content=trickle(), headers=headers)
+        assert reply.status_code == 200, reply.text
 
 
 def test_a_slot_hands_its_body_buffer_to_the_upload_waiting_in_line() -> None:
