@@ -79,13 +79,10 @@ def create_app(
                 on_finished=on_finished,
             )
         _log_access(access, settings)
-        count = running.state.count_rejection
         loop = asyncio.get_running_loop()
         watch = ModelWatch(loop)
         upload_gate = UploadGate(
-            slots=settings.max_concurrent_uploads,
-            max_waiting=settings.max_queued_uploads,
-            on_refuse=count,
+            slots=settings.max_concurrent_uploads, max_waiting=settings.max_queued_uploads
         )
 
         def on_publish() -> None:  # on the round loop's thread
@@ -98,9 +95,9 @@ def create_app(
         app.state.federation = running
         app.state.watch = watch
         app.state.upload_gate = upload_gate
-        app.state.long_poll_gate = LongPollGate(limit=settings.max_long_polls, on_refuse=count)
+        app.state.long_poll_gate = LongPollGate(limit=settings.max_long_polls)
         app.state.receive_limiter = RateLimiter(
-            rate=settings.receive_rate, burst=settings.receive_burst, on_refuse=count
+            rate=settings.receive_rate, burst=settings.receive_burst
         )
         running.start()
         try:
@@ -152,6 +149,7 @@ def _default_evaluator(config: ExperimentConfig) -> Evaluator:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UpdateRejected)
     async def rejected(request: Request, exc: UpdateRejected) -> JSONResponse:
+        _count(request, exc.code)  # every refusal, wherever it was raised, counts here once
         headers = {"Retry-After": "1"} if exc.status == 503 else {}
         headers.update(exc.headers)
         body = {"error": exc.code, "detail": exc.detail, **exc.extra}
@@ -212,8 +210,13 @@ def _error(
     headers: dict[str, str] | None = None,
     **extra: str,
 ) -> JSONResponse:
-    app_state = getattr(request.app.state, "federation", None)
-    if app_state is not None:
-        app_state.state.count_rejection(code)
+    _count(request, code)
     body = {"error": code, "detail": detail, **extra}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _count(request: Request, code: str) -> None:
+    """Count a refused request in /metrics by its error code."""
+    federation = getattr(request.app.state, "federation", None)
+    if federation is not None:
+        federation.state.count_rejection(code)

@@ -209,14 +209,7 @@ def _access(request: Request) -> Access:
     return access
 
 
-def _refuse(request: Request, error: UpdateRejected) -> UpdateRejected:
-    federation = getattr(request.app.state, "federation", None)
-    if federation is not None:
-        federation.state.count_rejection(error.code)
-    return error
-
-
-def _unauthorized(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Exception:
+def _unauthorized(credentials: HTTPAuthorizationCredentials | None) -> Exception:
     challenge = 'Bearer realm="tributary"'
     if credentials is not None:
         challenge += ', error="invalid_token"'
@@ -226,13 +219,13 @@ def _unauthorized(request: Request, credentials: HTTPAuthorizationCredentials | 
         "missing or invalid bearer token (send 'Authorization: Bearer <token>')",
         headers={"WWW-Authenticate": challenge},
     )
-    return _refuse(request, error)
+    return error
 
 
 def _identify(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
     caller = _access(request).identify(credentials.credentials) if credentials else None
     if caller is None:
-        raise _unauthorized(request, credentials)
+        raise _unauthorized(credentials)
     return caller
 
 
@@ -242,9 +235,7 @@ async def client_caller(request: Request, credentials: Credentials) -> Caller:
         return ANYONE
     caller = _identify(request, credentials)
     if caller.client_id is None:
-        raise _refuse(
-            request, UpdateRejected(403, "forbidden", "this endpoint needs a client's token")
-        )
+        raise UpdateRejected(403, "forbidden", "this endpoint needs a client's token")
     return caller
 
 
@@ -258,33 +249,23 @@ async def reader_caller(request: Request, credentials: Credentials) -> Caller:
 async def admin_caller(request: Request, credentials: Credentials) -> Caller:
     """Require the admin token; refuse everyone when no admin token is configured."""
     if not _access(request).admin_enabled:
-        raise _refuse(
-            request,
-            UpdateRejected(
-                403,
-                "admin_disabled",
-                "no admin token is configured (TRIBUTARY_AGG_ADMIN_TOKEN or --admin-token-file)",
-            ),
+        raise UpdateRejected(
+            403,
+            "admin_disabled",
+            "no admin token is configured (TRIBUTARY_AGG_ADMIN_TOKEN or --admin-token-file)",
         )
     caller = _identify(request, credentials)
     if not caller.admin:
-        raise _refuse(
-            request, UpdateRejected(403, "forbidden", "this endpoint needs the admin token")
-        )
+        raise UpdateRejected(403, "forbidden", "this endpoint needs the admin token")
     return caller
 
 
-def check_client(request: Request, caller: Caller, client_id: str) -> None:
+def check_client(caller: Caller, client_id: str) -> None:
     """Refuse (403 wrong_client) a request about `client_id` by someone else's token."""
     if caller == ANYONE or caller.client_id == client_id:
         return
-    raise _refuse(
-        request,
-        UpdateRejected(
-            403,
-            "wrong_client",
-            f"the bearer token does not belong to client_id {client_id!r}",
-        ),
+    raise UpdateRejected(
+        403, "wrong_client", f"the bearer token does not belong to client_id {client_id!r}"
     )
 
 

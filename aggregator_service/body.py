@@ -127,14 +127,15 @@ async def read_body(
     declared = request.headers.get("content-length")
     if declared is not None and not declared.isdigit():
         raise UpdateRejected(400, "bad_content_length", "Content-Length is not a number")
-    if declared is not None and int(declared) > limit:
-        raise _too_large(int(declared), limit)
+    size = None if declared is None else int(declared)
+    if size is not None and size > limit:
+        raise _too_large(size, limit)
     idle = _IdleLimit(idle_timeout_s) if idle_timeout_s is not None else None
     try:
-        if declared is None:
+        if size is None:
             return memoryview(await _read_growing(request, limit, idle))
-        buffer = allocate(int(declared)) if allocate is not None else None
-        return await _read_sized(request, buffer, int(declared), watcher, idle)
+        buffer = allocate(size) if allocate is not None else memoryview(_allocate(size))
+        return await _read_sized(request, buffer, size, watcher, idle)
     except asyncio.CancelledError:
         if idle is None or not idle.expired():
             raise
@@ -148,13 +149,12 @@ async def read_body(
 
 async def _read_sized(
     request: Request,
-    buffer: memoryview | None,
+    buffer: memoryview,
     size: int,
     watcher: BodyWatcher | None,
     idle: _IdleLimit | None,
 ) -> memoryview:
-    """Read a body with a Content-Length of `size` into `buffer` (or a fresh one)."""
-    buffer = buffer if buffer is not None else memoryview(_allocate(size))
+    """Read a body with a Content-Length of `size` into `buffer` (`size` bytes)."""
     if watcher is not None:
         watcher.start(buffer)
 

@@ -44,12 +44,10 @@ class RateLimiter:
         rate: float,
         burst: int,
         clock: Callable[[], float] = time.monotonic,
-        on_refuse: Callable[[str], None] = lambda code: None,
     ) -> None:
         self.rate = rate
         self.burst = burst
         self._clock = clock
-        self._on_refuse = on_refuse
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key: tokens, t
 
     @property
@@ -79,7 +77,6 @@ class RateLimiter:
         wait = self.take(key)
         if wait > 0:
             seconds = max(1, math.ceil(wait))
-            self._on_refuse("rate_limited")
             raise UpdateRejected(
                 429,
                 "rate_limited",
@@ -105,11 +102,8 @@ class UploadSlot:
 class UploadGate:
     """Upload slots plus a bounded waiting line; beyond both, 503 `server_busy`."""
 
-    def __init__(
-        self, *, slots: int, max_waiting: int, on_refuse: Callable[[str], None] = lambda code: None
-    ) -> None:
+    def __init__(self, *, slots: int, max_waiting: int) -> None:
         self._slots = asyncio.Semaphore(slots)
-        self._on_refuse = on_refuse
         self._bodies = BodyPool(keep=slots)
         self.capacity = slots + max_waiting
         self.admitted = 0  # holding a slot or waiting for one
@@ -153,7 +147,6 @@ class UploadGate:
     async def admit(self) -> AsyncIterator[UploadSlot]:
         """Hold an upload slot for the block, waiting in line if there is room in it."""
         if self.admitted >= self.capacity:
-            self._on_refuse("server_busy")
             raise _busy("server_busy", "too many uploads are in progress or waiting")
         self.admitted += 1
         try:
@@ -175,16 +168,14 @@ class UploadGate:
 class LongPollGate:
     """Counts the requests held open; refuses to hold more than `limit`."""
 
-    def __init__(self, *, limit: int, on_refuse: Callable[[str], None] = lambda code: None) -> None:
+    def __init__(self, *, limit: int) -> None:
         self.limit = limit
-        self._on_refuse = on_refuse
         self.held = 0
 
     @contextmanager
     def hold(self) -> Iterator[None]:
         """Count a held request for the block, or raise 503 `too_many_polls`."""
         if self.held >= self.limit:
-            self._on_refuse("too_many_polls")
             raise _busy("too_many_polls", "too many long polls are held open")
         self.held += 1
         try:

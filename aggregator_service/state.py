@@ -276,5 +276,4 @@ class FederationState:
         )
 
     def _reject(self, status: int, code: str, detail: str) -> UpdateRejected:
-        self.counters.rejected[code] = self.counters.rejected.get(code, 0) + 1
         return UpdateRejected(status, code, detail, round=self.round.server_round)

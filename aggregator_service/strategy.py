@@ -165,15 +165,14 @@ class FedAvg:
                 )
             result: dict[str, np.ndarray] = {}
             for name, slot in self._slots.items():
-                if slot.floating:  # each sum is freed once cast: the peak is the model + 2x
+                if slot.floating:  # popped: each sum is freed before the next one is cast
                     total = self._sums.pop(name)
                     np.divide(total, self._total_examples, out=total)
                     result[name] = total.astype(slot.dtype)
-                    del total
                 else:
                     result[name] = self._maxima[name]
             self._open = False
-            self._sums, self._maxima = {}, {}
+            self._maxima = {}
             self._scratch = self._scratch2 = np.empty(0, dtype=np.float64)
             return result
 

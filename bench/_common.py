@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -109,8 +110,8 @@ def running_aggregator(
     flags = [] if persist_updates else ["--no-persist-updates"]
     started = local_aggregator(state_dir, *items, flags=flags, env=env, timeout_s=startup_timeout_s)
     with started as (url, child):
-        port = int(url.rsplit(":", 1)[1])
-        yield Aggregator(child.pid, "127.0.0.1", port, child.log_path)
+        address = urlsplit(url)
+        yield Aggregator(child.pid, str(address.hostname), int(address.port or 0), child.log_path)
 
 
 def read_memory(pid: int) -> dict[str, int]:

@@ -49,7 +49,7 @@ async def get_weights(
     """Serve the global model; hold the request up to `wait` s until something new exists."""
     state = federation.state
     if client_id is not None:
-        check_client(request, caller, client_id)
+        check_client(caller, client_id)
         state.touch(client_id)
     timeout = min(wait, settings.long_poll_max_s)
     published = await _await_new(state, watch, long_polls, min_round, if_none_match, timeout)

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from aggregator_service.auth import Caller, ClientCaller, check_client
-from aggregator_service.body import BodyWatcher, read_body
+from aggregator_service.body import read_body
 from aggregator_service.deps import FederationDep, ReceiveLimiterDep, SettingsDep, UploadGateDep
 from aggregator_service.early_refusal import EarlyRefusal
 from aggregator_service.ingest import ingest_update
 from aggregator_service.journal_stream import StreamedBody
 from aggregator_service.runtime import Federation
-from aggregator_service.settings import AggregatorSettings
 from aggregator_service.state import UpdateRejected
 from shared.schemas import ReceiveReply, RegisterReply, RegisterRequest, UpdateHeader
 
@@ -48,7 +46,7 @@ async def register(
     body: RegisterRequest, request: Request, federation: FederationDep, caller: ClientCaller
 ) -> RegisterReply:
     """Register a client (idempotent); it becomes eligible from the next round it is seen in."""
-    check_client(request, caller, body.client_id)
+    check_client(caller, body.client_id)
     reply, is_new = federation.state.register(body.client_id, body.num_examples)
     if is_new:
         await run_in_threadpool(federation.remember_client, body.client_id, body.num_examples)
@@ -99,11 +97,16 @@ async def receive(
         streamed = store.stream_update() if store is not None else None
         watcher = EarlyRefusal(streamed, federation.state) if streamed is not None else None
         try:
-            body = await _read_counted(request, settings, slot.take, watcher, federation)
+            body = await read_body(
+                request,
+                settings.max_body_bytes,
+                slot.take,
+                watcher,
+                idle_timeout_s=settings.body_idle_timeout_s,
+            )
             return await run_in_threadpool(
                 _ingest_as,
                 body,
-                request=request,
                 caller=caller,
                 federation=federation,
                 streamed=streamed,
@@ -111,27 +114,6 @@ async def receive(
         finally:
             if streamed is not None and streamed.following:  # the update was not saved
                 await _discard(streamed)
-
-
-async def _read_counted(
-    request: Request,
-    settings: AggregatorSettings,
-    allocate: Callable[[int], memoryview],
-    watcher: BodyWatcher | None,
-    federation: Federation,
-) -> memoryview:
-    """Read the body under the limits; a refusal (too large, bad length, stalled) is counted."""
-    try:
-        return await read_body(
-            request,
-            settings.max_body_bytes,
-            allocate,
-            watcher,
-            idle_timeout_s=settings.body_idle_timeout_s,
-        )
-    except UpdateRejected as exc:
-        federation.state.count_rejection(exc.code)
-        raise
 
 
 async def _discard(streamed: StreamedBody) -> None:
@@ -146,7 +128,6 @@ async def _discard(streamed: StreamedBody) -> None:
 def _ingest_as(
     body: memoryview,
     *,
-    request: Request,
     caller: Caller,
     federation: Federation,
     streamed: StreamedBody | None,
@@ -154,7 +135,7 @@ def _ingest_as(
     """Ingest an update; with authentication, only under the client id of the caller's token."""
 
     def authorize(header: UpdateHeader) -> None:
-        check_client(request, caller, header.client_id)
+        check_client(caller, header.client_id)
 
     return ingest_update(
         body,

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -78,8 +79,8 @@ def start_app(tmp_path: Path) -> Iterator[AppFactory]:
         client.__exit__(None, None, None)
 
 
-def register(client: TestClient, *client_ids: str, num_examples: int = 10) -> None:
-    """Register clients and assert each was accepted."""
+def register(client: httpx.Client, *client_ids: str, num_examples: int = 10) -> None:
+    """Register clients and assert each was accepted (a TestClient or a client of a server)."""
     for client_id in client_ids:
         reply = client.post(
             "/register", json={"client_id": client_id, "num_examples": num_examples}
@@ -88,7 +89,7 @@ def register(client: TestClient, *client_ids: str, num_examples: int = 10) -> No
 
 
 def wait_for(
-    client: TestClient, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10
+    client: httpx.Client, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10
 ) -> dict[str, Any]:
     """Poll /status until predicate holds (the loop runs in its own thread)."""
     deadline = time.monotonic() + timeout
@@ -100,7 +101,7 @@ def wait_for(
         time.sleep(0.02)
 
 
-def global_model(client: TestClient) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def global_model(client: httpx.Client) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Fetch and decode GET /get_weights."""
     reply = client.get("/get_weights")
     assert reply.status_code == 200, reply.text

@@ -22,7 +22,6 @@ from aggregator_service.app import create_app
 from aggregator_service.fastpath import DirectUploadProtocol
 from aggregator_service.limits import RateLimiter, UploadGate
 from aggregator_service.settings import AggregatorSettings
-from shared.wire import decode_message, decode_weights
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
@@ -143,11 +142,9 @@ def test_a_stalled_upload_gets_408_and_gives_its_slot_to_the_next(
     app = create_app(settings, experiment())
     http = DirectUploadProtocol if protocol == "direct" else "h11"
     with serve(app, http=http) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
-        for client_id in ("a", "b"):
-            client.post("/register", json={"client_id": client_id}).raise_for_status()
-        while client.get("/status").json()["phase"] != "training":
-            time.sleep(0.02)
-        weights = decode_weights(decode_message(client.get("/get_weights").content)["weights"])
+        register(client, "a", "b")
+        wait_for(client, lambda s: s["phase"] == "training")
+        _, weights = global_model(client)
         stalled = _slow_upload(url, 8 << 20)  # takes the only slot; the rest never comes
         _wait_until(lambda: app.state.upload_gate.admitted == 1)
         started = time.monotonic()
@@ -166,11 +163,9 @@ def test_a_slow_upload_that_keeps_sending_is_not_cut_off(tmp_path: Path) -> None
     settings = AggregatorSettings(state_dir=tmp_path / "state", body_idle_timeout_s=0.4)
     app = create_app(settings, experiment())
     with serve(app) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
-        for client_id in ("a", "b"):
-            client.post("/register", json={"client_id": client_id}).raise_for_status()
-        while client.get("/status").json()["phase"] != "training":
-            time.sleep(0.02)
-        weights = decode_weights(decode_message(client.get("/get_weights").content)["weights"])
+        register(client, "a", "b")
+        wait_for(client, lambda s: s["phase"] == "training")
+        _, weights = global_model(client)
         body = update_body("a", 1, weights)
         pieces = [body[i : i + len(body) // 8 + 1] for i in range(0, len(body), len(body) // 8 + 1)]
 
