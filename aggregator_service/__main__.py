@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from aggregator_service.app import build_federation, create_app
 from aggregator_service.auth import Access
 from aggregator_service.fastpath import DirectUploadProtocol, unsupported_reason
+from aggregator_service.malloc import cap_malloc_arenas
 from aggregator_service.settings import AggregatorSettings
 from shared.config import load_config, parse_overrides
 from shared.errors import ConfigError, TributaryError
@@ -69,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="do not log one line per HTTP request",
     )
     parser.add_argument("--exit-when-finished", action="store_true", default=None)
+    parser.add_argument(
+        "--malloc-arenas",
+        type=int,
+        help="cap glibc's malloc arenas (default 2; 0: glibc's own limit; MALLOC_ARENA_MAX wins)",
+    )
     parser.add_argument("--log-level")
     _add_security_args(parser)
     return parser.parse_args(argv)
@@ -110,6 +116,7 @@ def prepare(argv: list[str] | None) -> tuple[AggregatorSettings, uvicorn.Server]
         settings = AggregatorSettings(**flags)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+    cap_malloc_arenas(settings.malloc_arenas)  # before the thread pool and the round loop
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

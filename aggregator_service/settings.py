@@ -36,6 +36,7 @@ class AggregatorSettings(BaseSettings):
     finish_grace_s: float = Field(30.0, ge=0)  # keep serving "finished" this long before exiting
     log_level: str = "info"
     access_log: bool = True  # one log line per HTTP request
+    malloc_arenas: int = Field(2, ge=0)  # glibc malloc arenas at most; 0 = glibc's default
 
     # Authentication: off (anyone may take part) unless a tokens file is given.
     tokens_file: Path | None = None  # `client_id: token` lines (docs/security.md)
