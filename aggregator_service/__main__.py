@@ -116,11 +116,11 @@ def prepare(argv: list[str] | None) -> tuple[AggregatorSettings, uvicorn.Server]
         settings = AggregatorSettings(**flags)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
-    cap_malloc_arenas(settings.malloc_arenas)  # before the thread pool and the round loop
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    cap_malloc_arenas(settings.malloc_arenas)  # before the thread pool and the round loop
     config = load_config(settings.config, parse_overrides(args.set))
     Access.from_settings(settings)  # the tokens, before anything slow
     _check_tls(settings)

@@ -11,7 +11,6 @@ are mmapped and never live in an arena.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -53,7 +52,7 @@ def _glibc_mallopt() -> Mallopt | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the C library this process already runs on
         libc.gnu_get_libc_version  # noqa: B018  (only glibc has it: musl's mallopt is a no-op)
         function = libc.mallopt
     except (OSError, AttributeError):
