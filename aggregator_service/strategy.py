@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -40,8 +39,7 @@ from shared.errors import SpecMismatch, TributaryError
 __all__ = ["STRATEGIES", "AggregationError", "FedAvg", "Strategy", "build_strategy"]
 
 
-_BLOCK = 1 << 15  # elements folded per step (256 KiB of float64 scratch)
-_PARALLEL_FROM = 1 << 22  # floating elements from which an update is folded on two threads
+_BLOCK = 1 << 16  # elements folded per step (512 KiB of float64 scratch)
 
 
 class AggregationError(TributaryError):
@@ -93,8 +91,6 @@ class FedAvg:
         self._sums: dict[str, np.ndarray] = {}  # float64 running sums of w * n
         self._maxima: dict[str, np.ndarray] = {}  # integer/bool tensors: element-wise max
         self._scratch = np.empty(0, dtype=np.float64)  # reused for every w * n product
-        self._scratch2 = np.empty(0, dtype=np.float64)  # ... by the second folding thread
-        self._helper: ThreadPoolExecutor | None = None
         self._num_updates = 0
         self._total_examples = 0
 
@@ -126,7 +122,6 @@ class FedAvg:
             self._sums = self._zeroed_sums(slots)
             self._maxima = {}
             self._scratch = np.empty(min(largest, _BLOCK), dtype=np.float64)
-            self._scratch2 = np.empty(0, dtype=np.float64)  # allocated if a fold is split
             self._num_updates = 0
             self._total_examples = 0
             self._open = True
@@ -145,10 +140,10 @@ class FedAvg:
                     f"round {self._server_round} began while the update was being checked; "
                     "the update belongs to an earlier round"
                 )
-            floating = [(name, weights[name]) for name, slot in slots.items() if slot.floating]
-            self._fold_all(floating, num_examples)
             for name, slot in slots.items():
-                if not slot.floating:
+                if slot.floating:
+                    self._fold_floating(name, weights[name], num_examples)
+                else:
                     self._fold_integer(name, weights[name], slot.dtype)
             self._num_updates += 1
             self._total_examples += int(num_examples)
@@ -173,7 +168,7 @@ class FedAvg:
                     result[name] = self._maxima[name]
             self._open = False
             self._maxima = {}
-            self._scratch = self._scratch2 = np.empty(0, dtype=np.float64)
+            self._scratch = np.empty(0, dtype=np.float64)
             return result
 
     def _zeroed_sums(self, slots: Mapping[str, _Slot]) -> dict[str, np.ndarray]:
@@ -186,51 +181,23 @@ class FedAvg:
         """
         return {name: np.full(s.shape, 0.0) for name, s in slots.items() if s.floating}
 
-    def _fold_all(self, jobs: list[tuple[str, np.ndarray]], num_examples: int) -> None:
-        """Fold the floating tensors; a large model's in two halves on two threads.
+    def _fold_floating(self, name: str, update: np.ndarray, num_examples: int) -> None:
+        """Add update * num_examples to the tensor's float64 sum, block by block.
 
-        Folding is bound by memory bandwidth (it reads the update and reads and writes the
-        float64 sum), and numpy releases the GIL while it runs, so a second thread halves
-        the time an update holds the lock when a core is free.
+        Each block is cast into the float64 scratch, multiplied there and added to the sum:
+        the scratch stays small (512 KiB) and in cache. The product of a float32 (or
+        float16) weight and an integer below 2**29 is exact in float64, so the sum changes
+        by exactly one rounding per element and update. One thread: the fold is bound by
+        memory bandwidth, and a second thread cost more CPU than it saved time on two cores
+        shared with the uploads (docs/benchmarks.md).
         """
-        total = sum(update.size for _, update in jobs)
-        if total < _PARALLEL_FROM:
-            self._fold_tensors(jobs, num_examples, self._scratch)
-            return
-        first: list[tuple[str, np.ndarray]] = []
-        second: list[tuple[str, np.ndarray]] = []
-        counted = 0
-        for job in jobs:
-            (first if counted < total / 2 else second).append(job)
-            counted += job[1].size
-        if self._helper is None:
-            self._helper = ThreadPoolExecutor(1, thread_name_prefix="fedavg-fold")
-        if self._scratch2.size < self._scratch.size:
-            self._scratch2 = np.empty_like(self._scratch)
-        other = self._helper.submit(self._fold_tensors, second, num_examples, self._scratch2)
-        try:
-            self._fold_tensors(first, num_examples, self._scratch)
-        finally:
-            other.result()
-
-    def _fold_tensors(
-        self, jobs: list[tuple[str, np.ndarray]], num_examples: int, scratch: np.ndarray
-    ) -> None:
-        for name, update in jobs:
-            self._fold_floating(name, update, num_examples, scratch)
-
-    def _fold_floating(
-        self, name: str, update: np.ndarray, num_examples: int, scratch_space: np.ndarray
-    ) -> None:
         total = self._sums[name].reshape(-1)
         flat = update.reshape(-1)
-        # Block by block: the float64 scratch stays small (256 KiB) and in cache.
         for start in range(0, flat.size, _BLOCK):
             stop = min(start + _BLOCK, flat.size)
-            scratch = scratch_space[: stop - start]
-            # dtype=float64 makes the ufunc loop itself float64: a float32 loop would round
-            # the product to float32 before `out` widened it.
-            np.multiply(flat[start:stop], num_examples, out=scratch, dtype=np.float64)
+            scratch = self._scratch[: stop - start]
+            np.copyto(scratch, flat[start:stop])
+            np.multiply(scratch, num_examples, out=scratch)
             np.add(total[start:stop], scratch, out=total[start:stop])
 
     def _fold_integer(self, name: str, update: np.ndarray, dtype: np.dtype[np.generic]) -> None:

@@ -305,11 +305,11 @@ def _conform(name: str, array: np.ndarray, expected: TensorSpec) -> np.ndarray:
 def _all_finite(array: np.ndarray) -> bool:
     """Tell whether a tensor holds no NaN or Inf.
 
-    float32 and float64, fast path: one sum in the tensor's own dtype. A NaN or Inf element
-    makes the sum NaN or Inf (Inf - Inf is NaN), so a finite sum proves every element
-    finite; finite elements can overflow the sum too, so then the exact elementwise check
-    decides. float16 (whose arithmetic numpy emulates slowly): an exact test of the
-    exponent bits.
+    float32 and float64, fast path: the sum of squares (a BLAS dot product, twice as fast
+    as numpy's own sum here). Squares are never negative, so nothing cancels: a NaN or Inf
+    element makes the result NaN or Inf, and a finite result proves every element finite.
+    Large finite elements can overflow it too, so then the exact elementwise check decides.
+    float16 (whose arithmetic numpy emulates slowly): an exact test of the exponent bits.
     """
     if array.dtype.kind != "f" or array.size == 0:
         return True
@@ -317,7 +317,8 @@ def _all_finite(array: np.ndarray) -> bool:
         bits = array.view(np.dtype(np.uint16).newbyteorder(array.dtype.byteorder))
         return int(np.bitwise_and(bits, _FLOAT16_EXPONENT).max()) != _FLOAT16_EXPONENT
     with np.errstate(over="ignore", invalid="ignore"):
-        total = np.add.reduce(array, axis=None)
+        flat = array.reshape(-1)
+        total = np.dot(flat, flat)
     return math.isfinite(total) or bool(np.isfinite(array).all())
 
 

@@ -381,10 +381,10 @@ def test_tensors_larger_than_one_block_are_folded_whole() -> None:
     np.testing.assert_allclose(result, expected.astype(np.float32), rtol=1e-7)
 
 
-def test_a_large_model_folded_on_two_threads_gives_the_weighted_mean() -> None:
-    from aggregator_service.strategy import _PARALLEL_FROM
+def test_tensors_folded_over_many_blocks_give_the_exact_weighted_mean() -> None:
+    from aggregator_service.strategy import _BLOCK
 
-    shapes = {"w1": (_PARALLEL_FROM // 2 + 5,), "w2": (3, _PARALLEL_FROM // 6), "b": (7,)}
+    shapes = {"w1": (3 * _BLOCK + 5,), "w2": (3, _BLOCK // 2 + 1), "b": (7,)}
     global_weights = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
     rng = np.random.default_rng(7)
     updates = [

@@ -440,6 +440,17 @@ def test_all_finite_when_the_sum_overflows(dtype: str) -> None:
     assert not _all_finite(np.array([big, np.nan, -big], dtype))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_finds_a_bad_element_anywhere_in_a_large_tensor(dtype: str, bad: float) -> None:
+    array = np.random.default_rng(3).standard_normal(1_000_003).astype(dtype)
+    assert _all_finite(array)
+    for index in (0, 1, 500_000, array.size - 2, array.size - 1):
+        spoiled = array.copy()
+        spoiled[index] = bad
+        assert not _all_finite(spoiled), index
+
+
 def test_all_finite_reads_big_endian_float16() -> None:
     # 124 * 2**-24 is the float16 subnormal with bits 0x007C; byte-swapped they read 0x7C00,
     # the bits of +Inf.
