@@ -118,7 +118,6 @@ class TrainingSlots:
         if slots is not None and slots < 1:
             raise ValueError(f"train_slots must be at least 1 (or None for no limit); got {slots}")
         self.slots = slots
-        self._semaphore = threading.Semaphore(slots) if slots is not None else None
         self._threads = (
             ThreadPoolExecutor(slots, thread_name_prefix="train-slot")
             if slots is not None
@@ -126,33 +125,23 @@ class TrainingSlots:
         )
 
     def run(self, work: Callable[[], T], stop: threading.Event | None = None) -> T:
-        """Run `work` in a free slot, waiting for one first; return what it returns.
+        """Run `work` on a slot's thread, first come first served; return what it returns.
 
-        A `stop` set while waiting raises `TrainingInterrupted(0)` (nothing was trained).
+        The slot's thread goes from one training straight to the next waiting one, with no
+        hand-over between threads (and of the GIL) in between. A `stop` set while the work
+        still waits for a slot raises `TrainingInterrupted(0)` (nothing was trained); once
+        it runs, the work watches `stop` itself.
         """
         if self._threads is None:
             return work()
-        with self.hold(stop):
-            caller = threading.current_thread().name
-            return self._threads.submit(_run_named, caller, work).result()
-
-    @contextlib.contextmanager
-    def hold(self, stop: threading.Event | None = None) -> Iterator[None]:
-        """Wait for a free slot and hold it for the body (which runs on the caller's thread).
-
-        A `stop` set while waiting raises `TrainingInterrupted(0)` (nothing was trained).
-        """
-        semaphore = self._semaphore
-        if semaphore is None:
-            yield
-            return
-        while not semaphore.acquire(timeout=SLOT_POLL_S):
-            if stop is not None and stop.is_set():
-                raise TrainingInterrupted(0)
-        try:
-            yield
-        finally:
-            semaphore.release()
+        caller = threading.current_thread().name
+        future = self._threads.submit(_run_named, caller, work)
+        while True:
+            try:
+                return future.result(timeout=SLOT_POLL_S)
+            except TimeoutError:
+                if stop is not None and stop.is_set() and future.cancel():
+                    raise TrainingInterrupted(0) from None
 
 
 def _run_named(name: str, work: Callable[[], T]) -> T:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 import time
 
@@ -270,65 +271,107 @@ def test_train_cpu_seconds_stay_within_the_wall_time() -> None:
     assert 0.0 < result.train_cpu_seconds <= result.train_seconds + 0.01
 
 
-def test_training_slots_admit_at_most_that_many_holders() -> None:
+def test_training_slots_run_at_most_that_many_at_once_first_come_first_served() -> None:
     slots = TrainingSlots(2)
     inside: list[int] = []
     peak: list[int] = []
+    started: list[int] = []
     lock = threading.Lock()
     release = threading.Event()
 
-    def holder() -> None:
-        with slots.hold():
-            with lock:
-                inside.append(1)
-                peak.append(len(inside))
-            release.wait(5.0)
-            with lock:
-                inside.pop()
+    def work(index: int) -> int:
+        with lock:
+            started.append(index)
+            inside.append(index)
+            peak.append(len(inside))
+        release.wait(5.0)
+        with lock:
+            inside.remove(index)
+        return index
 
-    threads = [threading.Thread(target=holder) for _ in range(4)]
-    for thread in threads:
+    results: list[int] = []
+
+    def client(index: int) -> None:
+        results.append(slots.run(functools.partial(work, index)))
+
+    threads = []
+    for index in range(5):  # one after the other, so the queue order is known
+        thread = threading.Thread(target=client, args=(index,))
         thread.start()
-    deadline = time.monotonic() + 5.0
-    while len(peak) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.1)  # the other two had time to enter if they could
-    assert len(peak) == 2
+        threads.append(thread)
+        deadline = time.monotonic() + 5.0
+        while index < 2 and len(started) <= index and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.02)
+    assert sorted(started) == [0, 1]  # the other three wait for a slot
     release.set()
     for thread in threads:
         thread.join(5.0)
     assert max(peak) == 2
-    assert len(peak) == 4  # every holder got its turn
+    assert started == [0, 1, 2, 3, 4]
+    assert sorted(results) == [0, 1, 2, 3, 4]
 
 
 def test_waiting_for_a_slot_ends_on_stop_without_training() -> None:
     slots = TrainingSlots(1)
     stop = threading.Event()
+    busy = threading.Event()
+    release = threading.Event()
     outcome: list[TrainingInterrupted] = []
+
+    def occupy() -> None:
+        busy.set()
+        release.wait(5.0)
+
+    def never() -> None:
+        pytest.fail("the waiting work should never run")
 
     def waiter() -> None:
         try:
-            with slots.hold(stop):
-                pytest.fail("the waiter should never get the slot")
+            slots.run(never, stop)
         except TrainingInterrupted as exc:
             outcome.append(exc)
 
-    with slots.hold(stop):  # taken for the whole test
-        thread = threading.Thread(target=waiter)
-        thread.start()
-        time.sleep(0.05)
-        assert thread.is_alive()  # waiting
-        stopped_at = time.monotonic()
-        stop.set()
-        thread.join(5.0)
-        assert time.monotonic() - stopped_at < 5 * SLOT_POLL_S
+    holder = threading.Thread(target=slots.run, args=(occupy,))
+    holder.start()
+    assert busy.wait(5.0)
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.05)
+    assert thread.is_alive()  # waiting
+    stopped_at = time.monotonic()
+    stop.set()
+    thread.join(5.0)
+    assert time.monotonic() - stopped_at < 5 * SLOT_POLL_S
+    release.set()
+    holder.join(5.0)
     assert [exc.batches_done for exc in outcome] == [0]
 
 
-def test_no_slot_limit_never_waits_and_zero_slots_are_refused() -> None:
+def test_a_running_training_sees_the_stop_itself() -> None:
+    slots = TrainingSlots(1)
+    stop = threading.Event()
+    running = threading.Event()
+
+    def work() -> str:
+        running.set()
+        while not stop.wait(0.01):
+            pass
+        raise TrainingInterrupted(3)
+
+    def stopper() -> None:
+        assert running.wait(5.0)
+        stop.set()
+
+    threading.Thread(target=stopper).start()
+    with pytest.raises(TrainingInterrupted) as caught:
+        slots.run(work, stop)
+    assert caught.value.batches_done == 3
+
+
+def test_no_slot_limit_runs_on_the_callers_thread_and_zero_slots_are_refused() -> None:
     slots = TrainingSlots(None)
-    with slots.hold(), slots.hold(), slots.hold():
-        pass
+    assert slots.run(threading.get_ident) == threading.get_ident()
     with pytest.raises(ValueError, match="train_slots must be at least 1"):
         TrainingSlots(0)
 
