@@ -299,10 +299,11 @@ def test_training_slots_run_at_most_that_many_at_once_first_come_first_served() 
         thread = threading.Thread(target=client, args=(index,))
         thread.start()
         threads.append(thread)
+        # wait until this client's training runs (the first two) or is queued (the rest)
         deadline = time.monotonic() + 5.0
-        while index < 2 and len(started) <= index and time.monotonic() < deadline:
+        while not _running_or_queued(slots, started, index) and time.monotonic() < deadline:
             time.sleep(0.005)
-        time.sleep(0.02)
+    time.sleep(0.05)  # a third training would have started by now if it could
     assert sorted(started) == [0, 1]  # the other three wait for a slot
     release.set()
     for thread in threads:
@@ -310,6 +311,13 @@ def test_training_slots_run_at_most_that_many_at_once_first_come_first_served() 
     assert max(peak) == 2
     assert started == [0, 1, 2, 3, 4]
     assert sorted(results) == [0, 1, 2, 3, 4]
+
+
+def _running_or_queued(slots: TrainingSlots, started: list[int], index: int) -> bool:
+    """Whether training `index` (submitted in order 0, 1, ...) has started or is queued."""
+    assert slots._threads is not None
+    queued = slots._threads._work_queue.qsize()
+    return index in started if index < 2 else queued >= index - 1
 
 
 def test_waiting_for_a_slot_ends_on_stop_without_training() -> None:
@@ -363,9 +371,11 @@ def test_a_running_training_sees_the_stop_itself() -> None:
         assert running.wait(5.0)
         stop.set()
 
-    threading.Thread(target=stopper).start()
+    helper = threading.Thread(target=stopper)
+    helper.start()
     with pytest.raises(TrainingInterrupted) as caught:
         slots.run(work, stop)
+    helper.join(5.0)
     assert caught.value.batches_done == 3
 
 
