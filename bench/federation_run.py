@@ -40,6 +40,7 @@ from shared.runs.layout import (
 __all__ = ["Layout", "RoundFigures", "RunResult", "run_federation"]
 
 _OPENED = re.compile(r"round (\d+) opened")
+POLL_S = 5.0  # longest a watcher's request is held; failures are noticed this often
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
@@ -104,7 +105,7 @@ class RunResult:
     layout: Layout
     rounds: list[RoundFigures]
     window_s: float
-    own_cpu_s: float  # aggregator + workers during the measured rounds
+    own_cpu_s: float  # aggregator + workers during the measured rounds (from round 2 open)
     aggregator_cpu_s: float  # the aggregator alone during the measured rounds
     others_cpu_s: float
     load_before: str
@@ -200,32 +201,43 @@ def _process_seconds(pids: list[int]) -> float:
 def _watch(
     url: str, fleet: Fleet, *, rounds: int, pids: list[int], timeout_s: float
 ) -> tuple[list[dict[str, Any]], tuple[float, float, float, float]]:
-    """Poll /status until round `rounds` closed; measure CPU from round 1's close to then.
+    """Wait until round `rounds` closed; measure CPU from round 2's opening to then.
 
     Returns the history and (machine busy, our processes, the aggregator alone, elapsed)
     over that window; `pids[0]` is the aggregator.
 
-    /status is cheap to serve (the full /history is fetched once at the end), so polling
-    it every 100 ms costs the aggregator little of the CPU being measured.
+    The waiting is the aggregator's own long poll (GET /get_weights with `min_round` and
+    `wait`, asking for the JSON summary), so watching costs the run two answers plus one
+    per `POLL_S` instead of a request every few milliseconds of its CPU.
     """
     deadline = time.monotonic() + timeout_s
-    start: tuple[float, float, float, float] | None = None
-    with httpx.Client(base_url=url, timeout=10.0) as client:
-        while time.monotonic() < deadline:
-            last = client.get("/status").json().get("last_round") or {}
-            done = int(last.get("round", 0))
-            if start is None and done >= 1:
-                start = _cpu_now(pids)
-            if done >= rounds and start is not None:
-                end = _cpu_now(pids)
-                history: list[dict[str, Any]] = client.get("/history").json()
-                busy, own, aggregator, elapsed = (b - a for a, b in zip(start, end, strict=True))
-                return history, (busy, own, aggregator, elapsed)
-            failed = fleet.failed()
-            if failed is not None:
-                raise RuntimeError(f"{failed.name} exited early:\n{failed.log_tail(15)}")
-            time.sleep(0.1)
-    raise TimeoutError(f"the federation did not finish {rounds} rounds in {timeout_s:.0f} s")
+    with httpx.Client(base_url=url, timeout=POLL_S + 10.0) as client:
+        _await_round(client, fleet, 2, deadline)  # round 1 has closed, round 2 is open
+        start = _cpu_now(pids)
+        _await_round(client, fleet, rounds + 1, deadline)  # only "finished" answers this
+        end = _cpu_now(pids)
+        history: list[dict[str, Any]] = client.get("/history").json()
+    done = max((int(row["round"]) for row in history), default=0)
+    if done < rounds:
+        raise RuntimeError(f"the federation finished after {done} of {rounds} rounds")
+    busy, own, aggregator, elapsed = (b - a for a, b in zip(start, end, strict=True))
+    return history, (busy, own, aggregator, elapsed)
+
+
+def _await_round(client: httpx.Client, fleet: Fleet, min_round: int, deadline: float) -> None:
+    """Long-poll until round `min_round` is published or the run finished; watch the fleet."""
+    params = {"min_round": min_round, "wait": POLL_S}
+    headers = {"Accept": "application/json"}
+    while time.monotonic() < deadline:
+        response = client.get("/get_weights", params=params, headers=headers)
+        response.raise_for_status()
+        server_round = int(response.headers["x-tributary-round"])
+        if server_round >= min_round or response.headers["x-tributary-phase"] == "finished":
+            return
+        failed = fleet.failed()
+        if failed is not None:
+            raise RuntimeError(f"{failed.name} exited early:\n{failed.log_tail(15)}")
+    raise TimeoutError(f"the federation did not reach round {min_round} in time")
 
 
 def _cpu_now(pids: list[int]) -> tuple[float, float, float, float]:

@@ -219,7 +219,9 @@ def test_uploads_one_at_a_time_get_fresh_buffers_and_keep_none() -> None:
 
     async def upload() -> None:
         async with gate.admit() as slot:
-            seen.append(weakref.ref(slot.take(2 << 20).obj))
+            buffer = slot.take(2 << 20).obj
+            assert isinstance(buffer, mmap.mmap)  # the slot's buffer is a mapping of its own
+            seen.append(weakref.ref(buffer))
 
     for _ in range(2):
         asyncio.run(upload())
