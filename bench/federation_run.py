@@ -89,13 +89,21 @@ class RoundFigures:
     wall: float  # previous round aggregated -> this one aggregated
     duration: float  # /history duration_s: round opened -> aggregated
     server_turn: float  # previous aggregate -> "round r opened" (checkpoint, publish)
-    train_seconds: list[float]  # each client's training, wall time as it measured it
+    train_seconds: dict[int, float]  # client id -> its training, wall time as it measured it
     train_cpu_seconds: list[float]  # each client's training, CPU time of its thread
 
-    def pure(self, cores: int, *, cpu: bool = True) -> float:
-        """Training time in this round: max(sum over clients / cores, slowest client)."""
-        seconds = self.train_cpu_seconds if cpu else self.train_seconds
+    def pure(self, cores: int) -> float:
+        """Training CPU time in this round: max(sum over clients / cores, slowest client)."""
+        seconds = self.train_cpu_seconds
         return max(sum(seconds) / cores, max(seconds))
+
+    def busiest_process(self, layout: Layout) -> float:
+        """Training wall time of the process that trained longest (its clients one by one)."""
+        slots = layout.train_slots or 1
+        return max(
+            sum(t for client, t in self.train_seconds.items() if first <= client <= last) / slots
+            for first, last in layout.client_ranges
+        )
 
 
 @dataclass(frozen=True)
@@ -160,15 +168,15 @@ def _figures(history: list[dict[str, Any]], opened: dict[int, float]) -> list[Ro
     figures = []
     for server_round in sorted(rows)[1:]:
         row, previous = rows[server_round], rows[server_round - 1]
-        clients = list(row["clients"].values())
+        clients = row["clients"]
         figures.append(
             RoundFigures(
                 server_round=server_round,
                 wall=row["finished_at"] - previous["finished_at"],
                 duration=row["duration_s"],
                 server_turn=opened[server_round] - previous["finished_at"],
-                train_seconds=[c["train_seconds"] for c in clients],
-                train_cpu_seconds=[c["train_cpu_seconds"] for c in clients],
+                train_seconds={int(k): c["train_seconds"] for k, c in clients.items()},
+                train_cpu_seconds=[c["train_cpu_seconds"] for c in clients.values()],
             )
         )
     return figures
