@@ -59,7 +59,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared aggregator_service client_worker
+	$(BIN)/mypy shared aggregator_service client_worker tests bench
 
 format: $(STAMP)
 	$(BIN)/ruff format .

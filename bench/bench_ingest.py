@@ -212,7 +212,9 @@ def _http_sink(reply: Connection, upload_slots: int) -> None:
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)  # connections wait in the backlog until the server accepts them
     reply.send(listener.getsockname()[1])
-    config = uvicorn.Config(app, log_level="warning", http=DirectUploadProtocol)
+    # uvicorn's hint names asyncio.Protocol; a BufferedProtocol class works as well.
+    protocol: Any = DirectUploadProtocol
+    config = uvicorn.Config(app, log_level="warning", http=protocol)
     uvicorn.Server(config).run(sockets=[listener])
 
 

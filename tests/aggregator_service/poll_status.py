@@ -17,7 +17,12 @@ import httpx
 def main(url: str) -> None:
     """Poll `url`/status every 10 ms until stdin is closed; print the latencies."""
     done = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        done.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
     latencies: list[float] = []
     with httpx.Client(base_url=url, timeout=60) as http:
         print("ready", flush=True)

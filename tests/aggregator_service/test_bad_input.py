@@ -62,7 +62,7 @@ CASES: dict[str, tuple[Case, int, str]] = {
         400,
         "malformed_message",
     ),
-    "not a map": (lambda cid, w: (_raw([1, 2, 3]), MSGPACK), 400, "malformed_message"),  # type: ignore[dict-item]
+    "not a map": (lambda cid, w: (_raw([1, 2, 3]), MSGPACK), 400, "malformed_message"),  # type: ignore[arg-type]
     "unknown protocol": (
         lambda cid, w: (update_body(cid, 1, w, protocol=2), MSGPACK),
         400,

@@ -62,7 +62,8 @@ def _post_at_once_and_check_the_mean(client: TestClient, client_ids: list[str]) 
     _, new = global_model(client)
     total = sum(n for _, n in updates.values())
     for name in weights:
-        expected = sum(u[name].astype(np.float64) * n for u, n in updates.values()) / total
+        expected = np.asarray(sum(u[name].astype(np.float64) * n for u, n in updates.values()))
+        expected /= total
         np.testing.assert_allclose(new[name], expected.astype(np.float32), rtol=1e-5, atol=1e-6)
 
 

@@ -65,7 +65,7 @@ def test_checkpoint_round_trip_keeps_names_order_dtypes_values(store: RunStore) 
 
 
 def test_checkpoint_keeps_odd_layouts_and_records_the_file_sha256(store: RunStore) -> None:
-    weights = {
+    weights: dict[str, np.ndarray] = {
         "transposed": np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not C-contiguous
         "strided": np.arange(20, dtype=np.float64)[::3],
         "flags": np.array([True, False, True]),

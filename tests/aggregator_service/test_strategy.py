@@ -398,7 +398,9 @@ def test_tensors_folded_over_many_blocks_give_the_exact_weighted_mean() -> None:
         strategy.accumulate(update, n)
     result = strategy.finalize()
     for name in shapes:
-        expected = sum(u[name].astype(np.float64) * n for u, n in zip(updates, counts, strict=True))
+        expected = np.asarray(
+            sum(u[name].astype(np.float64) * n for u, n in zip(updates, counts, strict=True))
+        )
         np.testing.assert_array_equal(result[name], (expected / sum(counts)).astype(np.float32))
 
 

@@ -113,7 +113,7 @@ def test_a_full_pool_makes_the_next_client_wait_for_a_module() -> None:
 def test_a_stop_reaches_a_client_waiting_for_a_module() -> None:
     pool = ModelPool(_dataset(), size=1)
     stop = threading.Event()
-    outcome: list[BaseException] = []
+    outcome: list[TrainingInterrupted] = []
 
     def borrow() -> None:
         try:

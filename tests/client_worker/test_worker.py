@@ -595,7 +595,7 @@ def test_virtual_clients_on_one_slot_share_two_modules_and_post_what_they_would_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     built: list[str] = []
-    real_build = local_model.build_model
+    real_build = build_model
 
     def counting_build(name: str, **kwargs: Any) -> Any:
         built.append(name)
