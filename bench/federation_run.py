@@ -89,7 +89,7 @@ class RoundFigures:
     wall: float  # previous round aggregated -> this one aggregated
     duration: float  # /history duration_s: round opened -> aggregated
     server_turn: float  # previous aggregate -> "round r opened" (checkpoint, publish)
-    train_seconds: dict[int, float]  # client id -> its training, wall time as it measured it
+    train_seconds: list[float]  # each client's training, wall time as it measured it
     train_cpu_seconds: list[float]  # each client's training, CPU time of its thread
 
     def pure(self, cores: int) -> float:
@@ -97,13 +97,14 @@ class RoundFigures:
         seconds = self.train_cpu_seconds
         return max(sum(seconds) / cores, max(seconds))
 
-    def busiest_process(self, layout: Layout) -> float:
-        """Training wall time of the process that trained longest (its clients one by one)."""
-        slots = layout.train_slots or 1
-        return max(
-            sum(t for client, t in self.train_seconds.items() if first <= client <= last) / slots
-            for first, last in layout.client_ranges
-        )
+    def pure_wall(self, layout: Layout) -> float:
+        """Training wall time as the clients reported it: max(sum / trainings at once, slowest).
+
+        Trainings at once: every client in ``processes`` (then the slowest client counts),
+        the processes times their training slots in ``virtual``.
+        """
+        at_once = len(layout.client_ranges) * (layout.train_slots or 1)
+        return max(sum(self.train_seconds) / at_once, max(self.train_seconds))
 
 
 @dataclass(frozen=True)
@@ -168,15 +169,15 @@ def _figures(history: list[dict[str, Any]], opened: dict[int, float]) -> list[Ro
     figures = []
     for server_round in sorted(rows)[1:]:
         row, previous = rows[server_round], rows[server_round - 1]
-        clients = row["clients"]
+        clients = list(row["clients"].values())
         figures.append(
             RoundFigures(
                 server_round=server_round,
                 wall=row["finished_at"] - previous["finished_at"],
                 duration=row["duration_s"],
                 server_turn=opened[server_round] - previous["finished_at"],
-                train_seconds={int(k): c["train_seconds"] for k, c in clients.items()},
-                train_cpu_seconds=[c["train_cpu_seconds"] for c in clients.values()],
+                train_seconds=[c["train_seconds"] for c in clients],
+                train_cpu_seconds=[c["train_cpu_seconds"] for c in clients],
             )
         )
     return figures
