@@ -114,7 +114,7 @@ class RunResult:
     layout: Layout
     rounds: list[RoundFigures]
     window_s: float
-    own_cpu_s: float  # aggregator + workers during the measured rounds (from round 2 open)
+    own_cpu_s: float  # aggregator + workers from round 2's opening to the last round's close
     aggregator_cpu_s: float  # the aggregator alone during the measured rounds
     others_cpu_s: float
     load_before: str
@@ -217,7 +217,8 @@ def _watch(
 
     The waiting is the aggregator's own long poll (GET /get_weights with `min_round` and
     `wait`, asking for the JSON summary), so watching costs the run two answers plus one
-    per `POLL_S` instead of a request every few milliseconds of its CPU.
+    per `POLL_S` (each at most one sha256 of a model not yet summarised), where polling
+    /status every 100 ms cost it a request per 100 ms.
     """
     deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=url, timeout=POLL_S + 10.0) as client:
