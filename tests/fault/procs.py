@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from shared.runs.launch import free_port
+from shared.runs import launch
+from shared.runs.launch import Child, free_port
 from shared.runs.layout import aggregator_argv
 
 __all__ = [
@@ -44,22 +45,14 @@ WORKER_ENV = {
 
 
 @dataclass
-class Proc:
-    """One child process and where its output goes."""
+class Proc(Child):
+    """One child process, where its output goes, and (for an aggregator) its URL."""
 
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
     url: str = ""
-
-    @property
-    def pid(self) -> int:
-        """Return the process id."""
-        return self.popen.pid
 
     def alive(self) -> bool:
         """Tell whether the process is still running."""
-        return self.popen.poll() is None
+        return self.poll() is None
 
     def log(self, tail: int = 4000) -> str:
         """Return the end of the process's output."""
@@ -69,11 +62,11 @@ class Proc:
         """SIGKILL the process (by its PID) and reap it."""
         if self.alive():
             os.kill(self.pid, signal.SIGKILL)
-        self.popen.wait(STOP_GRACE_S)
+        self.process.wait(STOP_GRACE_S)
 
     def wait(self, timeout: float) -> int:
         """Wait for the process to exit and return its exit code."""
-        return self.popen.wait(timeout)
+        return self.process.wait(timeout)
 
 
 @dataclass
@@ -162,7 +155,7 @@ class Processes:
         deadline = time.monotonic() + STOP_GRACE_S
         for proc in running:
             try:
-                proc.popen.wait(max(deadline - time.monotonic(), 0.1))
+                proc.process.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 proc.kill()
 
@@ -173,16 +166,7 @@ class Processes:
 
 def wait_healthy(proc: Proc, timeout: float = 60.0) -> None:
     """Wait until the aggregator answers /healthz with 200; fail if it exits first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.alive(), f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()}"
-        assert time.monotonic() < deadline, f"{proc.name} not healthy:\n{proc.log()}"
-        try:
-            if httpx.get(f"{proc.url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    launch.wait_healthy(proc.url, child=proc, timeout_s=timeout)
 
 
 def get_json(url: str, path: str) -> Any:

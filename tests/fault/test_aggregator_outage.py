@@ -37,7 +37,7 @@ def test_workers_resume_after_an_outage(procs: Processes, tmp_path: Path) -> Non
     wait_until(first.url, lambda s: s["last_round"] is not None, timeout=90, describe=procs.logs)
 
     retries_before = [retries(worker) for worker in workers]
-    first.popen.send_signal(signal.SIGTERM)
+    first.process.send_signal(signal.SIGTERM)
     # With long polls open, it still ends in time; uvicorn re-raises the signal once it
     # has shut down, so the exit status is "terminated by SIGTERM".
     assert first.wait(20) == -signal.SIGTERM

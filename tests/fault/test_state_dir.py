@@ -47,7 +47,7 @@ def play_round(url: str, server_round: int) -> None:
 
 def stop(proc: Proc) -> None:
     """SIGTERM the aggregator and wait for it to exit."""
-    proc.popen.send_signal(signal.SIGTERM)
+    proc.process.send_signal(signal.SIGTERM)
     proc.wait(20)
 
 
