@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 from _common import machine_line, markdown_table
-from federation_run import Layout, RunResult, run_federation
+from federation_run import Layout, RunResult, pure_time, run_federation
 
 from client_worker.train import TrainConfig, seeded_global_rng, train
 from shared.config import ExperimentConfig
@@ -117,16 +117,12 @@ def measure_alone(config: ExperimentConfig, *, repeats: int = 2) -> list[float]:
     return seconds
 
 
-def _pure_alone(seconds: list[float], cores: int) -> float:
-    return max(sum(seconds) / cores, max(seconds))
-
-
 def rounds_table(result: RunResult, alone: list[float], *, cores: int) -> str:
     """Return every measured round of one run as a Markdown table."""
     header = ["round", "wall s", "server turn s", "train CPU s: sum", "max"]
     header += ["pure (run) s", "overhead (run)", "overhead (alone)"]
     header += ["pure (wall) s", "overhead (wall)"]
-    ideal = _pure_alone(alone, cores)
+    ideal = pure_time(alone, cores)
     rows = [
         [
             str(r.server_round),
@@ -153,7 +149,7 @@ def summary_row(
     wall = statistics.median(r.wall for r in rounds)
     in_run = statistics.median(r.pure(cores) for r in rounds)
     overhead_run = statistics.median(1.0 - r.pure(cores) / r.wall for r in rounds)
-    ideal = _pure_alone(alone, cores)
+    ideal = pure_time(alone, cores)
     overhead_wall = statistics.median(1.0 - r.pure_wall(result.layout) / r.wall for r in rounds)
     return [
         scenario.label,

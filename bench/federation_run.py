@@ -37,10 +37,10 @@ from shared.runs.layout import (
     worker_argv,
 )
 
-__all__ = ["Layout", "RoundFigures", "RunResult", "run_federation"]
+__all__ = ["Layout", "RoundFigures", "RunResult", "pure_time", "run_federation"]
 
-_OPENED = re.compile(r"round (\d+) opened")
 POLL_S = 5.0  # longest a watcher's request is held; failures are noticed this often
+_OPENED = re.compile(r"round (\d+) opened")
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
@@ -94,8 +94,7 @@ class RoundFigures:
 
     def pure(self, cores: int) -> float:
         """Training CPU time in this round: max(sum over clients / cores, slowest client)."""
-        seconds = self.train_cpu_seconds
-        return max(sum(seconds) / cores, max(seconds))
+        return pure_time(self.train_cpu_seconds, cores)
 
     def pure_wall(self, layout: Layout) -> float:
         """Training wall time as the clients reported it: max(sum / trainings at once, slowest).
@@ -104,7 +103,12 @@ class RoundFigures:
         the processes times their training slots in ``virtual``.
         """
         at_once = len(layout.client_ranges) * (layout.train_slots or 1)
-        return max(sum(self.train_seconds) / at_once, max(self.train_seconds))
+        return pure_time(self.train_seconds, at_once)
+
+
+def pure_time(seconds: list[float], at_once: int) -> float:
+    """Return the trainings' time in a round: max(sum / trainings at once, slowest one)."""
+    return max(sum(seconds) / at_once, max(seconds))
 
 
 @dataclass(frozen=True)
