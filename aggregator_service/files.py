@@ -1,9 +1,9 @@
-"""Durable files of the state dir: atomic replacement, fsyncs, npz tensors, sha256.
+"""Durable files of the state dir: atomic replacement, fsyncs, whole reads, sha256.
 
 `write_atomic` writes through a temp file in the same directory: flush + fsync,
 ``os.replace``, then an fsync of the directory, so a crash leaves the old file or the new
-one, never half of one. Tensors go to ``.npz`` without pickle and come back with
-``allow_pickle=False``.
+one, never half of one. ``.npz`` tensors (the checkpoints of older state dirs) are read
+with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import contextlib
 import hashlib
 import os
 import uuid
-import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import BinaryIO
@@ -25,27 +24,14 @@ __all__ = [
     "fsync_dir",
     "move_into_place",
     "read_npz",
+    "read_whole",
     "sha256_file",
     "write_atomic",
-    "write_npz",
 ]
 
 
-def write_npz(file: BinaryIO, weights: Mapping[str, np.ndarray]) -> None:
-    """Write `weights` as an .npz archive, entries in the mapping's order, without pickle."""
-    with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, value in weights.items():
-            array = np.asarray(value, order="C")  # keeps 0-d arrays 0-d
-            if array.dtype.hasobject:
-                raise ValueError(f"tensor {name!r} has dtype object, which needs pickle")
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
-                # The array's own memory goes to the file: no temporary copy of it.
-                header = np.lib.format.header_data_from_array_1_0(array)
-                np.lib.format.write_array_header_2_0(entry, header)
-                entry.write(array.reshape(-1).view(np.uint8).data)
-
-
 def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Load an .npz archive of plain arrays, refusing anything that would need pickle."""
     # Never allow pickle: a tampered file must not run code.
     with np.load(path, allow_pickle=False) as archive:
         return {name: archive[name] for name in archive.files}
@@ -104,6 +90,20 @@ def fsync_dir(directory: Path) -> None:
 def _sha256_and_close(file: BinaryIO) -> str:
     with file:
         return _sha256_of(file)
+
+
+def read_whole(path: Path) -> bytearray:
+    """Return the whole file in one writable buffer, read in place (no second copy)."""
+    with open(path, "rb") as file:
+        data = bytearray(os.fstat(file.fileno()).st_size)
+        view = memoryview(data)
+        filled = 0
+        while filled < len(data):
+            count = file.readinto(view[filled:])
+            if not count:
+                raise EOFError(f"{path} ended after {filled} of {len(data)} bytes")
+            filled += count
+        return data
 
 
 def sha256_file(path: Path) -> str:

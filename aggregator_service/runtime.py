@@ -172,4 +172,4 @@ class Federation:
 def _has_run(store: RunStore) -> bool:
     """Tell whether the state dir already holds a run (checkpoint files or history)."""
     checkpoints = store.state_dir / "checkpoints"
-    return any(checkpoints.glob("round-*.npz")) or bool(store.history())
+    return any(checkpoints.glob("round-*")) or bool(store.history())  # temp files start "."

@@ -3,7 +3,7 @@
 Layout of ``state_dir``::
 
     run.sqlite3                   rounds, history, update bookkeeping, meta (WAL mode)
-    checkpoints/round-000012.npz  the global model after round 12 (last `keep` rounds)
+    checkpoints/round-000012.safetensors  the global model after round 12 (last `keep`)
     updates/12/<digest>.msgpack   accepted updates of round 12 not yet aggregated
     updates/incoming/.<uuid>.tmp  bodies being written while they arrive (journal_stream.py)
 
@@ -13,8 +13,9 @@ A crash therefore leaves at worst an orphan file that no row points to, never a 
 points to half a file. Checkpoints carry their sha256, and `latest_checkpoint` falls back
 to the previous good checkpoint when the newest is missing or corrupt. Updates are written
 by journal.py (direct I/O where possible) and carry a checksum; a damaged one is skipped.
-Tensors are stored as ``.npz`` and loaded with ``allow_pickle=False``; update file names
-are digests, so a client id can never steer a path.
+Checkpoints are safetensors files (tensor_file.py), which any safetensors reader loads;
+the ``.npz`` checkpoints of older state dirs are still read, with ``allow_pickle=False``.
+Update file names are digests, so a client id can never steer a path.
 
 One (round, client) pair is saved at most once: a second `save_update` for it raises
 `StoreError` and leaves the first untouched.
@@ -41,12 +42,14 @@ import numpy as np
 
 from aggregator_service import files, journal
 from aggregator_service.journal_stream import StreamedBody
+from aggregator_service.tensor_file import read_safetensors, write_safetensors
 from shared.errors import TributaryError
 
-__all__ = ["RunStore", "StoreError"]
+__all__ = ["CHECKPOINT_SUFFIX", "RunStore", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINT_SUFFIX = ".safetensors"
 _TRASH = ".discarded-"  # prefix of update directories being deleted
 _INCOMING = "incoming"  # update bodies being written as they arrive (journal_stream.py)
 
@@ -98,9 +101,12 @@ class RunStore:
     def save_checkpoint(self, server_round: int, weights: Mapping[str, np.ndarray]) -> None:
         """Atomically store the global model after `server_round` (0: the initial model)."""
         _check_round(server_round)
-        path = self.state_dir / "checkpoints" / f"round-{server_round:06d}.npz"
+        path = self.state_dir / "checkpoints" / f"round-{server_round:06d}{CHECKPOINT_SUFFIX}"
+        metadata = {"round": str(server_round)}
         try:
-            digest = files.write_atomic(path, lambda f: files.write_npz(f, weights), self._hashing)
+            digest = files.write_atomic(
+                path, lambda f: write_safetensors(f, weights, metadata), self._hashing
+            )
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot write checkpoint {path}: {exc}") from exc
         with self._transaction() as db:
@@ -128,9 +134,7 @@ class RunStore:
         for server_round, name, digest in rows:
             path = self.state_dir / "checkpoints" / name
             try:
-                if files.sha256_file(path) != digest:
-                    raise StoreError("sha256 does not match the recorded one")
-                return server_round, files.read_npz(path)
+                return server_round, _read_checkpoint(path, digest)
             except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, StoreError) as exc:
                 logger.warning(
                     "checkpoint of round %d (%s) is unusable (%s); trying an older one",
@@ -316,6 +320,18 @@ class RunStore:
                     self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+
+def _read_checkpoint(path: Path, digest: str) -> dict[str, np.ndarray]:
+    """Load a checkpoint whose sha256 must be `digest` (read once; .npz: older state dirs)."""
+    if path.suffix == ".npz":
+        if files.sha256_file(path) != digest:
+            raise StoreError("sha256 does not match the recorded one")
+        return files.read_npz(path)
+    data = files.read_whole(path)
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise StoreError("sha256 does not match the recorded one")
+    return read_safetensors(data)
 
 
 def _check_round(server_round: int) -> None:

@@ -1,26 +1,28 @@
-"""Saving the ResNet18 global model as a checkpoint, against the ways it could be written.
+"""Saving and loading the ResNet18 global model as a checkpoint, against other ways.
 
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python bench/bench_checkpoint.py [--saves 8]
 
 Three writers of the same 44.7 MB state into a state dir under the temp directory, each
 `--saves` times, alternating:
 
-- ``RunStore.save_checkpoint``: what the aggregator does after every round (an .npz
-  written from the arrays' own memory, fsynced and renamed, its sha256 read back on a
-  thread during the fsync, a SQLite row);
-- ``numpy write_array``: the same archive written through `numpy.lib.format.write_array`
-  (a `tobytes()` copy of each tensor), then the file read back for its sha256 (how
-  checkpoints were saved before);
+- ``RunStore.save_checkpoint``: what the aggregator does after every round (a safetensors
+  file written from the arrays' own memory, fsynced and renamed, its sha256 read back on
+  a thread during the fsync, a SQLite row);
+- ``npz through write_atomic``: the .npz archive checkpoints were before (zip members
+  written from the arrays' memory, with the zip format's CRC-32 of every member) through
+  the same atomic write and sha256 thread;
 - ``raw fsync write``: the tensors' bytes written to one file and fsynced, nothing else.
 
 Per save: wall and CPU time of the calling thread (median and best) and the process's
-CPU time, which includes the hashing thread.
+CPU time, which includes the hashing thread. Then loading, as a restarted aggregator
+does (sha256 checked against the recorded one, tensors built): the newest safetensors
+checkpoint by ``RunStore.latest_checkpoint``, and the .npz file by `files.sha256_file`
+plus `files.read_npz` (how it was loaded before), alternating, `--saves` times each.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import statistics
 import sys
@@ -28,36 +30,39 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Mapping
+from concurrent import futures
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from _common import machine_line, markdown_table
 
+from aggregator_service import files
 from aggregator_service.store import RunStore
 from shared.models import init_global_weights
 
 __all__ = ["main"]
 
 
-def _numpy_npz(file: BinaryIO, weights: Mapping[str, np.ndarray]) -> None:
+def _write_npz(file: BinaryIO, weights: Mapping[str, np.ndarray]) -> None:
+    """The .npz writer of earlier checkpoints: members straight from the arrays' memory."""
     with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, array in weights.items():
+        for name, value in weights.items():
+            array = np.asarray(value, order="C")
             with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
-                np.lib.format.write_array(entry, np.asarray(array), allow_pickle=False)
+                header = np.lib.format.header_data_from_array_1_0(array)
+                np.lib.format.write_array_header_2_0(entry, header)
+                entry.write(array.reshape(-1).view(np.uint8).data)
 
 
-def _save_numpy(directory: Path, weights: Mapping[str, np.ndarray], index: int) -> None:
-    path = directory / f"numpy-{index}.npz"
-    with open(path, "wb") as file:
-        _numpy_npz(file, weights)
-        file.flush()
-        os.fsync(file.fileno())
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    path.unlink()
+def _save_npz(path: Path, weights: Mapping[str, np.ndarray], hashing: futures.Executor) -> str:
+    return files.write_atomic(path, lambda file: _write_npz(file, weights), hashing)
+
+
+def _load_npz(path: Path, digest: str) -> dict[str, np.ndarray]:
+    if files.sha256_file(path) != digest:
+        raise RuntimeError(f"{path} changed")
+    return files.read_npz(path)
 
 
 def _save_raw(directory: Path, weights: Mapping[str, np.ndarray], index: int) -> None:
@@ -70,9 +75,9 @@ def _save_raw(directory: Path, weights: Mapping[str, np.ndarray], index: int) ->
     path.unlink()
 
 
-def _timed(save: Callable[[int], None], index: int) -> tuple[float, float, float]:
+def _timed(action: Callable[[int], object], index: int) -> tuple[float, float, float]:
     start, thread, process = time.perf_counter(), time.thread_time(), time.process_time()
-    save(index)
+    action(index)
     return (
         time.perf_counter() - start,
         time.thread_time() - thread,
@@ -80,26 +85,7 @@ def _timed(save: Callable[[int], None], index: int) -> tuple[float, float, float
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Time the three writers side by side."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--saves", type=int, default=8)
-    args = parser.parse_args(argv)
-    weights = init_global_weights("resnet18", seed=0, in_channels=3, num_classes=10, image_size=32)
-    nbytes = sum(array.nbytes for array in weights.values())
-    with tempfile.TemporaryDirectory(prefix="bench-checkpoint-") as tmp:
-        directory = Path(tmp)
-        store = RunStore(directory / "state")
-        writers: dict[str, Callable[[int], None]] = {
-            "RunStore.save_checkpoint": lambda i: store.save_checkpoint(i + 1, weights),
-            "numpy write_array + sha256 read back": lambda i: _save_numpy(directory, weights, i),
-            "raw fsync write": lambda i: _save_raw(directory, weights, i),
-        }
-        times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in writers}
-        for index in range(args.saves):
-            for name, save in writers.items():
-                times[name].append(_timed(save, index))
-        store.close()
+def _rows(times: Mapping[str, list[tuple[float, float, float]]]) -> list[list[str]]:
     rows = []
     for name, samples in times.items():
         wall, thread, process = (list(column) for column in zip(*samples, strict=True))
@@ -112,12 +98,50 @@ def main(argv: list[str] | None = None) -> int:
                 f"{statistics.median(process) * 1e3:.1f}",
             ]
         )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time the three writers, then the two loaders, side by side."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--saves", type=int, default=8)
+    args = parser.parse_args(argv)
+    weights = init_global_weights("resnet18", seed=0, in_channels=3, num_classes=10, image_size=32)
+    nbytes = sum(array.nbytes for array in weights.values())
+    with tempfile.TemporaryDirectory(prefix="bench-checkpoint-") as tmp:
+        directory = Path(tmp)
+        npz_path = directory / "round.npz"
+        with RunStore(directory / "state") as store, futures.ThreadPoolExecutor(4) as hashing:
+            writers: dict[str, Callable[[int], object]] = {
+                "RunStore.save_checkpoint": lambda i: store.save_checkpoint(i + 1, weights),
+                "npz through write_atomic": lambda i: _save_npz(npz_path, weights, hashing),
+                "raw fsync write": lambda i: _save_raw(directory, weights, i),
+            }
+            saves = _alternate(writers, args.saves)
+            npz_digest = _save_npz(npz_path, weights, hashing)
+            loaders: dict[str, Callable[[int], object]] = {
+                "RunStore.latest_checkpoint": lambda i: store.latest_checkpoint(),
+                "npz: sha256_file + read_npz": lambda i: _load_npz(npz_path, npz_digest),
+            }
+            loads = _alternate(loaders, args.saves)
     print(machine_line())
-    print(f"{nbytes:,} bytes of tensors, {args.saves} saves per writer, alternating")
+    print(f"{nbytes:,} bytes of tensors, {args.saves} saves and loads each, alternating")
     header = ["writer", "wall ms median", "wall ms best", "thread CPU ms median"]
     header.append("process CPU ms median")
-    print(markdown_table(header, rows))
+    print(markdown_table(header, _rows(saves)))
+    print(markdown_table(["loader", *header[1:]], _rows(loads)))
     return 0
+
+
+def _alternate(
+    actions: Mapping[str, Callable[[int], object]], repeats: int
+) -> dict[str, list[tuple[float, float, float]]]:
+    """Time every action `repeats` times, taking turns."""
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in actions}
+    for index in range(repeats):
+        for name, action in actions.items():
+            times[name].append(_timed(action, index))
+    return times
 
 
 if __name__ == "__main__":

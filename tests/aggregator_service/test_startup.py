@@ -58,10 +58,10 @@ def test_a_state_dir_that_cannot_be_created_exits_2_naming_it(tmp_path: Path) ->
 def _corrupt_every_checkpoint(start_app: AppFactory, state_dir: Path) -> None:
     first = start_app(experiment(), state_dir=state_dir)  # writes the round-0 checkpoint
     first.__exit__(None, None, None)
-    checkpoints = sorted((state_dir / "checkpoints").glob("round-*.npz"))
+    checkpoints = sorted((state_dir / "checkpoints").glob("round-*.safetensors"))
     assert checkpoints
     for path in checkpoints:
-        path.write_bytes(b"PK\x03\x04 this is not the model any more")
+        path.write_bytes(b"this is not the model any more")
 
 
 def test_corrupt_checkpoints_only_refuse_to_start_instead_of_starting_over(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors
+import safetensors.numpy
 
 from aggregator_service.store import RunStore, StoreError
 from shared.errors import TributaryError
@@ -76,11 +78,36 @@ def test_checkpoint_keeps_odd_layouts_and_records_the_file_sha256(store: RunStor
     store.save_checkpoint(3, weights)
     found = store.latest_checkpoint()
     assert found is not None
-    _assert_same(found[1], weights)
-    path = store.state_dir / "checkpoints" / "round-000003.npz"
+    little = {**weights, "big_endian": weights["big_endian"].astype("<i4")}  # the file's order
+    _assert_same(found[1], little)
+    path = store.state_dir / "checkpoints" / "round-000003.safetensors"
     with sqlite3.connect(store.state_dir / "run.sqlite3") as db:
         (recorded,) = db.execute("SELECT sha256 FROM checkpoints").fetchone()
     assert recorded == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_checkpoint_is_a_safetensors_file_the_reference_reader_loads(store: RunStore) -> None:
+    store.save_checkpoint(4, _model(3.0))
+    path = store.state_dir / "checkpoints" / "round-000004.safetensors"
+    loaded = safetensors.numpy.load_file(path)
+    _assert_same({name: loaded[name] for name in _model(3.0)}, _model(3.0))
+    with safetensors.safe_open(path, framework="np") as opened:
+        assert opened.metadata() == {"round": "4"}
+
+
+def test_npz_checkpoint_of_an_older_state_dir_still_loads(tmp_path: Path) -> None:
+    with RunStore(tmp_path) as store:
+        store.save_checkpoint(1, _model(1.0))
+    path = tmp_path / "checkpoints" / "round-000002.npz"
+    np.savez(path, allow_pickle=False, **_model(2.0))
+    with sqlite3.connect(tmp_path / "run.sqlite3") as db:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        db.execute("INSERT INTO checkpoints VALUES (2, ?, ?)", (path.name, digest))
+    with RunStore(tmp_path) as store:
+        found = store.latest_checkpoint()
+    assert found is not None
+    assert found[0] == 2
+    _assert_same(found[1], _model(2.0))
 
 
 def test_latest_checkpoint_is_the_newest_round(store: RunStore) -> None:
@@ -95,14 +122,20 @@ def test_latest_checkpoint_is_the_newest_round(store: RunStore) -> None:
 def test_checkpoint_write_leaves_no_temp_files(store: RunStore) -> None:
     store.save_checkpoint(0, _model(1.0))
     store.save_checkpoint(1, _model(2.0))
-    assert _files(store.state_dir / "checkpoints") == ["round-000000.npz", "round-000001.npz"]
+    assert _files(store.state_dir / "checkpoints") == [
+        "round-000000.safetensors",
+        "round-000001.safetensors",
+    ]
 
 
 def test_keep_prunes_old_checkpoints(tmp_path: Path) -> None:
     with RunStore(tmp_path, keep=2) as store:
         for server_round in range(5):
             store.save_checkpoint(server_round, _model(float(server_round)))
-        assert _files(tmp_path / "checkpoints") == ["round-000003.npz", "round-000004.npz"]
+        assert _files(tmp_path / "checkpoints") == [
+            "round-000003.safetensors",
+            "round-000004.safetensors",
+        ]
 
 
 def test_saving_a_round_again_replaces_it(store: RunStore) -> None:
@@ -119,7 +152,7 @@ def test_corrupt_newest_checkpoint_falls_back(
 ) -> None:
     store.save_checkpoint(1, _model(1.0))
     store.save_checkpoint(2, _model(2.0))
-    newest = store.state_dir / "checkpoints" / "round-000002.npz"
+    newest = store.state_dir / "checkpoints" / "round-000002.safetensors"
     data = newest.read_bytes()
     if damage == "truncate":
         newest.write_bytes(data[: len(data) // 2])
@@ -141,7 +174,7 @@ def test_all_checkpoints_corrupt_gives_none(
     store: RunStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.save_checkpoint(0, _model(1.0))
-    (store.state_dir / "checkpoints" / "round-000000.npz").write_bytes(b"not a zip")
+    (store.state_dir / "checkpoints" / "round-000000.safetensors").write_bytes(b"not a zip")
     with caplog.at_level(logging.WARNING, logger="aggregator_service.store"):
         assert store.latest_checkpoint() is None
     assert len(caplog.records) == 1
@@ -300,7 +333,7 @@ def test_database_is_in_wal_mode(store: RunStore) -> None:
 def test_leftover_temp_files_are_removed_on_open(tmp_path: Path) -> None:
     with RunStore(tmp_path) as store:
         store.save_update(1, "client-a", 1, b"x")
-    (tmp_path / "checkpoints" / ".round-000001.npz.dead.tmp").write_bytes(b"half")
+    (tmp_path / "checkpoints" / ".round-000001.safetensors.dead.tmp").write_bytes(b"half")
     (tmp_path / "updates" / "1" / ".abc.msgpack.dead.tmp").write_bytes(b"half")
     with RunStore(tmp_path) as store:
         assert _files(tmp_path / "checkpoints") == []

@@ -261,7 +261,7 @@ def test_aggregator_serves_https_and_checks_tokens(
     assert f"client authentication on: {NUM_CLIENTS} client tokens" in text
     assert "plain HTTP" not in text
     state_dir = tmp_path / "agg/var/lib/tributary"  # the unit's StateDirectory
-    assert (state_dir / "checkpoints/round-000000.npz").is_file()
+    assert (state_dir / "checkpoints/round-000000.safetensors").is_file()
     for name in AGGREGATOR_SECRETS.values():
         assert (tmp_path / "agg/etc/tributary" / name).stat().st_mode & 0o777 == 0o600
     assert process.poll() is None

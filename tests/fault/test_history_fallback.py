@@ -43,7 +43,7 @@ def test_history_forgets_rounds_whose_checkpoint_was_lost(
     play_round(first, 1)
     play_round(first, 2)
     first.__exit__(None, None, None)
-    damage(state_dir / "checkpoints" / "round-000002.npz")
+    damage(state_dir / "checkpoints" / "round-000002.safetensors")
 
     second = start_app(config, state_dir=state_dir)
     assert second.get("/status").json()["round"] == 2  # resumed from round 1's checkpoint

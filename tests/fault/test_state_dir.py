@@ -64,7 +64,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
     after_round_2 = get_json(first.url, "/model")["sha256"]
     stop(first)
 
-    damage(state_dir / "checkpoints" / "round-000002.npz")
+    damage(state_dir / "checkpoints" / "round-000002.safetensors")
     second = procs.aggregator(state_dir, *OVERRIDES, name="aggregator-restarted")
     status = wait_until(second.url, lambda s: s["phase"] == "training", timeout=20)
     assert status["round"] == 2  # round 2 is played again from round 1's model
@@ -84,7 +84,7 @@ def test_every_checkpoint_corrupt_is_refused_not_reset(procs: Processes, tmp_pat
     play_round(first.url, 1)
     play_round(first.url, 2)
     stop(first)
-    for checkpoint in (state_dir / "checkpoints").glob("round-*.npz"):
+    for checkpoint in (state_dir / "checkpoints").glob("round-*.safetensors"):
         damage(checkpoint)
 
     second = procs.aggregator(state_dir, *OVERRIDES, name="aggregator-restarted", wait=False)
