@@ -256,6 +256,13 @@ def post_update(
 # ---------------------------------------------------------------------------- reporting
 
 
+def resnet18_weights(seed: int = 0) -> dict[str, np.ndarray]:
+    """The seeded initial ResNet18 state the benchmarks move around (CIFAR shape, 44.7 MB)."""
+    from shared.models import init_global_weights  # imports torch: only when needed
+
+    return init_global_weights("resnet18", seed=seed, in_channels=3, num_classes=10, image_size=32)
+
+
 def machine_line() -> str:
     """Describe the machine: cores, CPU model, Python, glibc tunables, load average now."""
     model = "unknown CPU"

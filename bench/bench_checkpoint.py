@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from _common import machine_line, markdown_table
+from _common import machine_line, markdown_table, resnet18_weights
 
 from aggregator_service import files
 from aggregator_service.store import RunStore
-from shared.models import init_global_weights
 
 __all__ = ["main"]
 
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--saves", type=int, default=8)
     args = parser.parse_args(argv)
-    weights = init_global_weights("resnet18", seed=0, in_channels=3, num_classes=10, image_size=32)
+    weights = resnet18_weights()
     nbytes = sum(array.nbytes for array in weights.values())
     with tempfile.TemporaryDirectory(prefix="bench-checkpoint-") as tmp:
         directory = Path(tmp)

@@ -19,10 +19,9 @@ import sys
 import time
 
 import numpy as np
-from _common import machine_line, markdown_table
+from _common import machine_line, markdown_table, resnet18_weights
 
 import aggregator_service.strategy as strategy
-from shared.models import init_global_weights
 
 __all__ = ["main"]
 
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args(argv)
-    weights = init_global_weights("resnet18", seed=0, in_channels=3, num_classes=10, image_size=32)
+    weights = resnet18_weights()
     params = sum(w.size for w in weights.values() if w.dtype.kind == "f")
     moved = params * (4 + 16)
     copy_s = _copy_seconds(weights, 20)

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine_line, markdown_table, read_memory, reset_peak
+from _common import machine_line, markdown_table, read_memory, reset_peak, resnet18_weights
 
 __all__ = ["main"]
 
@@ -75,10 +75,9 @@ def _post(mode: str, url: str, posts: int) -> dict[str, float]:
     import httpx
 
     from client_worker.upload import UploadBody
-    from shared.models import init_global_weights
     from shared.wire import encode_message
 
-    weights = init_global_weights("resnet18", seed=0, in_channels=3, num_classes=10, image_size=32)
+    weights = resnet18_weights()
     message = {"protocol": 1, "client_id": "c", "round": 1, "num_examples": 30}
     message |= {"weights": weights, "metrics": {"train_loss": 0.5}}
     cpu: list[float] = []
