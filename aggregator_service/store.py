@@ -45,11 +45,11 @@ from aggregator_service.journal_stream import StreamedBody
 from aggregator_service.tensor_file import read_safetensors, write_safetensors
 from shared.errors import TributaryError
 
-__all__ = ["CHECKPOINT_SUFFIX", "RunStore", "StoreError"]
+__all__ = ["RunStore", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_SUFFIX = ".safetensors"
+_CHECKPOINT_SUFFIX = ".safetensors"
 _TRASH = ".discarded-"  # prefix of update directories being deleted
 _INCOMING = "incoming"  # update bodies being written as they arrive (journal_stream.py)
 
@@ -101,7 +101,7 @@ class RunStore:
     def save_checkpoint(self, server_round: int, weights: Mapping[str, np.ndarray]) -> None:
         """Atomically store the global model after `server_round` (0: the initial model)."""
         _check_round(server_round)
-        path = self.state_dir / "checkpoints" / f"round-{server_round:06d}{CHECKPOINT_SUFFIX}"
+        path = self.state_dir / "checkpoints" / f"round-{server_round:06d}{_CHECKPOINT_SUFFIX}"
         metadata = {"round": str(server_round)}
         try:
             digest = files.write_atomic(
