@@ -94,7 +94,7 @@ def read_safetensors(data: bytes | bytearray | memoryview) -> dict[str, np.ndarr
 
 def _little_endian(name: str, value: np.ndarray) -> np.ndarray:
     array = np.asarray(value, order="C")  # keeps 0-d arrays 0-d
-    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    dtype = array.dtype.newbyteorder("<")  # the file's byte order, whatever the host's
     if dtype not in _NAMES:
         raise ValueError(f"tensor {name!r}: dtype {array.dtype} has no safetensors code")
     return array.astype(dtype, copy=False)
