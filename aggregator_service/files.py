@@ -25,15 +25,14 @@ __all__ = [
     "move_into_place",
     "read_npz",
     "read_whole",
-    "sha256_file",
     "write_atomic",
 ]
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(source: Path | BinaryIO) -> dict[str, np.ndarray]:
     """Load an .npz archive of plain arrays, refusing anything that would need pickle."""
     # Never allow pickle: a tampered file must not run code.
-    with np.load(path, allow_pickle=False) as archive:
+    with np.load(source, allow_pickle=False) as archive:
         return {name: archive[name] for name in archive.files}
 
 
@@ -104,11 +103,6 @@ def read_whole(path: Path) -> bytearray:
                 raise EOFError(f"{path} ended after {filled} of {len(data)} bytes")
             filled += count
         return data
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as file:
-        return _sha256_of(file)
 
 
 def _sha256_of(file: BinaryIO) -> str:

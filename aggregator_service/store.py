@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -323,15 +324,11 @@ class RunStore:
 
 
 def _read_checkpoint(path: Path, digest: str) -> dict[str, np.ndarray]:
-    """Load a checkpoint whose sha256 must be `digest` (read once; .npz: older state dirs)."""
-    if path.suffix == ".npz":
-        if files.sha256_file(path) != digest:
-            raise StoreError("sha256 does not match the recorded one")
-        return files.read_npz(path)
+    """Load a checkpoint whose sha256 must be `digest`, read once (.npz: older state dirs)."""
     data = files.read_whole(path)
     if hashlib.sha256(data).hexdigest() != digest:
         raise StoreError("sha256 does not match the recorded one")
-    return read_safetensors(data)
+    return files.read_npz(io.BytesIO(data)) if path.suffix == ".npz" else read_safetensors(data)
 
 
 def _check_round(server_round: int) -> None:

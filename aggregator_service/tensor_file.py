@@ -126,7 +126,7 @@ def _entry(name: str, spec: Any, body_size: int) -> tuple[np.dtype[Any], tuple[i
     code = spec.get("dtype")
     dtype = _CODES.get(code) if isinstance(code, str) else None
     if dtype is None:
-        raise ValueError(f"tensor {name!r}: unsupported dtype {spec.get('dtype')!r}")
+        raise ValueError(f"tensor {name!r}: unsupported dtype {code!r}")
     shape, offsets = spec.get("shape"), spec.get("data_offsets")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise ValueError(f"tensor {name!r}: bad shape {shape!r:.80}")
