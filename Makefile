@@ -38,7 +38,7 @@ RUN_FLAGS := --config $(CONFIG) \
 help:
 	@echo "make demo   - set up .venv if missing and run the main job"
 	@echo "make test   - set up .venv if missing and run every test"
-	@echo "make lint   - ruff (lint + format check) and mypy"
+	@echo "make lint   - ruff (lint + format check), mypy and the layer contract (import-linter)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make run-aggregator / make run-worker ID=3 SERVER=http://host:8000"
 
@@ -60,6 +60,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy shared aggregator_service client_worker tests bench
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .

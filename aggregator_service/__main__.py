@@ -18,9 +18,8 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from aggregator_service.app import build_federation, create_app
-from aggregator_service.auth import Access
-from aggregator_service.fastpath import DirectUploadProtocol, unsupported_reason
+from aggregator_service.api.app import build_federation, create_app
+from aggregator_service.api.auth import Access
 from aggregator_service.malloc import cap_malloc_arenas
 from aggregator_service.settings import AggregatorSettings
 from shared.config import load_config, parse_overrides
@@ -54,13 +53,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_false",
         default=None,
         help="do not fsync updates before acknowledging them",
-    )
-    parser.add_argument(
-        "--no-direct-uploads",
-        dest="direct_uploads",
-        action="store_false",
-        default=None,
-        help="read upload bodies through uvicorn's parser, not straight into their buffer",
     )
     parser.add_argument(
         "--no-access-log",
@@ -142,7 +134,7 @@ def prepare(argv: list[str] | None) -> tuple[AggregatorSettings, uvicorn.Server]
             host=settings.host,
             port=settings.port,
             workers=1,
-            http=_http_protocol(settings),
+            http="httptools",
             log_level=settings.log_level.lower(),
             access_log=settings.access_log,
             timeout_graceful_shutdown=10,
@@ -166,18 +158,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: the server did not start; see the log above", file=sys.stderr)
         return 2
     return 0
-
-
-def _http_protocol(settings: AggregatorSettings) -> Any:
-    """Return uvicorn's `http` option: direct uploads, or plain httptools."""
-    # Any: uvicorn's hint names asyncio.Protocol, but a BufferedProtocol class works as well.
-    if not settings.direct_uploads:
-        return "httptools"
-    reason = unsupported_reason()
-    if reason is not None:
-        logging.getLogger(PROG).warning("direct uploads are off: %s", reason)
-        return "httptools"
-    return DirectUploadProtocol
 
 
 def _check_tls(settings: AggregatorSettings) -> None:

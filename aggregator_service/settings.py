@@ -22,7 +22,6 @@ class AggregatorSettings(BaseSettings):
     config: Path | None = None  # experiment YAML; defaults otherwise
     state_dir: Path = Path("state")
     persist_updates: bool = True  # fsync each accepted update before answering
-    direct_uploads: bool = True  # read large POST /receive bodies straight into their buffer
     max_body_bytes: int = Field(512 * MIB, ge=1024)
     max_concurrent_uploads: int = Field(2, ge=1)  # bodies held in memory at once
     max_queued_uploads: int = Field(64, ge=0)  # uploads waiting for a slot; more get 503

@@ -38,8 +38,8 @@ from typing import BinaryIO
 import numpy as np
 from _common import machine_line, markdown_table, resnet18_weights
 
-from aggregator_service import files
-from aggregator_service.store import RunStore
+from aggregator_service.store import files
+from aggregator_service.store.run_store import RunStore
 
 __all__ = ["main"]
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 from _common import machine_line, markdown_table, resnet18_weights
 
-import aggregator_service.strategy as strategy
+import aggregator_service.strategy.fedavg as strategy
 
 __all__ = ["main"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from aggregator_service.strategy import FedAvg
+from aggregator_service.strategy.fedavg import FedAvg
 from client_worker.train import TrainConfig, train
 from shared.models import build_model, init_global_weights, load_numpy_state, state_to_numpy
 from shared.wire import decode_message, decode_weights, encode_message, spec_of

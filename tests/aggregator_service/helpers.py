@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from aggregator_service import journal
-from aggregator_service.app import create_app
+from aggregator_service.api.app import create_app
 from aggregator_service.settings import AggregatorSettings
+from aggregator_service.store import journal
 from shared.config import ExperimentConfig, load_config
 from shared.runs.service import local_aggregator
 from shared.wire import decode_message, decode_weights, encode_message

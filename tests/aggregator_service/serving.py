@@ -20,7 +20,7 @@ def serve(
 ) -> Iterator[tuple[str, uvicorn.Server]]:
     """Serve `app` on a free loopback port (HTTPS with a cert); yield its URL and the server.
 
-    `http` is uvicorn's HTTP protocol, e.g. the service's own DirectUploadProtocol.
+    `http` is uvicorn's HTTP protocol ("h11", "httptools" or "auto").
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from aggregator_service.app import create_app
+from aggregator_service.api.app import create_app
 from aggregator_service.settings import AggregatorSettings
-from aggregator_service.store import StoreError
+from aggregator_service.store.run_store import StoreError
 from tests.aggregator_service.helpers import AppFactory, experiment
 
 PROG = "tributary-aggregator: "
@@ -85,29 +85,10 @@ def test_flags_reach_the_settings_and_the_server(tmp_path: Path) -> None:
     from aggregator_service.__main__ import prepare
 
     flags = ["--state-dir", str(tmp_path / "s"), "--port", "0"]
-    settings, server = prepare([*flags, "--no-access-log", "--no-direct-uploads"])
+    settings, server = prepare([*flags, "--no-access-log"])
     assert settings.access_log is False
-    assert settings.direct_uploads is False
     assert server.config.access_log is False
-    assert server.config.http == "httptools"
+    assert server.config.http == "httptools"  # uvicorn's own protocol: no private API used
     settings, server = prepare(flags)
     assert settings.access_log is True
     assert server.config.access_log is True
-    assert server.config.http is not None
-    assert server.config.http != "httptools"  # the direct-upload protocol class
-
-
-def test_a_uvicorn_without_the_needed_internals_falls_back_to_httptools(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    from aggregator_service.__main__ import prepare
-    from aggregator_service.fastpath import unsupported_reason
-
-    assert unsupported_reason() is None  # the installed uvicorn has them
-    monkeypatch.delattr(HttpToolsProtocol, "_unset_keepalive_if_required")
-    assert "_unset_keepalive_if_required" in (unsupported_reason() or "")
-    _, server = prepare(["--state-dir", str(tmp_path / "s"), "--port", "0"])
-    assert server.config.http == "httptools"
-    assert "direct uploads are off" in caplog.text

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from aggregator_service.auth import parse_tokens
+from aggregator_service.api.auth import parse_tokens
 from shared.config import load_config
 from tests.deploy.helpers import DEPLOY, REPO, VM, parse_env_file, unknown_variables
 

@@ -6,7 +6,7 @@ import re
 
 from fastapi.routing import APIRoute
 
-from aggregator_service.routes import admin, inspect, model, updates
+from aggregator_service.api.routes import admin, inspect, model, updates
 from tests.deploy.helpers import K8S, REPO, VM, load_yaml_documents
 
 DOC = REPO / "docs/deploy.md"

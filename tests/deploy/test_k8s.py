@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from aggregator_service.auth import parse_tokens, token_problem
+from aggregator_service.api.auth import parse_tokens, token_problem
 from shared.config import load_config
 from shared.errors import ConfigError
 from tests.deploy.helpers import DEPLOY, K8S, load_yaml_documents, unknown_variables

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aggregator_service.auth import Access, parse_tokens, token_problem
+from aggregator_service.api.auth import Access, parse_tokens, token_problem
 from client_worker.settings import WorkerSettings
 from tests.deploy.helpers import VM, parse_env_file
 

@@ -39,7 +39,7 @@ def one_round_of(num_clients: int, model: str = "mlp") -> tuple[str, ...]:
 
 
 # The MLP's 0.8 MB updates are journalled once they are in; the CNN's 6.6 MB ones while
-# they arrive (aggregator_service/journal_stream.py).
+# they arrive (aggregator_service/store/journal_stream.py).
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_sigkill_mid_round_keeps_acknowledged_updates(
     procs: Processes, tmp_path: Path, model: str

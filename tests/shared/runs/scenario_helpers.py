@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from aggregator_service.store import RunStore
+from aggregator_service.store.run_store import RunStore
 from shared.config import ExperimentConfig, load_config, parse_overrides
 from tests.fault.procs import REPO, Proc, Processes, free_port, get_json, wait_healthy
 from tests.shared.fake_datasets import CIFAR_LABEL_NAMES, fake_images, write_cifar10

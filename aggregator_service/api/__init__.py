@@ -1,0 +1,1 @@
+"""The HTTP layer: the app factory, routes, authentication, limits and body reading."""

@@ -1,0 +1,147 @@
+"""POST /register and POST /receive."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+
+from aggregator_service.api.auth import Caller, ClientCaller, check_client
+from aggregator_service.api.body import read_body
+from aggregator_service.api.deps import FederationDep, ReceiveLimiterDep, SettingsDep, UploadGateDep
+from aggregator_service.api.early_refusal import EarlyRefusal
+from aggregator_service.federation.federation import Federation
+from aggregator_service.federation.ingest import ingest_update
+from aggregator_service.federation.state import UpdateRejected
+from aggregator_service.store.journal_stream import StreamedBody
+from shared.schemas import ReceiveReply, RegisterReply, RegisterRequest, UpdateHeader
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["clients"])
+
+_UPDATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "msgpack map; tensors as {dtype, shape, data} (docs/protocol.md)",
+    "required": ["protocol", "client_id", "round", "num_examples", "weights"],
+    "properties": {
+        "protocol": {"type": "integer", "const": 1},
+        "client_id": {"type": "string"},
+        "round": {"type": "integer", "minimum": 1},
+        "num_examples": {"type": "integer", "minimum": 1},
+        "weights": {"type": "object"},
+        "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+    },
+}
+_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or invalid bearer token (when tokens are configured)"},
+    403: {"description": "the token belongs to another client (`wrong_client`)"},
+}
+
+
+@router.post("/register", responses=_AUTH_RESPONSES)
+async def register(
+    body: RegisterRequest, request: Request, federation: FederationDep, caller: ClientCaller
+) -> RegisterReply:
+    """Register a client (idempotent); it becomes eligible from the next round it is seen in."""
+    check_client(caller, body.client_id)
+    reply, is_new = federation.state.register(body.client_id, body.num_examples)
+    if is_new:
+        await run_in_threadpool(federation.remember_client, body.client_id, body.num_examples)
+    return reply
+
+
+@router.post(
+    "/receive",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/msgpack": {"schema": _UPDATE_SCHEMA}},
+        }
+    },
+    responses={
+        400: {"description": "undecodable msgpack or unknown protocol version"},
+        408: {"description": "no byte of the body arrived for --body-idle-timeout-s"},
+        **_AUTH_RESPONSES,
+        409: {"description": "stale round, round closed, or client not selected"},
+        413: {"description": "body over --max-body-bytes"},
+        415: {"description": "content type is not application/msgpack"},
+        422: {"description": "wrong tensor names, shapes or dtypes; NaN/Inf; bad fields"},
+        429: {"description": "over --receive-rate / --receive-burst; retry after Retry-After"},
+        503: {
+            "description": "an update from this client is still being processed, the upload "
+            "queue is full, or the state dir cannot be written; retry after Retry-After"
+        },
+    },
+)
+async def receive(
+    request: Request,
+    federation: FederationDep,
+    settings: SettingsDep,
+    caller: ClientCaller,
+    limiter: ReceiveLimiterDep,
+    upload_gate: UploadGateDep,
+) -> ReceiveReply:
+    """Accept one client's weights for the current round."""
+    if caller.client_id is not None:  # without tokens, clients cannot be told apart
+        limiter.check(caller.client_id)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type != "application/msgpack":
+        raise UpdateRejected(
+            415, "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
+        )
+    store = federation.update_store
+    async with upload_gate.admit() as slot:
+        streamed = store.stream_update() if store is not None else None
+        watcher = EarlyRefusal(streamed, federation.state) if streamed is not None else None
+        try:
+            body = await read_body(
+                request,
+                settings.max_body_bytes,
+                slot.take,
+                watcher,
+                idle_timeout_s=settings.body_idle_timeout_s,
+            )
+            return await run_in_threadpool(
+                _ingest_as,
+                body,
+                caller=caller,
+                federation=federation,
+                streamed=streamed,
+            )
+        finally:
+            if streamed is not None and streamed.following:  # the update was not saved
+                await _discard(streamed)
+
+
+async def _discard(streamed: StreamedBody) -> None:
+    """Delete what was streamed of a refused update before its slot's buffer is reused."""
+    try:
+        await run_in_threadpool(streamed.discard)
+    except asyncio.CancelledError:  # on the loop, then: no step may read a reused buffer
+        streamed.discard()
+        raise
+
+
+def _ingest_as(
+    body: memoryview,
+    *,
+    caller: Caller,
+    federation: Federation,
+    streamed: StreamedBody | None,
+) -> ReceiveReply:
+    """Ingest an update; with authentication, only under the client id of the caller's token."""
+
+    def authorize(header: UpdateHeader) -> None:
+        check_client(caller, header.client_id)
+
+    return ingest_update(
+        body,
+        state=federation.state,
+        strategy=federation.strategy,
+        store=federation.update_store,
+        authorize=authorize if caller.client_id is not None else None,
+        streamed=streamed,
+    )

@@ -1,0 +1,1 @@
+"""The federation: its state, the round loop, client selection, ingest and publishing."""

@@ -1,0 +1,180 @@
+"""Assembles a federation from settings: store, model, state, strategy, round loop; resumes runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from aggregator_service.federation.ingest import fold_update
+from aggregator_service.federation.publish import publish
+from aggregator_service.federation.rounds import Evaluator, RoundLoop
+from aggregator_service.federation.state import (
+    ClientInfo,
+    FederationState,
+    RoundState,
+    UpdateRecord,
+)
+from aggregator_service.settings import AggregatorSettings
+from aggregator_service.store.run_store import RunStore, StoreError
+from aggregator_service.strategy.fedavg import Strategy, build_strategy
+from shared.config import ExperimentConfig
+from shared.errors import ConfigError
+from shared.models import build_model, init_global_weights, model_spec
+from shared.schemas import Phase
+from shared.wire import spec_of
+
+__all__ = ["Federation"]
+
+log = logging.getLogger(__name__)
+
+
+class Federation:
+    """Everything one aggregator run holds, built and resumed from the state dir."""
+
+    def __init__(
+        self,
+        settings: AggregatorSettings,
+        config: ExperimentConfig,
+        *,
+        evaluator: Evaluator | None = None,
+        on_finished: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.store = RunStore(settings.state_dir)
+        self.strategy: Strategy = build_strategy(config.strategy)
+        done_rounds, weights = self._load_or_init_model()
+        self.state = self._build_state(done_rounds, weights)
+        self.loop = RoundLoop(
+            state=self.state,
+            strategy=self.strategy,
+            store=self.store,
+            evaluator=evaluator,
+            on_finished=on_finished,
+        )
+        self._resume_round()
+
+    def start(self) -> None:
+        """Start the round loop."""
+        self.loop.start()
+
+    def close(self) -> None:
+        """Stop the round loop and close the store."""
+        self.loop.stop()
+        self.store.close()
+
+    @property
+    def update_store(self) -> RunStore | None:
+        """The store that persists updates before they are acknowledged, if enabled."""
+        return self.store if self.settings.persist_updates else None
+
+    def _load_or_init_model(self) -> tuple[int, dict[str, np.ndarray]]:
+        config = self.config
+        model = build_model(config.model, **config.model_args())
+        expected = model_spec(model)
+        checkpoint = self.store.latest_checkpoint()
+        if checkpoint is None and _has_run(self.store):
+            raise StoreError(
+                f"the state directory {self.settings.state_dir} holds a run but none of its "
+                "checkpoints is intact; refusing to start over from a fresh model. Restore "
+                "the checkpoints/ directory from a backup, or use an empty --state-dir"
+            )
+        if checkpoint is None:
+            weights = init_global_weights(config.model, seed=config.seed, **config.model_args())
+            self.store.save_checkpoint(0, weights)
+            return 0, weights
+        done_rounds, weights = checkpoint
+        if spec_of(weights) != expected:
+            raise ConfigError(
+                f"the checkpoint in {self.settings.state_dir} is not a {config.model!r} model for "
+                f"{config.dataset!r}; use another --state-dir or the config it was made with"
+            )
+        log.info("resuming from the checkpoint of round %d", done_rounds)
+        return done_rounds, weights
+
+    def _build_state(self, done_rounds: int, weights: dict[str, np.ndarray]) -> FederationState:
+        config = self.config
+        stopped = self.store.get_meta("stopped") is not None  # finished early by the admin
+        finished = stopped or done_rounds >= config.num_rounds
+        server_round = done_rounds if stopped else min(done_rounds + 1, config.num_rounds)
+        phase: Phase = "finished" if finished else "waiting"
+        published = publish(
+            server_round=server_round,
+            phase=phase,
+            model=config.model,
+            selected=frozenset(),
+            config=config.round_config(),
+            weights=weights,
+        )
+        state = FederationState(
+            config=config,
+            spec=spec_of(weights),
+            global_weights=weights,
+            round_state=RoundState(server_round, phase),
+            published=published,
+            client_timeout_s=self.settings.client_timeout_s,
+        )
+        self.store.drop_history_after(done_rounds)  # rounds whose checkpoint was lost
+        self.store.drop_updates_through(done_rounds)  # a crash right after a checkpoint
+        state.history = self.store.history()
+        now = time.monotonic()
+        for client_id, meta in dict(self.store.get_meta("clients", {})).items():
+            state.clients[client_id] = ClientInfo(
+                meta.get("num_examples"), meta["registered_at"], now
+            )
+        return state
+
+    def _resume_round(self) -> None:
+        """Re-open an interrupted round with its selection and its acknowledged updates."""
+        state = self.state
+        saved: dict[str, Any] | None = self.store.get_meta("round_state")
+        current = state.round
+        if current.phase != "waiting" or not saved or saved["round"] != current.server_round:
+            return
+        self.strategy.begin_round(current.server_round, state.global_weights)
+        resumed = RoundState(
+            current.server_round,
+            "training",
+            attempt=saved["attempt"],
+            selected=frozenset(saved["selected"]),
+            deadline=time.monotonic() + self.config.round_timeout_s,
+        )
+        for client_id, _, body in self.store.pending_updates(current.server_round):
+            header, _ = fold_update(body, state=state, strategy=self.strategy)
+            resumed.received[client_id] = UpdateRecord(
+                client_id, header.num_examples, dict(header.metrics), len(body)
+            )
+        state.round = resumed
+        state.published = publish(
+            server_round=resumed.server_round,
+            phase="training",
+            model=self.config.model,
+            selected=resumed.selected,
+            config=self.config.round_config(),
+            weights=state.global_weights,
+        )
+        log.info(
+            "round %d resumed with %d acknowledged updates",
+            resumed.server_round,
+            len(resumed.received),
+        )
+
+    def remember_client(self, client_id: str, num_examples: int | None) -> None:
+        """Persist the registered clients so a restarted aggregator knows them."""
+        with self.state.lock:
+            clients = {
+                cid: {"num_examples": info.num_examples, "registered_at": info.registered_at}
+                for cid, info in self.state.clients.items()
+            }
+        clients.setdefault(client_id, {"num_examples": num_examples, "registered_at": time.time()})
+        self.store.set_meta("clients", clients)
+
+
+def _has_run(store: RunStore) -> bool:
+    """Tell whether the state dir already holds a run (checkpoint files or history)."""
+    checkpoints = store.state_dir / "checkpoints"
+    return any(checkpoints.glob("round-*")) or bool(store.history())  # temp files start "."

@@ -1,0 +1,333 @@
+"""The round loop: one background thread that opens, closes, retries and finishes rounds.
+
+It sleeps on the state's condition and is woken by what changes the answer: a
+registration, a committed update, a round deadline (the wait's timeout), or stop().
+
+When a round closes (`close_decision`):
+1. every selected client has reported; or
+2. `close_at_threshold` is set and `min_fit_clients` have reported; or
+3. the round deadline passed and at least `min_fit_clients` have reported.
+If the deadline passes with fewer, the round is *retried*, never aggregated from too few:
+same round and global model, the updates already accepted are kept, every active client
+is invited, and the deadline starts again. Updates still being ingested always finish
+before a round closes.
+
+Two operator actions (POST /admin/...) are flags that the loop handles in its thread:
+`request_skip` closes the open round now with the updates it has (even fewer than
+`min_fit_clients`), or retries it when it has none; `request_stop` finishes the run now
+with the last aggregated model, dropping the open round's updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+
+from aggregator_service.federation.publish import publish
+from aggregator_service.federation.selection import select_clients
+from aggregator_service.federation.state import FederationState, RoundState, UpdateRecord
+from aggregator_service.store.run_store import RunStore
+from aggregator_service.strategy.fedavg import Strategy
+from shared.evaluation import EvalResult
+
+__all__ = ["Evaluator", "RoundLoop", "close_decision"]
+
+log = logging.getLogger(__name__)
+Evaluator = Callable[[Mapping[str, np.ndarray]], EvalResult]
+Decision = Literal["wait", "close", "retry"]
+
+
+def close_decision(
+    *,
+    selected: int,
+    received: int,
+    in_flight: int,
+    min_fit_clients: int,
+    close_at_threshold: bool,
+    deadline_passed: bool,
+) -> Decision:
+    """Decide whether a training round closes, is retried, or keeps waiting."""
+    if in_flight:
+        return "wait"
+    if received >= selected:
+        return "close"
+    if close_at_threshold and received >= min_fit_clients:
+        return "close"
+    if deadline_passed:
+        return "close" if received >= min_fit_clients else "retry"
+    return "wait"
+
+
+class RoundLoop:
+    """Owns every round transition; runs in its own thread."""
+
+    def __init__(
+        self,
+        *,
+        state: FederationState,
+        strategy: Strategy,
+        store: RunStore,
+        evaluator: Evaluator | None = None,
+        on_finished: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.state = state
+        self.strategy = strategy
+        self.store = store
+        self.evaluator = evaluator
+        self.on_finished = on_finished
+        self.error: str | None = None
+        self._stopping = False
+        self._stop_requested = False  # finish the run now (admin)
+        self._skip_round: int | None = None  # close or retry this round now (admin)
+        self._thread = threading.Thread(target=self._run, name="round-loop", daemon=True)
+
+    def start(self) -> None:
+        """Start the loop thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the loop to stop and wait for it."""
+        with self.state.changed:
+            self._stopping = True
+            self.state.changed.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def request_stop(self) -> None:
+        """Ask the loop to finish the run now with the last aggregated model."""
+        with self.state.changed:
+            self._stop_requested = True
+            self.state.changed.notify_all()
+
+    def request_skip(self) -> int | None:
+        """Ask the loop to close (or, without updates, retry) the open round; return its number.
+
+        Returns None, and asks nothing, when no round is training.
+        """
+        with self.state.changed:
+            current = self.state.round
+            if current.phase != "training" or self._stop_requested:
+                return None
+            self._skip_round = current.server_round
+            self.state.changed.notify_all()
+            return current.server_round
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self.state.changed:
+                    step = self._next_step()
+                if step is None:
+                    return
+                step()
+        except Exception as exc:  # the service reports it on /healthz instead of dying silently
+            log.exception("round loop stopped by an error")
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _next_step(self) -> Callable[[], None] | None:
+        """Wait (holding the condition) until there is something to do; return it."""
+        config = self.state.config
+        while not self._stopping:
+            current = self.state.round
+            now = time.monotonic()
+            if self._stop_requested and current.phase != "finished":
+                if current.in_flight:  # let updates being ingested finish first
+                    self.state.changed.wait()
+                    continue
+                current.phase = "aggregating"  # no update is taken any more
+                return self._stop_run
+            if current.phase == "waiting":
+                if len(self.state.clients) >= config.min_available_clients:
+                    return self._open_round
+                self.state.changed.wait()
+                continue
+            if current.phase != "training":
+                self.state.changed.wait()
+                continue
+            if self._skip_round != current.server_round:
+                self._skip_round = None  # asked for a round that has closed since
+            decision = close_decision(
+                selected=len(current.selected),
+                received=len(current.received),
+                in_flight=len(current.in_flight),
+                min_fit_clients=config.min_fit_clients,
+                close_at_threshold=config.close_at_threshold,
+                deadline_passed=now >= current.deadline,
+            )
+            if self._skip_round is not None and not current.in_flight:
+                self._skip_round = None
+                decision = "close" if current.received else "retry"
+            if decision == "close":
+                current.phase = "aggregating"
+                return self._close_round
+            if decision == "retry":
+                return self._retry_round
+            self.state.changed.wait(timeout=max(current.deadline - now, 0.0))
+        return None
+
+    # ------------------------------------------------------------------ transitions
+
+    def _open_round(self, server_round: int | None = None) -> None:
+        """Select clients for a round (default: the current one) and publish it."""
+        config = self.state.config
+        with self.state.lock:
+            if server_round is None:
+                server_round = self.state.round.server_round
+            candidates = self.state.active_clients(time.monotonic())
+            if len(candidates) < config.min_fit_clients:
+                candidates = sorted(self.state.clients)
+            weights = self.state.global_weights
+        selected = select_clients(
+            candidates,
+            server_round=server_round,
+            fraction_fit=config.fraction_fit,
+            min_fit_clients=config.min_fit_clients,
+            seed=config.seed,
+        )
+        self.strategy.begin_round(server_round, weights)
+        self._install(RoundState(server_round, "training", selected=frozenset(selected)), weights)
+        log.info("round %d opened: %d clients selected", server_round, len(selected))
+
+    def _retry_round(self) -> None:
+        """Invite every active client to a round that missed its deadline with too few."""
+        with self.state.lock:
+            current = self.state.round
+            invited = set(current.received) | set(self.state.active_clients(time.monotonic()))
+            retried = RoundState(
+                current.server_round,
+                "training",
+                attempt=current.attempt + 1,
+                selected=frozenset(invited),
+                received=current.received,
+                in_flight=current.in_flight,
+                started_at=current.started_at,
+                bytes_out=current.bytes_out,
+            )
+            weights = self.state.global_weights
+        log.warning(
+            "round %d: deadline passed with %d of %d updates; retrying with %d clients",
+            retried.server_round,
+            len(retried.received),
+            self.state.config.min_fit_clients,
+            len(invited),
+        )
+        self._install(retried, weights)
+
+    def _close_round(self) -> None:
+        """Aggregate, evaluate, checkpoint, then open the next round or finish."""
+        with self.state.lock:
+            current = self.state.round
+            records = list(current.received.values())
+        new_weights = self.strategy.finalize()
+        evaluation = self.evaluator(new_weights) if self.evaluator is not None else None
+        row = history_row(current, records, evaluation)
+        server_round = current.server_round
+        # History first: a row without its checkpoint is dropped again on restart.
+        self.store.append_history(row)
+        self.store.save_checkpoint(server_round, new_weights)
+        self.store.drop_updates(server_round)
+        with self.state.lock:
+            self.state.global_weights = new_weights
+            self.state.history = [
+                *(r for r in self.state.history if r["round"] != server_round),
+                row,
+            ]
+        log.info("round %d closed: %s", server_round, _brief(row))
+        if server_round >= self.state.config.num_rounds:
+            self._finish(server_round, new_weights)
+            return
+        self._advance(server_round + 1, new_weights)
+
+    def _advance(self, server_round: int, weights: dict[str, np.ndarray]) -> None:
+        """Move to the next round: open it now, or wait for enough clients."""
+        with self.state.lock:
+            enough = len(self.state.clients) >= self.state.config.min_available_clients
+        if enough:
+            self._open_round(server_round)
+        else:
+            self._install(RoundState(server_round, "waiting"), weights)
+
+    def _stop_run(self) -> None:
+        """Finish now: publish the last aggregated model as final; drop the open round."""
+        with self.state.lock:
+            current = self.state.round
+            weights = self.state.global_weights
+        done = current.server_round - 1  # the round whose result `weights` is
+        self.store.drop_updates(current.server_round)
+        self.store.set_meta("stopped", {"round": done, "at": time.time()})
+        log.warning("run stopped by the admin after %d rounds", done)
+        self._finish(done, weights)
+
+    def _finish(self, server_round: int, weights: dict[str, np.ndarray]) -> None:
+        self.store.set_meta("finished", True)
+        self._install(RoundState(server_round, "finished"), weights)
+        log.info("run finished after %d rounds", server_round)
+        self.on_finished()
+
+    def _install(self, round_state: RoundState, weights: Mapping[str, np.ndarray]) -> None:
+        """Publish a round and its model together: no reader sees one without the other."""
+        config = self.state.config
+        if round_state.phase == "training":
+            round_state.deadline = time.monotonic() + config.round_timeout_s
+            self.store.set_meta(
+                "round_state",
+                {
+                    "round": round_state.server_round,
+                    "attempt": round_state.attempt,
+                    "selected": sorted(round_state.selected),
+                },
+            )
+        published = publish(
+            server_round=round_state.server_round,
+            phase=round_state.phase,
+            model=config.model,
+            selected=round_state.selected,
+            config=config.round_config(),
+            weights=weights,
+        )
+        with self.state.changed:
+            self.state.round = round_state
+            self.state.published = published
+            self.state.changed.notify_all()
+        self.state.on_publish()
+
+
+def history_row(
+    current: RoundState, records: list[UpdateRecord], evaluation: EvalResult | None
+) -> dict[str, Any]:
+    """Summarise a closed round for /history."""
+    total = sum(r.num_examples for r in records)
+    losses = [
+        (r.metrics["train_loss"], r.num_examples) for r in records if "train_loss" in r.metrics
+    ]
+    train_loss = sum(loss * n for loss, n in losses) / sum(n for _, n in losses) if losses else None
+    return {
+        "round": current.server_round,
+        "attempts": current.attempt + 1,
+        "participants": sorted(r.client_id for r in records),
+        "num_examples": total,
+        "train_loss": train_loss,
+        "eval_loss": evaluation.loss if evaluation else None,
+        "eval_accuracy": evaluation.accuracy if evaluation else None,
+        "bytes_in": sum(r.nbytes for r in records),
+        "bytes_out": current.bytes_out,
+        "duration_s": round(time.monotonic() - current.started_at, 4),
+        "finished_at": time.time(),
+        "clients": {
+            r.client_id: {"num_examples": r.num_examples, **r.metrics}
+            for r in sorted(records, key=lambda r: r.client_id)
+        },
+    }
+
+
+def _brief(row: Mapping[str, Any]) -> str:
+    acc = row["eval_accuracy"]
+    acc_text = f"{acc:.4f}" if acc is not None else "n/a"
+    return (
+        f"{len(row['participants'])} updates, {row['num_examples']} examples, accuracy {acc_text}"
+    )

@@ -1,0 +1,279 @@
+"""The federation's state: one object, one lock, one condition that wakes the round loop.
+
+Every field below is read and written under `lock`. Heavy work (decoding, validating,
+persisting and accumulating an update; aggregating; encoding the model) happens outside
+it: an upload first *reserves* its (client, round) slot under the lock, does the heavy
+work, then *commits* under the lock and notifies `changed`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aggregator_service.federation.publish import PublishedModel
+from shared.config import ExperimentConfig
+from shared.schemas import Phase, ReceiveReply, RegisterReply, UpdateHeader
+from shared.wire import TensorSpec
+
+__all__ = ["ClientInfo", "FederationState", "RoundState", "UpdateRecord", "UpdateRejected"]
+
+
+class UpdateRejected(Exception):
+    """An update (or request) refused for a reason the client can act on."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})  # response headers: Retry-After, WWW-Authenticate
+        self.extra = extra
+
+
+@dataclass
+class ClientInfo:
+    """A registered client."""
+
+    num_examples: int | None
+    registered_at: float  # wall clock
+    last_seen: float  # monotonic
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One accepted update of the current round (its weights live in the strategy's sums)."""
+
+    client_id: str
+    num_examples: int
+    metrics: dict[str, float]
+    nbytes: int
+
+
+@dataclass
+class RoundState:
+    """The round being trained (or waited for)."""
+
+    server_round: int
+    phase: Phase
+    attempt: int = 0
+    selected: frozenset[str] = frozenset()
+    received: dict[str, UpdateRecord] = field(default_factory=dict)
+    in_flight: set[str] = field(default_factory=set)
+    started_at: float = field(default_factory=time.monotonic)
+    deadline: float = float("inf")
+    bytes_out: int = 0
+
+
+@dataclass
+class Counters:
+    """Totals for /metrics."""
+
+    updates_accepted: int = 0
+    updates_duplicate: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class FederationState:
+    """Clients, the current round and the published model, guarded by one lock."""
+
+    def __init__(
+        self,
+        *,
+        config: ExperimentConfig,
+        spec: dict[str, TensorSpec],
+        global_weights: dict[str, np.ndarray],
+        round_state: RoundState,
+        published: PublishedModel,
+        client_timeout_s: float,
+    ) -> None:
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.config = config
+        self.spec = spec
+        self.global_weights = global_weights
+        self.round = round_state
+        self.published = published
+        self.clients: dict[str, ClientInfo] = {}
+        self.history: list[dict[str, Any]] = []
+        self.counters = Counters()
+        self.client_timeout_s = client_timeout_s
+        self.started_at = time.time()
+        self.on_publish: Callable[[], None] = lambda: None
+
+    # ------------------------------------------------------------------ clients
+
+    def register(self, client_id: str, num_examples: int | None) -> tuple[RegisterReply, bool]:
+        """Register (or refresh) a client; return the reply and whether it is new."""
+        with self.changed:
+            info = self.clients.get(client_id)
+            is_new = info is None
+            if info is None:
+                info = ClientInfo(num_examples, time.time(), time.monotonic())
+                self.clients[client_id] = info
+            else:
+                info.last_seen = time.monotonic()
+                info.num_examples = num_examples or info.num_examples
+            self.changed.notify_all()
+            reply = RegisterReply(
+                client_id=client_id,
+                registered=True,
+                round=self.round.server_round,
+                phase=self.round.phase,
+                num_rounds=self.config.num_rounds,
+            )
+            return reply, is_new
+
+    def touch(self, client_id: str) -> None:
+        """Note that a registered client was seen."""
+        with self.lock:
+            info = self.clients.get(client_id)
+            if info is not None:
+                info.last_seen = time.monotonic()
+
+    def active_clients(self, now: float) -> list[str]:
+        """Return the clients seen within the timeout (call under the lock)."""
+        return sorted(
+            cid
+            for cid, info in self.clients.items()
+            if now - info.last_seen <= self.client_timeout_s
+        )
+
+    # ------------------------------------------------------------------ updates
+
+    def reserve(self, header: UpdateHeader) -> ReceiveReply | None:
+        """Claim the (client, round) slot, or answer a duplicate; raise if refused."""
+        client_id = header.client_id
+        with self.lock:
+            current = self.round
+            if client_id in self.clients:
+                self.clients[client_id].last_seen = time.monotonic()
+            if header.round != current.server_round:
+                raise self._reject(
+                    409,
+                    "stale_round",
+                    f"update is for round {header.round}; the current round is "
+                    f"{current.server_round}",
+                )
+            if client_id in current.received:
+                self.counters.updates_duplicate += 1
+                return self._reply(duplicate=True)
+            if client_id in current.in_flight:
+                raise self._reject(
+                    503, "in_progress", "an update from this client is being processed"
+                )
+            if current.phase != "training":
+                raise self._reject(
+                    409, "round_closed", f"round {current.server_round} is {current.phase}"
+                )
+            if client_id not in current.selected:
+                raise self._reject(
+                    409,
+                    "not_selected",
+                    f"client {client_id!r} is not selected for round {current.server_round}",
+                )
+            current.in_flight.add(client_id)
+            return None
+
+    def surely_refused(self, client_id: str, server_round: int) -> bool:
+        """Whether an update of `client_id` for `server_round` can never be accepted now.
+
+        True for a past round, a client already received (a duplicate) and a round being
+        aggregated or finished: refusals no later state lifts (early_refusal.py). Not for a
+        client outside the selection: a retried round may invite it.
+        """
+        with self.lock:
+            current = self.round
+            if server_round != current.server_round:
+                return server_round < current.server_round
+            return client_id in current.received or current.phase in ("aggregating", "finished")
+
+    def release(self, client_id: str) -> None:
+        """Give back a reserved slot after the update failed."""
+        with self.changed:
+            self.round.in_flight.discard(client_id)
+            self.changed.notify_all()
+
+    def commit(self, header: UpdateHeader, nbytes: int) -> ReceiveReply:
+        """Record an accumulated update and wake the round loop."""
+        with self.changed:
+            current = self.round
+            current.in_flight.discard(header.client_id)
+            current.received[header.client_id] = UpdateRecord(
+                header.client_id, header.num_examples, dict(header.metrics), nbytes
+            )
+            self.counters.updates_accepted += 1
+            self.counters.bytes_in += nbytes
+            self.changed.notify_all()
+            return self._reply(duplicate=False)
+
+    def count_rejection(self, code: str) -> None:
+        """Count a rejected request by reason."""
+        with self.lock:
+            self.counters.rejected[code] = self.counters.rejected.get(code, 0) + 1
+
+    def count_bytes_out(self, nbytes: int) -> None:
+        """Count bytes of model payload sent."""
+        with self.lock:
+            self.counters.bytes_out += nbytes
+            self.round.bytes_out += nbytes
+
+    def needed(self) -> int:
+        """Return how many updates close the current round at the earliest (under the lock)."""
+        if self.config.close_at_threshold:
+            return min(self.config.min_fit_clients, len(self.round.selected))
+        return len(self.round.selected)
+
+    # ------------------------------------------------------------------ views
+
+    def status(self) -> dict[str, Any]:
+        """Return a JSON-ready view of the federation for GET /status."""
+        with self.lock:
+            now = time.monotonic()
+            current = self.round
+            remaining = current.deadline - now
+            return {
+                "round": current.server_round,
+                "num_rounds": self.config.num_rounds,
+                "phase": current.phase,
+                "attempt": current.attempt,
+                "registered_clients": len(self.clients),
+                "active_clients": len(self.active_clients(now)),
+                "selected": sorted(current.selected),
+                "received": len(current.received),
+                "received_from": sorted(current.received),
+                "in_progress": sorted(current.in_flight),
+                "needed": self.needed(),
+                "min_fit_clients": self.config.min_fit_clients,
+                "deadline_in_s": round(remaining, 3) if remaining != float("inf") else None,
+                "last_round": self.history[-1] if self.history else None,
+                "model": self.config.model,
+                "uptime_s": round(time.time() - self.started_at, 3),
+            }
+
+    def _reply(self, *, duplicate: bool) -> ReceiveReply:
+        return ReceiveReply(
+            accepted=True,
+            duplicate=duplicate,
+            round=self.round.server_round,
+            received=len(self.round.received),
+            needed=self.needed(),
+        )
+
+    def _reject(self, status: int, code: str, detail: str) -> UpdateRejected:
+        return UpdateRejected(status, code, detail, round=self.round.server_round)

@@ -1,0 +1,1 @@
+"""Durable run state: checkpoints, the update journal, history, tensor files."""
