@@ -15,6 +15,8 @@ MODEL ?=
 DATASET ?=
 PARTITION ?=
 ALPHA ?=
+# Aggregation strategy by name (fedavg, fedavgm, fedmedian); parameters with --set in a config
+STRATEGY ?=
 # Worker processes (empty = one per client); fewer run the clients as virtual clients,
 # one training per core overall: `make demo PROCESSES=2`
 PROCESSES ?=
@@ -31,6 +33,7 @@ RUN_FLAGS := --config $(CONFIG) \
 	$(if $(CLIENTS),--clients $(CLIENTS)) $(if $(ROUNDS),--rounds $(ROUNDS)) \
 	$(if $(MODEL),--model $(MODEL)) $(if $(DATASET),--dataset $(DATASET)) \
 	$(if $(PARTITION),--partition $(PARTITION)) $(if $(ALPHA),--alpha $(ALPHA)) \
+	$(if $(STRATEGY),--set strategy=$(STRATEGY)) \
 	$(if $(PROCESSES),--worker-processes $(PROCESSES))
 
 .PHONY: help venv test test-fast lint format demo centralized run-aggregator run-worker bench clean

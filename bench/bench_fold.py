@@ -2,7 +2,7 @@
 
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python bench/bench_fold.py [--rounds 8]
 
-`FedAvg.accumulate` folds each tensor block by block through one float64 scratch array
+`WeightedMean.accumulate` (FedAvg's fold) folds each tensor block by block through one float64 scratch array
 (cast the block into it, multiply there, add it to the sum). The block size trades the
 scratch's memory (8 bytes x block) against per-block overhead. For each block size,
 `--rounds` rounds of 10 updates are folded; the script prints the wall and process CPU
@@ -21,7 +21,7 @@ import time
 import numpy as np
 from _common import machine_line, markdown_table, resnet18_weights
 
-import aggregator_service.strategy.fedavg as strategy
+import aggregator_service.strategy.mean as strategy
 
 __all__ = ["main"]
 
@@ -30,7 +30,7 @@ BLOCKS = (1 << 14, 1 << 15, 1 << 16, 1 << 17, 1 << 18)
 
 def _fold_times(weights: dict[str, np.ndarray], rounds: int) -> tuple[list[float], list[float]]:
     """Fold 10 updates per round; return the wall and CPU seconds of each."""
-    fedavg = strategy.FedAvg()
+    fedavg = strategy.WeightedMean()
     wall: list[float] = []
     cpu: list[float] = []
     for server_round in range(1, rounds + 1):
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     copy_s = _copy_seconds(weights, 20)
     rows = []
     for block in BLOCKS:
-        strategy._BLOCK = block  # the module constant FedAvg reads at each fold
+        strategy._BLOCK = block  # the module constant WeightedMean reads at each fold
         wall, cpu = _fold_times(weights, args.rounds)
         rows.append(
             [

@@ -2,16 +2,16 @@
 
 For each N a fresh aggregator process runs one round with min_fit_clients =
 min_available_clients = N and fraction_fit 1.0. N - 1 clients register and the server's
-resident size is read (before the round opens: FedAvg's float64 sums do not exist yet);
-the last one registers; once the round is open and the model was fetched once (its
-payload built), the resident size is read again (idle RSS: it now holds the sums, which
-the round allocates when it opens) and the peak counter VmHWM reset to it (Linux
-clear_refs). Then the N updates are posted by `--concurrency` client threads (each
-encodes its own client's body just before posting, so at most that many bodies live on
-the client side), and VmHWM is read: once when the last update was acknowledged
-(absorbing), once after the round closed (finalize, checkpoint, publish). Growth = peak -
-idle, also as a multiple of the model's bytes; growth over the size before the round
-opened counts the sums too. Run: ``.venv/bin/python bench/bench_memory.py``.
+resident size is read (before the round opens); the last one registers; once the round is
+open and the model was fetched once (its payload built), the resident size is read again
+(idle RSS) and the peak counter VmHWM reset to it (Linux clear_refs). Uploads are only
+checked and journalled; FedAvg's float64 sums exist only while the round closes, when the
+journal is folded in client-id order, so they count in the "closed" figure. Then the N
+updates are posted by `--concurrency` client threads (each encodes its own client's body
+just before posting, so at most that many bodies live on the client side), and VmHWM is
+read: once when the last update was acknowledged (absorbing), once after the round closed
+(aggregate, checkpoint, publish). Growth = peak - idle, also as a multiple of the model's
+bytes. Run: ``.venv/bin/python bench/bench_memory.py``.
 """
 
 from __future__ import annotations

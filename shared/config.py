@@ -10,10 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -23,6 +30,7 @@ __all__ = [
     "ExperimentConfig",
     "NetworkProfile",
     "PartitionConfig",
+    "StrategyConfig",
     "load_config",
     "parse_overrides",
 ]
@@ -44,6 +52,38 @@ class PartitionConfig(_Strict):
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration: small = strong label skew
     shards_per_client: int = Field(2, ge=1)  # McMahan et al. 2017 pathological non-IID
     classes: list[list[int]] | None = None  # `classes`: the labels of each partition
+
+
+class FedAvgConfig(_Strict):
+    """FedAvg (McMahan et al. 2017): the weighted mean; no parameters."""
+
+    name: Literal["fedavg"] = "fedavg"
+
+
+class FedAvgMConfig(_Strict):
+    """FedAvgM (Hsu et al. 2019): FedAvg plus server momentum on the pseudo-gradient."""
+
+    name: Literal["fedavgm"] = "fedavgm"
+    server_lr: float = Field(1.0, gt=0)  # eta: the server's step size
+    momentum: float = Field(0.9, ge=0, lt=1)  # beta
+
+
+class FedMedianConfig(_Strict):
+    """FedMedian (Yin et al. 2018): the coordinate-wise median; no parameters."""
+
+    name: Literal["fedmedian"] = "fedmedian"
+
+
+def _named(value: Any) -> Any:
+    """Let `strategy: fedavgm` stand for `strategy: {name: fedavgm}`."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+StrategyConfig = Annotated[
+    FedAvgConfig | FedAvgMConfig | FedMedianConfig,
+    Field(discriminator="name"),
+    BeforeValidator(_named),
+]
 
 
 class SyntheticConfig(_Strict):
@@ -96,7 +136,7 @@ class ExperimentConfig(BaseSettings):
     mu: float = Field(0.0, ge=0)  # FedProx proximal weight; 0 = plain FedAvg
 
     # federation (Flower's names)
-    strategy: Literal["fedavg"] = "fedavg"
+    strategy: StrategyConfig = FedAvgConfig()  # name and typed parameters
     num_rounds: int = Field(10, ge=1)
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_clients: int = Field(2, ge=1)
@@ -133,7 +173,7 @@ class ExperimentConfig(BaseSettings):
         """Return the training settings the aggregator sends with each round."""
         keys = ["model", "dataset", "local_epochs", "batch_size", "lr", "momentum"]
         keys += ["weight_decay", "mu", "seed", "num_partitions"]
-        return {key: getattr(self, key) for key in keys}
+        return {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
 
 
 def load_config(
@@ -142,7 +182,8 @@ def load_config(
     """Build the config from defaults < YAML file < environment < overrides."""
     data = _read_yaml(Path(path)) if path is not None else {}
     env = EnvSettingsSource(ExperimentConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__")()
-    merged = _deep_merge(_deep_merge(data, env), dict(overrides or {}))
+    sources = [_with_named_strategy(s) for s in (data, env, dict(overrides or {}))]
+    merged = _deep_merge(_deep_merge(sources[0], sources[1]), sources[2])
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
@@ -174,6 +215,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a YAML mapping of keys to values")
     return data
+
+
+def _with_named_strategy(source: Mapping[str, Any]) -> dict[str, Any]:
+    """Spell `strategy: NAME` as `strategy: {name: NAME}`, so a later source can add keys."""
+    out = dict(source)
+    if "strategy" in out:
+        out["strategy"] = _named(out["strategy"])
+    return out
 
 
 def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

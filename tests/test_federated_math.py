@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from aggregator_service.strategy.fedavg import FedAvg
+from aggregator_service.strategy.mean import WeightedMean
 from client_worker.train import TrainConfig, train
 from shared.models import build_model, init_global_weights, load_numpy_state, state_to_numpy
 from shared.wire import decode_message, decode_weights, encode_message, spec_of
@@ -40,7 +40,7 @@ def test_one_client_full_batch_round_equals_one_gradient_descent_step() -> None:
     images, labels = _data(0, 64)
     lr = 0.1
     config = TrainConfig(local_epochs=1, batch_size=64, lr=lr)
-    strategy = FedAvg()
+    strategy = WeightedMean()
     strategy.begin_round(1, global_weights)
     strategy.accumulate(_client_update(global_weights, images, labels, config), 64)
     federated = strategy.finalize()
@@ -59,7 +59,7 @@ def test_equal_clients_fedavg_is_the_mean_of_local_models() -> None:
     global_weights = init_global_weights("mlp", seed=3, **ARGS)
     config = TrainConfig(local_epochs=2, batch_size=8, lr=0.05, momentum=0.9)
     local_models = [_client_update(global_weights, *_data(10 + k, 32), config) for k in range(4)]
-    strategy = FedAvg()
+    strategy = WeightedMean()
     strategy.begin_round(1, global_weights)
     for weights in local_models:
         strategy.accumulate(weights, 32)

@@ -17,8 +17,9 @@ from starlette.exceptions import HTTPException
 from aggregator_service.api.auth import Access
 from aggregator_service.api.limits import LongPollGate, RateLimiter, UploadGate
 from aggregator_service.api.routes import admin, inspect, model, updates
+from aggregator_service.api.watch import ModelWatch
 from aggregator_service.federation.federation import Federation
-from aggregator_service.federation.publish import ModelWatch
+from aggregator_service.federation.publish import PublishedModel
 from aggregator_service.federation.rounds import Evaluator
 from aggregator_service.federation.state import UpdateRejected
 from aggregator_service.settings import AggregatorSettings
@@ -85,13 +86,12 @@ def create_app(
             slots=settings.max_concurrent_uploads, max_waiting=settings.max_queued_uploads
         )
 
-        def on_publish() -> None:  # on the round loop's thread
+        def published(model: PublishedModel) -> None:  # on the round loop's thread
             watch.notify()
-            published = running.state.published
-            training = published.phase == "training"
-            upload_gate.prepare(len(published.payload) if training else None, loop)
+            training = model.phase == "training"
+            upload_gate.prepare(len(model.payload) if training else None, loop)
 
-        running.state.on_publish = on_publish
+        running.publications.subscribe(published)
         app.state.federation = running
         app.state.watch = watch
         app.state.upload_gate = upload_gate

@@ -11,8 +11,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from aggregator_service.api.limits import LongPollGate, RateLimiter, UploadGate
+from aggregator_service.api.watch import ModelWatch
 from aggregator_service.federation.federation import Federation
-from aggregator_service.federation.publish import ModelWatch
 from aggregator_service.settings import AggregatorSettings
 
 __all__ = [

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from aggregator_service.federation.ingest import fold_update
-from aggregator_service.federation.publish import publish
+from aggregator_service.federation.ingest import decode_update
+from aggregator_service.federation.publish import Publications, publish_round
 from aggregator_service.federation.rounds import Evaluator, RoundLoop
 from aggregator_service.federation.state import (
     ClientInfo,
@@ -19,8 +19,8 @@ from aggregator_service.federation.state import (
     UpdateRecord,
 )
 from aggregator_service.settings import AggregatorSettings
-from aggregator_service.store.run_store import RunStore, StoreError
-from aggregator_service.strategy.fedavg import Strategy, build_strategy
+from aggregator_service.store.run_store import RunStore, StoreError, split_server_state
+from aggregator_service.strategy import Strategy, build_strategy
 from shared.config import ExperimentConfig
 from shared.errors import ConfigError
 from shared.models import build_model, init_global_weights, model_spec
@@ -47,12 +47,14 @@ class Federation:
         self.config = config
         self.store = RunStore(settings.state_dir)
         self.strategy: Strategy = build_strategy(config.strategy)
+        self.publications = Publications()
         done_rounds, weights = self._load_or_init_model()
         self.state = self._build_state(done_rounds, weights)
         self.loop = RoundLoop(
             state=self.state,
             strategy=self.strategy,
             store=self.store,
+            publications=self.publications,
             evaluator=evaluator,
             on_finished=on_finished,
         )
@@ -67,11 +69,6 @@ class Federation:
         self.loop.stop()
         self.store.close()
 
-    @property
-    def update_store(self) -> RunStore | None:
-        """The store that persists updates before they are acknowledged, if enabled."""
-        return self.store if self.settings.persist_updates else None
-
     def _load_or_init_model(self) -> tuple[int, dict[str, np.ndarray]]:
         config = self.config
         model = build_model(config.model, **config.model_args())
@@ -85,9 +82,11 @@ class Federation:
             )
         if checkpoint is None:
             weights = init_global_weights(config.model, seed=config.seed, **config.model_args())
-            self.store.save_checkpoint(0, weights)
+            self.store.save_checkpoint(0, weights, self.strategy.state())
             return 0, weights
-        done_rounds, weights = checkpoint
+        done_rounds, tensors = checkpoint
+        weights, server_state = split_server_state(tensors)
+        self.strategy.load_state(server_state)
         if spec_of(weights) != expected:
             raise ConfigError(
                 f"the checkpoint in {self.settings.state_dir} is not a {config.model!r} model for "
@@ -102,19 +101,13 @@ class Federation:
         finished = stopped or done_rounds >= config.num_rounds
         server_round = done_rounds if stopped else min(done_rounds + 1, config.num_rounds)
         phase: Phase = "finished" if finished else "waiting"
-        published = publish(
-            server_round=server_round,
-            phase=phase,
-            model=config.model,
-            selected=frozenset(),
-            config=config.round_config(),
-            weights=weights,
-        )
+        round_state = RoundState(server_round, phase)
+        published = publish_round(config, round_state, weights)
         state = FederationState(
             config=config,
             spec=spec_of(weights),
             global_weights=weights,
-            round_state=RoundState(server_round, phase),
+            round_state=round_state,
             published=published,
             client_timeout_s=self.settings.client_timeout_s,
         )
@@ -135,7 +128,6 @@ class Federation:
         current = state.round
         if current.phase != "waiting" or not saved or saved["round"] != current.server_round:
             return
-        self.strategy.begin_round(current.server_round, state.global_weights)
         resumed = RoundState(
             current.server_round,
             "training",
@@ -143,20 +135,13 @@ class Federation:
             selected=frozenset(saved["selected"]),
             deadline=time.monotonic() + self.config.round_timeout_s,
         )
-        for client_id, _, body in self.store.pending_updates(current.server_round):
-            header, _ = fold_update(body, state=state, strategy=self.strategy)
+        for client_id, num_examples, body in self.store.pending_updates(current.server_round):
+            header, _ = decode_update(body)
             resumed.received[client_id] = UpdateRecord(
-                client_id, header.num_examples, dict(header.metrics), len(body)
+                client_id, num_examples, dict(header.metrics), len(body)
             )
         state.round = resumed
-        state.published = publish(
-            server_round=resumed.server_round,
-            phase="training",
-            model=self.config.model,
-            selected=resumed.selected,
-            config=self.config.round_config(),
-            weights=state.global_weights,
-        )
+        state.published = publish_round(self.config, resumed, state.global_weights)
         log.info(
             "round %d resumed with %d acknowledged updates",
             resumed.server_round,

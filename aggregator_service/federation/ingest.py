@@ -1,21 +1,28 @@
-"""Taking in one client update: decode, check, persist, accumulate (runs off the event loop)."""
+"""Taking in one client update: decode, check, journal (runs off the event loop).
+
+An update is checked here, once: its header fields (pydantic), the sender against its
+token's client id, its round and slot (the state), and its tensors against the model's
+names, shapes and dtypes (the wire codec). It is then written to the round's journal and
+acknowledged; nothing is folded yet. When the round closes, the round loop reads the
+journal in client-id order (`round_updates`), so the aggregate does not depend on the
+order in which uploads arrived.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
 from aggregator_service.federation.state import FederationState, UpdateRejected
 from aggregator_service.store.journal_stream import StreamedBody
 from aggregator_service.store.run_store import RunStore
-from aggregator_service.strategy.fedavg import Strategy
+from aggregator_service.strategy import ClientUpdate
 from shared.schemas import ReceiveReply, UpdateHeader
-from shared.wire import check_protocol, decode_message, decode_weights
+from shared.wire import TensorSpec, check_protocol, decode_message, decode_weights
 
-__all__ = ["decode_update", "ingest_update"]
+__all__ = ["decode_update", "ingest_update", "round_updates"]
 
 
 def decode_update(
@@ -35,41 +42,41 @@ def ingest_update(
     body: bytes | bytearray | memoryview,
     *,
     state: FederationState,
-    strategy: Strategy,
-    store: RunStore | None,
-    authorize: Callable[[UpdateHeader], None] | None = None,
+    store: RunStore,
+    durable: bool,
+    sender: str | None = None,
     streamed: StreamedBody | None = None,
 ) -> ReceiveReply:
     """Accept one update into the current round, or raise why not; state changes only on success.
 
-    `authorize` sees the decoded header first and raises to refuse the sender; `streamed`
-    is what the store wrote of the body while it arrived (journal_stream.py).
+    `sender` is the client id of the caller's token (None without authentication): the
+    update must be that client's. `streamed` is what the store wrote of the body while it
+    arrived (journal_stream.py); `durable` fsyncs the update before the reply.
     """
     header, raw_weights = decode_update(body)
-    if authorize is not None:
-        authorize(header)
-    duplicate = state.reserve(header)
-    if duplicate is not None:
-        return duplicate
-    try:
-        weights = decode_weights(raw_weights, spec=state.spec)
-        if store is not None:
-            store.save_update(header.round, header.client_id, header.num_examples, body, streamed)
-        strategy.accumulate(weights, header.num_examples)
-    except BaseException:
-        state.release(header.client_id)
-        raise
-    return state.commit(header, len(body))
+    if sender is not None and header.client_id != sender:
+        raise UpdateRejected(
+            403,
+            "wrong_client",
+            f"the bearer token does not belong to client_id {header.client_id!r}",
+        )
+    with state.claim(header, len(body)) as claim:
+        if claim.duplicate:
+            return claim.answer
+        decode_weights(raw_weights, spec=state.spec)  # names, shapes, dtypes, finite values
+        store.save_update(
+            header.round, header.client_id, header.num_examples, body, streamed, durable=durable
+        )
+    return claim.answer
 
 
-def fold_update(
-    body: bytes, *, state: FederationState, strategy: Strategy
-) -> tuple[UpdateHeader, dict[str, np.ndarray]]:
-    """Decode a persisted update and fold it into the strategy (used after a restart)."""
-    header, raw_weights = decode_update(body)
-    weights = decode_weights(raw_weights, spec=state.spec)
-    strategy.accumulate(weights, header.num_examples)
-    return header, weights
+def round_updates(
+    store: RunStore, server_round: int, spec: Mapping[str, TensorSpec]
+) -> Iterator[ClientUpdate]:
+    """Yield the round's journalled updates in client-id order, decoded from memory maps."""
+    for client_id, num_examples, body in store.pending_updates(server_round):
+        _, raw_weights = decode_update(body)
+        yield ClientUpdate(client_id, num_examples, decode_weights(raw_weights, spec=spec))
 
 
 def _describe(exc: ValidationError) -> str:

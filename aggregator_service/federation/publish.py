@@ -1,24 +1,36 @@
-"""The published global model: encoded once per change, swapped atomically, long-polled."""
+"""The published global model: encoded once per change, swapped atomically, announced.
+
+`publish_round` is the one way a round and its model become what GET /get_weights
+serves; `Publications` tells its subscribers (the HTTP layer's long polls and upload
+buffers) about each new version.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import math
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from shared.config import ExperimentConfig
 from shared.schemas import Phase
 from shared.wire import PROTOCOL_VERSION, encode_message
 
-__all__ = ["ModelWatch", "PublishedModel", "publish"]
+__all__ = [
+    "Publications",
+    "PublishedModel",
+    "RoundView",
+    "model_digest",
+    "publish",
+    "publish_round",
+]
 
 
 _versions = itertools.count(1)
@@ -93,6 +105,66 @@ def publish(
     )
 
 
+class RoundView(Protocol):
+    """What publishing needs of a round."""
+
+    @property
+    def server_round(self) -> int:
+        """The round's number."""
+
+    @property
+    def phase(self) -> Phase:
+        """The round's phase."""
+
+    @property
+    def selected(self) -> frozenset[str]:
+        """The clients invited to train in it."""
+
+
+def publish_round(
+    config: ExperimentConfig, round_state: RoundView, weights: Mapping[str, np.ndarray]
+) -> PublishedModel:
+    """Encode `round_state` with the global model and the round config of `config`."""
+    return publish(
+        server_round=round_state.server_round,
+        phase=round_state.phase,
+        model=config.model,
+        selected=round_state.selected,
+        config=config.round_config(),
+        weights=weights,
+    )
+
+
+def model_digest(weights: Mapping[str, np.ndarray]) -> str:
+    """Return the sha256 of a model: each tensor's name, dtype, shape and bytes, in order."""
+    digest = hashlib.sha256()
+    for name, array in weights.items():
+        head = f"{name}\0{array.dtype.str}\0{list(array.shape)}\0"
+        digest.update(head.encode())
+        digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+    return digest.hexdigest()
+
+
+class Publications:
+    """Who wants to know when a new model is published: an explicit list of subscribers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: list[Callable[[PublishedModel], None]] = []
+
+    def subscribe(self, subscriber: Callable[[PublishedModel], None]) -> None:
+        """Call `subscriber(published)` (on the publishing thread) for every new version."""
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+    def announce(self, published: PublishedModel) -> None:
+        """Tell every subscriber about `published`."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            subscriber(published)
+
+
 def _boot_prefix() -> str:
     """Return a random prefix fixed for this process, so ETags differ across restarts."""
     with _boot_lock:
@@ -121,23 +193,3 @@ def _l2(array: np.ndarray) -> float:
     flat = array.reshape(-1).astype(np.float64, copy=False)
     norm = float(math.sqrt(np.dot(flat, flat))) if flat.size else 0.0
     return round(norm, 6)
-
-
-class ModelWatch:
-    """Wakes long-polling requests (on the event loop) when a new model is published."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._event = asyncio.Event()
-
-    def notify(self) -> None:
-        """Signal a change; safe to call from any thread."""
-        self._loop.call_soon_threadsafe(self._fire)
-
-    def current(self) -> asyncio.Event:
-        """Return the event the next change will set (take it before checking the model)."""
-        return self._event
-
-    def _fire(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()

@@ -28,11 +28,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from aggregator_service.federation.publish import publish
+from aggregator_service.federation.ingest import round_updates
+from aggregator_service.federation.publish import Publications, model_digest, publish_round
 from aggregator_service.federation.selection import select_clients
 from aggregator_service.federation.state import FederationState, RoundState, UpdateRecord
 from aggregator_service.store.run_store import RunStore
-from aggregator_service.strategy.fedavg import Strategy
+from aggregator_service.strategy import Strategy
 from shared.evaluation import EvalResult
 
 __all__ = ["Evaluator", "RoundLoop", "close_decision"]
@@ -72,9 +73,11 @@ class RoundLoop:
         state: FederationState,
         strategy: Strategy,
         store: RunStore,
+        publications: Publications,
         evaluator: Evaluator | None = None,
         on_finished: Callable[[], None] = lambda: None,
     ) -> None:
+        self.publications = publications
         self.state = state
         self.strategy = strategy
         self.store = store
@@ -189,7 +192,6 @@ class RoundLoop:
             min_fit_clients=config.min_fit_clients,
             seed=config.seed,
         )
-        self.strategy.begin_round(server_round, weights)
         self._install(RoundState(server_round, "training", selected=frozenset(selected)), weights)
         log.info("round %d opened: %d clients selected", server_round, len(selected))
 
@@ -219,17 +221,19 @@ class RoundLoop:
         self._install(retried, weights)
 
     def _close_round(self) -> None:
-        """Aggregate, evaluate, checkpoint, then open the next round or finish."""
+        """Aggregate the journalled updates in client-id order, evaluate, checkpoint, go on."""
         with self.state.lock:
             current = self.state.round
             records = list(current.received.values())
-        new_weights = self.strategy.finalize()
-        evaluation = self.evaluator(new_weights) if self.evaluator is not None else None
-        row = history_row(current, records, evaluation)
+            weights = self.state.global_weights
         server_round = current.server_round
+        updates = round_updates(self.store, server_round, self.state.spec)
+        new_weights = self.strategy.aggregate(server_round, weights, updates)
+        evaluation = self.evaluator(new_weights) if self.evaluator is not None else None
+        row = history_row(current, records, evaluation, model_sha256=model_digest(new_weights))
         # History first: a row without its checkpoint is dropped again on restart.
         self.store.append_history(row)
-        self.store.save_checkpoint(server_round, new_weights)
+        self.store.save_checkpoint(server_round, new_weights, self.strategy.state())
         self.store.drop_updates(server_round)
         with self.state.lock:
             self.state.global_weights = new_weights
@@ -282,25 +286,22 @@ class RoundLoop:
                     "selected": sorted(round_state.selected),
                 },
             )
-        published = publish(
-            server_round=round_state.server_round,
-            phase=round_state.phase,
-            model=config.model,
-            selected=round_state.selected,
-            config=config.round_config(),
-            weights=weights,
-        )
+        published = publish_round(config, round_state, weights)
         with self.state.changed:
             self.state.round = round_state
             self.state.published = published
             self.state.changed.notify_all()
-        self.state.on_publish()
+        self.publications.announce(published)
 
 
 def history_row(
-    current: RoundState, records: list[UpdateRecord], evaluation: EvalResult | None
+    current: RoundState,
+    records: list[UpdateRecord],
+    evaluation: EvalResult | None,
+    *,
+    model_sha256: str,
 ) -> dict[str, Any]:
-    """Summarise a closed round for /history."""
+    """Summarise a closed round for /history (`model_sha256`: of the new global model)."""
     total = sum(r.num_examples for r in records)
     losses = [
         (r.metrics["train_loss"], r.num_examples) for r in records if "train_loss" in r.metrics
@@ -318,6 +319,7 @@ def history_row(
         "bytes_out": current.bytes_out,
         "duration_s": round(time.monotonic() - current.started_at, 4),
         "finished_at": time.time(),
+        "model_sha256": model_sha256,
         "clients": {
             r.client_id: {"num_examples": r.num_examples, **r.metrics}
             for r in sorted(records, key=lambda r: r.client_id)

@@ -1,16 +1,18 @@
 """The federation's state: one object, one lock, one condition that wakes the round loop.
 
-Every field below is read and written under `lock`. Heavy work (decoding, validating,
-persisting and accumulating an update; aggregating; encoding the model) happens outside
-it: an upload first *reserves* its (client, round) slot under the lock, does the heavy
-work, then *commits* under the lock and notifies `changed`.
+Every field below is read and written under `lock`. Heavy work (decoding, validating and
+journalling an update; aggregating; encoding the model) happens outside it: an upload
+holds its (client, round) slot with `claim`, which takes the slot under the lock, lets
+the heavy work run, then records the update under the lock and notifies `changed` (or
+gives the slot back if the work failed).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +23,14 @@ from shared.config import ExperimentConfig
 from shared.schemas import Phase, ReceiveReply, RegisterReply, UpdateHeader
 from shared.wire import TensorSpec
 
-__all__ = ["ClientInfo", "FederationState", "RoundState", "UpdateRecord", "UpdateRejected"]
+__all__ = [
+    "Claim",
+    "ClientInfo",
+    "FederationState",
+    "RoundState",
+    "UpdateRecord",
+    "UpdateRejected",
+]
 
 
 class UpdateRejected(Exception):
@@ -42,6 +51,20 @@ class UpdateRejected(Exception):
         self.detail = detail
         self.headers = dict(headers or {})  # response headers: Retry-After, WWW-Authenticate
         self.extra = extra
+
+
+@dataclass
+class Claim:
+    """An update's hold on its (client, round) slot; `reply` is set once it is recorded."""
+
+    duplicate: bool
+    reply: ReceiveReply | None
+
+    @property
+    def answer(self) -> ReceiveReply:
+        """The reply to send (after the claim's block, or at once for a duplicate)."""
+        assert self.reply is not None, "the update is not recorded yet"
+        return self.reply
 
 
 @dataclass
@@ -114,7 +137,6 @@ class FederationState:
         self.counters = Counters()
         self.client_timeout_s = client_timeout_s
         self.started_at = time.time()
-        self.on_publish: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------------ clients
 
@@ -156,8 +178,28 @@ class FederationState:
 
     # ------------------------------------------------------------------ updates
 
-    def reserve(self, header: UpdateHeader) -> ReceiveReply | None:
-        """Claim the (client, round) slot, or answer a duplicate; raise if refused."""
+    @contextmanager
+    def claim(self, header: UpdateHeader, nbytes: int) -> Iterator[Claim]:
+        """Hold the (client, round) slot of an update for the block; raise if refused.
+
+        A duplicate of an accepted update gets `claim.duplicate` and its reply at once. Else
+        the block checks and stores the update: if it ends normally the update is recorded
+        (and the round loop woken), if it raises the slot is given back.
+        """
+        duplicate = self._reserve(header)
+        if duplicate is not None:
+            yield Claim(duplicate=True, reply=duplicate)
+            return
+        claim = Claim(duplicate=False, reply=None)
+        try:
+            yield claim
+        except BaseException:
+            self._release(header.client_id)
+            raise
+        claim.reply = self._commit(header, nbytes)
+
+    def _reserve(self, header: UpdateHeader) -> ReceiveReply | None:
+        """Take the (client, round) slot, or answer a duplicate; raise if refused."""
         client_id = header.client_id
         with self.lock:
             current = self.round
@@ -203,13 +245,13 @@ class FederationState:
                 return server_round < current.server_round
             return client_id in current.received or current.phase in ("aggregating", "finished")
 
-    def release(self, client_id: str) -> None:
+    def _release(self, client_id: str) -> None:
         """Give back a reserved slot after the update failed."""
         with self.changed:
             self.round.in_flight.discard(client_id)
             self.changed.notify_all()
 
-    def commit(self, header: UpdateHeader, nbytes: int) -> ReceiveReply:
+    def _commit(self, header: UpdateHeader, nbytes: int) -> ReceiveReply:
         """Record an accumulated update and wake the round loop."""
         with self.changed:
             current = self.round

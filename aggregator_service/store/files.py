@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -103,6 +104,14 @@ def read_whole(path: Path) -> bytearray:
                 raise EOFError(f"{path} ended after {filled} of {len(data)} bytes")
             filled += count
         return data
+
+
+def map_whole(path: Path) -> memoryview:
+    """Return a read-only memory map of the whole file (empty files: an empty view)."""
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            return memoryview(b"")
+        return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 def _sha256_of(file: BinaryIO) -> str:

@@ -99,7 +99,7 @@ def checksum(body: bytes | bytearray | memoryview) -> str:
     return total.text()
 
 
-def matches(body: bytes, recorded: str) -> bool:
+def matches(body: bytes | bytearray | memoryview, recorded: str) -> bool:
     """Tell whether `body` has the checksum `recorded` (Sum64, or an older CRC-32 or sha256)."""
     if recorded.startswith(_SUM64):
         return checksum(body) == recorded

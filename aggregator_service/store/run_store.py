@@ -46,11 +46,12 @@ from aggregator_service.store.journal_stream import StreamedBody
 from aggregator_service.store.tensor_file import read_safetensors, write_safetensors
 from shared.errors import TributaryError
 
-__all__ = ["RunStore", "StoreError"]
+__all__ = ["SERVER_STATE", "RunStore", "StoreError", "split_server_state"]
 
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT_SUFFIX = ".safetensors"
+SERVER_STATE = "server_state/"  # checkpoint tensors of the strategy, not of the model
 _TRASH = ".discarded-"  # prefix of update directories being deleted
 _INCOMING = "incoming"  # update bodies being written as they arrive (journal_stream.py)
 
@@ -99,9 +100,20 @@ class RunStore:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save_checkpoint(self, server_round: int, weights: Mapping[str, np.ndarray]) -> None:
-        """Atomically store the global model after `server_round` (0: the initial model)."""
+    def save_checkpoint(
+        self,
+        server_round: int,
+        weights: Mapping[str, np.ndarray],
+        server_state: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Atomically store the global model after `server_round` (0: the initial model).
+
+        `server_state` (a strategy's momentum, say) goes in the same file, each tensor
+        named with the prefix ``server_state/`` (`split_server_state` takes it apart).
+        """
         _check_round(server_round)
+        if server_state:
+            weights = {**weights, **{SERVER_STATE + k: v for k, v in server_state.items()}}
         path = self.state_dir / "checkpoints" / f"round-{server_round:06d}{_CHECKPOINT_SUFFIX}"
         metadata = {"round": str(server_round)}
         try:
@@ -158,11 +170,15 @@ class RunStore:
         num_examples: int,
         body: bytes | bytearray | memoryview,
         streamed: StreamedBody | None = None,
+        *,
+        durable: bool = True,
     ) -> None:
-        """Durably store an accepted update's raw body; raise StoreError if already saved.
+        """Store an accepted update's raw body; raise StoreError if already saved.
 
-        `streamed` (from `stream_update`) has followed the body as it arrived: what it
-        wrote is then only completed, not written again.
+        `durable`: fsync the file and its directory entry before returning (else it goes to
+        the page cache only, and a machine crash may lose it). `streamed` (from
+        `stream_update`) has followed the body as it arrived: what it wrote is then only
+        completed, not written again.
         """
         _check_round(server_round)
         round_dir = self.state_dir / "updates" / str(server_round)
@@ -173,7 +189,9 @@ class RunStore:
                 round_dir.mkdir(exist_ok=True)
                 files.fsync_dir(round_dir.parent)
             written = streamed.finish(body) if streamed is not None else None
-            if written is None:
+            if not durable:
+                checksum = _write_plain(body, path)
+            elif written is None:
                 checksum = self._write_body(body, path)
             else:
                 temp, checksum = written
@@ -204,19 +222,24 @@ class RunStore:
             futures.wait([checksum])
         return checksum.result()
 
-    def pending_updates(self, server_round: int) -> list[tuple[str, int, bytes]]:
-        """Return (client_id, num_examples, body) of the round's saved updates, oldest first."""
+    def pending_updates(self, server_round: int) -> list[tuple[str, int, memoryview]]:
+        """Return (client_id, num_examples, body) of the round's saved updates by client id.
+
+        Each body is a read-only memory map of its file, checked against its checksum; a
+        lost or damaged one is logged and skipped. The order is the clients' ids, never the
+        order of arrival, so a round's aggregate does not depend on it.
+        """
         with self._lock:
             rows = self._db.execute(
                 "SELECT client_id, num_examples, file, sha256 FROM updates "
-                "WHERE server_round = ? ORDER BY seq",
+                "WHERE server_round = ? ORDER BY client_id",
                 (server_round,),
             ).fetchall()
         round_dir = self.state_dir / "updates" / str(server_round)
-        pending: list[tuple[str, int, bytes]] = []
+        pending: list[tuple[str, int, memoryview]] = []
         for client_id, num_examples, name, digest in rows:
             try:
-                body = (round_dir / name).read_bytes()
+                body = files.map_whole(round_dir / name)
             except OSError as exc:
                 logger.warning("update of %r in round %d is lost: %s", client_id, server_round, exc)
                 continue
@@ -321,6 +344,27 @@ class RunStore:
                     self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+
+def split_server_state(
+    tensors: Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Split a checkpoint's tensors into the model's and the strategy's (prefix removed)."""
+    model = {k: v for k, v in tensors.items() if not k.startswith(SERVER_STATE)}
+    state = {k[len(SERVER_STATE) :]: v for k, v in tensors.items() if k.startswith(SERVER_STATE)}
+    return model, state
+
+
+def _write_plain(body: bytes | bytearray | memoryview, path: Path) -> str:
+    """Write `body` to `path` through the page cache, renamed into place; no fsync."""
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temp, "wb") as file:
+            file.write(body)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return journal.checksum(body)
 
 
 def _read_checkpoint(path: Path, digest: str) -> dict[str, np.ndarray]:

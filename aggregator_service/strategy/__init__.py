@@ -1,1 +1,33 @@
-"""Aggregation strategies: pure numpy, no I/O, imported by nothing else of the service."""
+"""Aggregation strategies: pure numpy, no I/O, imported by nothing else of the service.
+
+Adding a strategy: one file here with a class like `FedAvgM`, its typed parameters in
+`shared/config.py` (one class in the `StrategyConfig` union) and one line in `STRATEGIES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aggregator_service.strategy.base import AggregationError, ClientUpdate, Strategy
+from aggregator_service.strategy.fedavg import FedAvg
+from aggregator_service.strategy.fedavgm import FedAvgM
+from aggregator_service.strategy.fedmedian import FedMedian
+from shared.config import StrategyConfig
+
+__all__ = ["STRATEGIES", "AggregationError", "ClientUpdate", "Strategy", "build_strategy"]
+
+STRATEGIES: Mapping[str, type[Strategy]] = {
+    "fedavg": FedAvg,
+    "fedavgm": FedAvgM,
+    "fedmedian": FedMedian,
+}
+
+
+def build_strategy(config: StrategyConfig) -> Strategy:
+    """Return a fresh strategy for its config section (name and parameters)."""
+    try:
+        cls = STRATEGIES[config.name]
+    except KeyError:
+        valid = ", ".join(sorted(STRATEGIES))
+        raise ValueError(f"unknown strategy {config.name!r}; valid names: {valid}") from None
+    return cls(**config.model_dump(exclude={"name"}))

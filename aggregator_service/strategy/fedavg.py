@@ -1,262 +1,48 @@
-"""Aggregation strategies: pure numpy, no I/O, behind the small `Strategy` interface.
-
-`FedAvg` is the weighted federated average of McMahan et al. 2017
-(https://arxiv.org/abs/1602.05629): each client's tensors count in proportion to its
-`num_examples`. It runs in streaming form: `begin_round` allocates one float64 running sum
-per floating tensor, `accumulate` folds each update into the sums as soon as it arrives,
-and `finalize` divides by the total. Memory stays O(model size) however many updates come;
-no list of updates is ever kept.
-
-Rules of the aggregate:
-
-- Floating tensors: sum(w_i * n_i) / sum(n_i), computed in float64 (no float32
-  intermediate) and cast back to the global model's dtype. An update may send any floating
-  dtype for a floating tensor (e.g. float16 for a float32 model).
-- Integer and bool tensors (BatchNorm's int64 ``num_batches_tracked``) are never averaged
-  as floats: their aggregate is the element-wise maximum over the round's updates (for
-  bool, a logical or). ``num_batches_tracked`` counts optimizer steps, so the maximum is
-  the most-trained client's count; unlike "last writer wins" it does not depend on the
-  order in which concurrent uploads arrive. An update's integer tensor must cast safely
-  to the global dtype (``np.can_cast(..., casting="safe")``).
-
-Updates are read, never written: they may be read-only ``np.frombuffer`` views. An update
-is checked in full (names, shapes, dtypes, num_examples) before any sum changes, so a
-rejected update leaves the round untouched. `accumulate` may be called from several
-threads at once; one lock guards the sums.
-"""
+"""FedAvg (McMahan et al. 2017): the num_examples-weighted mean of the round's updates."""
 
 from __future__ import annotations
 
-import math
-import threading
-from collections.abc import Mapping
-from typing import NamedTuple, Protocol
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 import numpy as np
 
-from shared.errors import SpecMismatch, TributaryError
+from aggregator_service.strategy.base import AggregationError, ClientUpdate
+from aggregator_service.strategy.mean import WeightedMean
 
-__all__ = ["STRATEGIES", "AggregationError", "FedAvg", "Strategy", "build_strategy"]
-
-
-_BLOCK = 1 << 16  # elements folded per step (512 KiB of float64 scratch)
+__all__ = ["FedAvg", "fold_mean"]
 
 
-class AggregationError(TributaryError):
-    """A strategy used out of order (no round begun, no update) or given a bad num_examples."""
-
-
-class Strategy(Protocol):
-    """Folds the updates of one round into the next global model."""
-
-    def begin_round(self, server_round: int, global_weights: Mapping[str, np.ndarray]) -> None:
-        """Start `server_round` from the current global model, forgetting any earlier round."""
-        ...
-
-    def accumulate(self, weights: Mapping[str, np.ndarray], num_examples: int) -> None:
-        """Fold one client's update, trained on `num_examples` examples, into the round."""
-        ...
-
-    def finalize(self) -> dict[str, np.ndarray]:
-        """Return the new global weights; the round then accepts no more updates."""
-        ...
-
-    @property
-    def num_updates(self) -> int:
-        """Number of updates accumulated in the current round."""
-        ...
-
-    @property
-    def total_examples(self) -> int:
-        """Sum of num_examples over the updates accumulated in the current round."""
-        ...
-
-
-class _Slot(NamedTuple):
-    """One tensor of the global model and where its aggregate accumulates."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype[np.generic]
-    floating: bool
+def fold_mean(
+    server_round: int, current: Mapping[str, np.ndarray], updates: Iterable[ClientUpdate]
+) -> dict[str, np.ndarray]:
+    """Fold `updates` one at a time into their weighted mean, in the model's dtypes."""
+    mean = WeightedMean()
+    mean.begin_round(server_round, current)
+    for update in updates:
+        mean.accumulate(update.weights, update.num_examples)
+    if mean.num_updates == 0:
+        raise AggregationError(f"round {server_round}: no update to aggregate")
+    return mean.finalize()
 
 
 class FedAvg:
-    """Weighted federated averaging by num_examples, folded in one update at a time."""
+    """Weighted federated averaging; no state across rounds."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._server_round: int | None = None
-        self._open = False
-        self._slots: dict[str, _Slot] = {}
-        self._sums: dict[str, np.ndarray] = {}  # float64 running sums of w * n
-        self._maxima: dict[str, np.ndarray] = {}  # integer/bool tensors: element-wise max
-        self._scratch = np.empty(0, dtype=np.float64)  # reused for every w * n product
-        self._num_updates = 0
-        self._total_examples = 0
+    name: ClassVar[str] = "fedavg"
 
-    @property
-    def server_round(self) -> int | None:
-        """The round begun last, or None before the first `begin_round`."""
-        return self._server_round
+    def aggregate(
+        self,
+        server_round: int,
+        current: Mapping[str, np.ndarray],
+        updates: Iterable[ClientUpdate],
+    ) -> dict[str, np.ndarray]:
+        """Return the weighted mean of `updates`."""
+        return fold_mean(server_round, current, updates)
 
-    @property
-    def num_updates(self) -> int:
-        """Number of updates accumulated in the current round."""
-        return self._num_updates
+    def state(self) -> dict[str, np.ndarray]:
+        """FedAvg keeps nothing across rounds."""
+        return {}
 
-    @property
-    def total_examples(self) -> int:
-        """Sum of num_examples over the updates accumulated in the current round."""
-        return self._total_examples
-
-    def begin_round(self, server_round: int, global_weights: Mapping[str, np.ndarray]) -> None:
-        """Start `server_round`: zero the sums and remember the model's names, shapes, dtypes."""
-        slots = {
-            name: _Slot(tuple(a.shape), a.dtype, _is_floating(a.dtype))
-            for name, a in global_weights.items()
-        }
-        largest = max((math.prod(s.shape) for s in slots.values() if s.floating), default=0)
-        with self._lock:
-            self._server_round = server_round
-            self._slots = slots
-            self._sums = self._zeroed_sums(slots)
-            self._maxima = {}
-            self._scratch = np.empty(min(largest, _BLOCK), dtype=np.float64)
-            self._num_updates = 0
-            self._total_examples = 0
-            self._open = True
-
-    def accumulate(self, weights: Mapping[str, np.ndarray], num_examples: int) -> None:
-        """Fold one update into the running sums; its tensors are only read."""
-        if not self._open:  # checked again under the lock; this gives the clearer error early
-            raise AggregationError(self._closed_message("accumulate"))
-        slots = self._slots
-        _check_update(weights, num_examples, slots)
-        with self._lock:
-            if not self._open:
-                raise AggregationError(self._closed_message("accumulate"))
-            if slots is not self._slots:
-                raise AggregationError(
-                    f"round {self._server_round} began while the update was being checked; "
-                    "the update belongs to an earlier round"
-                )
-            for name, slot in slots.items():
-                if slot.floating:
-                    self._fold_floating(name, weights[name], num_examples)
-                else:
-                    self._fold_integer(name, weights[name], slot.dtype)
-            self._num_updates += 1
-            self._total_examples += int(num_examples)
-
-    def finalize(self) -> dict[str, np.ndarray]:
-        """Return the weighted mean (integer tensors: maximum) in the global model's dtypes."""
-        with self._lock:
-            if not self._open:
-                raise AggregationError(self._closed_message("finalize"))
-            if self._num_updates == 0:
-                raise AggregationError(
-                    f"round {self._server_round}: no update was accumulated; "
-                    "wait for at least one accepted update before finalizing"
-                )
-            result: dict[str, np.ndarray] = {}
-            for name, slot in self._slots.items():
-                if slot.floating:  # popped: each sum is freed before the next one is cast
-                    total = self._sums.pop(name)
-                    np.divide(total, self._total_examples, out=total)
-                    result[name] = total.astype(slot.dtype)
-                else:
-                    result[name] = self._maxima[name]
-            self._open = False
-            self._maxima = {}
-            self._scratch = np.empty(0, dtype=np.float64)
-            return result
-
-    def _zeroed_sums(self, slots: Mapping[str, _Slot]) -> dict[str, np.ndarray]:
-        """Return fresh float64 sums, written with zeros here.
-
-        np.full, not np.zeros: otherwise the kernel would zero their pages one fault at a
-        time inside the first update's fold, 170 ms for ResNet18 on the benchmark machine,
-        with the fold's lock held and uploads waiting. Last round's sums are not kept for
-        reuse: between rounds the aggregator holds no sums at all.
-        """
-        return {name: np.full(s.shape, 0.0) for name, s in slots.items() if s.floating}
-
-    def _fold_floating(self, name: str, update: np.ndarray, num_examples: int) -> None:
-        """Add update * num_examples to the tensor's float64 sum, block by block.
-
-        Each block is cast into the float64 scratch, multiplied there and added to the sum:
-        the scratch stays small (512 KiB) and in cache. The product of a float32 (or
-        float16) weight and an integer below 2**29 is exact in float64, so the sum changes
-        by exactly one rounding per element and update. One thread: the fold is bound by
-        memory bandwidth, and a second thread cost more CPU than it saved time on two cores
-        shared with the uploads (docs/benchmarks.md).
-        """
-        total = self._sums[name].reshape(-1)
-        flat = update.reshape(-1)
-        for start in range(0, flat.size, _BLOCK):
-            stop = min(start + _BLOCK, flat.size)
-            scratch = self._scratch[: stop - start]
-            np.copyto(scratch, flat[start:stop])
-            np.multiply(scratch, num_examples, out=scratch)
-            np.add(total[start:stop], scratch, out=total[start:stop])
-
-    def _fold_integer(self, name: str, update: np.ndarray, dtype: np.dtype[np.generic]) -> None:
-        current = self._maxima.get(name)
-        if current is None:
-            self._maxima[name] = np.array(update, dtype=dtype, copy=True)
-        else:
-            np.maximum(current, update, out=current, dtype=dtype)
-
-    def _closed_message(self, action: str) -> str:
-        if self._server_round is None:
-            return f"cannot {action}: no round has begun; call begin_round first"
-        return f"cannot {action}: round {self._server_round} is already finalized"
-
-
-def _is_floating(dtype: np.dtype[np.generic]) -> bool:
-    return bool(np.issubdtype(dtype, np.floating))
-
-
-def _check_update(
-    weights: Mapping[str, np.ndarray], num_examples: int, slots: Mapping[str, _Slot]
-) -> None:
-    if not isinstance(num_examples, int | np.integer) or isinstance(num_examples, bool):
-        raise AggregationError(f"num_examples must be an int, got {num_examples!r}")
-    if num_examples <= 0:
-        raise AggregationError(f"num_examples must be positive, got {num_examples}")
-    missing = [name for name in slots if name not in weights]
-    if missing:
-        raise SpecMismatch(missing[0], f"missing from the update ({len(missing)} in all)")
-    unexpected = [name for name in weights if name not in slots]
-    if unexpected:
-        raise SpecMismatch(unexpected[0], "is not a tensor of the global model")
-    for name, slot in slots.items():
-        _check_tensor(name, np.asarray(weights[name]), slot)
-
-
-def _check_tensor(name: str, update: np.ndarray, slot: _Slot) -> None:
-    if update.shape != slot.shape:
-        raise SpecMismatch(
-            name, f"shape {list(update.shape)} does not match the model's {list(slot.shape)}"
-        )
-    if slot.floating:
-        if not _is_floating(update.dtype):
-            raise SpecMismatch(
-                name, f"dtype {update.dtype.name} is not floating like the model's {slot.dtype}"
-            )
-    elif not np.can_cast(update.dtype, slot.dtype, casting="safe"):
-        raise SpecMismatch(
-            name, f"dtype {update.dtype.name} does not cast safely to the model's {slot.dtype}"
-        )
-
-
-STRATEGIES: Mapping[str, type[FedAvg]] = {"fedavg": FedAvg}
-
-
-def build_strategy(name: str) -> Strategy:
-    """Return a fresh strategy by its config name (e.g. "fedavg")."""
-    try:
-        return STRATEGIES[name]()
-    except KeyError:
-        valid = ", ".join(sorted(STRATEGIES))
-        raise ValueError(f"unknown strategy {name!r}; valid names: {valid}") from None
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Nothing to restore."""

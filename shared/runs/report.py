@@ -52,6 +52,7 @@ CSV_FIELDS = (
     "duration_s",
     "attempts",
     "finished_at",
+    "model_sha256",
 )
 TENSORBOARD_SCALARS = (
     "eval_accuracy",

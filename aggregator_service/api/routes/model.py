@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 from aggregator_service.api.auth import ReaderCaller, check_client, reader_caller
 from aggregator_service.api.deps import FederationDep, LongPollGateDep, SettingsDep, WatchDep
 from aggregator_service.api.limits import LongPollGate
-from aggregator_service.federation.publish import ModelWatch, PublishedModel
+from aggregator_service.api.watch import ModelWatch
+from aggregator_service.federation.publish import PublishedModel
 from aggregator_service.federation.state import FederationState
 
 __all__ = ["router"]

@@ -8,15 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from aggregator_service.api.auth import Caller, ClientCaller, check_client
+from aggregator_service.api.auth import ClientCaller, check_client
 from aggregator_service.api.body import read_body
 from aggregator_service.api.deps import FederationDep, ReceiveLimiterDep, SettingsDep, UploadGateDep
 from aggregator_service.api.early_refusal import EarlyRefusal
-from aggregator_service.federation.federation import Federation
 from aggregator_service.federation.ingest import ingest_update
 from aggregator_service.federation.state import UpdateRejected
 from aggregator_service.store.journal_stream import StreamedBody
-from shared.schemas import ReceiveReply, RegisterReply, RegisterRequest, UpdateHeader
+from shared.schemas import ReceiveReply, RegisterReply, RegisterRequest
 
 __all__ = ["router"]
 
@@ -92,9 +91,9 @@ async def receive(
         raise UpdateRejected(
             415, "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
         )
-    store = federation.update_store
+    durable = settings.persist_updates
     async with upload_gate.admit() as slot:
-        streamed = store.stream_update() if store is not None else None
+        streamed = federation.store.stream_update() if durable else None
         watcher = EarlyRefusal(streamed, federation.state) if streamed is not None else None
         try:
             body = await read_body(
@@ -105,10 +104,12 @@ async def receive(
                 idle_timeout_s=settings.body_idle_timeout_s,
             )
             return await run_in_threadpool(
-                _ingest_as,
+                ingest_update,
                 body,
-                caller=caller,
-                federation=federation,
+                state=federation.state,
+                store=federation.store,
+                durable=durable,
+                sender=caller.client_id,
                 streamed=streamed,
             )
         finally:
@@ -123,25 +124,3 @@ async def _discard(streamed: StreamedBody) -> None:
     except asyncio.CancelledError:  # on the loop, then: no step may read a reused buffer
         streamed.discard()
         raise
-
-
-def _ingest_as(
-    body: memoryview,
-    *,
-    caller: Caller,
-    federation: Federation,
-    streamed: StreamedBody | None,
-) -> ReceiveReply:
-    """Ingest an update; with authentication, only under the client id of the caller's token."""
-
-    def authorize(header: UpdateHeader) -> None:
-        check_client(caller, header.client_id)
-
-    return ingest_update(
-        body,
-        state=federation.state,
-        strategy=federation.strategy,
-        store=federation.update_store,
-        authorize=authorize if caller.client_id is not None else None,
-        streamed=streamed,
-    )

@@ -183,14 +183,14 @@ def test_all_checkpoints_corrupt_gives_none(
 # -------------------------------------------------------------------------------- updates
 
 
-def test_update_round_trip_in_arrival_order(store: RunStore) -> None:
+def test_update_round_trip_in_client_id_order(store: RunStore) -> None:
     store.save_update(3, "client-b", 50, b"\x81\xa1a\x01")
     store.save_update(3, "client-a", 20, bytearray(b"second"))
-    store.save_update(3, "client-c", 10, memoryview(b"third"))
+    store.save_update(3, "client-c", 10, memoryview(b"third"), durable=False)
     store.save_update(4, "client-a", 99, b"other round")
-    assert store.pending_updates(3) == [
-        ("client-b", 50, b"\x81\xa1a\x01"),
+    assert store.pending_updates(3) == [  # by client id, not in the order they came
         ("client-a", 20, b"second"),
+        ("client-b", 50, b"\x81\xa1a\x01"),
         ("client-c", 10, b"third"),
     ]
     assert store.pending_updates(4) == [("client-a", 99, b"other round")]

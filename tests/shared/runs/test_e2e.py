@@ -148,3 +148,27 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         runner.wait(timeout=10)
+
+
+def _model_hashes(tmp_path: Path, name: str, *flags: str) -> list[str]:
+    """Run a 3-client, 3-round federation; return each round's model sha256 from metrics.json."""
+    runs_dir = tmp_path / name
+    argv = [*RUNNER, "--clients", "3", "--rounds", "3", "--no-live", "--runs-dir", str(runs_dir)]
+    done = subprocess.run(
+        [*argv, *flags], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads((only_run_dir(runs_dir) / "metrics.json").read_text())["rounds"]
+    return [row["model_sha256"] for row in rows]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")
+def test_reruns_give_bit_identical_models_under_different_jitter(tmp_path: Path) -> None:
+    calm = _model_hashes(tmp_path, "calm")
+    # Exponential delays before every request reorder the uploads; one worker process
+    # training the three clients one after the other changes the scheduling too.
+    jitter = "network=[{clients: all, jitter: exponential, jitter_ms: 150}]"
+    shaken = _model_hashes(tmp_path, "shaken", "--set", jitter, "--worker-processes", "1")
+    assert len(calm) == 3
+    assert len(set(calm)) == 3
+    assert shaken == calm
