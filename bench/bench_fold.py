@@ -2,9 +2,9 @@
 
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python bench/bench_fold.py [--rounds 8]
 
-`WeightedMean.accumulate` (FedAvg's fold) folds each tensor block by block through one float64 scratch array
-(cast the block into it, multiply there, add it to the sum). The block size trades the
-scratch's memory (8 bytes x block) against per-block overhead. For each block size,
+`WeightedMean.accumulate` (FedAvg's fold) folds each tensor block by block through one
+float64 scratch array (cast the block into it, multiply there, add it to the sum). The
+block size trades the scratch's memory (8 bytes x block) against per-block overhead. For each block size,
 `--rounds` rounds of 10 updates are folded; the script prints the wall and process CPU
 time per update (median and best) and the memory moved per second (4 bytes read from the
 update, 16 read and written in the sum, per parameter), next to a plain copy of the same

@@ -3,7 +3,9 @@ a restart between rounds (server-optimizer state included) changes nothing."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,6 +40,10 @@ def _update(weights: dict[str, np.ndarray], client: int, server_round: int) -> b
     return update_body(CLIENTS[client], server_round, stepped, num_examples=7 + 13 * client)
 
 
+def _training(status: dict[str, Any], *, server_round: int) -> bool:
+    return bool(status["round"] == server_round and status["phase"] == "training")
+
+
 def _play(
     start_app: AppFactory, state_dir: Path, strategy: str, orders: list[list[int]], *, restart: bool
 ) -> list[str]:
@@ -51,7 +57,8 @@ def _play(
         if restart and server_round == 2:
             app.__exit__(None, None, None)
             app = start_app(config, state_dir=state_dir)
-        wait_for(app, lambda s, r=server_round: s["round"] == r and s["phase"] == "training")
+        opened = functools.partial(_training, server_round=server_round)
+        wait_for(app, opened)
         _, weights = global_model(app)
         for client in orders[server_round - 1]:
             reply = app.post(

@@ -20,6 +20,11 @@ from shared.errors import TributaryError
 Weights = dict[str, np.ndarray]
 
 
+def _as_bytes(pending: list[tuple[str, int, memoryview]]) -> list[tuple[str, int, bytes]]:
+    """The pending updates with their bodies (memory maps) as bytes, for comparisons."""
+    return [(client_id, n, bytes(body)) for client_id, n, body in pending]
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[RunStore]:
     with RunStore(tmp_path / "state") as run_store:
@@ -188,20 +193,20 @@ def test_update_round_trip_in_client_id_order(store: RunStore) -> None:
     store.save_update(3, "client-a", 20, bytearray(b"second"))
     store.save_update(3, "client-c", 10, memoryview(b"third"), durable=False)
     store.save_update(4, "client-a", 99, b"other round")
-    assert store.pending_updates(3) == [  # by client id, not in the order they came
+    assert _as_bytes(store.pending_updates(3)) == [  # by client id, not in the order they came
         ("client-a", 20, b"second"),
         ("client-b", 50, b"\x81\xa1a\x01"),
         ("client-c", 10, b"third"),
     ]
-    assert store.pending_updates(4) == [("client-a", 99, b"other round")]
-    assert store.pending_updates(5) == []
+    assert _as_bytes(store.pending_updates(4)) == [("client-a", 99, b"other round")]
+    assert _as_bytes(store.pending_updates(5)) == []
 
 
 def test_duplicate_update_is_rejected_and_first_kept(store: RunStore) -> None:
     store.save_update(1, "client-a", 10, b"first")
     with pytest.raises(StoreError, match=r"'client-a'.*round 1.*already saved"):
         store.save_update(1, "client-a", 20, b"second")
-    assert store.pending_updates(1) == [("client-a", 10, b"first")]
+    assert _as_bytes(store.pending_updates(1)) == [("client-a", 10, b"first")]
     assert len(_files(store.state_dir / "updates")) == 1
 
 
@@ -212,7 +217,7 @@ def test_updates_survive_a_restart(tmp_path: Path) -> None:
         store.save_checkpoint(1, _model(1.0))
         store.set_meta("run_id", "abc")
     with RunStore(tmp_path) as reopened:
-        assert reopened.pending_updates(2) == [
+        assert _as_bytes(reopened.pending_updates(2)) == [
             ("client-a", 10, b"alpha"),
             ("client-b", 30, b"beta"),
         ]
@@ -226,11 +231,11 @@ def test_drop_updates_removes_files_and_rows(store: RunStore) -> None:
     store.save_update(1, "client-a", 10, b"one")
     store.save_update(2, "client-a", 10, b"two")
     store.drop_updates(1)
-    assert store.pending_updates(1) == []
+    assert _as_bytes(store.pending_updates(1)) == []
     assert not (store.state_dir / "updates" / "1").exists()
-    assert store.pending_updates(2) == [("client-a", 10, b"two")]
+    assert _as_bytes(store.pending_updates(2)) == [("client-a", 10, b"two")]
     store.save_update(1, "client-a", 11, b"again")  # the pair is free again
-    assert store.pending_updates(1) == [("client-a", 11, b"again")]
+    assert _as_bytes(store.pending_updates(1)) == [("client-a", 11, b"again")]
 
 
 def test_update_write_leaves_no_temp_files(store: RunStore) -> None:
@@ -248,7 +253,7 @@ def test_weird_client_ids_stay_inside_the_state_dir(tmp_path: Path, client_id: s
     state_dir = tmp_path / "state"
     with RunStore(state_dir) as store:
         store.save_update(1, client_id, 5, b"payload")
-        assert store.pending_updates(1) == [(client_id, 5, b"payload")]
+        assert _as_bytes(store.pending_updates(1)) == [(client_id, 5, b"payload")]
     outside = [p for p in tmp_path.rglob("*") if state_dir not in p.parents and p != state_dir]
     assert outside == []
     (update_file,) = (state_dir / "updates" / "1").iterdir()
@@ -264,7 +269,7 @@ def test_corrupt_update_is_skipped_with_a_warning(
         if path.read_bytes() == b"will be damaged":
             path.write_bytes(b"damaged")
     with caplog.at_level(logging.WARNING, logger="aggregator_service.store.run_store"):
-        assert store.pending_updates(1) == [("client-a", 10, b"good")]
+        assert _as_bytes(store.pending_updates(1)) == [("client-a", 10, b"good")]
     assert any("client-b" in r.getMessage() for r in caplog.records)
 
 
@@ -279,7 +284,7 @@ def test_update_journaled_with_the_checksum_of_an_earlier_version_is_still_read(
         assert recorded.startswith("sum64:")
         crc32, sha256 = f"crc32:{zlib.crc32(body):08x}", hashlib.sha256(body).hexdigest()
         db.execute("UPDATE updates SET sha256 = ?", (crc32 if legacy == "crc32" else sha256,))
-    assert store.pending_updates(1) == [("client-a", 10, body)]
+    assert _as_bytes(store.pending_updates(1)) == [("client-a", 10, body)]
 
 
 # ------------------------------------------------------------------------- history, meta
@@ -338,7 +343,7 @@ def test_leftover_temp_files_are_removed_on_open(tmp_path: Path) -> None:
     with RunStore(tmp_path) as store:
         assert _files(tmp_path / "checkpoints") == []
         assert len(_files(tmp_path / "updates")) == 1
-        assert store.pending_updates(1) == [("client-a", 1, b"x")]
+        assert _as_bytes(store.pending_updates(1)) == [("client-a", 1, b"x")]
 
 
 def test_drop_updates_through_a_round_keeps_later_rounds(tmp_path: Path) -> None:
@@ -346,9 +351,9 @@ def test_drop_updates_through_a_round_keeps_later_rounds(tmp_path: Path) -> None
         for server_round in (1, 2, 3):
             store.save_update(server_round, "a", 1, b"round %d" % server_round)
         store.drop_updates_through(2)
-        assert store.pending_updates(1) == []
-        assert store.pending_updates(2) == []
-        assert store.pending_updates(3) == [("a", 1, b"round 3")]
+        assert _as_bytes(store.pending_updates(1)) == []
+        assert _as_bytes(store.pending_updates(2)) == []
+        assert _as_bytes(store.pending_updates(3)) == [("a", 1, b"round 3")]
     left = sorted(p.name for p in (tmp_path / "updates").iterdir())
     assert left == ["3", "incoming"]  # close() waited for the deletions
 

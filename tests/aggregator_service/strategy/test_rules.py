@@ -55,7 +55,10 @@ def test_momentum_step_by_hand() -> None:
 
 
 def test_fedavgm_with_no_momentum_and_unit_lr_is_fedavg() -> None:
-    current = {"w": np.array([1.0, 1.0], np.float32), "n": np.array(0, np.int64)}
+    current: dict[str, np.ndarray] = {
+        "w": np.array([1.0, 1.0], np.float32),
+        "n": np.array(0, np.int64),
+    }
     updates = _updates(
         ("a", 1, {"w": np.array([1.0, 2.0], np.float32), "n": np.array(4, np.int64)}),
         ("b", 3, {"w": np.array([3.0, 6.0], np.float32), "n": np.array(7, np.int64)}),
@@ -86,7 +89,7 @@ def test_fedavgm_carries_its_velocity_through_state() -> None:
 
 
 def test_fedmedian_ignores_one_outlier_and_keeps_dtypes() -> None:
-    current = {"w": np.zeros(2, np.float32), "n": np.array(0, np.int64)}
+    current: dict[str, np.ndarray] = {"w": np.zeros(2, np.float32), "n": np.array(0, np.int64)}
     updates = _updates(
         ("a", 10, {"w": np.array([1.0, 2.0], np.float32), "n": np.array(3, np.int64)}),
         ("b", 10, {"w": np.array([2.0, 3.0], np.float32), "n": np.array(5, np.int64)}),
