@@ -4,11 +4,11 @@
 
 `WeightedMean.accumulate` (FedAvg's fold) folds each tensor block by block through one
 float64 scratch array (cast the block into it, multiply there, add it to the sum). The
-block size trades the scratch's memory (8 bytes x block) against per-block overhead. For each block size,
-`--rounds` rounds of 10 updates are folded; the script prints the wall and process CPU
-time per update (median and best) and the memory moved per second (4 bytes read from the
-update, 16 read and written in the sum, per parameter), next to a plain copy of the same
-float32 bytes into a warm buffer measured in the same run.
+block size trades the scratch's memory (8 bytes x block) against per-block overhead. For
+each block size, `--rounds` rounds of 10 updates are folded; the script prints the wall
+and process CPU time per update (median and best) and the memory moved per second (4
+bytes read from the update, 16 read and written in the sum, per parameter), next to a
+plain copy of the same float32 bytes into a warm buffer measured in the same run.
 """
 
 from __future__ import annotations
