@@ -24,7 +24,7 @@ from typing import Protocol
 
 from fastapi import Request
 
-from aggregator_service.federation.state import UpdateRejected
+from shared.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 __all__ = ["MAPPED_FROM", "BodyPool", "BodyWatcher", "faulted_mapping", "read_body"]
 
@@ -125,7 +125,7 @@ async def read_body(
     """
     declared = request.headers.get("content-length")
     if declared is not None and not declared.isdigit():
-        raise UpdateRejected(400, "bad_content_length", "Content-Length is not a number")
+        raise BadRequest("bad_content_length", "Content-Length is not a number")
     size = None if declared is None else int(declared)
     if size is not None and size > limit:
         raise _too_large(size, limit)
@@ -138,8 +138,8 @@ async def read_body(
     except asyncio.CancelledError:
         if idle is None or not idle.expired():
             raise
-        raise UpdateRejected(
-            408, "body_timeout", f"no byte of the body arrived for {idle_timeout_s:g} s"
+        raise RequestTimeout(
+            "body_timeout", f"no byte of the body arrived for {idle_timeout_s:g} s"
         ) from None
     finally:
         if idle is not None:
@@ -167,8 +167,8 @@ async def _read_sized(
     async for chunk in request.stream():
         end = filled + len(chunk)
         if end > size:
-            raise UpdateRejected(
-                400, "bad_content_length", f"body is longer than its Content-Length of {size}"
+            raise BadRequest(
+                "bad_content_length", f"body is longer than its Content-Length of {size}"
             )
         buffer[filled:end] = chunk
         filled = end
@@ -253,7 +253,7 @@ def faulted_mapping(size: int) -> mmap.mmap:
     return mapping
 
 
-def _too_large(size: int, limit: int) -> UpdateRejected:
-    return UpdateRejected(
-        413, "body_too_large", f"body of {size}+ bytes exceeds the limit of {limit} bytes"
+def _too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        "body_too_large", f"body of {size}+ bytes exceeds the limit of {limit} bytes"
     )

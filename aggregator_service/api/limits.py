@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 from aggregator_service.api.body import MAPPED_FROM, BodyPool, faulted_mapping
-from aggregator_service.federation.state import UpdateRejected
+from shared.errors import RateLimited, Unavailable
 
 __all__ = ["BUSY_RETRY_AFTER_S", "LongPollGate", "RateLimiter", "UploadGate", "UploadSlot"]
 
@@ -77,12 +77,11 @@ class RateLimiter:
         wait = self.take(key)
         if wait > 0:
             seconds = max(1, math.ceil(wait))
-            raise UpdateRejected(
-                429,
+            raise RateLimited(
                 "rate_limited",
                 f"more than {self.burst} updates at once or {self.rate:g} per second; "
                 f"retry after {seconds} s",
-                headers={"Retry-After": str(seconds)},
+                retry_after=seconds,
             )
 
 
@@ -184,10 +183,7 @@ class LongPollGate:
             self.held -= 1
 
 
-def _busy(code: str, detail: str) -> UpdateRejected:
-    return UpdateRejected(
-        503,
-        code,
-        f"{detail}; retry after {BUSY_RETRY_AFTER_S} s",
-        headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+def _busy(code: str, detail: str) -> Unavailable:
+    return Unavailable(
+        code, f"{detail}; retry after {BUSY_RETRY_AFTER_S} s", retry_after=BUSY_RETRY_AFTER_S
     )

@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from aggregator_service.federation.state import FederationState, UpdateRejected
+from aggregator_service.federation.state import FederationState
 from aggregator_service.store.journal_stream import StreamedBody
 from aggregator_service.store.run_store import RunStore
 from aggregator_service.strategy.fedavg import Strategy
+from shared.errors import InvalidUpdate
 from shared.schemas import ReceiveReply, UpdateHeader
 from shared.wire import check_protocol, decode_message, decode_weights
 
@@ -27,7 +28,7 @@ def decode_update(
     try:
         header = UpdateHeader.model_validate(message)
     except ValidationError as exc:
-        raise UpdateRejected(422, "invalid_update", _describe(exc)) from None
+        raise InvalidUpdate("invalid_update", _describe(exc)) from None
     return header, header.weights
 
 

@@ -14,8 +14,8 @@ from aggregator_service.api.deps import FederationDep, ReceiveLimiterDep, Settin
 from aggregator_service.api.early_refusal import EarlyRefusal
 from aggregator_service.federation.federation import Federation
 from aggregator_service.federation.ingest import ingest_update
-from aggregator_service.federation.state import UpdateRejected
 from aggregator_service.store.journal_stream import StreamedBody
+from shared.errors import UnsupportedMediaType
 from shared.schemas import ReceiveReply, RegisterReply, RegisterRequest, UpdateHeader
 
 __all__ = ["router"]
@@ -89,8 +89,8 @@ async def receive(
         limiter.check(caller.client_id)
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if content_type != "application/msgpack":
-        raise UpdateRejected(
-            415, "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
+        raise UnsupportedMediaType(
+            "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
         )
     store = federation.update_store
     async with upload_gate.admit() as slot:
