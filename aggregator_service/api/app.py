@@ -76,7 +76,9 @@ def create_app(
         loop = asyncio.get_running_loop()
         watch = ModelWatch(loop)
         upload_gate = UploadGate(
-            slots=settings.max_concurrent_uploads, max_waiting=settings.max_queued_uploads
+            slots=settings.max_concurrent_uploads,
+            max_waiting=settings.max_queued_uploads,
+            queue_timeout_s=settings.upload_queue_timeout_s,
         )
 
         def on_publish() -> None:  # on the round loop's thread

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from aggregator_service.api.auth import Caller, ClientCaller, check_client
-from aggregator_service.api.body import read_body
+from aggregator_service.api.body import Pace, read_body
 from aggregator_service.api.deps import FederationDep, ReceiveLimiterDep, SettingsDep, UploadGateDep
 from aggregator_service.api.early_refusal import EarlyRefusal
 from aggregator_service.federation.federation import Federation
 from aggregator_service.federation.ingest import ingest_update
+from aggregator_service.settings import AggregatorSettings
 from aggregator_service.store.journal_stream import StreamedBody
 from shared.errors import UnsupportedMediaType
 from shared.schemas import ReceiveReply, RegisterReply, RegisterRequest, UpdateHeader
@@ -93,7 +94,7 @@ async def receive(
             "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
         )
     store = federation.update_store
-    async with upload_gate.admit() as slot:
+    async with upload_gate.admit(caller.client_id) as slot:
         streamed = store.stream_update() if store is not None else None
         watcher = EarlyRefusal(streamed, federation.state) if streamed is not None else None
         try:
@@ -102,7 +103,7 @@ async def receive(
                 settings.max_body_bytes,
                 slot.take,
                 watcher,
-                idle_timeout_s=settings.body_idle_timeout_s,
+                _pace(settings),
             )
             return await run_in_threadpool(
                 _ingest_as,
@@ -114,6 +115,14 @@ async def receive(
         finally:
             if streamed is not None and streamed.following:  # the update was not saved
                 await _discard(streamed)
+
+
+def _pace(settings: AggregatorSettings) -> Pace:
+    return Pace(
+        idle_timeout_s=settings.body_idle_timeout_s,
+        min_rate_bytes_s=settings.min_upload_rate_bytes_s,
+        grace_s=settings.upload_grace_s,
+    )
 
 
 async def _discard(streamed: StreamedBody) -> None:

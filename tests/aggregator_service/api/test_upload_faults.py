@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,15 @@ from fastapi import FastAPI
 
 from aggregator_service.api.app import create_app
 from aggregator_service.settings import AggregatorSettings
-from tests.aggregator_service.helpers import MSGPACK, experiment, global_model, register, wait_for
-from tests.aggregator_service.serving import serve
+from tests.aggregator_service.helpers import (
+    MSGPACK,
+    experiment,
+    global_model,
+    register,
+    update_body,
+    wait_for,
+)
+from tests.aggregator_service.serving import bearer, serve, write_tokens
 
 MIB = 1 << 20
 
@@ -77,3 +86,118 @@ def test_a_client_that_disconnects_mid_body_is_its_own_failure_and_frees_the_slo
     lines = [r for r in caplog.records if "client_disconnected" in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in caplog.records]
     assert all(r.exc_info is None for r in caplog.records)  # no traceback anywhere
+
+
+HONEST_BOUND_S = 15.0  # every honest update is in this soon despite the abusers (security.md)
+
+
+def _answered(sock: socket.socket, stop: threading.Event, *, drip: bool) -> bytes:
+    """Wait for the server's answer, sending one body byte every 0.5 s if `drip`."""
+    sock.settimeout(0.5)
+    while not stop.is_set():
+        try:
+            return sock.recv(4096)
+        except TimeoutError:
+            if drip:
+                sock.sendall(b"\x00")
+    return b""
+
+
+def _abuse(
+    url: str, token: str, stop: threading.Event, answers: list[bytes], *, drip: bool
+) -> None:
+    """Keep an upload of 8 MiB open, stalled or dripping; open another once it is answered."""
+    while not stop.is_set():
+        try:
+            with _open_upload(url, 8 * MIB, b"\x00" * 10, bearer(token)) as sock:
+                answers.append(_answered(sock, stop, drip=drip))
+        except OSError:  # refused and closed by the server while we were sending
+            time.sleep(0.05)
+
+
+def _post_until_accepted(client: httpx.Client, body: bytes, token: str) -> tuple[int, float]:
+    """Post like a worker (retrying 429 and 503 after Retry-After); return status and time."""
+    started = time.monotonic()
+    while True:
+        reply = client.post("/receive", content=body, headers={**MSGPACK, **bearer(token)})
+        waited = time.monotonic() - started
+        if reply.status_code not in (429, 503) or waited > HONEST_BOUND_S:
+            return reply.status_code, waited
+        time.sleep(min(float(reply.headers.get("retry-after", "1")), 2.0))
+
+
+def test_one_client_stalling_and_another_dripping_keep_no_honest_update_out(
+    tmp_path: Path,
+) -> None:
+    honest = ["h1", "h2", "h3"]
+    tokens = write_tokens(tmp_path / "tokens.txt", *honest, "staller", "dripper")
+    settings = _settings(
+        tmp_path,
+        tokens_file=tmp_path / "tokens.txt",
+        max_concurrent_uploads=2,
+        max_queued_uploads=4,
+        body_idle_timeout_s=1,  # the staller's upload ends after this
+        min_upload_rate_bytes_s=64 * 1024,  # the dripper's (2 bytes/s) after the grace
+        upload_grace_s=2,
+        receive_rate=0,  # no rate limit: the abusers may try as often as they like
+    )
+    app = create_app(settings, experiment(min_available_clients=5, min_fit_clients=5))
+    stop = threading.Event()
+    answers: list[bytes] = []
+    with (
+        serve(app) as (url, _),
+        httpx.Client(base_url=url, timeout=30, headers=bearer(tokens["h1"])) as client,
+    ):
+        for cid, token in tokens.items():
+            reply = client.post("/register", json={"client_id": cid}, headers=bearer(token))
+            assert reply.status_code == 200, reply.text
+        status = wait_for(client, lambda s: s["phase"] == "training" and len(s["selected"]) == 5)
+        _, weights = global_model(client)
+        abusers = [
+            threading.Thread(
+                target=_abuse, args=(url, tokens[cid], stop, answers), kwargs={"drip": drip}
+            )
+            for cid, drip in (("staller", False), ("dripper", True))
+            for _ in range(4)  # each opens four uploads at once, again and again
+        ]
+        for thread in abusers:
+            thread.start()
+        try:
+            _until(lambda: app.state.upload_gate.holding == 2)  # both slots are taken
+            with ThreadPoolExecutor(len(honest)) as pool:
+                results = list(
+                    pool.map(
+                        lambda cid: _post_until_accepted(
+                            client, update_body(cid, status["round"], weights), tokens[cid]
+                        ),
+                        honest,
+                    )
+                )
+            _until(lambda: 'reason="body_too_slow"' in client.get("/metrics").text)  # dripper's
+        finally:
+            stop.set()
+            for thread in abusers:
+                thread.join(10)
+        metrics = client.get("/metrics").text
+    assert [code for code, _ in results] == [200, 200, 200], results
+    assert max(waited for _, waited in results) < HONEST_BOUND_S
+    assert 'reason="upload_in_progress"' in metrics  # the second upload of each: refused at once
+    assert 'reason="body_timeout"' in metrics  # the staller's
+    assert not any(thread.is_alive() for thread in abusers)
+
+
+def test_an_upload_waits_for_a_slot_at_most_the_queue_timeout(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path, max_concurrent_uploads=1, upload_queue_timeout_s=0.5, body_idle_timeout_s=20
+    )
+    app = create_app(settings, experiment())
+    with serve(app) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
+        with _open_upload(url, 8 * MIB, b"\x00" * 10):  # holds the only slot, stalled
+            _until(lambda: app.state.upload_gate.holding == 1)
+            started = time.monotonic()
+            reply = client.post("/receive", content=b"\xc1", headers=MSGPACK)
+            waited = time.monotonic() - started
+        assert reply.status_code == 503
+        assert reply.json()["error"] == "server_busy"
+        assert reply.headers["retry-after"] == "2"
+        assert 0.4 < waited < 5  # the queue timeout, not the stalled upload's 20 s
