@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -201,3 +202,29 @@ def test_an_upload_waits_for_a_slot_at_most_the_queue_timeout(tmp_path: Path) ->
         assert reply.json()["error"] == "server_busy"
         assert reply.headers["retry-after"] == "2"
         assert 0.4 < waited < 5  # the queue timeout, not the stalled upload's 20 s
+
+
+def _rss() -> int:
+    """Resident bytes of this process (the server runs in one of its threads)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _stalled_upload(url: str, declared: int, sent: int) -> bytes:
+    """Send `sent` bytes of a body of `declared` bytes, stall, and return the answer."""
+    with _open_upload(url, declared, b"\x00" * sent) as sock:
+        return sock.recv(4096)
+
+
+def test_uploads_refused_with_408_keep_none_of_their_body_in_memory(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, body_idle_timeout_s=0.3)
+    app = create_app(settings, experiment())
+    with serve(app) as (url, _):
+        assert _stalled_upload(url, 64 * MIB, 4 * MIB).startswith(b"HTTP/1.1 408")  # warm-up
+        before = _rss()
+        for _ in range(5):  # 64 MiB declared each, 4 MiB of it sent
+            answer = _stalled_upload(url, 64 * MIB, 4 * MIB)
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        _until(lambda: app.state.upload_gate.admitted == 0)
+        grown = _rss() - before
+    assert grown < 4 * MIB, f"RSS grew by {grown / MIB:.1f} MiB"  # not one partial body kept
