@@ -228,3 +228,44 @@ def test_uploads_refused_with_408_keep_none_of_their_body_in_memory(tmp_path: Pa
         _until(lambda: app.state.upload_gate.admitted == 0)
         grown = _rss() - before
     assert grown < 4 * MIB, f"RSS grew by {grown / MIB:.1f} MiB"  # not one partial body kept
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_every_upload_accepted_or_refused_reaches_the_access_log(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, max_body_bytes=16 * MIB, body_idle_timeout_s=0.3)
+    app = create_app(settings, experiment(model="cnn"))
+    access = logging.getLogger("uvicorn.access")
+    handler = _Lines()
+    with serve(app) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
+        level = access.level
+        access.setLevel(logging.INFO)  # serve() runs uvicorn at log level "warning"
+        access.addHandler(handler)
+        try:
+            register(client, "a", "b")
+            wait_for(client, lambda s: s["phase"] == "training")
+            _, weights = global_model(client)
+            body = update_body("a", 1, weights)
+            assert len(body) > MIB  # a large body: the mapped buffer's path
+            answers = [
+                client.post("/receive", content=body, headers=MSGPACK).status_code,
+                client.post("/receive", content=b"\xc1", headers=MSGPACK).status_code,
+                client.post("/receive", content=body, headers={"a": "b"}).status_code,
+                client.post("/receive", content=b"\x00" * (17 * MIB), headers=MSGPACK).status_code,
+            ]
+            stalled = _stalled_upload(url, 8 * MIB, 1000)
+            _until(lambda: sum("POST /receive" in line for line in handler.lines) == 5)
+        finally:
+            access.removeHandler(handler)
+            access.setLevel(level)
+    assert answers == [200, 400, 415, 413]
+    assert stalled.startswith(b"HTTP/1.1 408")
+    posts = [line.rsplit(" ", 1)[-1] for line in handler.lines if "POST /receive" in line]
+    assert posts == ["200", "400", "415", "413", "408"]
