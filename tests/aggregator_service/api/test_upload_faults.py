@@ -269,3 +269,34 @@ def test_every_upload_accepted_or_refused_reaches_the_access_log(tmp_path: Path)
     assert stalled.startswith(b"HTTP/1.1 408")
     posts = [line.rsplit(" ", 1)[-1] for line in handler.lines if "POST /receive" in line]
     assert posts == ["200", "400", "415", "413", "408"]
+
+
+IDLE_CONNECTIONS = 200
+IDLE_CONNECTION_MAX_BYTES = 16 << 10  # both ends' Python objects, per connection (security.md)
+
+
+def test_an_idle_connection_costs_a_few_kib_and_uvicorn_does_not_close_it(
+    tmp_path: Path,
+) -> None:
+    app = create_app(_settings(tmp_path), experiment())
+    with serve(app, http="httptools", timeout_keep_alive=1) as (url, server):
+        connections = server.server_state.connections
+        host, port = url.removeprefix("http://").split(":")
+        before = _rss()
+        socks = [
+            socket.create_connection((host, int(port)), timeout=10) for _ in range(IDLE_CONNECTIONS)
+        ]
+        try:
+            _until(lambda: len(connections) == IDLE_CONNECTIONS)
+            per_connection = (_rss() - before) / IDLE_CONNECTIONS
+            time.sleep(2.5)  # over twice timeout_keep_alive: no timer runs before a request
+            for sock in socks:
+                sock.settimeout(0.001)
+                with pytest.raises(TimeoutError):  # still open: b"" would mean closed
+                    sock.recv(1)
+            assert len(connections) == IDLE_CONNECTIONS
+        finally:
+            for sock in socks:
+                sock.close()
+        _until(lambda: not connections)
+    assert per_connection < IDLE_CONNECTION_MAX_BYTES, f"{per_connection:.0f} bytes"
