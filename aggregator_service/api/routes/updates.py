@@ -64,16 +64,23 @@ async def register(
     },
     responses={
         400: {"description": "undecodable msgpack or unknown protocol version"},
-        408: {"description": "no byte of the body arrived for --body-idle-timeout-s"},
+        408: {
+            "description": "no byte of the body arrived for --body-idle-timeout-s, or it came "
+            "slower than --min-upload-rate-bytes-s after --upload-grace-s"
+        },
         **_AUTH_RESPONSES,
         409: {"description": "stale round, round closed, or client not selected"},
         413: {"description": "body over --max-body-bytes"},
         415: {"description": "content type is not application/msgpack"},
         422: {"description": "wrong tensor names, shapes or dtypes; NaN/Inf; bad fields"},
-        429: {"description": "over --receive-rate / --receive-burst; retry after Retry-After"},
+        429: {
+            "description": "over --receive-rate / --receive-burst, or this client already has "
+            "an upload in progress; retry after Retry-After"
+        },
         503: {
             "description": "an update from this client is still being processed, the upload "
-            "queue is full, or the state dir cannot be written; retry after Retry-After"
+            "queue is full or no slot came free in time, or the state dir cannot be written; "
+            "retry after Retry-After"
         },
     },
 )
