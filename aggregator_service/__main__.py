@@ -90,11 +90,26 @@ def _add_security_args(parser: argparse.ArgumentParser) -> None:
     security.add_argument("--receive-burst", type=int, help="POST /receive at once per client")
     security.add_argument("--max-concurrent-uploads", type=int, help="bodies held at once")
     security.add_argument("--max-queued-uploads", type=int, help="uploads waiting; more get 503")
+    security.add_argument(
+        "--upload-queue-timeout-s",
+        type=float,
+        help="an upload waiting this long for a slot gets 503 (default 30)",
+    )
     security.add_argument("--max-long-polls", type=int, help="polls held open; more get 503")
     security.add_argument(
         "--body-idle-timeout-s",
         type=float,
         help="an upload from which no byte arrives this long gets 408 (default 60)",
+    )
+    security.add_argument(
+        "--min-upload-rate-bytes-s",
+        type=float,
+        help="a body slower than this after --upload-grace-s gets 408 (default 65536; 0: none)",
+    )
+    security.add_argument(
+        "--upload-grace-s",
+        type=float,
+        help="seconds a body may take before --min-upload-rate-bytes-s applies (default 10)",
     )
 
 

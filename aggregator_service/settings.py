@@ -25,7 +25,10 @@ class AggregatorSettings(BaseSettings):
     max_body_bytes: int = Field(512 * MIB, ge=1024)
     max_concurrent_uploads: int = Field(2, ge=1)  # bodies held in memory at once
     max_queued_uploads: int = Field(64, ge=0)  # uploads waiting for a slot; more get 503
+    upload_queue_timeout_s: float = Field(30.0, gt=0)  # waited this long for a slot: 503
     body_idle_timeout_s: float = Field(60.0, gt=0)  # no body byte this long: 408, slot freed
+    min_upload_rate_bytes_s: float = Field(64 * 1024, ge=0)  # slower after the grace: 408
+    upload_grace_s: float = Field(10.0, ge=0)  # ... a body's first seconds, at any rate
     max_long_polls: int = Field(1000, ge=0)  # requests held open at once; more get 503
     receive_rate: float = Field(2.0, ge=0)  # POST /receive per second per client; 0 = no limit
     receive_burst: int = Field(100, ge=1)  # ... and how many may come at once

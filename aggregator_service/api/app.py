@@ -4,28 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
 
 from aggregator_service.api.auth import Access
+from aggregator_service.api.errors import add_error_handlers
 from aggregator_service.api.limits import LongPollGate, RateLimiter, UploadGate
 from aggregator_service.api.routes import admin, inspect, model, updates
 from aggregator_service.api.watch import ModelWatch
 from aggregator_service.federation.federation import Federation
 from aggregator_service.federation.publish import PublishedModel
 from aggregator_service.federation.rounds import Evaluator
-from aggregator_service.federation.state import UpdateRejected
 from aggregator_service.settings import AggregatorSettings
-from aggregator_service.store.run_store import StoreError
 from shared.config import ExperimentConfig, load_config
-from shared.errors import MalformedMessage, ProtocolVersionError, TensorError
 from shared.schemas import ErrorBody
 
 __all__ = ["build_federation", "create_app"]
@@ -83,7 +77,9 @@ def create_app(
         loop = asyncio.get_running_loop()
         watch = ModelWatch(loop)
         upload_gate = UploadGate(
-            slots=settings.max_concurrent_uploads, max_waiting=settings.max_queued_uploads
+            slots=settings.max_concurrent_uploads,
+            max_waiting=settings.max_queued_uploads,
+            queue_timeout_s=settings.upload_queue_timeout_s,
         )
 
         def published(model: PublishedModel) -> None:  # on the round loop's thread
@@ -117,7 +113,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.access = access
-    _add_error_handlers(app)
+    add_error_handlers(app)
     for router in (model.router, updates.router, inspect.router, admin.router):
         app.include_router(router)
     return app
@@ -146,79 +142,3 @@ def _default_evaluator(config: ExperimentConfig) -> Evaluator:
     )
 
     return ServerEvaluator(config)
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(UpdateRejected)
-    async def rejected(request: Request, exc: UpdateRejected) -> JSONResponse:
-        _count(request, exc.code)  # every refusal, wherever it was raised, counts here once
-        headers = {"Retry-After": "1"} if exc.status == 503 else {}
-        headers.update(exc.headers)
-        body = {"error": exc.code, "detail": exc.detail, **exc.extra}
-        return JSONResponse(body, status_code=exc.status, headers=headers)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        code = exc.detail if exc.status_code in (404, 405) else "http_error"
-        body = {"error": str(code).lower().replace(" ", "_"), "detail": str(exc.detail)}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', 'invalid')}"
-            for err in exc.errors()
-        )
-        return _error(request, 422, "invalid_request", problems or "invalid request")
-
-    @app.exception_handler(MalformedMessage)
-    async def malformed(request: Request, exc: MalformedMessage) -> JSONResponse:
-        return _error(request, 400, "malformed_message", str(exc))
-
-    @app.exception_handler(ProtocolVersionError)
-    async def protocol(request: Request, exc: ProtocolVersionError) -> JSONResponse:
-        return _error(request, 400, "unsupported_protocol", str(exc))
-
-    @app.exception_handler(TensorError)
-    async def tensor(request: Request, exc: TensorError) -> JSONResponse:
-        return _error(request, 422, "invalid_tensor", str(exc), tensor=exc.tensor)
-
-    # State-dir failures name files in the log only; the client learns only that it failed.
-    @app.exception_handler(StoreError)
-    @app.exception_handler(OSError)
-    @app.exception_handler(sqlite3.Error)
-    async def store(request: Request, exc: Exception) -> JSONResponse:
-        log.error("state dir problem on %s %s: %s", request.method, request.url.path, exc)
-        return _error(
-            request,
-            503,
-            "storage_unavailable",
-            "the aggregator cannot persist state; retry later",
-            headers={"Retry-After": "5"},
-        )
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _error(request, 500, "internal_error", "unexpected server error; see the server log")
-
-
-def _error(
-    request: Request,
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    headers: dict[str, str] | None = None,
-    **extra: str,
-) -> JSONResponse:
-    _count(request, code)
-    body = {"error": code, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _count(request: Request, code: str) -> None:
-    """Count a refused request in /metrics by its error code."""
-    federation = getattr(request.app.state, "federation", None)
-    if federation is not None:
-        federation.state.count_rejection(code)

@@ -26,9 +26,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from aggregator_service.federation.state import UpdateRejected
 from aggregator_service.settings import AggregatorSettings
-from shared.errors import ConfigError
+from shared.errors import ConfigError, Forbidden, Unauthorized
 
 __all__ = [
     "Access",
@@ -213,13 +212,11 @@ def _unauthorized(credentials: HTTPAuthorizationCredentials | None) -> Exception
     challenge = 'Bearer realm="tributary"'
     if credentials is not None:
         challenge += ', error="invalid_token"'
-    error = UpdateRejected(
-        401,
+    return Unauthorized(
         "unauthorized",
         "missing or invalid bearer token (send 'Authorization: Bearer <token>')",
-        headers={"WWW-Authenticate": challenge},
+        challenge=challenge,
     )
-    return error
 
 
 def _identify(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
@@ -235,7 +232,7 @@ async def client_caller(request: Request, credentials: Credentials) -> Caller:
         return ANYONE
     caller = _identify(request, credentials)
     if caller.client_id is None:
-        raise UpdateRejected(403, "forbidden", "this endpoint needs a client's token")
+        raise Forbidden("forbidden", "this endpoint needs a client's token")
     return caller
 
 
@@ -249,14 +246,13 @@ async def reader_caller(request: Request, credentials: Credentials) -> Caller:
 async def admin_caller(request: Request, credentials: Credentials) -> Caller:
     """Require the admin token; refuse everyone when no admin token is configured."""
     if not _access(request).admin_enabled:
-        raise UpdateRejected(
-            403,
+        raise Forbidden(
             "admin_disabled",
             "no admin token is configured (TRIBUTARY_AGG_ADMIN_TOKEN or --admin-token-file)",
         )
     caller = _identify(request, credentials)
     if not caller.admin:
-        raise UpdateRejected(403, "forbidden", "this endpoint needs the admin token")
+        raise Forbidden("forbidden", "this endpoint needs the admin token")
     return caller
 
 
@@ -264,9 +260,7 @@ def check_client(caller: Caller, client_id: str) -> None:
     """Refuse (403 wrong_client) a request about `client_id` by someone else's token."""
     if caller == ANYONE or caller.client_id == client_id:
         return
-    raise UpdateRejected(
-        403, "wrong_client", f"the bearer token does not belong to client_id {client_id!r}"
-    )
+    raise Forbidden("wrong_client", f"the bearer token does not belong to client_id {client_id!r}")
 
 
 ClientCaller = Annotated[Caller, Depends(client_caller)]

@@ -11,7 +11,8 @@ When a round opens, the upload gate stocks the pool with mappings already faulte
 the event loop (`faulted_mapping`), so the round's first uploads do not zero their pages.
 
 The body arrives through the ASGI receive stream (`request.stream()`), chunk by chunk,
-each chunk copied into the buffer at its offset.
+each chunk copied into the buffer at its offset. A body that stalls, or that falls behind
+a minimum rate once its grace period is over, is refused with 408 (`Pace`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import asyncio
 import mmap
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from fastapi import Request
 
-from aggregator_service.federation.state import UpdateRejected
+from shared.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
-__all__ = ["MAPPED_FROM", "BodyPool", "BodyWatcher", "faulted_mapping", "read_body"]
+__all__ = ["MAPPED_FROM", "BodyPool", "BodyWatcher", "Pace", "faulted_mapping", "read_body"]
 
 MAPPED_FROM = 1 << 20  # smaller bodies go to an ordinary bytearray
 _UNUSED_REFS = 2  # references to a mapping nothing else holds: a local and getrefcount's
@@ -109,41 +111,52 @@ class BodyWatcher(Protocol):
         """The first `filled` bytes of the buffer are in (called on the event loop)."""
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How fast a body must arrive: a stalled or too slow client must not hold its slot."""
+
+    idle_timeout_s: float | None = None  # no byte for this long: 408 body_timeout
+    min_rate_bytes_s: float = 0.0  # fewer bytes than this per second ... : 408 body_too_slow
+    grace_s: float = 0.0  # ... once this many seconds of the body are over
+
+    @property
+    def enforced(self) -> bool:
+        """Whether any limit is set."""
+        return self.idle_timeout_s is not None or self.min_rate_bytes_s > 0
+
+
 async def read_body(
     request: Request,
     limit: int,
     allocate: Callable[[int], memoryview] | None = None,
     watcher: BodyWatcher | None = None,
-    idle_timeout_s: float | None = None,
+    pace: Pace | None = None,
 ) -> memoryview:
     """Return the body, refusing with 413 as soon as it is known to exceed `limit` bytes.
 
     A body with a Content-Length goes into `allocate(length)` (default: a fresh buffer),
-    and `watcher` follows it there as it arrives. With `idle_timeout_s`, a body from which
-    no byte arrives for that long is refused with 408 (a stalled client must not hold its
-    upload slot for ever).
+    and `watcher` follows it there as it arrives. A body that does not keep `pace` is
+    refused with 408.
     """
     declared = request.headers.get("content-length")
     if declared is not None and not declared.isdigit():
-        raise UpdateRejected(400, "bad_content_length", "Content-Length is not a number")
+        raise BadRequest("bad_content_length", "Content-Length is not a number")
     size = None if declared is None else int(declared)
     if size is not None and size > limit:
         raise _too_large(size, limit)
-    idle = _IdleLimit(idle_timeout_s) if idle_timeout_s is not None else None
+    timer = _PaceTimer(pace) if pace is not None and pace.enforced else None
     try:
         if size is None:
-            return memoryview(await _read_growing(request, limit, idle))
+            return memoryview(await _read_growing(request, limit, timer))
         buffer = allocate(size) if allocate is not None else memoryview(_allocate(size))
-        return await _read_sized(request, buffer, size, watcher, idle)
+        return await _read_sized(request, buffer, size, watcher, timer)
     except asyncio.CancelledError:
-        if idle is None or not idle.expired():
+        if timer is None or not timer.expired():
             raise
-        raise UpdateRejected(
-            408, "body_timeout", f"no byte of the body arrived for {idle_timeout_s:g} s"
-        ) from None
+        raise _too_slow(timer.pace, stalled=timer.stalled) from None
     finally:
-        if idle is not None:
-            idle.close()
+        if timer is not None:
+            timer.close()
 
 
 async def _read_sized(
@@ -151,15 +164,15 @@ async def _read_sized(
     buffer: memoryview,
     size: int,
     watcher: BodyWatcher | None,
-    idle: _IdleLimit | None,
+    timer: _PaceTimer | None,
 ) -> memoryview:
     """Read a body with a Content-Length of `size` into `buffer` (`size` bytes)."""
     if watcher is not None:
         watcher.start(buffer)
 
     def arrived(filled: int) -> None:
-        if idle is not None:
-            idle.touch()
+        if timer is not None:
+            timer.advance(filled)
         if watcher is not None:
             watcher.advance(filled)
 
@@ -167,8 +180,8 @@ async def _read_sized(
     async for chunk in request.stream():
         end = filled + len(chunk)
         if end > size:
-            raise UpdateRejected(
-                400, "bad_content_length", f"body is longer than its Content-Length of {size}"
+            raise BadRequest(
+                "bad_content_length", f"body is longer than its Content-Length of {size}"
             )
         buffer[filled:end] = chunk
         filled = end
@@ -176,36 +189,42 @@ async def _read_sized(
     return buffer if filled == size else buffer[:filled]
 
 
-async def _read_growing(request: Request, limit: int, idle: _IdleLimit | None) -> bytearray:
+async def _read_growing(request: Request, limit: int, timer: _PaceTimer | None) -> bytearray:
     """Read a body of unknown length (chunked transfer encoding)."""
     body = bytearray()
     async for chunk in request.stream():
         if len(body) + len(chunk) > limit:
             raise _too_large(len(body) + len(chunk), limit)
         body += chunk
-        if idle is not None:
-            idle.touch()
+        if timer is not None:
+            timer.advance(len(body))
     return body
 
 
-class _IdleLimit:
-    """Cancels the current task once `seconds` pass without `touch()` (on the event loop).
+class _PaceTimer:
+    """Cancels the current task once the body falls behind its `Pace` (on the event loop).
 
-    `touch` only notes the time, so a body arriving in many small chunks costs nothing
-    more; the timer checks when it fires and sets itself again if bytes came meanwhile.
+    The body is due `grace_s` after its start plus one second per `min_rate_bytes_s` bytes
+    in (the rule of Apache's mod_reqtimeout MinRate), and within `idle_timeout_s` of its
+    last byte. `advance` only notes the time and count, so a body arriving in many small
+    chunks costs nothing more; the timer checks when it fires and sets itself again if
+    bytes came meanwhile.
     """
 
-    def __init__(self, seconds: float) -> None:
-        self._seconds = seconds
+    def __init__(self, pace: Pace) -> None:
+        self.pace = pace
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-        self._last = self._loop.time()
+        self._start = self._last = self._loop.time()
+        self._filled = 0
         self._fired = False
-        self._timer = self._loop.call_at(self._last + seconds, self._check)
+        self.stalled = False  # it fired for want of any byte, not for a slow rate
+        self._timer = self._loop.call_at(self._due(), self._check)
 
-    def touch(self) -> None:
-        """Note that bytes arrived just now."""
+    def advance(self, filled: int) -> None:
+        """Note that the body holds `filled` bytes as of just now."""
         self._last = self._loop.time()
+        self._filled = filled
 
     def expired(self) -> bool:
         """Whether the limit cancelled the task; takes that cancellation back if so."""
@@ -217,11 +236,23 @@ class _IdleLimit:
         """Stop watching."""
         self._timer.cancel()
 
+    def _due(self) -> float:
+        pace = self.pace
+        due = float("inf")
+        if pace.idle_timeout_s is not None:
+            due = self._last + pace.idle_timeout_s
+        if pace.min_rate_bytes_s > 0:
+            due = min(due, self._start + pace.grace_s + self._filled / pace.min_rate_bytes_s)
+        return due
+
     def _check(self) -> None:
-        due = self._last + self._seconds
-        if self._loop.time() < due:
+        now = self._loop.time()
+        due = self._due()
+        if now < due:
             self._timer = self._loop.call_at(due, self._check)
         elif self._task is not None:
+            idle = self.pace.idle_timeout_s
+            self.stalled = idle is not None and now >= self._last + idle
             self._fired = True
             self._task.cancel()
 
@@ -253,7 +284,19 @@ def faulted_mapping(size: int) -> mmap.mmap:
     return mapping
 
 
-def _too_large(size: int, limit: int) -> UpdateRejected:
-    return UpdateRejected(
-        413, "body_too_large", f"body of {size}+ bytes exceeds the limit of {limit} bytes"
+def _too_slow(pace: Pace, *, stalled: bool) -> RequestTimeout:
+    if stalled:
+        return RequestTimeout(
+            "body_timeout", f"no byte of the body arrived for {pace.idle_timeout_s:g} s"
+        )
+    return RequestTimeout(
+        "body_too_slow",
+        f"the body arrived slower than {pace.min_rate_bytes_s:g} bytes/s "
+        f"after its first {pace.grace_s:g} s",
+    )
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        "body_too_large", f"body of {size}+ bytes exceeds the limit of {limit} bytes"
     )

@@ -3,9 +3,12 @@
 - `RateLimiter`: a token bucket per key (the client id with authentication, else the
   remote address) for POST /receive; over the limit: 429 with Retry-After.
 - `UploadGate`: at most `slots` upload bodies held at once and `max_waiting` uploads
-  waiting for a slot; one more gets 503 at once instead of queueing without bound. A slot
-  gives its body's buffer to the next upload in line (`body.BodyPool`). When a round
-  opens, `prepare` faults in a body buffer per free slot on a worker thread.
+  waiting for a slot; one more gets 503 at once instead of queueing without bound, and
+  one that waits longer than `queue_timeout_s` gets 503 too. A client (by the id of its
+  token) has at most one upload admitted: a second one at the same time gets 429 at once,
+  so one client cannot take every slot and place in line. A slot gives its body's buffer
+  to the next upload in line (`body.BodyPool`). When a round opens, `prepare` faults in
+  a body buffer per free slot on a worker thread.
 - `LongPollGate`: at most `limit` GET /get_weights requests held open; a request that
   would have to wait beyond that gets 503 (answering at once would make workers spin).
 
@@ -26,7 +29,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 from aggregator_service.api.body import MAPPED_FROM, BodyPool, faulted_mapping
-from aggregator_service.federation.state import UpdateRejected
+from shared.errors import RateLimited, Unavailable
 
 __all__ = ["BUSY_RETRY_AFTER_S", "LongPollGate", "RateLimiter", "UploadGate", "UploadSlot"]
 
@@ -77,12 +80,11 @@ class RateLimiter:
         wait = self.take(key)
         if wait > 0:
             seconds = max(1, math.ceil(wait))
-            raise UpdateRejected(
-                429,
+            raise RateLimited(
                 "rate_limited",
                 f"more than {self.burst} updates at once or {self.rate:g} per second; "
                 f"retry after {seconds} s",
-                headers={"Retry-After": str(seconds)},
+                retry_after=seconds,
             )
 
 
@@ -102,10 +104,14 @@ class UploadSlot:
 class UploadGate:
     """Upload slots plus a bounded waiting line; beyond both, 503 `server_busy`."""
 
-    def __init__(self, *, slots: int, max_waiting: int) -> None:
+    def __init__(
+        self, *, slots: int, max_waiting: int, queue_timeout_s: float | None = None
+    ) -> None:
         self._slots = asyncio.Semaphore(slots)
         self._bodies = BodyPool(keep=slots)
+        self._uploading: set[str] = set()  # clients with an upload admitted
         self.capacity = slots + max_waiting
+        self.queue_timeout_s = queue_timeout_s
         self.admitted = 0  # holding a slot or waiting for one
         self.holding = 0  # holding a slot
 
@@ -144,25 +150,51 @@ class UploadGate:
             self._bodies.clear()
 
     @asynccontextmanager
-    async def admit(self) -> AsyncIterator[UploadSlot]:
-        """Hold an upload slot for the block, waiting in line if there is room in it."""
+    async def admit(self, client_id: str | None = None) -> AsyncIterator[UploadSlot]:
+        """Hold an upload slot for the block, waiting in line if there is room in it.
+
+        `client_id` (None: clients cannot be told apart) may have one upload admitted.
+        """
+        if client_id is not None and client_id in self._uploading:
+            raise RateLimited(
+                "upload_in_progress",
+                f"client {client_id!r} already has an upload in progress; "
+                f"retry after {BUSY_RETRY_AFTER_S} s",
+                retry_after=BUSY_RETRY_AFTER_S,
+            )
         if self.admitted >= self.capacity:
             raise _busy("server_busy", "too many uploads are in progress or waiting")
         self.admitted += 1
+        if client_id is not None:
+            self._uploading.add(client_id)
         try:
-            async with self._slots:
-                self.holding += 1
-                slot = UploadSlot(self._bodies)
-                try:
-                    yield slot
-                finally:
-                    if slot.body is not None:
-                        self._bodies.give_back(slot.body, hand_on=self.waiting > 0)
-                    self.holding -= 1
+            await self._wait_for_slot()
+            self.holding += 1
+            slot = UploadSlot(self._bodies)
+            try:
+                yield slot
+            finally:
+                if slot.body is not None:
+                    self._bodies.give_back(slot.body, hand_on=self.waiting > 0)
+                slot.body = None
+                self.holding -= 1
+                self._slots.release()
         finally:
             self.admitted -= 1
+            if client_id is not None:
+                self._uploading.discard(client_id)
             if self.admitted == 0:  # e.g. the one in line went away: keep nothing
                 self._bodies.clear()
+
+    async def _wait_for_slot(self) -> None:
+        """Take a slot, or raise 503 `server_busy` after `queue_timeout_s` in line."""
+        try:
+            async with asyncio.timeout(self.queue_timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise _busy(
+                "server_busy", f"no upload slot came free within {self.queue_timeout_s:g} s"
+            ) from None
 
 
 class LongPollGate:
@@ -184,10 +216,7 @@ class LongPollGate:
             self.held -= 1
 
 
-def _busy(code: str, detail: str) -> UpdateRejected:
-    return UpdateRejected(
-        503,
-        code,
-        f"{detail}; retry after {BUSY_RETRY_AFTER_S} s",
-        headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+def _busy(code: str, detail: str) -> Unavailable:
+    return Unavailable(
+        code, f"{detail}; retry after {BUSY_RETRY_AFTER_S} s", retry_after=BUSY_RETRY_AFTER_S
     )

@@ -15,10 +15,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from aggregator_service.federation.state import FederationState, UpdateRejected
+from aggregator_service.federation.state import FederationState
 from aggregator_service.store.journal_stream import StreamedBody
 from aggregator_service.store.run_store import RunStore
 from aggregator_service.strategy import ClientUpdate
+from shared.errors import Forbidden, InvalidUpdate
 from shared.schemas import ReceiveReply, UpdateHeader
 from shared.wire import TensorSpec, check_protocol, decode_message, decode_weights
 
@@ -34,7 +35,7 @@ def decode_update(
     try:
         header = UpdateHeader.model_validate(message)
     except ValidationError as exc:
-        raise UpdateRejected(422, "invalid_update", _describe(exc)) from None
+        raise InvalidUpdate("invalid_update", _describe(exc)) from None
     return header, header.weights
 
 
@@ -55,10 +56,8 @@ def ingest_update(
     """
     header, raw_weights = decode_update(body)
     if sender is not None and header.client_id != sender:
-        raise UpdateRejected(
-            403,
-            "wrong_client",
-            f"the bearer token does not belong to client_id {header.client_id!r}",
+        raise Forbidden(
+            "wrong_client", f"the bearer token does not belong to client_id {header.client_id!r}"
         )
     with state.claim(header, len(body)) as claim:
         if claim.duplicate:

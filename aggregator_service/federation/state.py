@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,37 +20,11 @@ import numpy as np
 
 from aggregator_service.federation.publish import PublishedModel
 from shared.config import ExperimentConfig
+from shared.errors import Conflict, Unavailable
 from shared.schemas import Phase, ReceiveReply, RegisterReply, UpdateHeader
 from shared.wire import TensorSpec
 
-__all__ = [
-    "Claim",
-    "ClientInfo",
-    "FederationState",
-    "RoundState",
-    "UpdateRecord",
-    "UpdateRejected",
-]
-
-
-class UpdateRejected(Exception):
-    """An update (or request) refused for a reason the client can act on."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        detail: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.headers = dict(headers or {})  # response headers: Retry-After, WWW-Authenticate
-        self.extra = extra
+__all__ = ["Claim", "ClientInfo", "FederationState", "RoundState", "UpdateRecord"]
 
 
 @dataclass
@@ -206,28 +180,32 @@ class FederationState:
             if client_id in self.clients:
                 self.clients[client_id].last_seen = time.monotonic()
             if header.round != current.server_round:
-                raise self._reject(
-                    409,
+                raise Conflict(
                     "stale_round",
                     f"update is for round {header.round}; the current round is "
                     f"{current.server_round}",
+                    round=current.server_round,
                 )
             if client_id in current.received:
                 self.counters.updates_duplicate += 1
                 return self._reply(duplicate=True)
             if client_id in current.in_flight:
-                raise self._reject(
-                    503, "in_progress", "an update from this client is being processed"
+                raise Unavailable(
+                    "in_progress",
+                    "an update from this client is being processed",
+                    round=current.server_round,
                 )
             if current.phase != "training":
-                raise self._reject(
-                    409, "round_closed", f"round {current.server_round} is {current.phase}"
+                raise Conflict(
+                    "round_closed",
+                    f"round {current.server_round} is {current.phase}",
+                    round=current.server_round,
                 )
             if client_id not in current.selected:
-                raise self._reject(
-                    409,
+                raise Conflict(
                     "not_selected",
                     f"client {client_id!r} is not selected for round {current.server_round}",
+                    round=current.server_round,
                 )
             current.in_flight.add(client_id)
             return None
@@ -316,6 +294,3 @@ class FederationState:
             received=len(self.round.received),
             needed=self.needed(),
         )
-
-    def _reject(self, status: int, code: str, detail: str) -> UpdateRejected:
-        return UpdateRejected(status, code, detail, round=self.round.server_round)

@@ -44,7 +44,7 @@ import numpy as np
 from aggregator_service.store import files, journal
 from aggregator_service.store.journal_stream import StreamedBody
 from aggregator_service.store.tensor_file import read_safetensors, write_safetensors
-from shared.errors import TributaryError
+from shared.errors import StoreError  # re-exported: defined with the other errors
 
 __all__ = ["SERVER_STATE", "RunStore", "StoreError", "split_server_state"]
 
@@ -65,10 +65,6 @@ CREATE TABLE IF NOT EXISTS updates (
 CREATE TABLE IF NOT EXISTS history (server_round INTEGER PRIMARY KEY, row TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-class StoreError(TributaryError):
-    """Run state that cannot be written or read (directory, database or file)."""
 
 
 class RunStore:

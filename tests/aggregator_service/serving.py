@@ -16,11 +16,17 @@ import uvicorn
 
 @contextmanager
 def serve(
-    app: Any, *, certfile: Path | None = None, keyfile: Path | None = None, http: Any = "auto"
+    app: Any,
+    *,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+    http: Any = "auto",
+    **options: Any,
 ) -> Iterator[tuple[str, uvicorn.Server]]:
     """Serve `app` on a free loopback port (HTTPS with a cert); yield its URL and the server.
 
-    `http` is uvicorn's HTTP protocol ("h11", "httptools" or "auto").
+    `http` is uvicorn's HTTP protocol ("h11", "httptools" or "auto"); `options` go to
+    `uvicorn.Config` (e.g. timeout_keep_alive).
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -33,6 +39,7 @@ def serve(
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,
         http=http,
+        **options,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from aggregator_service.api.auth import admin_caller
 from aggregator_service.api.deps import FederationDep
 from aggregator_service.federation.federation import Federation
-from aggregator_service.federation.state import UpdateRejected
+from shared.errors import Conflict, Unavailable
 
 __all__ = ["router"]
 
@@ -35,7 +35,7 @@ def stop(federation: FederationDep) -> dict[str, Any]:
     _check_loop(federation)
     status = federation.state.status()
     if status["phase"] == "finished":
-        raise UpdateRejected(409, "already_finished", "the run is already finished")
+        raise Conflict("already_finished", "the run is already finished")
     federation.loop.request_stop()
     return {"action": "stop", "round": status["round"], "phase": status["phase"]}
 
@@ -51,7 +51,7 @@ def skip_round(federation: FederationDep) -> dict[str, Any]:
     received = federation.state.status()["received"]
     server_round = federation.loop.request_skip()
     if server_round is None:
-        raise UpdateRejected(409, "no_open_round", "no round is training; nothing to skip")
+        raise Conflict("no_open_round", "no round is training; nothing to skip")
     return {
         "action": "close" if received else "retry",
         "round": server_round,
@@ -61,4 +61,4 @@ def skip_round(federation: FederationDep) -> dict[str, Any]:
 
 def _check_loop(federation: Federation) -> None:
     if federation.loop.error is not None:
-        raise UpdateRejected(503, "loop_stopped", "the round loop has stopped; see the server log")
+        raise Unavailable("loop_stopped", "the round loop has stopped; see the server log")

@@ -9,12 +9,13 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from aggregator_service.api.auth import ClientCaller, check_client
-from aggregator_service.api.body import read_body
+from aggregator_service.api.body import Pace, read_body
 from aggregator_service.api.deps import FederationDep, ReceiveLimiterDep, SettingsDep, UploadGateDep
 from aggregator_service.api.early_refusal import EarlyRefusal
 from aggregator_service.federation.ingest import ingest_update
-from aggregator_service.federation.state import UpdateRejected
+from aggregator_service.settings import AggregatorSettings
 from aggregator_service.store.journal_stream import StreamedBody
+from shared.errors import UnsupportedMediaType
 from shared.schemas import ReceiveReply, RegisterReply, RegisterRequest
 
 __all__ = ["router"]
@@ -62,16 +63,23 @@ async def register(
     },
     responses={
         400: {"description": "undecodable msgpack or unknown protocol version"},
-        408: {"description": "no byte of the body arrived for --body-idle-timeout-s"},
+        408: {
+            "description": "no byte of the body arrived for --body-idle-timeout-s, or it came "
+            "slower than --min-upload-rate-bytes-s after --upload-grace-s"
+        },
         **_AUTH_RESPONSES,
         409: {"description": "stale round, round closed, or client not selected"},
         413: {"description": "body over --max-body-bytes"},
         415: {"description": "content type is not application/msgpack"},
         422: {"description": "wrong tensor names, shapes or dtypes; NaN/Inf; bad fields"},
-        429: {"description": "over --receive-rate / --receive-burst; retry after Retry-After"},
+        429: {
+            "description": "over --receive-rate / --receive-burst, or this client already has "
+            "an upload in progress; retry after Retry-After"
+        },
         503: {
             "description": "an update from this client is still being processed, the upload "
-            "queue is full, or the state dir cannot be written; retry after Retry-After"
+            "queue is full or no slot came free in time, or the state dir cannot be written; "
+            "retry after Retry-After"
         },
     },
 )
@@ -88,11 +96,11 @@ async def receive(
         limiter.check(caller.client_id)
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if content_type != "application/msgpack":
-        raise UpdateRejected(
-            415, "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
+        raise UnsupportedMediaType(
+            "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
         )
     durable = settings.persist_updates
-    async with upload_gate.admit() as slot:
+    async with upload_gate.admit(caller.client_id) as slot:
         streamed = federation.store.stream_update() if durable else None
         watcher = EarlyRefusal(streamed, federation.state) if streamed is not None else None
         try:
@@ -101,7 +109,7 @@ async def receive(
                 settings.max_body_bytes,
                 slot.take,
                 watcher,
-                idle_timeout_s=settings.body_idle_timeout_s,
+                _pace(settings),
             )
             return await run_in_threadpool(
                 ingest_update,
@@ -115,6 +123,14 @@ async def receive(
         finally:
             if streamed is not None and streamed.following:  # the update was not saved
                 await _discard(streamed)
+
+
+def _pace(settings: AggregatorSettings) -> Pace:
+    return Pace(
+        idle_timeout_s=settings.body_idle_timeout_s,
+        min_rate_bytes_s=settings.min_upload_rate_bytes_s,
+        grace_s=settings.upload_grace_s,
+    )
 
 
 async def _discard(streamed: StreamedBody) -> None:

@@ -12,8 +12,8 @@ import pytest
 from fastapi import Request
 from fastapi.testclient import TestClient
 
-from aggregator_service.api.body import BodyPool, faulted_mapping, read_body
-from aggregator_service.federation.state import UpdateRejected
+from aggregator_service.api.body import BodyPool, Pace, faulted_mapping, read_body
+from shared.errors import RequestTimeout
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
@@ -184,10 +184,10 @@ def test_a_body_that_stops_arriving_is_refused_with_408(declared: int | None) ->
 
     async def read() -> None:
         started = asyncio.get_running_loop().time()
-        with pytest.raises(UpdateRejected) as refused:
-            await read_body(request, 1 << 20, idle_timeout_s=0.2)
+        with pytest.raises(RequestTimeout) as refused:
+            await read_body(request, 1 << 20, pace=Pace(idle_timeout_s=0.2))
         assert asyncio.get_running_loop().time() - started < 5
-        assert (refused.value.status, refused.value.code) == (408, "body_timeout")
+        assert refused.value.code == "body_timeout"
         task = asyncio.current_task()
         assert task is not None
         assert task.cancelling() == 0  # the limit took its own cancellation back
@@ -204,5 +204,33 @@ def test_a_body_that_keeps_arriving_is_read_whatever_its_total_time() -> None:
 
     headers = [(b"content-length", b"600")]
     request = Request({"type": "http", "method": "POST", "headers": headers}, receive_slowly)
-    body = asyncio.run(read_body(request, 1 << 20, idle_timeout_s=0.2))
+    body = asyncio.run(read_body(request, 1 << 20, pace=Pace(idle_timeout_s=0.2)))
     assert bytes(body) == b"".join(bytes([i]) * 100 for i in range(6))
+
+
+def _dripping_request(piece: bytes, every_s: float, count: int) -> Request:
+    """A request whose body arrives as `count` copies of `piece`, one every `every_s`."""
+    left = [piece] * count
+
+    async def receive() -> dict[str, object]:
+        await asyncio.sleep(every_s)
+        return {"type": "http.request", "body": left.pop(), "more_body": bool(left)}
+
+    headers = [(b"content-length", str(len(piece) * count).encode())]
+    return Request({"type": "http", "method": "POST", "headers": headers}, receive)
+
+
+def test_a_body_slower_than_the_minimum_rate_after_its_grace_is_refused_with_408() -> None:
+    pace = Pace(idle_timeout_s=5, min_rate_bytes_s=1000, grace_s=0.3)
+    dripping = _dripping_request(b"\x00" * 10, 0.05, 100)  # 200 bytes/s: bytes keep coming
+
+    async def read() -> float:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RequestTimeout) as refused:
+            await read_body(dripping, 1 << 20, pace=pace)
+        assert refused.value.code == "body_too_slow"
+        return asyncio.get_running_loop().time() - started
+
+    assert 0.3 <= asyncio.run(read()) < 2  # the grace, then 0.3 s + 1 s per 1000 bytes in
+    steady = _dripping_request(b"\x00" * 100, 0.05, 10)  # 2000 bytes/s, after the grace too
+    assert len(asyncio.run(read_body(steady, 1 << 20, pace=pace))) == 1000
