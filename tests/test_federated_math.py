@@ -35,14 +35,20 @@ def _client_update(
     return decode_weights(decode_message(body)["weights"], spec=spec_of(global_weights))
 
 
-def test_one_client_full_batch_round_equals_one_gradient_descent_step() -> None:
+def test_full_batch_round_of_unequal_clients_equals_one_gradient_descent_step() -> None:
+    """FedSGD: one full-batch step per client, weighted by its examples, is one step on all."""
+    # 48 and 16 examples: an unweighted mean would step along (g1 + g2) / 2, not the whole
+    # data's gradient (48 g1 + 16 g2) / 64.
     global_weights = init_global_weights("mlp", seed=0, **ARGS)
     images, labels = _data(0, 64)
+    shards = [(images[:48], labels[:48]), (images[48:], labels[48:])]
     lr = 0.1
-    config = TrainConfig(local_epochs=1, batch_size=64, lr=lr)
+    config = TrainConfig(local_epochs=1, batch_size=64, lr=lr)  # one batch: the whole shard
     strategy = WeightedMean()
     strategy.begin_round(1, global_weights)
-    strategy.accumulate(_client_update(global_weights, images, labels, config), 64)
+    for shard_images, shard_labels in shards:
+        update = _client_update(global_weights, shard_images, shard_labels, config)
+        strategy.accumulate(update, len(shard_labels))
     federated = strategy.finalize()
 
     reference = build_model("mlp", **ARGS)
@@ -55,16 +61,22 @@ def test_one_client_full_batch_round_equals_one_gradient_descent_step() -> None:
         np.testing.assert_allclose(federated[name], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_equal_clients_fedavg_is_the_mean_of_local_models() -> None:
+def test_fedavg_is_the_example_weighted_mean_of_local_models() -> None:
     global_weights = init_global_weights("mlp", seed=3, **ARGS)
     config = TrainConfig(local_epochs=2, batch_size=8, lr=0.05, momentum=0.9)
-    local_models = [_client_update(global_weights, *_data(10 + k, 32), config) for k in range(4)]
+    sizes = [16, 24, 40, 64]  # unequal: an unweighted mean of the local models fails
+    local_models = [
+        _client_update(global_weights, *_data(10 + k, n), config) for k, n in enumerate(sizes)
+    ]
     strategy = WeightedMean()
     strategy.begin_round(1, global_weights)
-    for weights in local_models:
-        strategy.accumulate(weights, 32)
+    for weights, n in zip(local_models, sizes, strict=True):
+        strategy.accumulate(weights, n)
     federated = strategy.finalize()
     for name in global_weights:
-        mean = np.mean([w[name].astype(np.float64) for w in local_models], axis=0)
+        weighted = sum(
+            w[name].astype(np.float64) * n for w, n in zip(local_models, sizes, strict=True)
+        )
+        mean = weighted / sum(sizes)
         np.testing.assert_allclose(federated[name], mean, rtol=1e-6, atol=1e-7)
         assert not np.allclose(federated[name], global_weights[name])  # training did move it
