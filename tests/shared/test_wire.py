@@ -600,3 +600,15 @@ def test_decode_groups_wants_the_spec_groups_exactly() -> None:
 def test_decode_groups_refuses_malformed(groups: Any, match: str) -> None:
     with pytest.raises(MalformedMessage, match=match):
         decode_groups(groups)
+
+
+def test_version_2_worked_example_of_the_docs() -> None:
+    message = {
+        "protocol": 2,
+        "weights": {"fc.bias": np.array([1.0, -2.0], np.float32)},
+        "groups": {"c": {"fc.bias": np.array([0.5, 0.25], np.float32)}},
+    }
+    payload = encode_message(message)
+    assert len(payload) == 136
+    assert payload[72:83] == bytes.fromhex("a667726f75707381a16381")
+    assert payload[128:] == bytes.fromhex("0000003f0000803e")
