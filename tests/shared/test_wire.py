@@ -402,7 +402,7 @@ def test_check_protocol_accepts_and_returns_the_version(version: int) -> None:
 
 
 def test_check_protocol_can_be_narrowed() -> None:
-    with pytest.raises(ProtocolVersionError, match="speaks 1$"):
+    with pytest.raises(ProtocolVersionError, match=r"speaks 1$"):
         check_protocol({"protocol": 2}, supported=(1,))
 
 
@@ -542,7 +542,8 @@ def test_groups_round_trip_bit_exact_and_aligned(
         assert list(out[group]) == list(tensors_in)
         for name, array in tensors_in.items():
             got = out[group][name]
-            assert got.dtype.name == array.dtype.name and got.shape == array.shape
+            assert got.dtype.name == array.dtype.name
+            assert got.shape == array.shape
             assert got.tobytes() == _wire_bytes(array)
             if got.size:
                 assert (got.ctypes.data - start) % 8 == 0
