@@ -242,3 +242,20 @@ def test_a_version_1_message_still_trains_and_posts_version_1(
     (post,) = fake.posts
     assert post["protocol"] == 1
     assert "groups" not in post
+
+
+def test_the_example_of_docs_worker_md_clips_the_gradients() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "worker.md").read_text()
+    code = text.split("# client_worker/algorithms/clipping.py\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "clipping.py", "exec"), namespace)  # the code of our own docs
+    algorithm = namespace["GradientClipping"]()
+    model = _linear()
+    algorithm.before_training(model, RoundContext(1, {"clip": 0.5}, {}))
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    algorithm.transform_gradients(model)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))) == (
+        pytest.approx(0.5, rel=1e-5)
+    )
