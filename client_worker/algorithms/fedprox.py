@@ -12,7 +12,8 @@ from typing import cast
 import torch
 from torch import nn
 
-from client_worker.algorithms.base import ClientAlgorithm, RoundContext
+from client_worker.algorithms.base import ClientAlgorithm, RoundContext, Weights
+from client_worker.train import TrainResult
 
 __all__ = ["FedProx"]
 
@@ -42,3 +43,8 @@ class FedProx(ClientAlgorithm):
         pairs = zip(self._trainable, self._anchor, strict=True)
         distance = cast(torch.Tensor, sum(((p - w0) ** 2).sum() for p, w0 in pairs))
         return 0.5 * self.mu * distance
+
+    def after_training(self, weights: Weights, result: TrainResult) -> Weights:
+        """Drop the anchor (a model's worth of memory) and the parameters until next round."""
+        self._trainable, self._anchor = [], []
+        return weights

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -114,4 +115,14 @@ def test_fedprox_with_mu_0_adds_nothing() -> None:
     model = _linear()
     algorithm = FedProx()
     algorithm.before_training(model, RoundContext(1, {"mu": 0.0}, {}))
+    assert algorithm.extra_loss(model) is None
+
+
+def test_fedprox_keeps_no_copy_of_the_model_after_training() -> None:
+    model = _linear()
+    algorithm = FedProx()
+    algorithm.before_training(model, RoundContext(1, {"mu": 1.0}, {}))
+    assert algorithm.extra_loss(model) is not None
+    weights = {"w": np.zeros(1)}
+    assert algorithm.after_training(weights, TrainResult(1, 0.0, 1, 0.0, 0.0, 0.0)) is weights
     assert algorithm.extra_loss(model) is None
