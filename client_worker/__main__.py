@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="dataset directory (default: the config's)")
     parser.add_argument("--download", action="store_true", default=None, help="fetch datasets")
     parser.add_argument(
+        "--state-dir", help="client algorithms' state, a directory per client (worker-state)"
+    )
+    parser.add_argument(
         "--token-file",
         help="this client's bearer token, or 'client_id: token' lines (or TRIBUTARY_WORKER_TOKEN)",
     )
@@ -118,6 +121,7 @@ def _settings_fields(args: argparse.Namespace) -> dict[str, Any]:
     """Return the flags that were given, as WorkerSettings fields (the rest: env/defaults)."""
     names = ["server_url", "client_id", "partition_id", "num_partitions", "config_path"]
     names += ["max_rounds", "train_slots", "data_dir", "download", "token_file", "ca_bundle"]
+    names += ["state_dir"]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

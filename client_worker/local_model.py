@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from client_worker.replies import WeightsReply
@@ -121,17 +122,22 @@ class LocalModel:
         self.expected = dict(expected or {})  # round config keys this worker's values must match
         self.name = ""
         self.warned: set[str] = set()  # config keys whose mismatch was already logged
+        self.global_weights: dict[str, np.ndarray] = {}  # the round's, while a module is lent
 
     @contextlib.contextmanager
     def loaded(
         self, reply: WeightsReply, stop: threading.Event | None = None
     ) -> Iterator[nn.Module]:
-        """Lend the round's model holding the global weights, for the body."""
+        """Lend the round's model holding the global weights (also in `global_weights`)."""
         self._warn_on_mismatch(reply.config)
         self.name = reply.model or str(reply.config.get("model", self.default_name))
         with self.pool.lease(self.name, stop) as module:
-            load_numpy_state(module, reply.weights(model_spec(module)))
-            yield module
+            self.global_weights = reply.weights(model_spec(module))
+            try:
+                load_numpy_state(module, self.global_weights)
+                yield module
+            finally:
+                self.global_weights = {}
 
     def _warn_on_mismatch(self, round_config: Mapping[str, Any]) -> None:
         """Log once per key where the round config disagrees with `expected`."""

@@ -1,9 +1,10 @@
 """Reading the aggregator's answers: the global model reply and typed errors.
 
-A 200 of GET /get_weights becomes a `WeightsReply` whose tensors stay raw until
-`weights(spec)` checks and decodes them. An error answer is read tolerantly (any body)
-and raised as the error the worker acts on: `UpdateRejected` for a 409 that only drops
-this round's update, `FatalServerError` for a 4xx that a retry cannot heal.
+A 200 of GET /get_weights (protocol 1, or 2 with tensor groups) becomes a `WeightsReply`
+whose tensors stay raw until `weights(spec)` and `groups()` check and decode them. An
+error answer is read tolerantly (any body) and raised as the error the worker acts on:
+`UpdateRejected` for a 409 that only drops this round's update, `FatalServerError` for a
+4xx that a retry cannot heal.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from client_worker.errors import HINTS, FatalServerError, UpdateRejected
 from shared.errors import MalformedMessage
-from shared.wire import TensorSpec, check_protocol, decode_message
+from shared.wire import TensorSpec, check_protocol, decode_groups, decode_message
 from shared.wire import decode_weights as _decode_weights
 
 __all__ = [
@@ -46,10 +47,16 @@ class WeightsReply:
     etag: str | None
     is_selected: bool
     nbytes: int
+    protocol: int = 1
+    raw_groups: Any = None  # protocol 2: group name -> raw tensors; None: no groups
 
     def weights(self, spec: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
         """Decode the global weights, checking names, shapes and dtypes against `spec`."""
         return _decode_weights(self.raw_weights, spec=spec)
+
+    def groups(self) -> dict[str, dict[str, np.ndarray]]:
+        """Decode the tensor groups the aggregator published (empty under protocol 1)."""
+        return decode_groups(self.raw_groups)
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ def json_object(response: httpx.Response) -> dict[str, Any]:
 def weights_reply(response: httpx.Response, body: memoryview, client_id: str) -> WeightsReply:
     """Decode a 200 msgpack answer of GET /get_weights (tensors stay views of `body`)."""
     message = decode_message(body)
-    check_protocol(message)
+    protocol = check_protocol(message)
     for key in ("round", "phase"):
         if key not in message:
             raise MalformedMessage(f"GET /get_weights answer lacks the field {key!r}")
@@ -131,4 +138,6 @@ def weights_reply(response: httpx.Response, body: memoryview, client_id: str) ->
         etag=response.headers.get("ETag"),
         is_selected=client_id in selected if is_selected is None else is_selected,
         nbytes=len(body),
+        protocol=protocol,
+        raw_groups=message.get("groups"),
     )

@@ -60,6 +60,9 @@ class WorkerSettings(BaseSettings):
     # cores; the other clients' downloads, encodes and uploads go on meanwhile.
     train_slots: int | None = Field(None, ge=1)
     seed: int | None = None  # network simulation and retry jitter; default: config seed
+    # Where client algorithms keep state across rounds and restarts (SCAFFOLD's control
+    # variate, ...): one directory per client id. None keeps it in memory only.
+    state_dir: Path | None = Path("worker-state")
 
     # Authentication and TLS (docs/security.md). The token comes from a file or the
     # environment (TRIBUTARY_WORKER_TOKEN), never from a command-line flag.

@@ -1,9 +1,12 @@
-"""Local training: E epochs of mini-batch SGD on one client's data, optionally FedProx.
+"""Local training: E epochs of mini-batch SGD on one client's data, with algorithm hooks.
 
 The loop is plain PyTorch and deterministic for a given seed: the batch order comes from
 a seeded `torch.Generator`, and a model that draws from torch's process-wide generator
 (dropout) trains inside a forked, seeded copy of it, so the caller's RNG state is left
-as it was. `TrainingSlots` bounds how many virtual clients of one process train at once.
+as it was. A client algorithm (client_worker.algorithms: FedProx, ...) joins the loop
+through `TrainingHooks`: a term added to each step's loss and a transform of the gradients
+before the optimizer step. `TrainingSlots` bounds how many virtual clients of one process
+train at once.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +27,7 @@ from torch import nn
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "TrainingHooks",
     "TrainingInterrupted",
     "TrainingSlots",
     "derive_seed",
@@ -64,7 +68,6 @@ class TrainConfig:
     lr: float
     momentum: float = 0.0
     weight_decay: float = 0.0  # L2 penalty applied by torch.optim.SGD
-    mu: float = 0.0  # FedProx proximal weight; 0 = plain FedAvg local training
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1 or self.batch_size < 1:
@@ -72,10 +75,10 @@ class TrainConfig:
                 f"local_epochs ({self.local_epochs}) and batch_size ({self.batch_size}) "
                 "must be at least 1"
             )
-        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.mu < 0:
+        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0:
             raise ValueError(
-                f"lr must be > 0 and momentum, weight_decay, mu >= 0; got lr={self.lr}, "
-                f"momentum={self.momentum}, weight_decay={self.weight_decay}, mu={self.mu}"
+                f"lr must be > 0 and momentum, weight_decay >= 0; got lr={self.lr}, "
+                f"momentum={self.momentum}, weight_decay={self.weight_decay}"
             )
 
     @classmethod
@@ -88,7 +91,6 @@ class TrainConfig:
                 lr=float(config["lr"]),
                 momentum=float(config.get("momentum", 0.0)),
                 weight_decay=float(config.get("weight_decay", 0.0)),
-                mu=float(config.get("mu", 0.0)),
             )
         except KeyError as exc:
             raise ValueError(f"round config lacks the training setting {exc.args[0]!r}") from None
@@ -99,10 +101,36 @@ class TrainResult:
     """What one call of `train` did."""
 
     num_examples: int  # size of the local data set (the FedAvg weight)
-    train_loss: float  # mean cross-entropy over the examples of the LAST epoch (no prox term)
+    train_loss: float  # mean cross-entropy over the examples of the LAST epoch (no extra loss)
+    num_steps: int  # optimizer steps taken (batches over all epochs)
     train_seconds: float  # wall time of the training loop
     train_cpu_seconds: float  # CPU time of the training thread over the same loop
     examples_per_second: float  # examples processed over all epochs / train_seconds
+
+
+class TrainingHooks(Protocol):
+    """What a client algorithm adds to each training step."""
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """Return a term added to this step's loss before backward (None: nothing)."""
+        ...
+
+    def transform_gradients(self, model: nn.Module) -> None:
+        """Change the parameters' `.grad` in place, after backward and before the step."""
+        ...
+
+
+class _NoHooks:
+    """Plain local training: no extra loss, gradients unchanged."""
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def transform_gradients(self, model: nn.Module) -> None:
+        return None
+
+
+_NO_HOOKS = _NoHooks()
 
 
 class TrainingSlots:
@@ -176,9 +204,11 @@ def train(
     seed: int,
     stop: threading.Event | None = None,
     max_batches: int | None = None,
+    hooks: TrainingHooks | None = None,
 ) -> TrainResult:
     """Train `model` in place for E local epochs; deterministic for a given seed.
 
+    `hooks` (a client algorithm) add a loss term and transform the gradients at each step.
     `stop` set, or `max_batches` SGD steps done, abandons training between two batches
     with `TrainingInterrupted` (the model is then partly trained and should be discarded).
     """
@@ -186,14 +216,18 @@ def train(
     uses_global_rng = any(isinstance(m, _GLOBAL_RNG_MODULES) for m in model.modules())
     guard = seeded_global_rng(seed) if uses_global_rng else contextlib.nullcontext()
     start, start_cpu = time.perf_counter(), time.thread_time()
+    hooks = hooks if hooks is not None else _NO_HOOKS
     with guard:
-        train_loss = _run_epochs(model, images, labels, config, seed, stop, max_batches)
+        train_loss, steps = _run_epochs(
+            model, images, labels, config, seed, stop, max_batches, hooks
+        )
     seconds = time.perf_counter() - start
     cpu_seconds = time.thread_time() - start_cpu  # this thread only: not other clients'
     seen = num_examples * config.local_epochs
     return TrainResult(
         num_examples=num_examples,
         train_loss=train_loss,
+        num_steps=steps,
         train_seconds=seconds,
         train_cpu_seconds=cpu_seconds,
         examples_per_second=seen / seconds if seconds > 0 else 0.0,
@@ -219,16 +253,14 @@ def _run_epochs(
     seed: int,
     stop: threading.Event | None,
     max_batches: int | None,
-) -> float:
-    """Run the SGD epochs and return the mean loss of the last one."""
+    hooks: TrainingHooks,
+) -> tuple[float, int]:
+    """Run the SGD epochs; return the mean loss of the last one and the steps taken."""
     generator = torch.Generator().manual_seed(seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    # FedProx (Li et al. 2020, https://arxiv.org/abs/1812.06127), eq. 2: the local objective
-    # adds (mu/2) * ||w - w_global||^2, with w_global the weights received this round.
-    anchor = [p.detach().clone() for p in trainable] if config.mu > 0 else None
     num_examples = labels.shape[0]
     batches_done = 0
     epoch_loss = torch.zeros(())
@@ -241,14 +273,12 @@ def _run_epochs(
                 if (stop is not None and stop.is_set()) or batches_done == max_batches:
                     raise TrainingInterrupted(batches_done)
                 batch = order[first : first + config.batch_size]
-                loss = _step(
-                    model, optimizer, images[batch], labels[batch], trainable, anchor, config
-                )
+                loss = _step(model, optimizer, images[batch], labels[batch], hooks)
                 epoch_loss += loss * batch.numel()
                 batches_done += 1
     finally:
         optimizer.zero_grad(set_to_none=True)  # gradients, as large as the model, are not kept
-    return float(epoch_loss) / num_examples
+    return float(epoch_loss) / num_examples, batches_done
 
 
 def _step(
@@ -256,17 +286,13 @@ def _step(
     optimizer: torch.optim.Optimizer,
     images: torch.Tensor,  # (B, C, H, W)
     labels: torch.Tensor,  # (B,)
-    trainable: list[nn.Parameter],
-    anchor: list[torch.Tensor] | None,
-    config: TrainConfig,
+    hooks: TrainingHooks,
 ) -> torch.Tensor:
     """Take one SGD step and return the batch's mean cross-entropy (detached)."""
     optimizer.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(images), labels)
-    objective = loss
-    if anchor is not None:
-        distance = sum(((p - w0) ** 2).sum() for p, w0 in zip(trainable, anchor, strict=True))
-        objective = loss + 0.5 * config.mu * distance
-    torch.autograd.backward(objective)
+    extra = hooks.extra_loss(model)
+    torch.autograd.backward(loss if extra is None else loss + extra)
+    hooks.transform_gradients(model)
     optimizer.step()
     return loss.detach()

@@ -48,7 +48,7 @@ from client_worker.replies import (
 )
 from client_worker.retry import Backoff, retry_after, retryable
 from client_worker.upload import UploadBody
-from shared.wire import PROTOCOL_VERSION
+from shared.wire import protocol_for
 
 __all__ = ["MAX_BODY_BYTES", "AggregatorClient", "WeightsReply"]
 
@@ -139,20 +139,24 @@ class AggregatorClient:
         num_examples: int,
         weights: Mapping[str, np.ndarray],
         metrics: Mapping[str, float],
+        groups: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     ) -> dict[str, Any]:
         """Send this round's trained weights; a duplicate re-post counts as success.
 
-        The body is streamed from `weights` (`UploadBody`): they must not change until
-        this returns.
+        With tensor `groups` the message is protocol 2, else protocol 1 as always. The
+        body is streamed from the arrays (`UploadBody`): they must not change until this
+        returns.
         """
-        message = {
-            "protocol": PROTOCOL_VERSION,
+        message: dict[str, Any] = {
+            "protocol": protocol_for(groups or {}),
             "client_id": self.client_id,
             "round": server_round,
             "num_examples": num_examples,
             "weights": dict(weights),
             "metrics": dict(metrics),
         }
+        if groups:
+            message["groups"] = {name: dict(tensors) for name, tensors in groups.items()}
         content = UploadBody(message)
         headers = {"Content-Type": MSGPACK, "Content-Length": str(content.nbytes)}
         response, _ = self._request("POST", "/receive", content=content, headers=headers)

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import httpx
 import torch
-from torch import nn
 
+from client_worker.algorithms import AlgorithmSession, RoundContext
+from client_worker.algorithms.local_round import LocalUpdate, train_round
 from client_worker.errors import StopRequested, UpdateRejected
 from client_worker.feed import ModelFeed
 from client_worker.local_model import LocalModel, ModelPool
@@ -31,19 +32,11 @@ from client_worker.network import NetworkSimulator, Sleep, event_sleep
 from client_worker.retry import Backoff
 from client_worker.settings import WorkerSettings
 from client_worker.summary import Activity, WorkerSummary
-from client_worker.train import (
-    TrainConfig,
-    TrainingInterrupted,
-    TrainingSlots,
-    TrainResult,
-    derive_seed,
-    train,
-)
+from client_worker.train import TrainConfig, TrainingInterrupted, TrainingSlots, derive_seed
 from client_worker.transport import AggregatorClient, WeightsReply
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config
 from shared.errors import ConfigError
-from shared.models import state_to_numpy
 from shared.partition import client_indices
 
 __all__ = ["run_worker"]
@@ -145,6 +138,7 @@ class _Worker:
             "num_partitions": settings.resolved_num_partitions(config),
         }
         self.model = LocalModel(self.client_id, shared.models, config.model, expected)
+        self.algorithms = AlgorithmSession(self.client_id, settings.state_dir)
         self.activity = shared.activity
         self.slots = shared.slots
         self.feed = shared.feed
@@ -238,16 +232,23 @@ class _Worker:
             train_config = TrainConfig.from_round_config(reply.config)
         except ValueError as exc:
             raise ConfigError(f"round {server_round}: unusable training config: {exc}") from None
+        algorithm = self.algorithms.for_round(reply.config)
         batches = math.ceil(len(self.labels) / train_config.batch_size)
         crash_at = self.network.crash_point(server_round, batches * train_config.local_epochs)
         seed = derive_seed(
             int(reply.config.get("seed", self.config.seed)), self.partition_id, server_round
         )
+        accepted = False
         try:
             with self.model.loaded(reply, self.stop) as model:  # held until the update is posted
+                context = RoundContext(
+                    server_round, reply.config, self.model.global_weights, reply.groups()
+                )
                 work = functools.partial(
-                    train,
+                    train_round,
                     model,
+                    algorithm,
+                    context,
                     self.images,
                     self.labels,
                     train_config,
@@ -255,14 +256,19 @@ class _Worker:
                     stop=self.stop,
                     max_batches=crash_at,
                 )
-                result = self.slots.run(work, self.stop)  # the wait is not in train_seconds
-                self._post(server_round, model, result, train_config.local_epochs)
+                update = self.slots.run(work, self.stop)  # the wait is not in train_seconds
+                accepted = self._post(server_round, update, train_config.local_epochs)
         except TrainingInterrupted as exc:
             self._interrupted(server_round, exc)
+        finally:  # the algorithm's state counts only with an accepted update
+            if accepted:
+                self.algorithms.commit()
+            else:
+                self.algorithms.discard()
 
-    def _post(
-        self, server_round: int, model: nn.Module, result: TrainResult, local_epochs: int
-    ) -> None:
+    def _post(self, server_round: int, update: LocalUpdate, local_epochs: int) -> bool:
+        """Post the update; tell whether the aggregator took it (a duplicate counts)."""
+        result = update.result
         measured = {
             "train_loss": result.train_loss,
             "train_seconds": result.train_seconds,
@@ -275,12 +281,12 @@ class _Worker:
             self._log("round %d: non-finite metrics left out: %s", server_round, measured)
         try:
             answer = self.client.post_update(
-                server_round, result.num_examples, state_to_numpy(model), metrics
+                server_round, result.num_examples, update.weights, metrics, update.groups
             )
         except UpdateRejected as exc:
             self.summary.rounds_rejected += 1
             self._log("round %d: update dropped: %s", server_round, exc)
-            return
+            return False
         self.summary.rounds_trained += 1
         self.summary.examples_trained += result.num_examples * local_epochs
         self.summary.train_seconds += result.train_seconds
@@ -296,6 +302,7 @@ class _Worker:
             answer.get("needed"),
             ", duplicate" if answer.get("duplicate") else "",
         )
+        return True
 
     def _interrupted(self, server_round: int, exc: TrainingInterrupted) -> None:
         if self.stop.is_set():

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
+
+from shared.wire import GROUP_NAME_PATTERN, GROUPS_PROTOCOL, MAX_GROUPS
 
 __all__ = [
     "MAX_METRICS",
     "MAX_NUM_EXAMPLES",
     "ClientId",
     "ErrorBody",
+    "GroupName",
     "Phase",
     "ReceiveReply",
     "RegisterReply",
@@ -28,6 +31,7 @@ MetricValue = Annotated[float, Field(allow_inf_nan=False)]
 ClientId = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$", strict=True)
 ]
+GroupName = Annotated[str, StringConstraints(pattern=GROUP_NAME_PATTERN, strict=True)]
 Phase = Literal["waiting", "training", "aggregating", "finished"]
 
 
@@ -42,6 +46,16 @@ class UpdateHeader(BaseModel):
     num_examples: Annotated[StrictInt, Field(ge=1, le=MAX_NUM_EXAMPLES)]
     weights: dict[str, Any]
     metrics: Annotated[dict[MetricName, MetricValue], Field(max_length=MAX_METRICS)] = {}
+    # Protocol 2 only: group name -> raw weights-like map (decoded by `wire.decode_groups`).
+    groups: Annotated[dict[GroupName, dict[str, Any]], Field(max_length=MAX_GROUPS)] = {}
+
+    @model_validator(mode="after")
+    def _groups_need_protocol_2(self) -> UpdateHeader:
+        if "groups" in self.model_fields_set and self.protocol != GROUPS_PROTOCOL:
+            raise ValueError(
+                f"groups are allowed only with protocol {GROUPS_PROTOCOL}, not {self.protocol}"
+            )
+        return self
 
 
 class RegisterRequest(BaseModel):

@@ -5,8 +5,9 @@ as their raw little-endian bytes (no JSON lists, no base64) and decoding can nev
 code the way pickle can. Never allow pickle anywhere on this path.
 
 A tensor is the map ``{"dtype": "float32", "shape": [10, 784], "data": <bin>}``; a weights
-payload maps tensor names to tensors in the model's state_dict order. The full format is
-specified in docs/protocol.md.
+payload maps tensor names to tensors in the model's state_dict order. Protocol 2 adds
+"groups": named weights-like maps beside the weights (a SCAFFOLD control variate, say).
+The full format is specified in docs/protocol.md.
 
 Encoding copies each tensor's bytes once (into the output buffer; `encode_chunks` leaves
 them in place, for senders that stream the pieces) and starts each tensor's
@@ -19,6 +20,7 @@ module imports only numpy and msgpack, so a thin client needs nothing else.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -31,6 +33,7 @@ from shared.errors import (
     NonFiniteTensor,
     ProtocolVersionError,
     SpecMismatch,
+    TensorError,
     TensorSizeError,
     UnsupportedDtype,
 )
@@ -38,20 +41,30 @@ from shared.msgpack_reader import unpack
 
 __all__ = [
     "DTYPES",
+    "GROUPS_PROTOCOL",
+    "GROUP_NAME_PATTERN",
+    "MAX_GROUPS",
     "MAX_NDIM",
     "PROTOCOL_VERSION",
+    "SUPPORTED_PROTOCOLS",
     "TensorSpec",
     "check_protocol",
+    "decode_groups",
     "decode_message",
     "decode_tensor",
     "decode_weights",
     "encode_chunks",
     "encode_message",
+    "protocol_for",
     "spec_of",
     "to_float16",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1  # the base version: a message without tensor groups
+GROUPS_PROTOCOL = 2  # the version whose messages may carry "groups"
+SUPPORTED_PROTOCOLS: tuple[int, ...] = (PROTOCOL_VERSION, GROUPS_PROTOCOL)
+MAX_GROUPS = 8  # tensor groups per message
+GROUP_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 MAX_NDIM = 32
 # The dtype names the wire accepts, each meaning the little-endian numpy type.
 DTYPES: frozenset[str] = frozenset(
@@ -66,6 +79,7 @@ _WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
 _MAX_NBYTES = int(np.iinfo(np.intp).max)
 # A float16 is NaN or Inf exactly when these, its five exponent bits, are all ones.
 _FLOAT16_EXPONENT = 0x7C00
+_GROUP_NAME = re.compile(GROUP_NAME_PATTERN)
 
 
 class TensorSpec(NamedTuple):
@@ -206,13 +220,30 @@ def decode_message(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     return message
 
 
-def check_protocol(message: Mapping[str, Any]) -> None:
-    """Raise unless the message speaks this protocol version (an int; true or 1.0 is not)."""
+def check_protocol(
+    message: Mapping[str, Any], *, supported: tuple[int, ...] = SUPPORTED_PROTOCOLS
+) -> int:
+    """Return the message's protocol version; raise unless it is one of `supported`.
+
+    The version must be an int (true, 1.0 or "1" is not); a version-1 message must not
+    carry "groups".
+    """
     version = message.get("protocol")
-    if type(version) is not int or version != PROTOCOL_VERSION:
+    if type(version) is not int or version not in supported:
+        speaks = " and ".join(str(v) for v in supported)
         raise ProtocolVersionError(
-            f"protocol version {version!r} is not supported; this side speaks {PROTOCOL_VERSION}"
+            f"protocol version {version!r} is not supported; this side speaks {speaks}"
         )
+    if version < GROUPS_PROTOCOL and "groups" in message:
+        raise MalformedMessage(
+            f"a protocol {version} message cannot carry 'groups' (protocol {GROUPS_PROTOCOL} can)"
+        )
+    return version
+
+
+def protocol_for(groups: Mapping[str, Any]) -> int:
+    """Return the version a message with these tensor groups is sent as: 1 if none, else 2."""
+    return GROUPS_PROTOCOL if groups else PROTOCOL_VERSION
 
 
 def decode_tensor(name: str, obj: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
@@ -266,6 +297,59 @@ def decode_weights(
         array = decode_tensor(name, obj[name], allow_nonfinite=allow_nonfinite)
         weights[name] = array if spec is None else _conform(name, array, spec[name])
     return weights
+
+
+def decode_groups(
+    obj: Any,
+    *,
+    spec: Mapping[str, Mapping[str, TensorSpec]] | None = None,
+    allow_nonfinite: bool = False,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Decode a message's "groups" value (None: no groups) into group name -> weights.
+
+    With `spec` (group name -> tensor spec), the group names must be exactly its keys and
+    each group must match its spec like `decode_weights`. Errors name the tensor as
+    ``groups.<group>.<tensor>``.
+    """
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise MalformedMessage(f"groups must be a map of group name to weights, got {_kind(obj)}")
+    if len(obj) > MAX_GROUPS:
+        raise MalformedMessage(f"{len(obj)} tensor groups exceed the limit of {MAX_GROUPS}")
+    for name in obj:
+        if not isinstance(name, str) or not _GROUP_NAME.match(name):
+            raise MalformedMessage(f"group name {name!r:.40} does not match {GROUP_NAME_PATTERN}")
+    if spec is not None:
+        _check_group_names(obj, spec)
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for name in spec if spec is not None else obj:
+        group_spec = spec[name] if spec is not None else None
+        groups[name] = _decode_group(name, obj[name], group_spec, allow_nonfinite)
+    return groups
+
+
+def _decode_group(
+    name: str, obj: Any, spec: Mapping[str, TensorSpec] | None, allow_nonfinite: bool
+) -> dict[str, np.ndarray]:
+    """Decode one group's weights map; tensor errors name ``groups.<name>.<tensor>``."""
+    if not isinstance(obj, dict):
+        raise MalformedMessage(f"group {name!r} must be a map of name to tensor, got {_kind(obj)}")
+    try:
+        return decode_weights(obj, spec=spec, allow_nonfinite=allow_nonfinite)
+    except TensorError as exc:
+        raise type(exc)(f"groups.{name}.{exc.tensor}", exc.problem) from None
+    except MalformedMessage as exc:
+        raise MalformedMessage(f"group {name!r}: {exc}") from None
+
+
+def _check_group_names(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+    missing = [name for name in spec if name not in obj]
+    if missing:
+        raise SpecMismatch(f"groups.{missing[0]}", f"group missing (expected {sorted(spec)})")
+    unexpected = [name for name in obj if name not in spec]
+    if unexpected:
+        raise SpecMismatch(f"groups.{unexpected[0]}", f"unexpected group (expected {sorted(spec)})")
 
 
 def _check_shape(name: str, shape: Any) -> tuple[int, ...]:

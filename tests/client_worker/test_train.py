@@ -1,8 +1,7 @@
-"""Tests of the local training loop: convergence, determinism, FedProx, interruption, math."""
+"""Tests of the local training loop: convergence, determinism, interruption, math."""
 
 from __future__ import annotations
 
-import copy
 import functools
 import threading
 import time
@@ -107,16 +106,6 @@ def test_dropout_is_active_during_training() -> None:
     assert _distance(_params(with_dropout), _params(without)) > 1e-10
 
 
-def test_fedprox_pulls_weights_toward_global() -> None:
-    images, labels = _blobs()
-    start = _linear()
-    w_global = _params(start)
-    plain, prox = copy.deepcopy(start), copy.deepcopy(start)
-    train(plain, images, labels, TrainConfig(5, 8, lr=0.1), seed=0)
-    train(prox, images, labels, TrainConfig(5, 8, lr=0.1, mu=5.0), seed=0)
-    assert _distance(_params(prox), w_global) < 0.5 * _distance(_params(plain), w_global)
-
-
 def test_stop_set_before_training_interrupts_at_once() -> None:
     images, labels = _blobs()
     model = _linear()
@@ -185,29 +174,11 @@ def test_full_batch_epoch_is_one_gradient_descent_step(weight_decay: float) -> N
     assert result.train_loss == pytest.approx(loss_before, rel=1e-5)  # loss of the one batch
 
 
-def test_fedprox_second_step_adds_mu_times_distance() -> None:
-    # Epoch 1 starts at w_global, so the proximal gradient is zero; epoch 2 adds mu*(w1 - w0).
-    images, labels = _blobs(n=20)
-    model = _linear(seed=5)
-    mu, lr = 2.0, 0.2
-    w0 = _params(model)
-    w1, _ = _gd_step(model, images, labels, lr=lr)
-    probe = copy.deepcopy(model)
-    with torch.no_grad():
-        for p, value in zip(probe.parameters(), w1, strict=True):
-            p.copy_(value)
-    plain_w2, _ = _gd_step(probe, images, labels, lr=lr)
-    expected = [p2 - lr * mu * (p1 - p0) for p2, p1, p0 in zip(plain_w2, w1, w0, strict=True)]
-    train(model, images, labels, TrainConfig(2, 20, lr=lr, mu=mu), seed=0)
-    for got, want in zip(model.parameters(), expected, strict=True):
-        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
-
-
 def test_train_config_from_round_config_ignores_other_keys() -> None:
     round_config = {"model": "mlp", "dataset": "mnist5k", "local_epochs": 2, "batch_size": 16}
     round_config |= {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.001, "mu": 0.01, "seed": 3}
     config = TrainConfig.from_round_config(round_config)
-    assert config == TrainConfig(2, 16, lr=0.1, momentum=0.5, weight_decay=0.001, mu=0.01)
+    assert config == TrainConfig(2, 16, lr=0.1, momentum=0.5, weight_decay=0.001)
 
 
 def test_train_config_rejects_missing_and_invalid_values() -> None:

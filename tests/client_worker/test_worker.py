@@ -20,12 +20,11 @@ from client_worker.train import train
 from client_worker.virtual import run_virtual_clients
 from client_worker.worker import run_worker
 from shared.config import ExperimentConfig, load_config
-from shared.data import Dataset, dataset_from_config
+from shared.data import Dataset
 from shared.errors import ConfigError
-from shared.models import build_model, init_global_weights, model_spec
+from shared.models import build_model, model_spec
 from shared.wire import decode_message, decode_weights, encode_message
-
-TRAIN_SIZE, NUM_PARTITIONS = 60, 3  # iid: 20 examples per partition
+from tests.client_worker.conftest import NUM_PARTITIONS, TRAIN_SIZE
 
 
 @dataclass
@@ -55,6 +54,7 @@ class FakeAggregator:
         self.on_poll: Any = None  # called with each poll request
         self.send_etag = True
         self.round_config: dict[str, Any] = {}  # merged into the round config sent
+        self.groups: dict[str, Any] | None = None  # published as protocol 2 when set
         self.lock = threading.Lock()
 
     def handler(self, request: httpx.Request) -> httpx.Response:
@@ -103,6 +103,8 @@ class FakeAggregator:
             | self.round_config,
             "weights": self.weights,
         }
+        if self.groups is not None:
+            message |= {"protocol": 2, "groups": self.groups}
         selected = request.url.params["client_id"] in state.selected
         headers = {"ETag": self._etag(), "X-Tributary-Selected": str(selected).lower()}
         if not self.send_etag:
@@ -125,34 +127,6 @@ class FakeAggregator:
             self.index = min(self.index + 1, len(self.states) - 1)
         answer = {"accepted": True, "duplicate": False, "round": message["round"]}
         return httpx.Response(200, json=answer | {"received": len(self.posts), "needed": 1})
-
-
-@pytest.fixture(scope="module")
-def config() -> ExperimentConfig:
-    return load_config(
-        overrides={
-            "dataset": "synthetic",
-            "synthetic": {
-                "channels": 1,
-                "image_size": 4,
-                "num_classes": 3,
-                "train_size": TRAIN_SIZE,
-                "test_size": 10,
-            },
-            "num_partitions": NUM_PARTITIONS,
-            "model": "mlp",
-        }
-    )
-
-
-@pytest.fixture(scope="module")
-def dataset(config: ExperimentConfig) -> Dataset:
-    return dataset_from_config(config)
-
-
-@pytest.fixture(scope="module")
-def global_weights() -> dict[str, np.ndarray]:
-    return init_global_weights("mlp", seed=0, in_channels=1, num_classes=3, image_size=4)
 
 
 class _Sleeps:
@@ -196,12 +170,12 @@ def test_a_non_finite_loss_is_left_out_of_the_metrics(
 ) -> None:
     import dataclasses
 
-    import client_worker.worker as worker_module
+    import client_worker.algorithms.local_round as local_round
 
     def diverging(*args: Any, **kwargs: Any) -> Any:
         return dataclasses.replace(train(*args, **kwargs), train_loss=float("nan"))
 
-    monkeypatch.setattr(worker_module, "train", diverging)
+    monkeypatch.setattr(local_round, "train", diverging)
     states = [_State(1, "training", ["1"]), _State(1, "finished")]
     fake = FakeAggregator(states, global_weights)
     _run(fake, config, dataset)
@@ -506,7 +480,7 @@ def test_one_training_slot_makes_virtual_clients_train_one_at_a_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tracker = _TrainingTracker(hold_s=0.1)
-    monkeypatch.setattr("client_worker.worker.train", tracker)
+    monkeypatch.setattr("client_worker.algorithms.local_round.train", tracker)
     states = [_State(1, "training", ["0", "1", "2"], wait_for_posts=True), _State(1, "finished")]
     fake = FakeAggregator(states, global_weights)
     summaries = _run_three(fake, config, dataset, train_slots=1)
@@ -528,7 +502,7 @@ def test_without_a_slot_limit_virtual_clients_train_together(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tracker = _TrainingTracker(hold_s=0.0, barrier=threading.Barrier(3, timeout=10.0))
-    monkeypatch.setattr("client_worker.worker.train", tracker)
+    monkeypatch.setattr("client_worker.algorithms.local_round.train", tracker)
     states = [_State(1, "training", ["0", "1", "2"], wait_for_posts=True), _State(1, "finished")]
     fake = FakeAggregator(states, global_weights)
     _run_three(fake, config, dataset)
@@ -551,7 +525,7 @@ def test_a_stop_reaches_a_client_waiting_for_a_training_slot(
         release.wait(10.0)  # keeps the only slot until the test lets go
         return train(*args, **kwargs)  # the stop is set by then: interrupted at once
 
-    monkeypatch.setattr("client_worker.worker.train", blocking_train)
+    monkeypatch.setattr("client_worker.algorithms.local_round.train", blocking_train)
     fake = FakeAggregator([_State(1, "training", ["0", "1"], wait_for_posts=True)], global_weights)
     activity = Activity()
     waiter_outcome: list[str] = []

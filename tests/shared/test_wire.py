@@ -24,16 +24,20 @@ from shared.errors import (
 )
 from shared.wire import (
     DTYPES,
+    MAX_GROUPS,
     MAX_NDIM,
     PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOLS,
     TensorSpec,
     _all_finite,
     check_protocol,
+    decode_groups,
     decode_message,
     decode_tensor,
     decode_weights,
     encode_chunks,
     encode_message,
+    protocol_for,
     spec_of,
     to_float16,
 )
@@ -378,21 +382,55 @@ def test_float16_keeps_nan_but_not_overflow_next_to_it() -> None:
 # ---------------------------------------------------------------------------- protocol
 
 
-@pytest.mark.parametrize("message", [{}, {"protocol": 2}, {"protocol": 0}, {"protocol": "1"}])
+@pytest.mark.parametrize("message", [{}, {"protocol": 3}, {"protocol": 0}, {"protocol": "1"}])
 def test_check_protocol_rejects(message: dict[str, Any]) -> None:
-    with pytest.raises(ProtocolVersionError, match="protocol version"):
+    with pytest.raises(ProtocolVersionError, match=r"protocol version.*speaks 1 and 2"):
         check_protocol(message)
 
 
-@pytest.mark.parametrize("version", [True, 1.0, None, [1]])
+@pytest.mark.parametrize("version", [True, 1.0, None, [1], 2.0, "2", False])
 def test_check_protocol_wants_the_int(version: Any) -> None:
     with pytest.raises(ProtocolVersionError):
         check_protocol({"protocol": version})
 
 
-def test_check_protocol_accepts() -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_check_protocol_accepts_and_returns_the_version(version: int) -> None:
     assert PROTOCOL_VERSION == 1
-    check_protocol(decode_message(encode_message({"protocol": 1})))
+    assert SUPPORTED_PROTOCOLS == (1, 2)
+    assert check_protocol(decode_message(encode_message({"protocol": version}))) == version
+
+
+def test_check_protocol_can_be_narrowed() -> None:
+    with pytest.raises(ProtocolVersionError, match=r"speaks 1$"):
+        check_protocol({"protocol": 2}, supported=(1,))
+
+
+@pytest.mark.parametrize("groups", [{}, {"c": {}}, None])
+def test_a_version_1_message_must_not_carry_groups(groups: Any) -> None:
+    with pytest.raises(MalformedMessage, match="protocol 1 message cannot carry 'groups'"):
+        check_protocol({"protocol": 1, "groups": groups})
+    check_protocol({"protocol": 2, "groups": groups})
+
+
+def test_protocol_for_is_1_without_groups_and_2_with() -> None:
+    assert protocol_for({}) == 1
+    assert protocol_for({"c": {}}) == 2
+
+
+def test_version_1_messages_are_unchanged_byte_for_byte() -> None:
+    # The worked example of docs/protocol.md.
+    message = {"protocol": 1, "weights": {"fc.bias": np.array([1.0, -2.0], np.float32)}}
+    expected = bytes.fromhex(
+        "82a870726f746f636f6c01a7776569676874738"
+        "1a766632e626961738"
+        "3a5647479706"
+        "5da0007666c6f61743332a57368617065910"
+        "2db000000046461746"
+        "1c408"
+        "0000803f000000c0"
+    )
+    assert encode_message(message) == expected
 
 
 def test_imports_without_torch_or_fastapi() -> None:
@@ -469,3 +507,109 @@ def test_encode_chunks_are_the_message_with_tensor_data_left_in_place() -> None:
     assert len(views) == 2
     assert all(v.readonly for v in views)
     assert np.shares_memory(np.frombuffer(views[0], np.uint8), weights["a"])
+
+
+# ---------------------------------------------------------------------------- groups
+
+
+@settings(deadline=None, max_examples=100)
+@given(
+    groups=st.dictionaries(
+        st.from_regex(r"\A[a-z][a-z0-9_]{0,31}\Z"),
+        st.lists(tensors(), max_size=3),
+        max_size=MAX_GROUPS,
+    ),
+    weights=st.lists(tensors(), max_size=3),
+    prefix=st.text(max_size=20),
+)
+def test_groups_round_trip_bit_exact_and_aligned(
+    groups: dict[str, list[np.ndarray]], weights: list[np.ndarray], prefix: str
+) -> None:
+    sent = {g: {f"{g}.t{i}": a for i, a in enumerate(arrays)} for g, arrays in groups.items()}
+    message = {
+        "protocol": 2,
+        "note": prefix,
+        "weights": {f"w{i}": a for i, a in enumerate(weights)},
+        "groups": sent,
+    }
+    payload = encode_message(message)
+    decoded = decode_message(payload)
+    assert check_protocol(decoded) == 2
+    out = decode_groups(decoded["groups"], spec=None, allow_nonfinite=True)
+    assert list(out) == list(sent)
+    start = np.frombuffer(payload, np.uint8).ctypes.data
+    for group, tensors_in in sent.items():
+        assert list(out[group]) == list(tensors_in)
+        for name, array in tensors_in.items():
+            got = out[group][name]
+            assert got.dtype.name == array.dtype.name
+            assert got.shape == array.shape
+            assert got.tobytes() == _wire_bytes(array)
+            if got.size:
+                assert (got.ctypes.data - start) % 8 == 0
+
+
+def _groups_message(groups: Any) -> Any:
+    return decode_message(encode_message({"protocol": 2, "groups": groups}))["groups"]
+
+
+C_SPEC = {"c": {"fc.weight": TensorSpec((2, 3), "float32")}}
+
+
+def test_decode_groups_with_spec() -> None:
+    sent = {"c": {"fc.weight": np.ones((2, 3), np.float32)}}
+    out = decode_groups(_groups_message(sent), spec=C_SPEC)
+    assert out["c"]["fc.weight"].tolist() == np.ones((2, 3)).tolist()
+    assert decode_groups(None) == {}
+
+
+def test_decode_groups_names_group_and_tensor() -> None:
+    wrong_shape = {"c": {"fc.weight": np.ones((3, 2), np.float32)}}
+    with pytest.raises(SpecMismatch, match=r"'groups\.c\.fc\.weight'.*shape") as info:
+        decode_groups(_groups_message(wrong_shape), spec=C_SPEC)
+    assert info.value.tensor == "groups.c.fc.weight"
+    nan = {"c": {"fc.weight": np.full((2, 3), np.nan, np.float32)}}
+    with pytest.raises(NonFiniteTensor, match=r"'groups\.c\.fc\.weight'"):
+        decode_groups(_groups_message(nan))
+    bad_dtype = {"c": {"t": {"dtype": "complex64", "shape": [], "data": b""}}}
+    with pytest.raises(UnsupportedDtype, match=r"'groups\.c\.t'"):
+        decode_groups(bad_dtype)
+
+
+def test_decode_groups_wants_the_spec_groups_exactly() -> None:
+    with pytest.raises(SpecMismatch, match=r"'groups\.c'.*missing"):
+        decode_groups({}, spec=C_SPEC)
+    extra = {"c": {"fc.weight": np.ones((2, 3), np.float32)}, "d": {}}
+    with pytest.raises(SpecMismatch, match=r"'groups\.d'.*unexpected"):
+        decode_groups(_groups_message(extra), spec=C_SPEC)
+
+
+@pytest.mark.parametrize(
+    ("groups", "match"),
+    [
+        ([], "groups must be a map"),
+        ({"C": {}}, "does not match"),
+        ({"1c": {}}, "does not match"),
+        ({"a" * 33: {}}, "does not match"),
+        ({"c-d": {}}, "does not match"),
+        ({1: {}}, "does not match"),
+        ({f"g{i}": {} for i in range(MAX_GROUPS + 1)}, "exceed the limit of 8"),
+        ({"c": [1]}, "group 'c' must be a map"),
+        ({"c": {"t": [1]}}, "group 'c'.*tensor 't'"),
+    ],
+)
+def test_decode_groups_refuses_malformed(groups: Any, match: str) -> None:
+    with pytest.raises(MalformedMessage, match=match):
+        decode_groups(groups)
+
+
+def test_version_2_worked_example_of_the_docs() -> None:
+    message = {
+        "protocol": 2,
+        "weights": {"fc.bias": np.array([1.0, -2.0], np.float32)},
+        "groups": {"c": {"fc.bias": np.array([0.5, 0.25], np.float32)}},
+    }
+    payload = encode_message(message)
+    assert len(payload) == 136
+    assert payload[72:83] == bytes.fromhex("a667726f75707381a16381")
+    assert payload[128:] == bytes.fromhex("0000003f0000803e")

@@ -1,0 +1,65 @@
+"""One round of local training with a client algorithm's hooks, up to the update to send."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from client_worker.algorithms.base import ClientAlgorithm, Groups, RoundContext, Weights
+from client_worker.train import TrainConfig, TrainResult, train
+from shared.errors import ConfigError
+from shared.models import state_to_numpy
+
+__all__ = ["LocalUpdate", "check_update_groups", "train_round"]
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What a round's training produced: the result, the weights and groups to send."""
+
+    result: TrainResult
+    weights: Weights
+    groups: Groups
+
+
+def train_round(
+    model: nn.Module,
+    algorithm: ClientAlgorithm,
+    context: RoundContext,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    *,
+    seed: int,
+    stop: threading.Event | None = None,
+    max_batches: int | None = None,
+) -> LocalUpdate:
+    """Train `model` (holding the global weights) through `algorithm`'s hooks."""
+    algorithm.before_training(model, context)
+    result = train(
+        model,
+        images,
+        labels,
+        config,
+        seed=seed,
+        stop=stop,
+        max_batches=max_batches,
+        hooks=algorithm,
+    )
+    weights = algorithm.after_training(state_to_numpy(model), result)
+    groups = algorithm.groups_to_send()
+    check_update_groups(context, algorithm, groups)
+    return LocalUpdate(result, weights, groups)
+
+
+def check_update_groups(context: RoundContext, algorithm: ClientAlgorithm, groups: Groups) -> None:
+    """Raise unless `groups` are exactly the groups the round config asks an update for."""
+    expected, sent = sorted(context.update_groups), sorted(groups)
+    if expected != sent:
+        raise ConfigError(
+            f"round {context.server_round}: the round config asks updates for the groups "
+            f"{expected} but the client algorithm {algorithm.name!r} sends {sent}"
+        )
