@@ -102,10 +102,11 @@ class Federation:
         server_round = done_rounds if stopped else min(done_rounds + 1, config.num_rounds)
         phase: Phase = "finished" if finished else "waiting"
         round_state = RoundState(server_round, phase)
-        published = publish_round(config, round_state, weights)
+        published = publish_round(config, self.strategy, round_state, weights)
         state = FederationState(
             config=config,
             spec=spec_of(weights),
+            group_specs=self.strategy.update_groups(spec_of(weights)),
             global_weights=weights,
             round_state=round_state,
             published=published,
@@ -141,7 +142,7 @@ class Federation:
                 client_id, num_examples, dict(header.metrics), len(body)
             )
         state.round = resumed
-        state.published = publish_round(self.config, resumed, state.global_weights)
+        state.published = publish_round(self.config, self.strategy, resumed, state.global_weights)
         log.info(
             "round %d resumed with %d acknowledged updates",
             resumed.server_round,

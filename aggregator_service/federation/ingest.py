@@ -21,7 +21,13 @@ from aggregator_service.store.run_store import RunStore
 from aggregator_service.strategy import ClientUpdate
 from shared.errors import Forbidden, InvalidUpdate
 from shared.schemas import ReceiveReply, UpdateHeader
-from shared.wire import TensorSpec, check_protocol, decode_message, decode_weights
+from shared.wire import (
+    TensorSpec,
+    check_protocol,
+    decode_groups,
+    decode_message,
+    decode_weights,
+)
 
 __all__ = ["decode_update", "ingest_update", "round_updates"]
 
@@ -63,6 +69,7 @@ def ingest_update(
         if claim.duplicate:
             return claim.answer
         decode_weights(raw_weights, spec=state.spec)  # names, shapes, dtypes, finite values
+        decode_groups(_expected_groups(header, state.group_specs), spec=state.group_specs)
         store.save_update(
             header.round, header.client_id, header.num_examples, body, streamed, durable=durable
         )
@@ -70,12 +77,35 @@ def ingest_update(
 
 
 def round_updates(
-    store: RunStore, server_round: int, spec: Mapping[str, TensorSpec]
+    store: RunStore,
+    server_round: int,
+    spec: Mapping[str, TensorSpec],
+    group_specs: Mapping[str, Mapping[str, TensorSpec]],
 ) -> Iterator[ClientUpdate]:
     """Yield the round's journalled updates in client-id order, decoded from memory maps."""
     for client_id, num_examples, body in store.pending_updates(server_round):
-        _, raw_weights = decode_update(body)
-        yield ClientUpdate(client_id, num_examples, decode_weights(raw_weights, spec=spec))
+        header, raw_weights = decode_update(body)
+        weights = decode_weights(raw_weights, spec=spec)
+        groups = decode_groups(header.groups, spec=group_specs)
+        yield ClientUpdate(client_id, num_examples, weights, groups)
+
+
+def _expected_groups(
+    header: UpdateHeader, expected: Mapping[str, Mapping[str, TensorSpec]]
+) -> dict[str, Any]:
+    """Return the update's groups, refusing it (422) unless they are the round's groups."""
+    if set(header.groups) != set(expected):
+        missing = sorted(set(expected) - set(header.groups))
+        extra = sorted(set(header.groups) - set(expected))
+        problem = (
+            f"group {missing[0]!r} is missing" if missing else f"group {extra[0]!r} is not used"
+        )
+        raise InvalidUpdate(
+            "invalid_update",
+            f"{problem}: this round's updates carry the groups {sorted(expected)} "
+            "(update_groups in the round config)",
+        )
+    return header.groups
 
 
 def _describe(exc: ValidationError) -> str:

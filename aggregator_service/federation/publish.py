@@ -19,9 +19,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from aggregator_service.strategy import Groups, Strategy
 from shared.config import ExperimentConfig
 from shared.schemas import Phase
-from shared.wire import PROTOCOL_VERSION, encode_message
+from shared.wire import encode_message, protocol_for, spec_of
 
 __all__ = [
     "Publications",
@@ -81,19 +82,25 @@ def publish(
     selected: frozenset[str],
     config: Mapping[str, Any],
     weights: Mapping[str, np.ndarray],
+    groups: Groups | None = None,
 ) -> PublishedModel:
-    """Encode the global model and its round state into a new PublishedModel."""
-    payload = encode_message(
-        {
-            "protocol": PROTOCOL_VERSION,
-            "round": server_round,
-            "phase": phase,
-            "model": model,
-            "selected": sorted(selected),
-            "config": dict(config),
-            "weights": weights,
-        }
-    )
+    """Encode the global model and its round state into a new PublishedModel.
+
+    With tensor `groups` the message is protocol 2 and carries them; otherwise it is
+    protocol 1, which every client speaks (docs/protocol.md).
+    """
+    message: dict[str, Any] = {
+        "protocol": protocol_for(groups or {}),
+        "round": server_round,
+        "phase": phase,
+        "model": model,
+        "selected": sorted(selected),
+        "config": dict(config),
+        "weights": weights,
+    }
+    if groups:
+        message["groups"] = groups
+    payload = encode_message(message)
     return PublishedModel(
         server_round=server_round,
         phase=phase,
@@ -122,16 +129,28 @@ class RoundView(Protocol):
 
 
 def publish_round(
-    config: ExperimentConfig, round_state: RoundView, weights: Mapping[str, np.ndarray]
+    config: ExperimentConfig,
+    strategy: Strategy,
+    round_state: RoundView,
+    weights: Mapping[str, np.ndarray],
 ) -> PublishedModel:
-    """Encode `round_state` with the global model and the round config of `config`."""
+    """Encode `round_state` with the global model, the round config and the strategy's groups.
+
+    The round config names the strategy and, when it wants tensor groups in every update,
+    lists them as `update_groups`.
+    """
+    round_config = config.round_config()
+    update_groups = sorted(strategy.update_groups(spec_of(weights)))
+    if update_groups:
+        round_config["update_groups"] = update_groups
     return publish(
         server_round=round_state.server_round,
         phase=round_state.phase,
         model=config.model,
         selected=round_state.selected,
-        config=config.round_config(),
+        config=round_config,
         weights=weights,
+        groups=strategy.published_groups(),
     )
 
 

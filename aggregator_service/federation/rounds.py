@@ -227,7 +227,7 @@ class RoundLoop:
             records = list(current.received.values())
             weights = self.state.global_weights
         server_round = current.server_round
-        updates = round_updates(self.store, server_round, self.state.spec)
+        updates = round_updates(self.store, server_round, self.state.spec, self.state.group_specs)
         new_weights = self.strategy.aggregate(server_round, weights, updates)
         evaluation = self.evaluator(new_weights) if self.evaluator is not None else None
         row = history_row(current, records, evaluation, model_sha256=model_digest(new_weights))
@@ -286,7 +286,7 @@ class RoundLoop:
                     "selected": sorted(round_state.selected),
                 },
             )
-        published = publish_round(config, round_state, weights)
+        published = publish_round(config, self.strategy, round_state, weights)
         with self.state.changed:
             self.state.round = round_state
             self.state.published = published

@@ -94,6 +94,7 @@ class FederationState:
         *,
         config: ExperimentConfig,
         spec: dict[str, TensorSpec],
+        group_specs: dict[str, dict[str, TensorSpec]],
         global_weights: dict[str, np.ndarray],
         round_state: RoundState,
         published: PublishedModel,
@@ -103,6 +104,7 @@ class FederationState:
         self.changed = threading.Condition(self.lock)
         self.config = config
         self.spec = spec
+        self.group_specs = group_specs  # the tensor groups every update carries (protocol 2)
         self.global_weights = global_weights
         self.round = round_state
         self.published = published

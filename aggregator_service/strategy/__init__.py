@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aggregator_service.strategy.base import AggregationError, ClientUpdate, Strategy
+from aggregator_service.strategy.base import AggregationError, ClientUpdate, Groups, Strategy
 from aggregator_service.strategy.fedavg import FedAvg
 from aggregator_service.strategy.fedavgm import FedAvgM
 from aggregator_service.strategy.fedmedian import FedMedian
 from shared.config import StrategyConfig
 
-__all__ = ["STRATEGIES", "AggregationError", "ClientUpdate", "Strategy", "build_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "AggregationError",
+    "ClientUpdate",
+    "Groups",
+    "Strategy",
+    "build_strategy",
+]
 
 STRATEGIES: Mapping[str, type[Strategy]] = {
     "fedavg": FedAvg,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import numpy as np
 
 from shared.errors import TributaryError
+from shared.wire import TensorSpec
 
-__all__ = ["AggregationError", "ClientUpdate", "Strategy"]
+__all__ = ["AggregationError", "BaseStrategy", "ClientUpdate", "Groups", "Strategy"]
+
+Groups = Mapping[str, Mapping[str, np.ndarray]]  # group name -> tensor name -> tensor
 
 
 class AggregationError(TributaryError):
@@ -19,11 +22,12 @@ class AggregationError(TributaryError):
 
 @dataclass(frozen=True)
 class ClientUpdate:
-    """One client's accepted update; `weights` are read-only and already checked."""
+    """One client's accepted update; `weights` and `groups` are read-only and checked."""
 
     client_id: str
     num_examples: int
     weights: Mapping[str, np.ndarray]
+    groups: Groups = field(default_factory=dict)  # protocol 2: e.g. control variates
 
 
 class Strategy(Protocol):
@@ -52,3 +56,30 @@ class Strategy(Protocol):
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore the state `state()` returned, after a restart."""
         ...
+
+    def update_groups(self, model: Mapping[str, TensorSpec]) -> dict[str, dict[str, TensorSpec]]:
+        """Return the tensor groups every update must carry, with their specs (protocol 2)."""
+        ...
+
+    def published_groups(self) -> dict[str, dict[str, np.ndarray]]:
+        """Return the tensor groups published with the global model (protocol 2)."""
+        ...
+
+
+class BaseStrategy:
+    """No state across rounds and no tensor groups: what a plain rule inherits."""
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Keep nothing across rounds."""
+        return {}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Nothing to restore."""
+
+    def update_groups(self, model: Mapping[str, TensorSpec]) -> dict[str, dict[str, TensorSpec]]:
+        """Updates carry the model's tensors alone (protocol 1)."""
+        return {}
+
+    def published_groups(self) -> dict[str, dict[str, np.ndarray]]:
+        """The global model alone is published (protocol 1)."""
+        return {}

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from aggregator_service.strategy.base import AggregationError, ClientUpdate
+from aggregator_service.strategy.base import AggregationError, BaseStrategy, ClientUpdate
 from aggregator_service.strategy.mean import WeightedMean
 
 __all__ = ["FedAvg", "fold_mean"]
@@ -26,7 +26,7 @@ def fold_mean(
     return mean.finalize()
 
 
-class FedAvg:
+class FedAvg(BaseStrategy):
     """Weighted federated averaging; no state across rounds."""
 
     name: ClassVar[str] = "fedavg"
@@ -39,10 +39,3 @@ class FedAvg:
     ) -> dict[str, np.ndarray]:
         """Return the weighted mean of `updates`."""
         return fold_mean(server_round, current, updates)
-
-    def state(self) -> dict[str, np.ndarray]:
-        """FedAvg keeps nothing across rounds."""
-        return {}
-
-    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Nothing to restore."""

@@ -14,14 +14,14 @@ from typing import ClassVar
 import numpy as np
 
 from aggregator_service.strategy.aggregate import momentum_step
-from aggregator_service.strategy.base import ClientUpdate
+from aggregator_service.strategy.base import BaseStrategy, ClientUpdate
 from aggregator_service.strategy.fedavg import fold_mean
 from aggregator_service.strategy.mean import is_floating
 
 __all__ = ["FedAvgM"]
 
 
-class FedAvgM:
+class FedAvgM(BaseStrategy):
     """Weighted mean, then a server momentum step (server_lr eta, momentum beta)."""
 
     name: ClassVar[str] = "fedavgm"

@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from aggregator_service.strategy.aggregate import coordinate_median, elementwise_max
-from aggregator_service.strategy.base import AggregationError, ClientUpdate
+from aggregator_service.strategy.base import AggregationError, BaseStrategy, ClientUpdate
 from aggregator_service.strategy.mean import is_floating
 
 __all__ = ["FedMedian"]
@@ -22,7 +22,7 @@ __all__ = ["FedMedian"]
 BLOCK = 1 << 16  # coordinates per step: N x 512 KiB of float64 at a time
 
 
-class FedMedian:
+class FedMedian(BaseStrategy):
     """The coordinate-wise median of the round's updates (integer tensors: the maximum)."""
 
     name: ClassVar[str] = "fedmedian"
@@ -49,10 +49,3 @@ class FedMedian:
                 out[start : start + BLOCK] = coordinate_median(block)
             result[name] = out.reshape(weights.shape)
         return result
-
-    def state(self) -> dict[str, np.ndarray]:
-        """FedMedian keeps nothing across rounds."""
-        return {}
-
-    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Nothing to restore."""

@@ -27,12 +27,13 @@ _UPDATE_SCHEMA: dict[str, Any] = {
     "description": "msgpack map; tensors as {dtype, shape, data} (docs/protocol.md)",
     "required": ["protocol", "client_id", "round", "num_examples", "weights"],
     "properties": {
-        "protocol": {"type": "integer", "const": 1},
+        "protocol": {"type": "integer", "enum": [1, 2]},
         "client_id": {"type": "string"},
         "round": {"type": "integer", "minimum": 1},
         "num_examples": {"type": "integer", "minimum": 1},
         "weights": {"type": "object"},
         "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+        "groups": {"type": "object", "description": "protocol 2 only: name -> tensors"},
     },
 }
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {

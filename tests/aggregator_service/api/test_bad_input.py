@@ -64,7 +64,7 @@ CASES: dict[str, tuple[Case, int, str]] = {
     ),
     "not a map": (lambda cid, w: (_raw([1, 2, 3]), MSGPACK), 400, "malformed_message"),  # type: ignore[arg-type]
     "unknown protocol": (
-        lambda cid, w: (update_body(cid, 1, w, protocol=2), MSGPACK),
+        lambda cid, w: (update_body(cid, 1, w, protocol=3), MSGPACK),
         400,
         "unsupported_protocol",
     ),

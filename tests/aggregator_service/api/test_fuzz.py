@@ -135,7 +135,7 @@ BuildCase = Callable[[Weights, Body], Body]
 # msgpack carries integers from -2**63 to 2**64 - 1: "num_examples = 2**70" goes as the
 # largest one it can carry and as the float 2.0**70.
 WRONG_VALUES: dict[str, list[Any]] = {
-    "protocol": [1.0, "1", 2, 0, -1, None, True, [1], 2**64 - 1],
+    "protocol": [1.0, "1", 3, 0, -1, None, True, [1], 2**64 - 1],
     "client_id": [7, None, ["a"], "a" * 100_000, "", "a b", "../../etc/passwd", b"a", True],
     "round": ["1", 1.0, -1, 0, True, None, 2**63, [1]],
     "num_examples": [1.5, "10", 0, -1, 10**9 + 1, 2**64 - 1, 2.0**70, True, None],
