@@ -88,6 +88,9 @@ RAW_TCP, HTTP_READ, INGEST_OFF = "raw TCP", "HTTP read only", "ingest, persisten
 RAW_WRITE, INGEST_ON = "raw fsync write", "ingest, persistence on"
 RAW_DIRECT = "raw direct write"
 ALIGNMENT = 4096  # O_DIRECT: address and length in multiples of this
+# The strategy's seconds per round (/history aggregate_s: the fold of the round's
+# journalled updates, after the uploads), by state dir name.
+AGGREGATE_SECONDS: dict[str, list[float]] = {}
 Span = tuple[float, float]  # perf_counter at the first byte sent, at the reply
 Measure = Callable[[Sequence[bytes]], None]
 
@@ -324,7 +327,16 @@ def ingest_rounds(
             bodies = [encode_update(cid, server_round, weights) for cid in client_ids]
             before_each(bodies)
             timings.append(post_together(server, bodies))
+            closed = wait_for_status(server, functools.partial(_closed, server_round=server_round))
+            AGGREGATE_SECONDS.setdefault(state_dir.name, []).append(
+                closed["last_round"]["aggregate_s"]
+            )
     return timings, len(bodies[0])
+
+
+def _closed(status: dict[str, Any], *, server_round: int) -> bool:
+    last = status.get("last_round") or {}
+    return bool(last.get("round") == server_round)
 
 
 def _training(status: dict[str, Any], *, server_round: int) -> bool:
@@ -366,11 +378,16 @@ def report(results: dict[str, list[Timing]]) -> str:
         _ratio_row(results, INGEST_ON, RAW_DIRECT),
     ]
     repetitions = [[name, " ".join(f"{t.gbps:.2f}" for t in results[name])] for name in names]
+    folds = [
+        [state, f"{statistics.median(seconds):.3f}", f"{min(seconds):.3f}"]
+        for state, seconds in sorted(AGGREGATE_SECONDS.items())
+    ]
     return "\n\n".join(
         [
             markdown_table(header, [_row(name, results[name]) for name in names]),
             markdown_table(["ratio (per repetition)", "best", "median"], ratios),
             markdown_table(["transfer", "GB/s in each repetition"], repetitions),
+            markdown_table(["state dir", "aggregate s per round: median", "best"], folds),
         ]
     )
 

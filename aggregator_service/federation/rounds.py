@@ -228,9 +228,12 @@ class RoundLoop:
             weights = self.state.global_weights
         server_round = current.server_round
         updates = round_updates(self.store, server_round, self.state.spec, self.state.group_specs)
+        started = time.perf_counter()
         new_weights = self.strategy.aggregate(server_round, weights, updates)
+        aggregate_s = time.perf_counter() - started
         evaluation = self.evaluator(new_weights) if self.evaluator is not None else None
         row = history_row(current, records, evaluation, model_sha256=model_digest(new_weights))
+        row["aggregate_s"] = round(aggregate_s, 4)
         # History first: a row without its checkpoint is dropped again on restart.
         self.store.append_history(row)
         self.store.save_checkpoint(server_round, new_weights, self.strategy.state())

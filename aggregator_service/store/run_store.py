@@ -218,12 +218,13 @@ class RunStore:
             futures.wait([checksum])
         return checksum.result()
 
-    def pending_updates(self, server_round: int) -> list[tuple[str, int, memoryview]]:
-        """Return (client_id, num_examples, body) of the round's saved updates by client id.
+    def pending_updates(self, server_round: int) -> Iterator[tuple[str, int, memoryview]]:
+        """Yield (client_id, num_examples, body) of the round's saved updates by client id.
 
-        Each body is a read-only memory map of its file, checked against its checksum; a
-        lost or damaged one is logged and skipped. The order is the clients' ids, never the
-        order of arrival, so a round's aggregate does not depend on it.
+        Each body is a read-only memory map of its file, checked against its checksum and
+        mapped only when its turn comes (so a fold holds one at a time); a lost or damaged
+        one is logged and skipped. The order is the clients' ids, never the order of
+        arrival, so a round's aggregate does not depend on it.
         """
         with self._lock:
             rows = self._db.execute(
@@ -232,7 +233,6 @@ class RunStore:
                 (server_round,),
             ).fetchall()
         round_dir = self.state_dir / "updates" / str(server_round)
-        pending: list[tuple[str, int, memoryview]] = []
         for client_id, num_examples, name, digest in rows:
             try:
                 body = files.map_whole(round_dir / name)
@@ -244,8 +244,7 @@ class RunStore:
                     "update of %r in round %d is corrupt; skipped", client_id, server_round
                 )
                 continue
-            pending.append((client_id, num_examples, body))
-        return pending
+            yield client_id, num_examples, body
 
     def drop_updates(self, server_round: int) -> None:
         """Forget the round's saved updates (once its checkpoint is written)."""

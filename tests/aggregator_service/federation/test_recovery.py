@@ -107,7 +107,7 @@ def test_updates_of_a_checkpointed_round_are_dropped_on_restart(
     assert second.get("/status").json()["round"] == 2
     assert not (state_dir / "updates" / "1").exists()
     with RunStore(state_dir) as store:
-        assert store.pending_updates(1) == []
+        assert list(store.pending_updates(1)) == []
 
 
 def test_state_dir_of_another_model_is_refused(start_app: AppFactory, tmp_path: Path) -> None:

@@ -210,7 +210,7 @@ def test_a_full_disk_fails_the_write_and_the_store_keeps_no_trace(
         with pytest.raises(StoreError, match="No space left"):
             store.save_update(1, "client-a", 10, _mapped(_payload(size, seed=6)))
         monkeypatch.undo()
-        assert store.pending_updates(1) == []
+        assert list(store.pending_updates(1)) == []
         assert not [p for p in (store.state_dir / "updates").rglob("*") if p.is_file()]
 
 

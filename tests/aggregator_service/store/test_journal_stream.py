@@ -7,7 +7,7 @@ import fcntl
 import mmap
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from tests.aggregator_service.helpers import (
 MIB = 1 << 20
 
 
-def _as_bytes(pending: list[tuple[str, int, memoryview]]) -> list[tuple[str, int, bytes]]:
+def _as_bytes(pending: Iterable[tuple[str, int, memoryview]]) -> list[tuple[str, int, bytes]]:
     """The pending updates with their bodies (memory maps) as bytes, for comparisons."""
     return [(client_id, n, bytes(body)) for client_id, n, body in pending]
 

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import sqlite3
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from shared.errors import TributaryError
 Weights = dict[str, np.ndarray]
 
 
-def _as_bytes(pending: list[tuple[str, int, memoryview]]) -> list[tuple[str, int, bytes]]:
+def _as_bytes(pending: Iterable[tuple[str, int, memoryview]]) -> list[tuple[str, int, bytes]]:
     """The pending updates with their bodies (memory maps) as bytes, for comparisons."""
     return [(client_id, n, bytes(body)) for client_id, n, body in pending]
 
