@@ -41,7 +41,6 @@ from _common import (
 
 __all__ = ["Footprint", "absorb_round", "main", "report"]
 
-TARGET_GROWTH = 4.0  # x the model's bytes
 
 
 @dataclass(frozen=True)
@@ -181,7 +180,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 footprints.append(footprint)
                 print(report([footprint]).splitlines()[-1], flush=True)
     print(f"model bytes: {footprints[0].model_bytes} ({footprints[0].model_bytes / MIB:.1f} MiB)")
-    print(f"target: growth <= {TARGET_GROWTH} x model bytes, flat in N")
     print(report(footprints))
     print(f"machine after: {machine_line()}")
 

@@ -56,19 +56,22 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object], hashing: futur
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; once it is written, rename it to `path`, fsync the dir."""
+def atomic_path(path: Path, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temp path beside `path`; once it is written, rename it to `path`, fsync the dir.
+
+    Not `durable`: no fsync of the directory.
+    """
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         yield temp
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    move_into_place(temp, path)
+    move_into_place(temp, path, durable=durable)
 
 
-def move_into_place(temp: Path, path: Path) -> None:
-    """Rename the written, fsynced `temp` to `path` and fsync `path`'s directory.
+def move_into_place(temp: Path, path: Path, *, durable: bool = True) -> None:
+    """Rename the written `temp` to `path` and, if `durable`, fsync `path`'s directory.
 
     `temp` is gone afterwards, also if the rename fails.
     """
@@ -76,7 +79,8 @@ def move_into_place(temp: Path, path: Path) -> None:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -108,8 +108,11 @@ def matches(body: bytes | bytearray | memoryview, recorded: str) -> bool:
     return hashlib.sha256(body).hexdigest() == recorded
 
 
-def write_file(path: Path, body: bytes | bytearray | memoryview) -> None:
-    """Create `path` (which must not exist), write `body` and fsync it; direct I/O if possible."""
+def write_file(path: Path, body: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
+    """Create `path` (which must not exist), write `body`, fsync it if `durable`.
+
+    Direct I/O where possible, durable or not: the body then skips the page cache.
+    """
     view = memoryview(body).cast("B")
     direct = O_DIRECT and view.nbytes >= DIRECT_FROM and address(view) % ALIGNMENT == 0
     fd = open_direct(path, NEW_FILE) if direct else None
@@ -120,7 +123,8 @@ def write_file(path: Path, body: bytes | bytearray | memoryview) -> None:
         if direct:
             done = _write_aligned(fd, view)
         _write_all(fd, view, done)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -144,8 +144,10 @@ class StreamedBody:
             self._writes.extend(aligned)
             self._sums.extend(aligned)
 
-    def finish(self, body: bytes | bytearray | memoryview) -> tuple[Path, str] | None:
-        """Write and fsync the whole of `body`; return its temp file and checksum, or None.
+    def finish(
+        self, body: bytes | bytearray | memoryview, *, durable: bool = True
+    ) -> tuple[Path, str] | None:
+        """Write (and if `durable` fsync) all of `body`; return its temp file and checksum.
 
         None: the body followed was not `body` (e.g. shorter than its buffer), or this
         filesystem refuses direct I/O; the caller then writes `body` itself. The temp file
@@ -169,7 +171,8 @@ class StreamedBody:
             raise _NoDirectIO("the journal temp file was never opened")
         end_direct(fd)
         _pwrite_all(fd, self._view, aligned, size)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
         self._sums.complete(size)
         self._close()
         self._writes = self._sums = None

@@ -171,8 +171,8 @@ class RunStore:
     ) -> None:
         """Store an accepted update's raw body; raise StoreError if already saved.
 
-        `durable`: fsync the file and its directory entry before returning (else it goes to
-        the page cache only, and a machine crash may lose it). `streamed` (from
+        `durable`: fsync the file and its directory entry before returning (else a machine
+        crash may lose it; it is written the same way, direct I/O where possible). `streamed` (from
         `stream_update`) has followed the body as it arrived: what it wrote is then only
         completed, not written again.
         """
@@ -183,15 +183,14 @@ class RunStore:
         try:
             if not round_dir.is_dir():
                 round_dir.mkdir(exist_ok=True)
-                files.fsync_dir(round_dir.parent)
-            written = streamed.finish(body) if streamed is not None else None
-            if not durable:
-                checksum = _write_plain(body, path)
-            elif written is None:
-                checksum = self._write_body(body, path)
+                if durable:
+                    files.fsync_dir(round_dir.parent)
+            written = streamed.finish(body, durable=durable) if streamed is not None else None
+            if written is None:
+                checksum = self._write_body(body, path, durable=durable)
             else:
                 temp, checksum = written
-                files.move_into_place(temp, path)
+                files.move_into_place(temp, path, durable=durable)
         except OSError as exc:
             raise StoreError(f"cannot write the update of {client_id!r} to {path}: {exc}") from exc
         row = (server_round, client_id, num_examples, path.name, checksum)
@@ -208,12 +207,14 @@ class RunStore:
                 f"an update of client {client_id!r} for round {server_round} is already saved"
             ) from None
 
-    def _write_body(self, body: bytes | bytearray | memoryview, path: Path) -> str:
+    def _write_body(
+        self, body: bytes | bytearray | memoryview, path: Path, *, durable: bool
+    ) -> str:
         """Write `body` to `path` atomically; return its checksum, computed beside the write."""
         checksum = self._hashing.submit(journal.checksum, body)
         try:
-            with files.atomic_path(path) as temp:
-                journal.write_file(temp, body)
+            with files.atomic_path(path, durable=durable) as temp:
+                journal.write_file(temp, body, durable=durable)
         finally:
             futures.wait([checksum])
         return checksum.result()
@@ -348,18 +349,6 @@ def split_server_state(
     model = {k: v for k, v in tensors.items() if not k.startswith(SERVER_STATE)}
     state = {k[len(SERVER_STATE) :]: v for k, v in tensors.items() if k.startswith(SERVER_STATE)}
     return model, state
-
-
-def _write_plain(body: bytes | bytearray | memoryview, path: Path) -> str:
-    """Write `body` to `path` through the page cache, renamed into place; no fsync."""
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temp, "wb") as file:
-            file.write(body)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return journal.checksum(body)
 
 
 def _read_checkpoint(path: Path, digest: str) -> dict[str, np.ndarray]:

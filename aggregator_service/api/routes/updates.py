@@ -100,10 +100,9 @@ async def receive(
         raise UnsupportedMediaType(
             "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
         )
-    durable = settings.persist_updates
     async with upload_gate.admit(caller.client_id) as slot:
-        streamed = federation.store.stream_update() if durable else None
-        watcher = EarlyRefusal(streamed, federation.state) if streamed is not None else None
+        streamed = federation.store.stream_update()
+        watcher = EarlyRefusal(streamed, federation.state)
         try:
             body = await read_body(
                 request,
@@ -117,12 +116,12 @@ async def receive(
                 body,
                 state=federation.state,
                 store=federation.store,
-                durable=durable,
+                durable=settings.persist_updates,
                 sender=caller.client_id,
                 streamed=streamed,
             )
         finally:
-            if streamed is not None and streamed.following:  # the update was not saved
+            if streamed.following:  # the update was not saved
                 await _discard(streamed)
 
 

@@ -195,6 +195,17 @@ def test_an_update_and_its_round_directory_are_durable_before_save_update_return
         disk_log.check_dir_synced(updates, "returned")  # the new round directory's entry
 
 
+def test_without_persistence_an_update_is_journalled_but_never_fsynced(
+    tmp_path: Path, disk_log: DiskLog
+) -> None:
+    data = bytes(range(256)) * 9000  # 2.3 MB: large enough for direct I/O where it works
+    with RunStore(tmp_path / "state") as store:
+        store.save_update(1, "a", 3, data, durable=False)
+        assert [bytes(body) for _, _, body in store.pending_updates(1)] == [data]
+    assert [e for e in disk_log.events if e.kind.endswith("fsync")] == []
+    assert [e.kind for e in disk_log.events] == ["rename"]  # still renamed whole into place
+
+
 # ---------------------------------------------------------------------------- the service
 
 

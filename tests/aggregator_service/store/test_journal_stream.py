@@ -239,8 +239,10 @@ def test_the_service_streams_large_updates_and_sweeps_refused_ones(
     finished: list[bool] = []
     real_finish = StreamedBody.finish
 
-    def recording_finish(self: StreamedBody, body: memoryview) -> tuple[Path, str] | None:
-        written = real_finish(self, body)
+    def recording_finish(
+        self: StreamedBody, body: memoryview, *, durable: bool = True
+    ) -> tuple[Path, str] | None:
+        written = real_finish(self, body, durable=durable)
         finished.append(written is not None)
         return written
 
