@@ -42,7 +42,6 @@ from _common import (
 __all__ = ["Footprint", "absorb_round", "main", "report"]
 
 
-
 @dataclass(frozen=True)
 class Footprint:
     """Server memory around one round of `clients` updates, in bytes."""
