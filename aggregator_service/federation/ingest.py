@@ -76,17 +76,16 @@ def ingest_update(
     return claim.answer
 
 
-def round_updates(
-    store: RunStore,
-    server_round: int,
-    spec: Mapping[str, TensorSpec],
-    group_specs: Mapping[str, Mapping[str, TensorSpec]],
-) -> Iterator[ClientUpdate]:
-    """Yield the round's journalled updates in client-id order, decoded from memory maps."""
+def round_updates(store: RunStore, server_round: int) -> Iterator[ClientUpdate]:
+    """Yield the round's journalled updates in client-id order, decoded from memory maps.
+
+    They were checked when they arrived, and the journal's checksum vouches that these are
+    the same bytes: they are decoded here without checking their tensors again.
+    """
     for client_id, num_examples, body in store.pending_updates(server_round):
         header, raw_weights = decode_update(body)
-        weights = decode_weights(raw_weights, spec=spec)
-        groups = decode_groups(header.groups, spec=group_specs)
+        weights = decode_weights(raw_weights, allow_nonfinite=True)
+        groups = decode_groups(header.groups, allow_nonfinite=True)
         yield ClientUpdate(client_id, num_examples, weights, groups)
 
 

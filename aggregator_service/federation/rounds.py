@@ -227,7 +227,7 @@ class RoundLoop:
             records = list(current.received.values())
             weights = self.state.global_weights
         server_round = current.server_round
-        updates = round_updates(self.store, server_round, self.state.spec, self.state.group_specs)
+        updates = round_updates(self.store, server_round)
         started = time.perf_counter()
         new_weights = self.strategy.aggregate(server_round, weights, updates)
         aggregate_s = time.perf_counter() - started
