@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from safetensors.numpy import load_file
 
 from shared.config import load_config
 from shared.data import dataset_from_config
@@ -172,3 +173,23 @@ def test_reruns_give_bit_identical_models_under_different_jitter(tmp_path: Path)
     assert len(calm) == 3
     assert len(set(calm)) == 3
     assert shaken == calm
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")
+@pytest.mark.parametrize("strategy", ["fedavgm", "fedmedian"])
+def test_every_strategy_runs_a_federation_of_processes(tmp_path: Path, strategy: str) -> None:
+    argv = [*RUNNER, "--clients", "3", "--rounds", "2", "--no-live"]
+    argv += ["--runs-dir", str(tmp_path / "runs"), "--set", f"strategy={strategy}"]
+    done = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = only_run_dir(tmp_path / "runs")
+    rounds = json.loads((run_dir / "metrics.json").read_text())["rounds"]
+    assert [row["round"] for row in rounds] == [1, 2]
+    assert all(row["participants"] == ["0", "1", "2"] for row in rounds)
+    assert rounds[-1]["eval_accuracy"] > initial_accuracy(run_dir / "config.yaml") + 0.2
+    checkpoint = max((run_dir / "state" / "checkpoints").glob("round-*.safetensors"))
+    saved = load_file(checkpoint)
+    velocity = [name for name in saved if name.startswith("server_state/velocity/")]
+    assert bool(velocity) == (strategy == "fedavgm")  # FedAvgM's state is in its checkpoints
