@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -33,7 +33,7 @@ from aggregator_service.federation.publish import Publications, model_digest, pu
 from aggregator_service.federation.selection import select_clients
 from aggregator_service.federation.state import FederationState, RoundState, UpdateRecord
 from aggregator_service.store.run_store import RunStore
-from aggregator_service.strategy import Strategy
+from aggregator_service.strategy import ClientUpdate, Strategy
 from shared.evaluation import EvalResult
 
 __all__ = ["Evaluator", "RoundLoop", "close_decision"]
@@ -227,10 +227,14 @@ class RoundLoop:
             records = list(current.received.values())
             weights = self.state.global_weights
         server_round = current.server_round
-        updates = round_updates(self.store, server_round)
+        read: set[str] = set()
+        updates = _noting(round_updates(self.store, server_round), read)
         started = time.perf_counter()
         new_weights = self.strategy.aggregate(server_round, weights, updates)
         aggregate_s = time.perf_counter() - started
+        if lost := sorted({r.client_id for r in records} - read):  # damaged on disk since
+            log.error("round %d: the journalled updates of %s were unreadable", server_round, lost)
+            records = [r for r in records if r.client_id in read]
         evaluation = self.evaluator(new_weights) if self.evaluator is not None else None
         row = history_row(current, records, evaluation, model_sha256=model_digest(new_weights))
         row["aggregate_s"] = round(aggregate_s, 4)
@@ -328,6 +332,13 @@ def history_row(
             for r in sorted(records, key=lambda r: r.client_id)
         },
     }
+
+
+def _noting(updates: Iterator[ClientUpdate], read: set[str]) -> Iterator[ClientUpdate]:
+    """Pass `updates` on, adding each one's client id to `read`."""
+    for update in updates:
+        read.add(update.client_id)
+        yield update
 
 
 def _brief(row: Mapping[str, Any]) -> str:

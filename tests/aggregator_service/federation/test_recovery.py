@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from aggregator_service.store.run_store import RunStore
 from shared.config import ExperimentConfig
@@ -119,3 +121,37 @@ def test_state_dir_of_another_model_is_refused(start_app: AppFactory, tmp_path: 
 
     with pytest.raises(ConfigError, match="not a 'mlp-128' model"):
         start_app(experiment(model="mlp-128"), state_dir=state_dir)
+
+
+def test_an_update_damaged_on_disk_before_the_close_is_left_out_and_named(
+    start_app: AppFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state_dir = tmp_path / "damaged"
+    app = start_app(experiment(min_fit_clients=3, min_available_clients=3), state_dir=state_dir)
+    register(app, "a", "b", "c")
+    wait_for(app, lambda s: s["phase"] == "training")
+    _, weights = global_model(app)
+    shifts = {"a": (1.0, 2), "b": (50.0, 3), "c": (4.0, 5)}
+    for client_id in ("a", "b"):
+        delta, n = shifts[client_id]
+        body = update_body(client_id, 1, shifted(weights, delta), num_examples=n)
+        assert app.post("/receive", content=body, headers=MSGPACK).status_code == 200
+    digest = hashlib.sha256(b"b").hexdigest()[:32]
+    (journalled,) = (state_dir / "updates" / "1").glob(f"{digest}-*.msgpack")
+    with open(journalled, "r+b") as file:  # a sector garbled on disk after the reply
+        file.seek(4096)
+        file.write(b"\xff" * 64)
+    delta, n = shifts["c"]
+    body = update_body("c", 1, shifted(weights, delta), num_examples=n)
+    assert app.post("/receive", content=body, headers=MSGPACK).status_code == 200
+    wait_for(app, lambda s: s["round"] == 2)
+    (row,) = app.get("/history").json()
+    assert row["participants"] == ["a", "c"]
+    assert row["num_examples"] == 7
+    _, new = global_model(app)
+    mean_shift = (1.0 * 2 + 4.0 * 5) / 7
+    for name, array in weights.items():
+        expected = (array.astype(np.float64) + mean_shift).astype(array.dtype)
+        np.testing.assert_allclose(new[name], expected, rtol=1e-6, atol=1e-6)
+    assert "unreadable" in caplog.text
+    assert "['b']" in caplog.text
