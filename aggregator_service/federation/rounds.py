@@ -24,14 +24,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
+from aggregator_service.federation.history import brief, history_row
 from aggregator_service.federation.ingest import round_updates
 from aggregator_service.federation.publish import Publications, model_digest, publish_round
 from aggregator_service.federation.selection import select_clients
-from aggregator_service.federation.state import FederationState, RoundState, UpdateRecord
+from aggregator_service.federation.state import FederationState, RoundState
 from aggregator_service.store.run_store import RunStore
 from aggregator_service.strategy import ClientUpdate, Strategy
 from shared.evaluation import EvalResult
@@ -248,7 +249,7 @@ class RoundLoop:
                 *(r for r in self.state.history if r["round"] != server_round),
                 row,
             ]
-        log.info("round %d closed: %s", server_round, _brief(row))
+        log.info("round %d closed: %s", server_round, brief(row))
         if server_round >= self.state.config.num_rounds:
             self._finish(server_round, new_weights)
             return
@@ -301,49 +302,8 @@ class RoundLoop:
         self.publications.announce(published)
 
 
-def history_row(
-    current: RoundState,
-    records: list[UpdateRecord],
-    evaluation: EvalResult | None,
-    *,
-    model_sha256: str,
-) -> dict[str, Any]:
-    """Summarise a closed round for /history (`model_sha256`: of the new global model)."""
-    total = sum(r.num_examples for r in records)
-    losses = [
-        (r.metrics["train_loss"], r.num_examples) for r in records if "train_loss" in r.metrics
-    ]
-    train_loss = sum(loss * n for loss, n in losses) / sum(n for _, n in losses) if losses else None
-    return {
-        "round": current.server_round,
-        "attempts": current.attempt + 1,
-        "participants": sorted(r.client_id for r in records),
-        "num_examples": total,
-        "train_loss": train_loss,
-        "eval_loss": evaluation.loss if evaluation else None,
-        "eval_accuracy": evaluation.accuracy if evaluation else None,
-        "bytes_in": sum(r.nbytes for r in records),
-        "bytes_out": current.bytes_out,
-        "duration_s": round(time.monotonic() - current.started_at, 4),
-        "finished_at": time.time(),
-        "model_sha256": model_sha256,
-        "clients": {
-            r.client_id: {"num_examples": r.num_examples, **r.metrics}
-            for r in sorted(records, key=lambda r: r.client_id)
-        },
-    }
-
-
 def _noting(updates: Iterator[ClientUpdate], read: set[str]) -> Iterator[ClientUpdate]:
     """Pass `updates` on, adding each one's client id to `read`."""
     for update in updates:
         read.add(update.client_id)
         yield update
-
-
-def _brief(row: Mapping[str, Any]) -> str:
-    acc = row["eval_accuracy"]
-    acc_text = f"{acc:.4f}" if acc is not None else "n/a"
-    return (
-        f"{len(row['participants'])} updates, {row['num_examples']} examples, accuracy {acc_text}"
-    )

@@ -1,0 +1,58 @@
+"""Tests of aggregator_service/federation/history.py: the rows of /history."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from aggregator_service.federation.history import history_row, metric_summary
+from aggregator_service.federation.state import RoundState, UpdateRecord
+from shared.evaluation import EvalResult
+
+
+def _records() -> list[UpdateRecord]:
+    return [
+        UpdateRecord("a", 10, {"train_loss": 1.0, "local_accuracy": 0.5}, 100),
+        UpdateRecord("b", 30, {"train_loss": 2.0, "local_accuracy": 0.9}, 200),
+        UpdateRecord("c", 60, {"train_loss": 0.5}, 300),
+    ]
+
+
+def test_metrics_are_summarised_by_hand_computed_weighted_means() -> None:
+    summary = metric_summary(_records())
+    # train_loss: (10*1 + 30*2 + 60*0.5) / 100 = 1.0
+    assert summary["train_loss"]["mean"] == pytest.approx(1.0)
+    # variance: (10*0 + 30*1 + 60*0.25) / 100 = 0.45
+    assert summary["train_loss"]["std"] == pytest.approx(math.sqrt(0.45))
+    assert (summary["train_loss"]["min"], summary["train_loss"]["max"]) == (0.5, 2.0)
+    assert summary["train_loss"]["clients"] == 3
+    # reported by a and b only: (10*0.5 + 30*0.9) / 40 = 0.8
+    assert summary["local_accuracy"]["mean"] == pytest.approx(0.8)
+    assert summary["local_accuracy"]["clients"] == 2
+
+
+def test_a_row_carries_the_summary_the_participants_and_the_model_hash() -> None:
+    current = RoundState(4, "aggregating", attempt=1)
+    row = history_row(current, _records(), EvalResult(0.3, 0.91, 1000), model_sha256="ab" * 32)
+    assert row["round"] == 4
+    assert row["attempts"] == 2
+    assert row["participants"] == ["a", "b", "c"]
+    assert row["num_examples"] == 100
+    assert row["train_loss"] == pytest.approx(1.0)
+    assert row["metrics"]["local_accuracy"]["mean"] == pytest.approx(0.8)
+    assert row["eval_accuracy"] == 0.91
+    assert row["bytes_in"] == 600
+    assert row["model_sha256"] == "ab" * 32
+    assert row["clients"]["b"] == {"num_examples": 30, "train_loss": 2.0, "local_accuracy": 0.9}
+
+
+def test_a_round_without_metrics_has_an_empty_summary() -> None:
+    row = history_row(
+        RoundState(1, "aggregating"),
+        [UpdateRecord("a", 5, {}, 10)],
+        None,
+        model_sha256="00" * 32,
+    )
+    assert row["metrics"] == {}
+    assert row["train_loss"] is None
