@@ -15,8 +15,8 @@ from client_worker.feed import ModelFeed
 from client_worker.local_model import ModelPool
 from client_worker.network import Sleep
 from client_worker.settings import WorkerSettings
+from client_worker.slots import TrainingSlots
 from client_worker.summary import Activity, WorkerSummary
-from client_worker.train import TrainingSlots
 from client_worker.worker import run_worker
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config

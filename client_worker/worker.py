@@ -31,8 +31,9 @@ from client_worker.local_model import LocalModel, ModelPool
 from client_worker.network import NetworkSimulator, Sleep, event_sleep
 from client_worker.retry import Backoff
 from client_worker.settings import WorkerSettings
+from client_worker.slots import TrainingSlots
 from client_worker.summary import Activity, WorkerSummary
-from client_worker.train import TrainConfig, TrainingInterrupted, TrainingSlots, derive_seed
+from client_worker.train import TrainConfig, TrainingInterrupted, derive_seed
 from client_worker.transport import AggregatorClient, WeightsReply
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config
