@@ -59,7 +59,7 @@ class BatchSource:
             images.to(self.device, non_blocking=True),
             labels.to(self.device, non_blocking=True),
         )
-        event = torch.cuda.Event()
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
         event.record()
         self._pinned[self._turn] = (host_images, host_labels, event)
         self._turn = (self._turn + 1) % _PINNED_BUFFERS

@@ -103,7 +103,7 @@ class GpuGate:
 @contextlib.contextmanager
 def _own_stream(device: torch.device) -> Iterator[None]:
     """Run the body in a new CUDA stream, then wait for the work queued in it."""
-    stream = torch.cuda.Stream(device)
+    stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
     stream.wait_stream(torch.cuda.current_stream(device))  # the weights were loaded there
     with torch.cuda.stream(stream):
         yield

@@ -262,7 +262,7 @@ def _step(
         hooks.transform_gradients(model)
         optimizer.step()
         return loss.detach()
-    scaler.scale(total).backward()
+    torch.autograd.backward(scaler.scale(total))
     scaler.unscale_(optimizer)  # the hooks see the true gradients
     hooks.transform_gradients(model)
     scaler.step(optimizer)  # skipped when a gradient overflowed in fp16
