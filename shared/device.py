@@ -2,16 +2,19 @@
 
 "auto" is the first CUDA device when torch sees one, else the CPU. A CUDA device that
 is asked for but absent is a `ConfigError` naming it, raised when the process starts
-rather than at the first batch.
+rather than at the first batch. Checking a name needs no torch: the aggregator's settings
+import this module without it.
 """
 
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DEVICE_PATTERN", "check_device_name", "resolve_device"]
 
@@ -28,6 +31,8 @@ def check_device_name(name: str) -> str:
 
 def resolve_device(name: str) -> torch.device:
     """Return the torch device `name` stands for; raise ConfigError if it is not here."""
+    import torch  # here: checking a name needs no torch
+
     check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
