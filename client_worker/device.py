@@ -26,7 +26,6 @@ __all__ = [
     "GpuSharing",
     "Precision",
     "free_device_memory",
-    "is_out_of_memory",
 ]
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -108,11 +107,6 @@ def _own_stream(device: torch.device) -> Iterator[None]:
     with torch.cuda.stream(stream):
         yield
     stream.synchronize()
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Tell whether `exc` is the device running out of memory (torch.cuda.OutOfMemoryError)."""
-    return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 def free_device_memory(device: torch.device) -> None:
