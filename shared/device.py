@@ -42,7 +42,7 @@ def resolve_device(name: str) -> torch.device:
     if not torch.cuda.is_available():
         raise ConfigError(
             f"device {name!r} was asked for but CUDA is not available "
-            "(no GPU, no driver, or a CPU-only torch build); use --device cpu or auto"
+            "(no GPU, no driver, or a CPU-only torch build); choose cpu or auto"
         )
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
