@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F  # noqa: N812
 from pydantic import ValidationError
 
 from aggregator_service.settings import AggregatorSettings
+from client_worker import batches
 from client_worker.batches import BatchSource
 from client_worker.device import DevicePlan, GpuGate, free_device_memory
 from client_worker.settings import WorkerSettings
@@ -153,3 +155,51 @@ def test_the_server_evaluator_refuses_a_missing_gpu(monkeypatch: pytest.MonkeyPa
     _fake_cuda(monkeypatch, False, 0)
     with pytest.raises(ConfigError, match="'cuda:0'"):
         ServerEvaluator(load_config(overrides={"dataset": "synthetic"}), "cuda:0")
+
+
+class _FakeEvent:
+    """Stands in for torch.cuda.Event: counts the waits for a copy to end."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def record(self) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        self.waits += 1
+
+
+def _as_if_on_cuda(monkeypatch: pytest.MonkeyPatch) -> list[_FakeEvent]:
+    """Make a CPU plan take the CUDA branches of BatchSource (unpinned buffers, fake events)."""
+    events: list[_FakeEvent] = []
+
+    def event() -> _FakeEvent:
+        events.append(_FakeEvent())
+        return events[-1]
+
+    def host_pair(images: torch.Tensor, labels: torch.Tensor, rows: int) -> Any:
+        return torch.empty((rows, *images.shape[1:])), torch.empty(rows, dtype=labels.dtype), None
+
+    monkeypatch.setattr(DevicePlan, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(torch.cuda, "Event", event)
+    monkeypatch.setattr(batches, "_pinned_pair", host_pair)
+    return events
+
+
+@pytest.mark.parametrize("budget", [0, 1 << 20])
+def test_batches_through_the_device_paths_are_the_examples_asked_for(
+    monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    events = _as_if_on_cuda(monkeypatch)
+    images, labels = torch.randn(10, 1, 2, 2), torch.arange(10)
+    source = BatchSource(images, labels, DevicePlan(data_budget_bytes=budget), 4)
+    assert source.on_device == (budget > 0)
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    for first in range(0, 10, 4):  # batches of 4, 4, 2
+        ids = order[first : first + 4]
+        x, y = source.batch(ids)
+        assert torch.equal(x, images[ids])
+        assert torch.equal(y, labels[ids])
+    # Through the host buffers: the first one's copy is awaited before its second batch.
+    assert [e.waits for e in events] == ([] if budget else [1, 0, 0])
