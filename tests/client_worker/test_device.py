@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -203,3 +205,25 @@ def test_batches_through_the_device_paths_are_the_examples_asked_for(
         assert torch.equal(y, labels[ids])
     # Through the host buffers: the first one's copy is awaited before its second batch.
     assert [e.waits for e in events] == ([] if budget else [1, 0, 0])
+
+
+def test_sequential_sharing_trains_one_client_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(DevicePlan, "is_cuda", property(lambda self: True))
+    gate = GpuGate(DevicePlan(), "sequential")
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def work() -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+
+    threads = [threading.Thread(target=gate.run, args=(work,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == [1]
