@@ -23,6 +23,7 @@ from aggregator_service.api.auth import Access
 from aggregator_service.malloc import cap_malloc_arenas
 from aggregator_service.settings import AggregatorSettings
 from shared.config import load_config, parse_overrides
+from shared.device import resolve_device
 from shared.errors import ConfigError, TributaryError
 
 __all__ = ["main"]
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cap glibc's malloc arenas (default 2; 0: glibc's own limit; MALLOC_ARENA_MAX wins)",
     )
     parser.add_argument("--log-level")
+    parser.add_argument(
+        "--eval-device", help="server-side evaluation on auto, cpu (default), cuda or cuda:N"
+    )
     _add_security_args(parser)
     return parser.parse_args(argv)
 
@@ -131,6 +135,8 @@ def prepare(argv: list[str] | None) -> tuple[AggregatorSettings, uvicorn.Server]
     config = load_config(settings.config, parse_overrides(args.set))
     Access.from_settings(settings)  # the tokens, before anything slow
     _check_tls(settings)
+    if config.server_eval:
+        resolve_device(settings.eval_device)  # a CUDA device that is not here: exit 2 now
     server: uvicorn.Server | None = None
 
     def stop_when_finished() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.device import check_device_name
 
 __all__ = ["AggregatorSettings"]
 
@@ -39,6 +41,9 @@ class AggregatorSettings(BaseSettings):
     log_level: str = "info"
     access_log: bool = True  # one log line per HTTP request
     malloc_arenas: int = Field(2, ge=0)  # glibc malloc arenas at most; 0 = glibc's default
+    # Server-side evaluation (config server_eval): auto | cpu | cuda | cuda:N. The CPU by
+    # default: a GPU on the aggregator's machine is usually the workers'.
+    eval_device: str = "cpu"
 
     # Authentication: off (anyone may take part) unless a tokens file is given.
     tokens_file: Path | None = None  # `client_id: token` lines (docs/security.md)
@@ -48,6 +53,11 @@ class AggregatorSettings(BaseSettings):
     # TLS: serve HTTPS when both are given.
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    @field_validator("eval_device")
+    @classmethod
+    def _check_eval_device(cls, value: str) -> str:
+        return check_device_name(value)
 
     @model_validator(mode="after")
     def _check_pairs(self) -> AggregatorSettings:

@@ -3,13 +3,14 @@
     python -m client_worker --server http://127.0.0.1:8000 --client-id 3 [--config exp.yaml]
     python -m client_worker --server URL --client-ids 0-9 --max-rounds 2
     python -m client_worker --server URL --client-ids 0-4 --train-slots 1
+    python -m client_worker --server URL --client-ids 0-7 --device cuda --precision bf16
 
 SIGTERM or SIGINT asks the worker(s) to stop: training is abandoned between two batches,
 a post in flight completes (for up to `stop_grace_s` seconds), a client idle in a long
 poll is not waited for, and the process exits 0. A second signal exits at once.
 Exit codes: 0 done or stopped, 1 the aggregator stayed unreachable, 2 a fatal error (the
 server refused the update or the token (401/403), its TLS certificate did not verify, or a
-bad config, token file, CA bundle or dataset).
+bad config, token file, CA bundle or dataset, or a CUDA device that is not there).
 """
 
 from __future__ import annotations
@@ -81,9 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="this client's bearer token, or 'client_id: token' lines (or TRIBUTARY_WORKER_TOKEN)",
     )
     parser.add_argument("--ca-bundle", help="CA certificates (PEM) to verify the aggregator with")
+    _add_device_args(parser)
     parser.add_argument("--check", action="store_true", help="GET /healthz once and exit 0/1")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
+
+
+def _add_device_args(parser: argparse.ArgumentParser) -> None:
+    device = parser.add_argument_group("devices and GPUs (docs/worker.md)")
+    device.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    device.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default fp32")
+    device.add_argument(
+        "--gpu-sharing",
+        choices=["sequential", "streams"],
+        help="virtual clients on one GPU: one after another (default) or a CUDA stream each",
+    )
+    device.add_argument(
+        "--device-data-budget-mb",
+        type=int,
+        help="on CUDA, hold a partition up to this size on the device (default 1024)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,11 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(settings.config_path, parse_overrides(args.overrides))
         client_ids = _parse_client_ids(args.client_ids) if args.client_ids else None
         _check_credentials(settings, client_ids)
+        plan = settings.device_plan()  # a CUDA device that is not there fails here
     except (TributaryError, ValidationError) as exc:
         return _fail(2, f"invalid settings: {exc}")
     if args.check:
         return _check(settings)
     torch.set_num_threads(settings.torch_threads)  # once, for every client of the process
+    _log.info("training on %s in %s", plan.device, plan.precision)
     stop = threading.Event()
     _install_signal_handlers(stop)
 
@@ -121,7 +141,7 @@ def _settings_fields(args: argparse.Namespace) -> dict[str, Any]:
     """Return the flags that were given, as WorkerSettings fields (the rest: env/defaults)."""
     names = ["server_url", "client_id", "partition_id", "num_partitions", "config_path"]
     names += ["max_rounds", "train_slots", "data_dir", "download", "token_file", "ca_bundle"]
-    names += ["state_dir"]
+    names += ["state_dir", "device", "precision", "gpu_sharing", "device_data_budget_mb"]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -27,7 +27,8 @@ import numpy as np
 from torch import nn
 
 from client_worker.replies import WeightsReply
-from client_worker.train import SLOT_POLL_S, TrainingInterrupted, seeded_global_rng
+from client_worker.slots import SLOT_POLL_S
+from client_worker.train import TrainingInterrupted, seeded_global_rng
 from shared.data import Dataset
 from shared.models import build_model, load_numpy_state, model_spec
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Literal
 
 import httpx
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from client_worker.device import MIB, DevicePlan
 from shared.config import ExperimentConfig
+from shared.device import check_device_name, resolve_device
 from shared.errors import ConfigError
 
 __all__ = ["WorkerSettings"]
@@ -64,11 +67,27 @@ class WorkerSettings(BaseSettings):
     # variate, ...): one directory per client id. None keeps it in memory only.
     state_dir: Path | None = Path("worker-state")
 
+    # Where training runs (docs/worker.md, "Devices and GPUs"): auto is the first CUDA
+    # device when torch sees one, else the CPU. fp16 needs CUDA; bf16 also runs on a CPU.
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # On CUDA: a partition of at most this many MiB is held on the device for the training;
+    # a larger one goes through pinned host buffers. 0: always through pinned buffers.
+    device_data_budget_mb: int = Field(1024, ge=0)
+    # On CUDA: virtual clients train on the GPU one after another, or together in a CUDA
+    # stream each.
+    gpu_sharing: Literal["sequential", "streams"] = "sequential"
+
     # Authentication and TLS (docs/security.md). The token comes from a file or the
     # environment (TRIBUTARY_WORKER_TOKEN), never from a command-line flag.
     token: SecretStr | None = None
     token_file: Path | None = None  # one token, or `client_id: token` lines
     ca_bundle: Path | None = None  # PEM CA certificates that sign the aggregator's certificate
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        return check_device_name(value)
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> WorkerSettings:
@@ -140,6 +159,14 @@ class WorkerSettings(BaseSettings):
     def resolved_seed(self, config: ExperimentConfig) -> int:
         """Return the seed of this worker's own randomness, defaulting to the config's."""
         return self.seed if self.seed is not None else config.seed
+
+    def device_plan(self) -> DevicePlan:
+        """Return where and how to train; raise ConfigError if the device is not here."""
+        return DevicePlan(
+            device=resolve_device(self.device),
+            precision=self.precision,
+            data_budget_bytes=self.device_data_budget_mb * MIB,
+        )
 
     def experiment_for_worker(self, config: ExperimentConfig) -> ExperimentConfig:
         """Return `config` with this worker's data_dir and download applied."""

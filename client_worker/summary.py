@@ -21,6 +21,7 @@ class WorkerSummary:
     rounds_skipped: int = 0  # selected but sat out (simulated dropout, empty partition)
     rounds_crashed: int = 0  # simulated crash mid-training
     rounds_rejected: int = 0  # 409 stale_round / not_selected
+    rounds_failed: int = 0  # training ran out of device memory (CUDA): no update sent
     examples_trained: int = 0  # examples processed over all epochs of all trained rounds
     train_seconds: float = 0.0
     bytes_up: int = 0
@@ -34,7 +35,8 @@ class WorkerSummary:
             f"client {self.client_id} {self.outcome}: partition {self.partition_id} "
             f"({self.num_examples} examples), trained {self.rounds_trained} rounds, "
             f"skipped {self.rounds_skipped}, crashed {self.rounds_crashed}, rejected "
-            f"{self.rounds_rejected}, {self.examples_trained} examples in "
+            f"{self.rounds_rejected}, failed {self.rounds_failed}, "
+            f"{self.examples_trained} examples in "
             f"{self.train_seconds:.1f} s, sent {self.bytes_up / 1e6:.2f} MB, received "
             f"{self.bytes_down / 1e6:.2f} MB, last round {self.last_round}"
         )

@@ -5,8 +5,8 @@ a seeded `torch.Generator`, and a model that draws from torch's process-wide gen
 (dropout) trains inside a forked, seeded copy of it, so the caller's RNG state is left
 as it was. A client algorithm (client_worker.algorithms: FedProx, ...) joins the loop
 through `TrainingHooks`: a term added to each step's loss and a transform of the gradients
-before the optimizer step. `TrainingSlots` bounds how many virtual clients of one process
-train at once.
+before the optimizer step. A `DevicePlan` (client_worker.device) says where and in which
+precision it trains; on the CPU in fp32 (the default) the loop is the plain one.
 """
 
 from __future__ import annotations
@@ -14,22 +14,23 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from client_worker.batches import BatchSource
+from client_worker.device import DevicePlan
+
 __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingHooks",
     "TrainingInterrupted",
-    "TrainingSlots",
     "derive_seed",
     "seeded_global_rng",
     "train",
@@ -47,8 +48,6 @@ _GLOBAL_RNG_MODULES = (
 # torch has one process-wide CPU generator: threads (virtual clients) that fork and seed
 # it must take turns, or one thread's draws would land in another's stream.
 _GLOBAL_RNG_LOCK = threading.Lock()
-T = TypeVar("T")
-SLOT_POLL_S = 0.1  # how often a client waiting for a training slot looks at its stop event
 
 
 class TrainingInterrupted(Exception):
@@ -106,6 +105,7 @@ class TrainResult:
     train_seconds: float  # wall time of the training loop
     train_cpu_seconds: float  # CPU time of the training thread over the same loop
     examples_per_second: float  # examples processed over all epochs / train_seconds
+    gpu_peak_mb: float | None = None  # CUDA: the device's peak allocated MiB (None on CPU)
 
 
 class TrainingHooks(Protocol):
@@ -133,59 +133,13 @@ class _NoHooks:
 _NO_HOOKS = _NoHooks()
 
 
-class TrainingSlots:
-    """At most `slots` trainings at a time among the clients sharing this object (None: any).
-
-    With a limit, each training runs on one of `slots` threads of its own (under the name of
-    the client's thread, for its log lines): the C allocator keeps freed memory in an arena
-    per thread, and with every virtual client's thread training, 10 ResNet18 clients on one
-    slot kept 1.4 GB more than this (docs/worker.md).
-    """
-
-    def __init__(self, slots: int | None = None) -> None:
-        if slots is not None and slots < 1:
-            raise ValueError(f"train_slots must be at least 1 (or None for no limit); got {slots}")
-        self.slots = slots
-        self._threads = (
-            ThreadPoolExecutor(slots, thread_name_prefix="train-slot")
-            if slots is not None
-            else None
-        )
-
-    def run(self, work: Callable[[], T], stop: threading.Event | None = None) -> T:
-        """Run `work` on a slot's thread, first come first served; return what it returns.
-
-        The slot's thread goes from one training straight to the next waiting one, with no
-        hand-over between threads (and of the GIL) in between. A `stop` set while the work
-        still waits for a slot raises `TrainingInterrupted(0)` (nothing was trained); once
-        it runs, the work watches `stop` itself.
-        """
-        if self._threads is None:
-            return work()
-        caller = threading.current_thread().name
-        future = self._threads.submit(_run_named, caller, work)
-        while True:
-            try:
-                return future.result(timeout=SLOT_POLL_S)
-            except TimeoutError:
-                if stop is not None and stop.is_set() and future.cancel():
-                    raise TrainingInterrupted(0) from None
-
-
-def _run_named(name: str, work: Callable[[], T]) -> T:
-    """Run `work` on this thread under the thread name `name`, then restore its own."""
-    thread = threading.current_thread()
-    own, thread.name = thread.name, name
-    try:
-        return work()
-    finally:
-        thread.name = own
-
-
 @contextlib.contextmanager
-def seeded_global_rng(seed: int) -> Iterator[None]:
-    """Run the body with torch's CPU generator forked and seeded, one thread at a time."""
-    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+def seeded_global_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run the body with torch's generator (CPU, and `device`'s on CUDA) forked and seeded."""
+    devices = []
+    if device is not None and device.type == "cuda":
+        devices = [torch.cuda.current_device() if device.index is None else device.index]
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
 
@@ -205,22 +159,27 @@ def train(
     stop: threading.Event | None = None,
     max_batches: int | None = None,
     hooks: TrainingHooks | None = None,
+    plan: DevicePlan | None = None,
 ) -> TrainResult:
     """Train `model` in place for E local epochs; deterministic for a given seed.
 
     `hooks` (a client algorithm) add a loss term and transform the gradients at each step.
+    `plan` (default: CPU, fp32) moves the model to its device and sets the precision.
     `stop` set, or `max_batches` SGD steps done, abandons training between two batches
     with `TrainingInterrupted` (the model is then partly trained and should be discarded).
     """
     num_examples = _check_data(images, labels)
+    plan = plan if plan is not None else DevicePlan()
+    if plan.is_cuda:
+        model.to(plan.device)
     uses_global_rng = any(isinstance(m, _GLOBAL_RNG_MODULES) for m in model.modules())
-    guard = seeded_global_rng(seed) if uses_global_rng else contextlib.nullcontext()
+    guard = seeded_global_rng(seed, plan.device) if uses_global_rng else contextlib.nullcontext()
+    plan.reset_peak_memory()
     start, start_cpu = time.perf_counter(), time.thread_time()
     hooks = hooks if hooks is not None else _NO_HOOKS
     with guard:
-        train_loss, steps = _run_epochs(
-            model, images, labels, config, seed, stop, max_batches, hooks
-        )
+        source = BatchSource(images, labels, plan, config.batch_size)
+        train_loss, steps = _run_epochs(model, source, config, seed, stop, max_batches, hooks, plan)
     seconds = time.perf_counter() - start
     cpu_seconds = time.thread_time() - start_cpu  # this thread only: not other clients'
     seen = num_examples * config.local_epochs
@@ -231,6 +190,7 @@ def train(
         train_seconds=seconds,
         train_cpu_seconds=cpu_seconds,
         examples_per_second=seen / seconds if seconds > 0 else 0.0,
+        gpu_peak_mb=plan.peak_memory_mb(),
     )
 
 
@@ -247,13 +207,13 @@ def _check_data(images: torch.Tensor, labels: torch.Tensor) -> int:
 
 def _run_epochs(
     model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    source: BatchSource,
     config: TrainConfig,
     seed: int,
     stop: threading.Event | None,
     max_batches: int | None,
     hooks: TrainingHooks,
+    plan: DevicePlan,
 ) -> tuple[float, int]:
     """Run the SGD epochs; return the mean loss of the last one and the steps taken."""
     generator = torch.Generator().manual_seed(seed)
@@ -261,19 +221,20 @@ def _run_epochs(
     optimizer = torch.optim.SGD(
         trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    num_examples = labels.shape[0]
+    scaler = plan.grad_scaler()
+    num_examples = source.labels.shape[0]
     batches_done = 0
-    epoch_loss = torch.zeros(())
+    epoch_loss = torch.zeros((), device=plan.device)
     model.train()
     try:
         for _epoch in range(config.local_epochs):
             order = torch.randperm(num_examples, generator=generator)
-            epoch_loss = torch.zeros(())
+            epoch_loss = torch.zeros((), device=plan.device)
             for first in range(0, num_examples, config.batch_size):
                 if (stop is not None and stop.is_set()) or batches_done == max_batches:
                     raise TrainingInterrupted(batches_done)
                 batch = order[first : first + config.batch_size]
-                loss = _step(model, optimizer, images[batch], labels[batch], hooks)
+                loss = _step(model, optimizer, *source.batch(batch), hooks, plan, scaler)
                 epoch_loss += loss * batch.numel()
                 batches_done += 1
     finally:
@@ -287,12 +248,23 @@ def _step(
     images: torch.Tensor,  # (B, C, H, W)
     labels: torch.Tensor,  # (B,)
     hooks: TrainingHooks,
+    plan: DevicePlan,
+    scaler: torch.amp.GradScaler | None,
 ) -> torch.Tensor:
     """Take one SGD step and return the batch's mean cross-entropy (detached)."""
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(images), labels)
+    with plan.autocast():
+        loss = F.cross_entropy(model(images), labels)
     extra = hooks.extra_loss(model)
-    torch.autograd.backward(loss if extra is None else loss + extra)
+    total = loss if extra is None else loss + extra
+    if scaler is None:
+        torch.autograd.backward(total)
+        hooks.transform_gradients(model)
+        optimizer.step()
+        return loss.detach()
+    torch.autograd.backward(scaler.scale(total))
+    scaler.unscale_(optimizer)  # the hooks see the true gradients
     hooks.transform_gradients(model)
-    optimizer.step()
+    scaler.step(optimizer)  # skipped when a gradient overflowed in fp16
+    scaler.update()
     return loss.detach()

@@ -11,12 +11,13 @@ import threading
 
 import httpx
 
+from client_worker.device import GpuGate
 from client_worker.feed import ModelFeed
 from client_worker.local_model import ModelPool
 from client_worker.network import Sleep
 from client_worker.settings import WorkerSettings
+from client_worker.slots import TrainingSlots
 from client_worker.summary import Activity, WorkerSummary
-from client_worker.train import TrainingSlots
 from client_worker.worker import run_worker
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config
@@ -38,11 +39,13 @@ def run_virtual_clients(
     """Run several clients in this process, one thread each, sharing one loaded dataset.
 
     Client k trains on partition k; at most `settings.train_slots` of them train at the
-    same time. The first error of any client stops all of them and is raised once every
-    thread has ended.
+    same time, on one device (`settings.gpu_sharing` says how they share a GPU); one
+    that runs out of GPU memory skips that round and the others go on. The first error of
+    any client stops all of them and is raised once every thread has ended.
     """
     stop = stop if stop is not None else threading.Event()
     slots = TrainingSlots(settings.train_slots)  # one for the process: shared by every client
+    gate = GpuGate(settings.device_plan(), settings.gpu_sharing)  # and one device
     feed = ModelFeed()  # one download of each global model for every client
     config = settings.experiment_for_worker(config)
     if dataset is None:
@@ -68,6 +71,7 @@ def run_virtual_clients(
                 slots=slots,
                 feed=feed,
                 models=models,
+                gate=gate,
             )
         except BaseException as exc:  # handed to the caller below
             errors.append(exc)

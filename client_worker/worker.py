@@ -25,14 +25,16 @@ import torch
 
 from client_worker.algorithms import AlgorithmSession, RoundContext
 from client_worker.algorithms.local_round import LocalUpdate, train_round
+from client_worker.device import GpuGate, free_device_memory
 from client_worker.errors import StopRequested, UpdateRejected
 from client_worker.feed import ModelFeed
 from client_worker.local_model import LocalModel, ModelPool
 from client_worker.network import NetworkSimulator, Sleep, event_sleep
 from client_worker.retry import Backoff
 from client_worker.settings import WorkerSettings
+from client_worker.slots import TrainingSlots
 from client_worker.summary import Activity, WorkerSummary
-from client_worker.train import TrainConfig, TrainingInterrupted, TrainingSlots, derive_seed
+from client_worker.train import TrainConfig, TrainingInterrupted, derive_seed
 from client_worker.transport import AggregatorClient, WeightsReply
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config
@@ -58,6 +60,7 @@ def run_worker(
     slots: TrainingSlots | None = None,
     feed: ModelFeed | None = None,
     models: ModelPool | None = None,
+    gate: GpuGate | None = None,
 ) -> WorkerSummary:
     """Run one client until the federation finishes, max_rounds are trained, or `stop`.
 
@@ -66,8 +69,10 @@ def run_worker(
     whether a stop must wait for a round in progress; `slots` (shared by virtual clients,
     default: the settings' train_slots) bounds the trainings at once; `feed` (shared by
     virtual clients) downloads each global model once for all of them; `models` (shared by
-    virtual clients, default: one module of its own) lends the module to train. Server
-    errors that a retry cannot heal propagate as `FatalServerError`.
+    virtual clients, default: one module of its own) lends the module to train; `gate`
+    (shared by virtual clients, default: from the settings) says on which device they train
+    and how they share a GPU. Server errors that a retry cannot heal propagate as
+    `FatalServerError`; a training that runs out of GPU memory only skips that round.
     """
     config = settings.experiment_for_worker(config)
     if dataset is None:
@@ -76,18 +81,20 @@ def run_worker(
     activity = activity if activity is not None else Activity()
     slots = slots if slots is not None else TrainingSlots(settings.train_slots)
     models = models if models is not None else ModelPool(dataset)
-    parts = _Shared(activity, slots, feed, models)
+    gate = gate if gate is not None else GpuGate(settings.device_plan(), settings.gpu_sharing)
+    parts = _Shared(activity, slots, feed, models, gate)
     return _Worker(settings, config, dataset, stop, transport, sleep, parts).run()
 
 
 @dataclass(frozen=True)
 class _Shared:
-    """What the clients of a process share: activity, training slots, feed, model pool."""
+    """What the clients of a process share: activity, slots, feed, model pool, GPU gate."""
 
     activity: Activity
     slots: TrainingSlots
     feed: ModelFeed | None
     models: ModelPool
+    gate: GpuGate
 
 
 class _Worker:
@@ -142,6 +149,7 @@ class _Worker:
         self.activity = shared.activity
         self.slots = shared.slots
         self.feed = shared.feed
+        self.gate = shared.gate
         shared.activity.track(self.summary)
 
     def _partition(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,7 +246,7 @@ class _Worker:
         seed = derive_seed(
             int(reply.config.get("seed", self.config.seed)), self.partition_id, server_round
         )
-        accepted = False
+        accepted = out_of_memory = False
         try:
             with self.model.loaded(reply, self.stop) as model:  # held until the update is posted
                 context = RoundContext(
@@ -255,16 +263,23 @@ class _Worker:
                     seed=seed,
                     stop=self.stop,
                     max_batches=crash_at,
+                    plan=self.gate.plan,
                 )
-                update = self.slots.run(work, self.stop)  # the wait is not in train_seconds
+                # The waits for a slot and for the GPU are not in train_seconds.
+                update = self.slots.run(functools.partial(self.gate.run, work), self.stop)
                 accepted = self._post(server_round, update, train_config.local_epochs)
         except TrainingInterrupted as exc:
             self._interrupted(server_round, exc)
+        except torch.cuda.OutOfMemoryError as exc:
+            out_of_memory = True
+            self._out_of_memory(server_round, exc)
         finally:  # the algorithm's state counts only with an accepted update
             if accepted:
                 self.algorithms.commit()
             else:
                 self.algorithms.discard()
+        if out_of_memory:  # the exception and the frames holding its tensors are gone
+            free_device_memory(self.gate.plan.device)
 
     def _post(self, server_round: int, update: LocalUpdate, local_epochs: int) -> bool:
         """Post the update; tell whether the aggregator took it (a duplicate counts)."""
@@ -275,6 +290,8 @@ class _Worker:
             "train_cpu_seconds": result.train_cpu_seconds,
             "examples_per_second": result.examples_per_second,
         }
+        if result.gpu_peak_mb is not None:
+            measured["gpu_peak_mb"] = result.gpu_peak_mb
         # The aggregator refuses non-finite metrics (a diverged loss); leave them out.
         metrics = {name: value for name, value in measured.items() if math.isfinite(value)}
         if len(metrics) < len(measured):
@@ -322,6 +339,18 @@ class _Worker:
             delay,
         )
         self.network.rejoin(server_round)
+
+    def _out_of_memory(self, server_round: int, exc: BaseException) -> None:
+        self.summary.rounds_failed += 1
+        _log.error(
+            "client %s: round %d: out of memory on %s while training; the client skips the "
+            "round (fewer virtual clients per GPU, --gpu-sharing sequential, a smaller batch "
+            "or --precision bf16 use less): %s",
+            self.client_id,
+            server_round,
+            self.gate.plan.device,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
 
     def _skip(self, server_round: int, reason: str) -> None:
         self.summary.rounds_skipped += 1

@@ -40,7 +40,7 @@ def build_federation(
     for server-side evaluation.
     """
     if evaluator is None and config.server_eval:
-        evaluator = _default_evaluator(config)
+        evaluator = _default_evaluator(config, settings.eval_device)
     return Federation(settings, config, evaluator=evaluator, on_finished=on_finished)
 
 
@@ -136,9 +136,9 @@ def _log_access(access: Access, settings: AggregatorSettings) -> None:
         log.info("no admin token: the /admin endpoints are disabled")
 
 
-def _default_evaluator(config: ExperimentConfig) -> Evaluator:
+def _default_evaluator(config: ExperimentConfig, device: str) -> Evaluator:
     from aggregator_service.federation.evaluation import (
         ServerEvaluator,  # torch and the dataset: only here
     )
 
-    return ServerEvaluator(config)
+    return ServerEvaluator(config, device)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from client_worker.algorithms.base import ClientAlgorithm, Groups, RoundContext, Weights
+from client_worker.device import DevicePlan
 from client_worker.train import TrainConfig, TrainResult, train
 from shared.errors import ConfigError
 from shared.models import state_to_numpy
@@ -36,8 +37,14 @@ def train_round(
     seed: int,
     stop: threading.Event | None = None,
     max_batches: int | None = None,
+    plan: DevicePlan | None = None,
 ) -> LocalUpdate:
-    """Train `model` (holding the global weights) through `algorithm`'s hooks."""
+    """Train `model` (holding the global weights) through `algorithm`'s hooks on `plan`'s device.
+
+    The weights sent are copied back to host memory when the model trained on a GPU.
+    """
+    if plan is not None and plan.is_cuda:
+        model.to(plan.device)  # before the hooks, which may keep copies of the weights
     algorithm.before_training(model, context)
     result = train(
         model,
@@ -48,6 +55,7 @@ def train_round(
         stop=stop,
         max_batches=max_batches,
         hooks=algorithm,
+        plan=plan,
     )
     weights = algorithm.after_training(state_to_numpy(model), result)
     groups = algorithm.groups_to_send()

@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from client_worker.slots import SLOT_POLL_S, TrainingSlots
 from client_worker.train import (
-    SLOT_POLL_S,
     TrainConfig,
     TrainingInterrupted,
-    TrainingSlots,
     derive_seed,
     seeded_global_rng,
     train,
