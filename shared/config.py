@@ -135,6 +135,10 @@ class ExperimentConfig(BaseSettings):
     weight_decay: float = Field(0.0, ge=0)
     mu: float = Field(0.0, ge=0)  # FedProx proximal weight; 0 = plain FedAvg
 
+    # personalization (shared/exchange.py): tensors each client keeps, never sent or averaged
+    local_layers: list[str] = []  # FedPer: name patterns, e.g. ["fc.*"]
+    fedbn: bool = False  # FedBN: every BatchNorm layer's parameters and statistics
+
     # federation (Flower's names)
     strategy: StrategyConfig = FedAvgConfig()  # name and typed parameters
     num_rounds: int = Field(10, ge=1)
@@ -172,7 +176,7 @@ class ExperimentConfig(BaseSettings):
     def round_config(self) -> dict[str, Any]:
         """Return the training settings the aggregator sends with each round."""
         keys = ["model", "dataset", "local_epochs", "batch_size", "lr", "momentum"]
-        keys += ["weight_decay", "mu", "seed", "num_partitions"]
+        keys += ["weight_decay", "mu", "seed", "num_partitions", "local_layers", "fedbn"]
         return {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
 
 

@@ -23,6 +23,7 @@ from aggregator_service.store.run_store import RunStore, StoreError, split_serve
 from aggregator_service.strategy import Strategy, build_strategy
 from shared.config import ExperimentConfig
 from shared.errors import ConfigError
+from shared.exchange import exchanged_names
 from shared.models import build_model, init_global_weights, model_spec
 from shared.schemas import Phase
 from shared.wire import spec_of
@@ -48,6 +49,7 @@ class Federation:
         self.store = RunStore(settings.state_dir)
         self.strategy: Strategy = build_strategy(config.strategy)
         self.publications = Publications()
+        self.exchanged: list[str] = []  # the tensors updates carry (not the clients' own)
         done_rounds, weights = self._load_or_init_model()
         self.state = self._build_state(done_rounds, weights)
         self.loop = RoundLoop(
@@ -73,6 +75,9 @@ class Federation:
         config = self.config
         model = build_model(config.model, **config.model_args())
         expected = model_spec(model)
+        self.exchanged = exchanged_names(
+            model, local_layers=config.local_layers, fedbn=config.fedbn
+        )
         checkpoint = self.store.latest_checkpoint()
         if checkpoint is None and _has_run(self.store):
             raise StoreError(
@@ -105,7 +110,7 @@ class Federation:
         published = publish_round(config, self.strategy, round_state, weights)
         state = FederationState(
             config=config,
-            spec=spec_of(weights),
+            spec=spec_of({name: weights[name] for name in self.exchanged}),
             group_specs=self.strategy.update_groups(spec_of(weights)),
             global_weights=weights,
             round_state=round_state,

@@ -231,7 +231,8 @@ class RoundLoop:
         read: set[str] = set()
         updates = _noting(round_updates(self.store, server_round), read)
         started = time.perf_counter()
-        new_weights = self.strategy.aggregate(server_round, weights, updates)
+        exchanged = {name: weights[name] for name in self.state.spec}  # not clients' own
+        new_weights = {**weights, **self.strategy.aggregate(server_round, exchanged, updates)}
         aggregate_s = time.perf_counter() - started
         if lost := sorted({r.client_id for r in records} - read):  # damaged on disk since
             log.error("round %d: the journalled updates of %s were unreadable", server_round, lost)

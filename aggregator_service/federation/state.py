@@ -103,7 +103,7 @@ class FederationState:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.config = config
-        self.spec = spec
+        self.spec = spec  # what every update carries: the model less the clients' own tensors
         self.group_specs = group_specs  # the tensor groups every update carries (protocol 2)
         self.global_weights = global_weights
         self.round = round_state

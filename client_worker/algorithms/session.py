@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from client_worker.algorithms.base import ClientAlgorithm
+from client_worker.algorithms.personal import Personalized
 from client_worker.algorithms.registry import algorithm_class
 from client_worker.algorithms.state import StateStore
+from shared.exchange import personalization
 
 __all__ = ["AlgorithmSession"]
 
@@ -29,21 +31,31 @@ class AlgorithmSession:
         self.client_id = client_id
         self.store = StateStore(state_dir, client_id) if state_dir is not None else None
         self.algorithm: ClientAlgorithm | None = None
+        self._kind: tuple[type[ClientAlgorithm], tuple[str, ...], bool] | None = None
 
     def for_round(self, config: Mapping[str, Any]) -> ClientAlgorithm:
-        """Return the algorithm the round config names, with its saved state loaded."""
+        """Return the algorithm the round config names, with its saved state loaded.
+
+        With `local_layers` or `fedbn` in the round config it is wrapped in `Personalized`,
+        which keeps this client's own tensors.
+        """
         cls = algorithm_class(config)
-        if type(self.algorithm) is not cls:
-            self.algorithm = cls()
-            state = self.store.load(cls.name) if self.store is not None else {}
+        local_layers, fedbn = personalization(config)
+        kind = (cls, local_layers, fedbn)
+        if self._kind != kind or self.algorithm is None:
+            algorithm: ClientAlgorithm = cls()
+            if local_layers or fedbn:
+                algorithm = Personalized(algorithm, local_layers=local_layers, fedbn=fedbn)
+            state = self.store.load(algorithm.name) if self.store is not None else {}
             if state:
-                self.algorithm.load_state_dict(state)
+                algorithm.load_state_dict(state)
                 _log.info(
                     "client %s: %s state restored (%d tensors)",
                     self.client_id,
-                    cls.name,
+                    algorithm.name,
                     len(state),
                 )
+            self.algorithm, self._kind = algorithm, kind
         return self.algorithm
 
     def commit(self) -> None:

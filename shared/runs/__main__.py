@@ -184,7 +184,11 @@ def _launch(
             worker.name,
             worker.argv,
             log_path=run_dir / "logs" / f"{worker.name}.log",
-            env=child_env(worker=True),
+            # client algorithms' state (personalized layers, ...) stays in the run folder
+            env={
+                **child_env(worker=True),
+                "TRIBUTARY_WORKER_STATE_DIR": str(run_dir / "worker-state"),
+            },
         )
         for worker in layout
     ]
