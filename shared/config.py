@@ -127,7 +127,12 @@ class ExperimentConfig(BaseSettings):
     partition: PartitionConfig = PartitionConfig()
 
     # model and local training (sent to the workers with every round)
-    model: str = "mlp"
+    model: str = "mlp"  # a name of shared.models.MODEL_NAMES
+    # torchvision weights ("ResNet18_Weights.IMAGENET1K_V1", from the torch hub cache) or the
+    # path of a .safetensors / torch.save'd state dict; None = a fresh seeded initialisation
+    pretrained: str | None = None
+    pretrained_download: bool = False  # fetch torchvision weights missing from the hub cache
+    trainable: list[str] = []  # fnmatch patterns of the tensors that train; [] = all of them
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.05, gt=0)
@@ -168,6 +173,14 @@ class ExperimentConfig(BaseSettings):
         if self.dataset == "cifar10":
             return {"in_channels": 3, "num_classes": 10, "image_size": 32}
         return {"in_channels": 1, "num_classes": 10, "image_size": 28}
+
+    def model_init_args(self) -> dict[str, Any]:
+        """Return init_global_weights' keyword arguments beyond the seed and the dataset."""
+        return {
+            "pretrained": self.pretrained,
+            "trainable": list(self.trainable),
+            "allow_download": self.pretrained_download,
+        }
 
     def round_config(self) -> dict[str, Any]:
         """Return the training settings the aggregator sends with each round."""
