@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 import yaml
 from pydantic import (
@@ -28,6 +28,8 @@ from shared.errors import ConfigError
 __all__ = [
     "DatasetName",
     "ExperimentConfig",
+    "ModelArgs",
+    "ModelInitArgs",
     "NetworkProfile",
     "PartitionConfig",
     "StrategyConfig",
@@ -108,6 +110,22 @@ class NetworkProfile(_Strict):
     crash: float = Field(0.0, ge=0, le=1)  # probability of crashing mid-training
 
 
+class ModelArgs(TypedDict):
+    """build_model's keyword arguments for a dataset."""
+
+    in_channels: int
+    num_classes: int
+    image_size: int
+
+
+class ModelInitArgs(TypedDict):
+    """init_global_weights' keyword arguments beyond the seed and the dataset's."""
+
+    pretrained: str | None
+    trainable: list[str]
+    allow_download: bool
+
+
 class ExperimentConfig(BaseSettings):
     """Everything that defines one federated experiment."""
 
@@ -161,7 +179,7 @@ class ExperimentConfig(BaseSettings):
             )
         return self
 
-    def model_args(self) -> dict[str, int]:
+    def model_args(self) -> ModelArgs:
         """Return build_model's keyword arguments for this dataset."""
         if self.dataset == "synthetic":
             s = self.synthetic
@@ -174,7 +192,7 @@ class ExperimentConfig(BaseSettings):
             return {"in_channels": 3, "num_classes": 10, "image_size": 32}
         return {"in_channels": 1, "num_classes": 10, "image_size": 28}
 
-    def model_init_args(self) -> dict[str, Any]:
+    def model_init_args(self) -> ModelInitArgs:
         """Return init_global_weights' keyword arguments beyond the seed and the dataset."""
         return {
             "pretrained": self.pretrained,

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from shared.config import ModelArgs
 from shared.errors import ModelError
 from shared.models import (
     MODEL_NAMES,
@@ -53,7 +54,7 @@ DIGESTS = {
 }
 
 
-def _args(shape: str) -> dict[str, int]:
+def _args(shape: str) -> ModelArgs:
     in_channels, image_size, num_classes = SHAPES[shape]
     return {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
 

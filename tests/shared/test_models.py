@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from shared.config import ModelArgs
 from shared.errors import ModelError
 from shared.models import (
     MODEL_NAMES,
@@ -23,8 +24,8 @@ from shared.models import (
 )
 from shared.wire import TensorSpec, decode_message, decode_weights, encode_message
 
-MNIST = {"in_channels": 1, "image_size": 28, "num_classes": 10}
-CIFAR = {"in_channels": 3, "image_size": 32, "num_classes": 10}
+MNIST: ModelArgs = {"in_channels": 1, "image_size": 28, "num_classes": 10}
+CIFAR: ModelArgs = {"in_channels": 3, "image_size": 32, "num_classes": 10}
 
 
 def _small_bn_net(seed: int) -> nn.Sequential:
