@@ -14,7 +14,6 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from shared.errors import ModelError
-from shared.wire import TensorSpec
 
 __all__ = ["freeze_norm_statistics", "set_trainable", "trainable_names"]
 
@@ -22,9 +21,13 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def trainable_names(
-    spec_or_model: Mapping[str, TensorSpec] | nn.Module, patterns: Sequence[str]
+    spec_or_model: Mapping[str, object] | nn.Module, patterns: Sequence[str]
 ) -> list[str]:
-    """Return the state names matching any pattern, in state order; no patterns: all names."""
+    """Return the state names matching any pattern, in state order; no patterns: all names.
+
+    `spec_or_model` is a model, its `model_spec` or any mapping keyed by its state names
+    (a numpy state, for one).
+    """
     if isinstance(spec_or_model, nn.Module):
         names = list(spec_or_model.state_dict())
     else:

@@ -108,10 +108,13 @@ def _read_hub(name: str, *, allow_download: bool) -> dict[str, torch.Tensor]:
             "or set pretrained_download: true"
         )
     logger.info("downloading pretrained weights %s from %s to %s", name, url, path)
-    state: dict[str, torch.Tensor] = torch.hub.load_state_dict_from_url(
-        url, model_dir=str(path.parent), map_location="cpu", check_hash=True, weights_only=True
-    )
-    return state
+
+    def download(path: Path) -> object:
+        return torch.hub.load_state_dict_from_url(
+            url, model_dir=str(path.parent), map_location="cpu", check_hash=True, weights_only=True
+        )
+
+    return _read(path, download)
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:

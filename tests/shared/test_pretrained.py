@@ -162,3 +162,13 @@ def test_config_fields_reach_init_global_weights(tmp_path: Path) -> None:
     )
     assert not np.array_equal(weights["0.weight"], _fresh("cnn", config.model_args())["0.weight"])
     assert load_config().model_init_args()["pretrained"] is None
+
+
+def test_failed_download_names_the_file(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(url: str, **kwargs: Any) -> dict[str, torch.Tensor]:
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(ModelError, match="Network is unreachable") as info:
+        load_pretrained(build_model("resnet18", **CIFAR), RESNET18, allow_download=True)
+    assert str(hub_path(RESNET18)) in str(info.value)
