@@ -111,7 +111,7 @@ def _mobile(factory: Factory, in_channels: int, num_classes: int, image_size: in
         new_stem = _stem_conv(
             in_channels, stem.out_channels, kernel_size=3, stride=stride, padding=1
         )
-        model.get_submodule("features.0").set_submodule("0", new_stem)
+        model.set_submodule("features.0.0", new_stem)
     return model
 
 
