@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 import yaml
 from pydantic import (
@@ -28,6 +28,8 @@ from shared.errors import ConfigError
 __all__ = [
     "DatasetName",
     "ExperimentConfig",
+    "ModelArgs",
+    "ModelInitArgs",
     "NetworkProfile",
     "PartitionConfig",
     "StrategyConfig",
@@ -108,6 +110,22 @@ class NetworkProfile(_Strict):
     crash: float = Field(0.0, ge=0, le=1)  # probability of crashing mid-training
 
 
+class ModelArgs(TypedDict):
+    """build_model's keyword arguments for a dataset."""
+
+    in_channels: int
+    num_classes: int
+    image_size: int
+
+
+class ModelInitArgs(TypedDict):
+    """init_global_weights' keyword arguments beyond the seed and the dataset's."""
+
+    pretrained: str | None
+    trainable: list[str]
+    allow_download: bool
+
+
 class ExperimentConfig(BaseSettings):
     """Everything that defines one federated experiment."""
 
@@ -127,7 +145,12 @@ class ExperimentConfig(BaseSettings):
     partition: PartitionConfig = PartitionConfig()
 
     # model and local training (sent to the workers with every round)
-    model: str = "mlp"
+    model: str = "mlp"  # a name of shared.models.MODEL_NAMES
+    # torchvision weights ("ResNet18_Weights.IMAGENET1K_V1", from the torch hub cache) or the
+    # path of a .safetensors / torch.save'd state dict; None = a fresh seeded initialisation
+    pretrained: str | None = None
+    pretrained_download: bool = False  # fetch torchvision weights missing from the hub cache
+    trainable: list[str] = []  # fnmatch patterns of the tensors that train; [] = all of them
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.05, gt=0)
@@ -160,7 +183,7 @@ class ExperimentConfig(BaseSettings):
             )
         return self
 
-    def model_args(self) -> dict[str, int]:
+    def model_args(self) -> ModelArgs:
         """Return build_model's keyword arguments for this dataset."""
         if self.dataset == "synthetic":
             s = self.synthetic
@@ -172,6 +195,14 @@ class ExperimentConfig(BaseSettings):
         if self.dataset == "cifar10":
             return {"in_channels": 3, "num_classes": 10, "image_size": 32}
         return {"in_channels": 1, "num_classes": 10, "image_size": 28}
+
+    def model_init_args(self) -> ModelInitArgs:
+        """Return init_global_weights' keyword arguments beyond the seed and the dataset."""
+        return {
+            "pretrained": self.pretrained,
+            "trainable": list(self.trainable),
+            "allow_download": self.pretrained_download,
+        }
 
     def round_config(self) -> dict[str, Any]:
         """Return the training settings the aggregator sends with each round."""

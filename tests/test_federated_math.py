@@ -8,10 +8,11 @@ from torch.nn import functional
 
 from aggregator_service.strategy.mean import WeightedMean
 from client_worker.train import TrainConfig, train
+from shared.config import ModelArgs
 from shared.models import build_model, init_global_weights, load_numpy_state, state_to_numpy
 from shared.wire import decode_message, decode_weights, encode_message, spec_of
 
-ARGS = {"in_channels": 1, "num_classes": 10, "image_size": 8}
+ARGS: ModelArgs = {"in_channels": 1, "num_classes": 10, "image_size": 8}
 
 
 def _data(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
