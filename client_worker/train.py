@@ -25,6 +25,7 @@ from torch import nn
 
 from client_worker.batches import BatchSource
 from client_worker.device import DevicePlan
+from shared.models import freeze_norm_statistics, set_trainable
 
 __all__ = [
     "TrainConfig",
@@ -67,6 +68,7 @@ class TrainConfig:
     lr: float
     momentum: float = 0.0
     weight_decay: float = 0.0  # L2 penalty applied by torch.optim.SGD
+    trainable: tuple[str, ...] = ()  # name patterns of what trains (shared/models); () = all
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1 or self.batch_size < 1:
@@ -90,6 +92,7 @@ class TrainConfig:
                 lr=float(config["lr"]),
                 momentum=float(config.get("momentum", 0.0)),
                 weight_decay=float(config.get("weight_decay", 0.0)),
+                trainable=tuple(config.get("trainable") or ()),
             )
         except KeyError as exc:
             raise ValueError(f"round config lacks the training setting {exc.args[0]!r}") from None
@@ -217,6 +220,7 @@ def _run_epochs(
 ) -> tuple[float, int]:
     """Run the SGD epochs; return the mean loss of the last one and the steps taken."""
     generator = torch.Generator().manual_seed(seed)
+    trains = set_trainable(model, config.trainable)  # frozen parameters get no gradient
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -226,6 +230,8 @@ def _run_epochs(
     batches_done = 0
     epoch_loss = torch.zeros((), device=plan.device)
     model.train()
+    if config.trainable:  # frozen BatchNorm layers keep their statistics too
+        freeze_norm_statistics(model, trains)
     try:
         for _epoch in range(config.local_epochs):
             order = torch.randperm(num_examples, generator=generator)

@@ -208,6 +208,7 @@ class ExperimentConfig(BaseSettings):
         """Return the training settings the aggregator sends with each round."""
         keys = ["model", "dataset", "local_epochs", "batch_size", "lr", "momentum"]
         keys += ["weight_decay", "mu", "seed", "num_partitions", "local_layers", "fedbn"]
+        keys += ["trainable"]
         return {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
 
 

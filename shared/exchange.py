@@ -1,5 +1,8 @@
 """Which of a model's tensors travel and are averaged, and which each client keeps.
 
+Frozen tensors (outside the `trainable` patterns, shared/models/freezing.py) neither
+travel nor change: every client has them from the global model it started from.
+
 Personalization keeps part of the model on each client: FedBN (Li et al. 2021,
 https://arxiv.org/abs/2102.07623) keeps every BatchNorm layer's parameters and statistics
 local; FedPer (Arivazhagan et al. 2019, https://arxiv.org/abs/1912.00818) keeps named
@@ -18,6 +21,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from shared.errors import ConfigError
+from shared.models import trainable_names
 
 __all__ = ["exchanged_names", "local_names", "personalization"]
 
@@ -55,10 +59,20 @@ def local_names(model: nn.Module, *, local_layers: Sequence[str], fedbn: bool) -
     return [name for name in names if name in local]
 
 
-def exchanged_names(model: nn.Module, *, local_layers: Sequence[str], fedbn: bool) -> list[str]:
-    """Return the names of the tensors updates carry and the server averages, in order."""
+def exchanged_names(
+    model: nn.Module,
+    *,
+    local_layers: Sequence[str],
+    fedbn: bool,
+    trainable: Sequence[str] = (),
+) -> list[str]:
+    """Return the names of the tensors updates carry and the server averages, in order.
+
+    Those are the tensors that train (`trainable` patterns; none: all) and are not local.
+    """
     local = set(local_names(model, local_layers=local_layers, fedbn=fedbn))
-    exchanged = [name for name in model.state_dict() if name not in local]
+    trains = set(trainable_names(model, trainable))
+    exchanged = [name for name in model.state_dict() if name in trains and name not in local]
     if not exchanged:
         raise ConfigError("every tensor of the model is local: nothing would be federated")
     return exchanged

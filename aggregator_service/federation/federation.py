@@ -76,7 +76,7 @@ class Federation:
         model = build_model(config.model, **config.model_args())
         expected = model_spec(model)
         self.exchanged = exchanged_names(
-            model, local_layers=config.local_layers, fedbn=config.fedbn
+            model, local_layers=config.local_layers, fedbn=config.fedbn, trainable=config.trainable
         )
         checkpoint = self.store.latest_checkpoint()
         if checkpoint is None and _has_run(self.store):
@@ -86,7 +86,9 @@ class Federation:
                 "the checkpoints/ directory from a backup, or use an empty --state-dir"
             )
         if checkpoint is None:
-            weights = init_global_weights(config.model, seed=config.seed, **config.model_args())
+            weights = init_global_weights(
+                config.model, seed=config.seed, **config.model_args(), **config.model_init_args()
+            )
             self.store.save_checkpoint(0, weights, self.strategy.state())
             return 0, weights
         done_rounds, tensors = checkpoint

@@ -12,7 +12,7 @@ from client_worker.algorithms.base import ClientAlgorithm, Groups, RoundContext,
 from client_worker.device import DevicePlan
 from client_worker.train import TrainConfig, TrainResult, train
 from shared.errors import ConfigError
-from shared.models import state_to_numpy
+from shared.models import state_to_numpy, trainable_names
 
 __all__ = ["LocalUpdate", "check_update_groups", "train_round"]
 
@@ -58,6 +58,9 @@ def train_round(
         plan=plan,
     )
     weights = algorithm.after_training(state_to_numpy(model), result)
+    if config.trainable:  # frozen tensors are not sent: the server keeps them as they were
+        trains = set(trainable_names(model, config.trainable))
+        weights = {name: array for name, array in weights.items() if name in trains}
     groups = algorithm.groups_to_send()
     check_update_groups(context, algorithm, groups)
     return LocalUpdate(result, weights, groups)

@@ -70,3 +70,35 @@ def test_it_wraps_the_round_algorithm_and_keeps_its_state(tmp_path: Path) -> Non
     assert isinstance(algorithm, Personalized)
     assert isinstance(algorithm.inner, FedProx)
     assert session.for_round({"strategy": "fedavg"}) is not algorithm  # no longer local
+
+
+def test_a_frozen_backbone_does_not_train_and_is_not_sent() -> None:
+    model = _two_layers(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    round_config = {"strategy": "fedavg", "trainable": ["2.*"]}
+    session = AlgorithmSession("1", None)
+    context = RoundContext(1, round_config, state_to_numpy(model))
+    images, labels = _blobs()
+    config = TrainConfig.from_round_config(
+        {"local_epochs": 1, "batch_size": 16, "lr": 0.1, "trainable": ["2.*"]}
+    )
+    update = train_round(
+        model, session.for_round(round_config), context, images, labels, config, seed=1
+    )
+    assert sorted(update.weights) == ["2.bias", "2.weight"]
+    assert torch.equal(model.state_dict()["1.weight"], before["1.weight"])  # frozen
+    assert not torch.equal(model.state_dict()["2.weight"], before["2.weight"])  # trained
+
+
+def test_a_frozen_batchnorm_keeps_its_statistics() -> None:
+    with seeded_global_rng(0):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = TrainConfig(local_epochs=1, batch_size=16, lr=0.1, trainable=("3.*",))
+    context = RoundContext(1, {"trainable": ["3.*"]}, state_to_numpy(model))
+    images, labels = _blobs()
+    plain = AlgorithmSession("2", None).for_round({})
+    update = train_round(model, plain, context, images, labels, config, seed=1)
+    assert sorted(update.weights) == ["3.bias", "3.weight"]
+    for name in ("2.running_mean", "2.running_var", "2.weight", "1.weight"):
+        assert torch.equal(model.state_dict()[name], before[name]), name

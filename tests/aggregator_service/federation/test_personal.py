@@ -44,3 +44,22 @@ def test_local_layers_are_left_out_of_updates_and_of_the_average(start_app: AppF
         else:  # (1 * 1.0 + 3 * 4.0) / 4 = 3.25
             expected = (array.astype(np.float64) + 3.25).astype(array.dtype)
             np.testing.assert_allclose(final[name], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_frozen_tensors_are_neither_taken_nor_averaged(start_app: AppFactory) -> None:
+    app = start_app(experiment(num_rounds=1, trainable=["5.*"]))
+    register(app, "a", "b")
+    wait_for(app, lambda s: s["phase"] == "training")
+    message, weights = global_model(app)
+    assert message["config"]["trainable"] == ["5.*"]
+    for client_id in ("a", "b"):
+        head = {k: v for k, v in shifted(weights, 2.0).items() if k in HEAD}
+        reply = app.post("/receive", content=update_body(client_id, 1, head), headers=MSGPACK)
+        assert reply.status_code == 200, reply.text
+    wait_for(app, lambda s: s["phase"] == "finished")
+    (row,) = app.get("/history").json()
+    assert row["bytes_in"] < 2 * 4 * (10 * 200 + 10) + 2048  # the head alone travelled
+    _, final = global_model(app)
+    for name, array in weights.items():
+        expected = array + 2.0 if name in HEAD else array
+        np.testing.assert_allclose(final[name], expected, rtol=1e-6, atol=1e-6)
