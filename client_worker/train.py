@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from shared.batches import Images
+
 __all__ = [
     "TrainConfig",
     "TrainResult",
@@ -197,7 +199,7 @@ def derive_seed(*entropy: int) -> int:
 
 def train(
     model: nn.Module,
-    images: torch.Tensor,
+    images: Images,
     labels: torch.Tensor,
     config: TrainConfig,
     *,
@@ -234,7 +236,7 @@ def train(
     )
 
 
-def _check_data(images: torch.Tensor, labels: torch.Tensor) -> int:
+def _check_data(images: Images, labels: torch.Tensor) -> int:
     if images.ndim < 2 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise ValueError(
             f"images {tuple(images.shape)} and labels {tuple(labels.shape)} must have the "
@@ -247,7 +249,7 @@ def _check_data(images: torch.Tensor, labels: torch.Tensor) -> int:
 
 def _run_epochs(
     model: nn.Module,
-    images: torch.Tensor,
+    images: Images,
     labels: torch.Tensor,
     config: TrainConfig,
     seed: int,

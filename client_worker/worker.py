@@ -34,6 +34,7 @@ from client_worker.settings import WorkerSettings
 from client_worker.summary import Activity, WorkerSummary
 from client_worker.train import TrainConfig, TrainingInterrupted, TrainingSlots, derive_seed
 from client_worker.transport import AggregatorClient, WeightsReply
+from shared.batches import ImageBatches
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config
 from shared.errors import ConfigError
@@ -144,7 +145,7 @@ class _Worker:
         self.feed = shared.feed
         shared.activity.track(self.summary)
 
-    def _partition(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _partition(self) -> tuple[ImageBatches, torch.Tensor]:
         num_partitions = self.settings.resolved_num_partitions(self.config)
         indices = client_indices(
             self.dataset.train.labels,
@@ -154,7 +155,7 @@ class _Worker:
             seed=self.config.seed,  # the same for every client: partitions stay disjoint
         )
         split = self.dataset.train.subset(indices)
-        return torch.from_numpy(split.images), torch.from_numpy(split.labels)
+        return ImageBatches.from_split(split), torch.from_numpy(split.labels)  # uint8 held
 
     # ---------------------------------------------------------------- loop
 
