@@ -25,8 +25,8 @@ _log = logging.getLogger(__name__)
 def read_npz(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
     """Return the arrays `names` from `path`, or None if it is missing or unreadable."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in names}
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as archive:
+            return {name: archive[name] for name in names}  # the file is closed on any error
     except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:

@@ -27,6 +27,7 @@ from tests.shared.fake_datasets import (
     write_mnist,
 )
 
+
 @pytest.fixture(autouse=True)
 def no_system_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Hide an installed Debian Fashion-MNIST: these tests read torchvision's layout."""
