@@ -8,6 +8,7 @@ dimension, then the product of the dimensions in bytes. http://yann.lecun.com/ex
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -16,36 +17,20 @@ import numpy as np
 
 from shared.errors import DatasetError
 
-__all__ = ["UBYTE", "read_idx", "read_idx_images", "read_idx_labels"]
+__all__ = ["MAX_BYTES", "UBYTE", "read_idx", "read_idx_images", "read_idx_labels"]
 
 UBYTE = 0x08  # the type code of unsigned bytes
 _GZIP_MAGIC = b"\x1f\x8b"
+MAX_BYTES = 1 << 32  # a header asking for more is taken as damaged, not allocated
 
 
 def read_idx(path: Path, *, ndim: int | None = None) -> np.ndarray:
     """Return the uint8 array an IDX file holds; `ndim`, if given, must match its header."""
-    raw = _read_bytes(path)
-    if len(raw) < 4:
-        raise DatasetError(f"{path}: {len(raw)} bytes, too short for an IDX header")
-    zeros, type_code, dims = struct.unpack(">HBB", raw[:4])
-    if zeros != 0 or type_code != UBYTE:
-        raise DatasetError(
-            f"{path}: bad IDX magic 0x{raw[:4].hex()}: expected 0x0000{UBYTE:02x}<ndim> "
-            "(unsigned bytes)"
-        )
-    if ndim is not None and dims != ndim:
-        raise DatasetError(f"{path}: IDX file of {dims} dimensions; expected {ndim}")
-    header = 4 + 4 * dims
-    if len(raw) < header:
-        raise DatasetError(f"{path}: truncated IDX header ({len(raw)} of {header} bytes)")
-    shape = struct.unpack(f">{dims}I", raw[4:header])
-    size = int(np.prod(shape, dtype=np.int64))
-    if len(raw) - header != size:
-        raise DatasetError(
-            f"{path}: IDX header says {'x'.join(map(str, shape))} = {size} bytes of data, "
-            f"the file holds {len(raw) - header}"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+    try:
+        with _open(Path(path)) as file:
+            return _read(file, path, ndim)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DatasetError(f"could not read {path}: {exc}") from exc
 
 
 def read_idx_images(path: Path) -> np.ndarray:
@@ -61,10 +46,53 @@ def read_idx_labels(path: Path, *, num_classes: int = 10) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Return the file's bytes, gunzipped if it starts with the gzip magic."""
-    try:
-        raw = Path(path).read_bytes()
-        return gzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-        raise DatasetError(f"could not read {path}: {exc}") from exc
+def _open(path: Path) -> io.BufferedIOBase:
+    """Open the file, through gzip if it starts with the gzip magic."""
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == _GZIP_MAGIC
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
+def _read(file: io.BufferedIOBase, path: Path, ndim: int | None) -> np.ndarray:
+    """Check the header, then read the data straight into the array it fills."""
+    magic = file.read(4)
+    if len(magic) < 4:
+        raise DatasetError(f"{path}: {len(magic)} bytes, too short for an IDX header")
+    zeros, type_code, dims = struct.unpack(">HBB", magic)
+    if zeros != 0 or type_code != UBYTE:
+        raise DatasetError(
+            f"{path}: bad IDX magic 0x{magic.hex()}: expected 0x0000{UBYTE:02x}<ndim> "
+            "(unsigned bytes)"
+        )
+    if ndim is not None and dims != ndim:
+        raise DatasetError(f"{path}: IDX file of {dims} dimensions; expected {ndim}")
+    raw_shape = file.read(4 * dims)
+    if len(raw_shape) < 4 * dims:
+        raise DatasetError(
+            f"{path}: truncated IDX header ({4 + len(raw_shape)} of {4 + 4 * dims} bytes)"
+        )
+    shape = struct.unpack(f">{dims}I", raw_shape)
+    size = int(np.prod(shape, dtype=np.int64))
+    if size > MAX_BYTES:
+        raise DatasetError(f"{path}: IDX header asks for {size} bytes, over {MAX_BYTES}")
+    data = np.empty(size, dtype=np.uint8)
+    got = _read_into(file, data.data)  # readinto fills the array itself: no copy
+    if got == size:  # then there must be nothing after the data
+        got += sum(len(chunk) for chunk in iter(lambda: file.read(1 << 20), b""))
+    if got != size:
+        raise DatasetError(
+            f"{path}: IDX header says {'x'.join(map(str, shape))} = {size} bytes of data, "
+            f"the file holds {got}"
+        )
+    return data.reshape(shape)
+
+
+def _read_into(file: io.BufferedIOBase, buffer: memoryview) -> int:
+    """Fill `buffer` from `file` as far as it goes; return the bytes read."""
+    done = 0
+    while done < len(buffer):
+        count = file.readinto(buffer[done:])
+        if not count:
+            break
+        done += count
+    return done

@@ -74,6 +74,7 @@ def test_data_size_must_match_the_header(
         (struct.pack(">HBBI", 0, 0x0D, 1, 0), r"bad IDX magic 0x00000d01"),  # float32 type
         (struct.pack(">HBBI", 1, 0x08, 1, 0), r"bad IDX magic 0x00010801"),
         (struct.pack(">HBB", 0, 0x08, 3) + b"\0\0\0\1", r"truncated IDX header \(8 of 16"),
+        (struct.pack(">HBB2I", 0, 0x08, 2, 2**17, 2**17), r"asks for 17179869184 bytes"),
     ],
 )
 def test_bad_headers_name_the_file(tmp_path: Path, data: bytes, message: str) -> None:
