@@ -69,7 +69,7 @@ data:
 		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
 		|| { apt-get update -q >/dev/null 2>&1 \
 			&& apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
-		|| echo "could not install dataset-fashion-mnist: fashion-mnist needs --download"; \
+		|| echo "could not install dataset-fashion-mnist: fashion-mnist will read torchvision's files"; \
 	else \
 		echo "for fashion-mnist offline: sudo apt-get install dataset-fashion-mnist"; \
 	fi; true
