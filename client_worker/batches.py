@@ -1,6 +1,8 @@
 """The training loop's batches, on the device it trains on.
 
-On CPU a batch is the partition indexed by the batch's example ids, as always. On CUDA a
+Uint8 pixels (`shared.batches.ImageBatches`) stay uint8 until a batch is made float32 and
+normalized, on the device the batch is on. On CPU a batch is the partition indexed by the
+batch's example ids, as always. On CUDA a
 partition that fits the plan's data budget is copied to the device once per training and
 batches are gathered there; a larger one is gathered on the host into two pinned buffers
 used in turn, each copied with `non_blocking=True` so the copy of one batch overlaps the
@@ -12,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from client_worker.device import DevicePlan
+from shared.batches import ImageBatches, Images, to_float_batch
 
 __all__ = ["BatchSource"]
 
@@ -22,8 +25,10 @@ class BatchSource:
     """Gives the examples of one batch (ids on the CPU) as tensors on the plan's device."""
 
     def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, plan: DevicePlan, batch_size: int
+        self, images: Images, labels: torch.Tensor, plan: DevicePlan, batch_size: int
     ) -> None:
+        self.normalization = images.normalization if isinstance(images, ImageBatches) else None
+        images = images.pixels if isinstance(images, ImageBatches) else images
         self.device = plan.device
         self.on_device = False
         self._pinned: list[tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]] = []
@@ -41,10 +46,12 @@ class BatchSource:
         """Return the images (B, C, H, W) and labels (B,) of the examples `ids`."""
         if self.on_device:
             ids = ids.to(self.device, non_blocking=True)
-            return self.images[ids], self.labels[ids]
-        if not self._pinned:
-            return self.images[ids], self.labels[ids]  # CPU training: as before
-        return self._through_pinned(ids)
+            images, labels = self.images[ids], self.labels[ids]
+        elif not self._pinned:
+            images, labels = self.images[ids], self.labels[ids]  # CPU training: as before
+        else:
+            images, labels = self._through_pinned(ids)
+        return to_float_batch(images, self.normalization), labels
 
     def _through_pinned(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather on the host into a pinned buffer, then copy it to the device asynchronously."""

@@ -18,6 +18,7 @@ from typing import get_args
 import torch
 
 from client_worker.train import TrainConfig, derive_seed, seeded_global_rng, train
+from shared.batches import ImageBatches
 from shared.config import DatasetName
 from shared.data import Dataset, load_dataset
 from shared.errors import TributaryError
@@ -62,8 +63,9 @@ def run_centralized(
             num_classes=dataset.num_classes,
             image_size=dataset.image_size,
         )
-    images = torch.from_numpy(dataset.train.images)  # (N, C, H, W), no copy
+    images = ImageBatches.from_split(dataset.train)  # (N, C, H, W) pixels, no copy
     labels = torch.from_numpy(dataset.train.labels)
+    test_images = ImageBatches.from_split(dataset.test)
     one_epoch = TrainConfig(
         local_epochs=1,
         batch_size=config.batch_size,
@@ -75,7 +77,7 @@ def run_centralized(
     for epoch in range(1, epochs + 1):
         # A fresh SGD per epoch: the momentum buffer restarts, as in one FL round.
         result = train(model, images, labels, one_epoch, seed=derive_seed(seed, epoch))
-        test = evaluate(model, dataset.test.images, dataset.test.labels)
+        test = evaluate(model, test_images, dataset.test.labels)
         epoch_report = EpochReport(epoch, result.train_loss, result.train_seconds, test)
         reports.append(epoch_report)
         if report is not None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from client_worker.batches import BatchSource
 from client_worker.device import DevicePlan
+from shared.batches import Images
 from shared.models import freeze_norm_statistics, set_trainable
 
 __all__ = [
@@ -154,7 +155,7 @@ def derive_seed(*entropy: int) -> int:
 
 def train(
     model: nn.Module,
-    images: torch.Tensor,
+    images: Images,
     labels: torch.Tensor,
     config: TrainConfig,
     *,
@@ -197,7 +198,7 @@ def train(
     )
 
 
-def _check_data(images: torch.Tensor, labels: torch.Tensor) -> int:
+def _check_data(images: Images, labels: torch.Tensor) -> int:
     if images.ndim < 2 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise ValueError(
             f"images {tuple(images.shape)} and labels {tuple(labels.shape)} must have the "

@@ -36,6 +36,7 @@ from client_worker.slots import TrainingSlots
 from client_worker.summary import Activity, WorkerSummary
 from client_worker.train import TrainConfig, TrainingInterrupted, derive_seed
 from client_worker.transport import AggregatorClient, WeightsReply
+from shared.batches import ImageBatches
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config
 from shared.errors import ConfigError
@@ -152,7 +153,7 @@ class _Worker:
         self.gate = shared.gate
         shared.activity.track(self.summary)
 
-    def _partition(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _partition(self) -> tuple[ImageBatches, torch.Tensor]:
         num_partitions = self.settings.resolved_num_partitions(self.config)
         indices = client_indices(
             self.dataset.train.labels,
@@ -162,7 +163,7 @@ class _Worker:
             seed=self.config.seed,  # the same for every client: partitions stay disjoint
         )
         split = self.dataset.train.subset(indices)
-        return torch.from_numpy(split.images), torch.from_numpy(split.labels)
+        return ImageBatches.from_split(split), torch.from_numpy(split.labels)  # uint8 held
 
     # ---------------------------------------------------------------- loop
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from shared.batches import ImageBatches
+
 __all__ = ["EvalResult", "evaluate"]
 
 
@@ -27,16 +29,17 @@ class EvalResult:
 
 def evaluate(
     model: nn.Module,
-    images: torch.Tensor | np.ndarray,
+    images: torch.Tensor | np.ndarray | ImageBatches,
     labels: torch.Tensor | np.ndarray,
     *,
     batch_size: int = 1000,
 ) -> EvalResult:
     """Evaluate the model in eval mode without gradients; each module's mode is restored.
 
-    `images` are float32 (N, C, H, W) and `labels` int64 (N,), as tensors or numpy arrays
-    on the host; writable arrays are used without a copy, read-only ones are copied one batch
-    at a time, and each batch is copied to the model's device when that is not the CPU.
+    `images` are float32 (N, C, H, W), as tensors or numpy arrays, or `ImageBatches` made
+    float32 a batch at a time; `labels` are int64 (N,). Writable arrays are used without a
+    copy, read-only ones are copied one batch at a time, and each batch is copied to the
+    model's device when that is not the CPU.
     """
     num_examples = _check_inputs(images, labels, batch_size)
     modes = {module: module.training for module in model.modules()}
@@ -50,7 +53,9 @@ def evaluate(
 
 
 def _check_inputs(
-    images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, batch_size: int
+    images: torch.Tensor | np.ndarray | ImageBatches,
+    labels: torch.Tensor | np.ndarray,
+    batch_size: int,
 ) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -64,7 +69,7 @@ def _check_inputs(
 @torch.no_grad()
 def _sum_over_batches(
     model: nn.Module,
-    images: torch.Tensor | np.ndarray,
+    images: torch.Tensor | np.ndarray | ImageBatches,
     labels: torch.Tensor | np.ndarray,
     batch_size: int,
 ) -> tuple[float, int]:

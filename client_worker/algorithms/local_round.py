@@ -11,6 +11,7 @@ from torch import nn
 from client_worker.algorithms.base import ClientAlgorithm, Groups, RoundContext, Weights
 from client_worker.device import DevicePlan
 from client_worker.train import TrainConfig, TrainResult, train
+from shared.batches import Images
 from shared.errors import ConfigError
 from shared.models import state_to_numpy, trainable_names
 
@@ -30,7 +31,7 @@ def train_round(
     model: nn.Module,
     algorithm: ClientAlgorithm,
     context: RoundContext,
-    images: torch.Tensor,
+    images: Images,
     labels: torch.Tensor,
     config: TrainConfig,
     *,

@@ -20,7 +20,7 @@ from shared.models import init_global_weights, state_to_numpy
 
 
 def _dataset() -> Dataset:
-    split = Split(images=np.zeros((2, 1, 28, 28), np.float32), labels=np.zeros(2, np.int64))
+    split = Split(np.zeros((2, 1, 28, 28), np.float32), np.zeros(2, np.int64))
     return Dataset("tiny", split, split, 10, 1, 28, tuple(str(i) for i in range(10)))
 
 

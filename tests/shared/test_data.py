@@ -19,12 +19,20 @@ from shared.data import (
     stratified_split,
 )
 from shared.errors import ConfigError, DatasetError
+from shared.fashion_mnist import DIR_ENV
 from tests.shared.fake_datasets import (
     CIFAR_LABEL_NAMES,
     fake_images,
     write_cifar10,
     write_mnist,
 )
+
+
+@pytest.fixture(autouse=True)
+def no_system_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hide an installed Debian Fashion-MNIST: these tests read torchvision's layout."""
+    monkeypatch.setenv(DIR_ENV, str(tmp_path / "no-system-copy"))
+
 
 MNIST_ZERO = -0.1307 / 0.3081  # a black pixel: (0 - mean) / std = -0.42421...
 MNIST_FULL = (1 - 0.1307) / 0.3081  # a white pixel: 0.8693 / 0.3081 = 2.82149...
@@ -64,6 +72,7 @@ def test_mnist_formats_load_normalized(
     assert dataset.train.images.shape == (6, 1, 28, 28)
     assert dataset.test.images.shape == (3, 1, 28, 28)
     assert dataset.train.images.dtype == np.float32
+    assert dataset.train.pixels.dtype == np.uint8  # held as stored, normalized on demand
     assert dataset.train.labels.dtype == np.int64
     np.testing.assert_array_equal(dataset.train.labels, train_labels)
     np.testing.assert_array_equal(dataset.test.labels, test_labels)
@@ -171,6 +180,7 @@ def test_mnist5k_shapes_and_ranges(mnist5k: Dataset) -> None:
     assert mnist5k.train.images.shape == (4000, 1, 28, 28)
     assert mnist5k.test.images.shape == (1000, 1, 28, 28)
     assert mnist5k.train.images.dtype == np.float32
+    assert mnist5k.train.pixels.dtype == np.uint8
     assert mnist5k.train.labels.dtype == np.int64
     # Stratified: the 500 digits of each class split 400 / 100.
     np.testing.assert_array_equal(np.bincount(mnist5k.train.labels), [400] * 10)
@@ -262,7 +272,7 @@ def test_negative_seed_is_a_config_error() -> None:
 
 def test_split_subset_and_len() -> None:
     images = np.arange(4 * 2 * 2, dtype=np.float32).reshape(4, 1, 2, 2)
-    split = Split(images=images, labels=np.array([5, 6, 7, 8], dtype=np.int64))
+    split = Split(images, np.array([5, 6, 7, 8], dtype=np.int64))
     part = split.subset(np.array([3, 1]))
     assert len(split) == 4
     assert len(part) == 2
@@ -272,7 +282,7 @@ def test_split_subset_and_len() -> None:
 
 def test_split_rejects_mismatched_lengths() -> None:
     with pytest.raises(DatasetError, match=r"\(3, 1, 2, 2\).*\(2,\)"):
-        Split(images=np.zeros((3, 1, 2, 2), np.float32), labels=np.zeros(2, np.int64))
+        Split(np.zeros((3, 1, 2, 2), np.float32), np.zeros(2, np.int64))
 
 
 def test_describe_is_one_line() -> None:
