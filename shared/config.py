@@ -57,6 +57,7 @@ class PartitionConfig(_Strict):
     name: PartitionName = "iid"
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (the papers' beta): small = skewed
     min_size: int = Field(10, ge=0)  # dirichlet, quantity: redraw until each client has this many
+    balance: bool = False  # dirichlet: NIID-Bench's cap, no class to a client past n / N examples
     shards_per_client: int = Field(2, ge=1)  # McMahan et al. 2017 pathological non-IID
     classes: list[list[int]] | None = None  # `classes`: the labels of each partition
     k: int = Field(2, ge=1)  # labels_per_client (#C=k): the distinct labels of each client

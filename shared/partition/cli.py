@@ -75,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-partitions", type=int, default=10)
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (beta)")
     parser.add_argument("--min-size", type=int, default=10, help="dirichlet, quantity")
+    parser.add_argument("--balance", action="store_true", help="dirichlet: NIID-Bench's cap")
     parser.add_argument("--shards-per-client", type=int, default=2)
     parser.add_argument("--classes", help='labels per partition, e.g. "0,1;2,3;4,5"')
     parser.add_argument("--k", type=int, default=2, help="labels_per_client: labels per client")
@@ -94,6 +95,7 @@ def _partition_config(args: argparse.Namespace) -> PartitionConfig:
             name=args.partition,
             alpha=args.alpha,
             min_size=args.min_size,
+            balance=args.balance,
             shards_per_client=args.shards_per_client,
             classes=classes,
             k=args.k,

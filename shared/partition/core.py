@@ -71,7 +71,9 @@ def _owner(
     if name == "shards":
         return shards_owner(labels, num_partitions, config.shards_per_client, rng)
     if name == "dirichlet":
-        return dirichlet_owner(labels, num_partitions, config.alpha, config.min_size, rng)
+        return dirichlet_owner(
+            labels, num_partitions, config.alpha, config.min_size, rng, balance=config.balance
+        )
     if name == "labels_per_client":
         return labels_per_client_owner(labels, num_partitions, config.k, rng)
     return classes_owner(labels, num_partitions, config.classes, rng)

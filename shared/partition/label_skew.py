@@ -35,19 +35,26 @@ def dirichlet_owner(
     alpha: float,
     min_size: int,
     rng: np.random.Generator,
+    *,
+    balance: bool = False,
 ) -> np.ndarray:
     """Label skew of Hsu et al. 2019 (arXiv:1909.06335): per class, client shares ~ Dir(alpha).
 
     All shares are redrawn until every client has min_size examples, the rule of Li et al.
-    2022 (arXiv:2102.02079), who call alpha beta.
+    2022 (arXiv:2102.02079), who call alpha beta. With `balance`, as in their code, the
+    classes are dealt in turn and a client already holding n / num_partitions examples
+    gets no share of the next ones.
     """
     require_examples(len(labels), num_partitions * min_size, "dirichlet partitions")
     classes = np.unique(labels)
     members = [rng.permutation(np.flatnonzero(labels == label)) for label in classes]
     class_sizes = np.array([len(m) for m in members], dtype=np.int64)
     for _ in range(MAX_DRAWS):
-        shares = rng.dirichlet(np.full(num_partitions, alpha), size=len(classes))  # (C, P)
-        counts = split_sizes(shares, class_sizes)  # (C, P) examples of class c for client k
+        if balance:
+            counts = _balanced_counts(class_sizes, num_partitions, alpha, rng)
+        else:
+            shares = rng.dirichlet(np.full(num_partitions, alpha), size=len(classes))  # (C, P)
+            counts = split_sizes(shares, class_sizes)  # (C, P) examples of class c for client k
         if np.all(counts.sum(axis=0) >= min_size):
             owner = np.empty(len(labels), dtype=np.int64)
             for indices, class_counts in zip(members, counts, strict=True):
@@ -61,10 +68,25 @@ def dirichlet_owner(
     )
 
 
+def _balanced_counts(
+    class_sizes: np.ndarray, num_partitions: int, alpha: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Deal the classes in turn by Dir(alpha) shares among the clients below n / P examples."""
+    fair_share = class_sizes.sum() / num_partitions
+    counts = np.zeros((len(class_sizes), num_partitions), dtype=np.int64)  # (C, P)
+    for c, size in enumerate(class_sizes):
+        open_clients = counts.sum(axis=0) < fair_share  # one at least: not all is dealt yet
+        shares = rng.dirichlet(np.full(num_partitions, alpha)) * open_clients
+        if shares.sum() == 0:  # every open client drew an underflowing share
+            shares = open_clients.astype(np.float64)
+        counts[c] = split_sizes(shares / shares.sum(), size)
+    return counts
+
+
 def labels_per_client_owner(
     labels: np.ndarray, num_partitions: int, k: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Label quantity skew #C=k of Li et al. 2022 (arXiv:2102.02079), section 4.2.
+    """Label quantity skew #C=k of Li et al. 2022 (arXiv:2102.02079).
 
     With C = max(label) + 1 classes, client i holds label i mod C and k - 1 other distinct
     labels drawn at random; each label is split evenly among the clients holding it.

@@ -1,6 +1,6 @@
 """Noise-based feature skew: client i's inputs get Gaussian noise of std sigma * i / (N - 1).
 
-Li et al. 2022 (arXiv:2102.02079), section 4.4. Client 0 is clean, client N - 1 the
+Li et al. 2022 (arXiv:2102.02079). Client 0 is clean, client N - 1 the
 noisiest. The partition itself is iid; each worker adds the noise to its own images.
 """
 

@@ -29,7 +29,7 @@ def quantity_owner(
     min_size: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Quantity skew of Li et al. 2022 (arXiv:2102.02079), section 4.3.
+    """Quantity skew of Li et al. 2022 (arXiv:2102.02079).
 
     Client sizes are proportional to one Dir(alpha) draw over clients, redrawn until every
     client gets min_size examples; which examples each client gets is IID.

@@ -84,13 +84,17 @@ def test_dirichlet_covers_everything_and_fills_every_client(
 ) -> None:
     num_partitions = data.draw(st.integers(1, 8))
     min_size = data.draw(st.integers(0, len(labels) // (2 * num_partitions)))
-    config = PartitionConfig(name="dirichlet", alpha=alpha, min_size=min_size)
+    balance = data.draw(st.booleans())
+    config = PartitionConfig(name="dirichlet", alpha=alpha, min_size=min_size, balance=balance)
     try:
         parts = check_common(labels, num_partitions, config, seed)
     except ConfigError:  # rare: few classes, many clients and a small alpha
         reject()
     assert_exact_cover(parts, len(labels))
     assert min(len(part) for part in parts) >= min_size
+    if balance:  # a client under n / P examples takes at most one more class
+        bound = len(labels) / num_partitions + np.bincount(labels).max()
+        assert max(len(part) for part in parts) < bound
 
 
 def test_dirichlet_min_size_defaults_to_ten_as_in_niid_bench() -> None:
@@ -112,6 +116,17 @@ def test_dirichlet_skew_grows_as_alpha_shrinks() -> None:
 
     assert mean_labels_per_client(1000.0) == 10.0
     assert mean_labels_per_client(0.1) < 4.0
+
+
+def test_dirichlet_balance_caps_the_biggest_client() -> None:
+    labels = np.repeat(np.arange(20), 50)  # 1000 examples, classes of 50
+
+    def biggest(balance: bool) -> int:
+        config = PartitionConfig(name="dirichlet", alpha=0.1, balance=balance)
+        return max(len(part) for part in partition(labels, 10, config, seed=3))
+
+    assert biggest(balance=True) < 100 + 50  # n / P plus one class
+    assert biggest(balance=False) > 150
 
 
 def test_dirichlet_gives_up_with_a_clear_error() -> None:
