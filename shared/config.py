@@ -32,6 +32,7 @@ __all__ = [
     "ModelInitArgs",
     "NetworkProfile",
     "PartitionConfig",
+    "PartitionName",
     "StrategyConfig",
     "load_config",
     "parse_overrides",
@@ -47,13 +48,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PartitionConfig(_Strict):
-    """How the training split is divided among `num_partitions` clients."""
+PartitionName = Literal[
+    "iid", "shards", "dirichlet", "classes", "labels_per_client", "quantity", "feature_noise"
+]
 
-    name: Literal["iid", "shards", "dirichlet", "classes"] = "iid"
-    alpha: float = Field(0.5, gt=0)  # Dirichlet concentration: small = strong label skew
+
+class PartitionConfig(_Strict):
+    """How the training split is divided among `num_partitions` clients (see shared/partition)."""
+
+    name: PartitionName = "iid"
+    alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (the papers' beta): small = skewed
+    min_size: int = Field(10, ge=0)  # dirichlet, quantity: redraw until each client has this many
+    balance: bool = False  # dirichlet: NIID-Bench's cap, no class to a client past n / N examples
     shards_per_client: int = Field(2, ge=1)  # McMahan et al. 2017 pathological non-IID
     classes: list[list[int]] | None = None  # `classes`: the labels of each partition
+    k: int = Field(2, ge=1)  # labels_per_client (#C=k): the distinct labels of each client
+    sigma: float = Field(0.1, ge=0)  # feature_noise: client i's noise std is sigma * i / (N - 1)
 
 
 class FedAvgConfig(_Strict):

@@ -1,4 +1,4 @@
-"""Tests for shared/partition.py: partitioner properties, hand-computed cases, report, CLI."""
+"""Tests for shared/partition: iid, shards, dirichlet and classes; the report and the CLI."""
 
 from __future__ import annotations
 
@@ -6,64 +6,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, reject, settings
+from hypothesis import given, reject
 from hypothesis import strategies as st
 
 from shared.config import PartitionConfig
 from shared.errors import ConfigError
 from shared.partition import (
-    DIRICHLET_MIN_SIZE,
     client_indices,
     main,
-    partition_indices,
     partition_report,
 )
-
-FAST = settings(max_examples=60, deadline=None)
-SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
-
-
-@st.composite
-def label_arrays(draw: st.DrawFn, min_size: int = 1) -> np.ndarray:
-    """Labels of 1 to 10 classes, possibly very unbalanced."""
-    num_classes = draw(st.integers(1, 10))
-    values = st.integers(0, num_classes - 1)
-    return np.array(draw(st.lists(values, min_size=min_size, max_size=300)), dtype=np.int64)
-
-
-def _partition(
-    labels: np.ndarray, num_partitions: int, config: PartitionConfig, seed: int
-) -> list[np.ndarray]:
-    return partition_indices(labels, num_partitions=num_partitions, config=config, seed=seed)
-
-
-def _check_common(
-    labels: np.ndarray, num_partitions: int, config: PartitionConfig, seed: int
-) -> list[np.ndarray]:
-    """Check what every partitioner promises; return the partitions."""
-    parts = _partition(labels, num_partitions, config, seed)
-    assert len(parts) == num_partitions
-    for part in parts:
-        assert part.dtype == np.int64
-        assert np.all(np.diff(part) > 0)  # sorted, no repeats
-    again = _partition(labels, num_partitions, config, seed)
-    for partition_id, (part, same) in enumerate(zip(parts, again, strict=True)):
-        np.testing.assert_array_equal(part, same)
-        alone = client_indices(
-            labels,
-            partition_id=partition_id,
-            num_partitions=num_partitions,
-            config=config,
-            seed=seed,
-        )
-        np.testing.assert_array_equal(alone, part)
-    return parts
-
-
-def _assert_exact_cover(parts: list[np.ndarray], num_examples: int) -> None:
-    merged = np.concatenate(parts)
-    assert len(merged) == num_examples
-    np.testing.assert_array_equal(np.sort(merged), np.arange(num_examples))
+from tests.shared.partition_checks import (
+    FAST,
+    SEEDS,
+    assert_exact_cover,
+    check_common,
+    label_arrays,
+    partition,
+)
 
 
 @FAST
@@ -72,8 +32,8 @@ def test_iid_covers_everything_in_near_equal_parts(
     data: st.DataObject, labels: np.ndarray, seed: int
 ) -> None:
     num_partitions = data.draw(st.integers(1, min(len(labels), 25)))
-    parts = _check_common(labels, num_partitions, PartitionConfig(name="iid"), seed)
-    _assert_exact_cover(parts, len(labels))
+    parts = check_common(labels, num_partitions, PartitionConfig(name="iid"), seed)
+    assert_exact_cover(parts, len(labels))
     sizes = [len(part) for part in parts]
     assert max(sizes) - min(sizes) <= 1
 
@@ -87,8 +47,8 @@ def test_shards_cover_everything_with_bounded_label_spread(
     num_partitions = data.draw(st.integers(1, len(labels) // shards_per_client))
     num_shards = num_partitions * shards_per_client
     config = PartitionConfig(name="shards", shards_per_client=shards_per_client)
-    parts = _check_common(labels, num_partitions, config, seed)
-    _assert_exact_cover(parts, len(labels))
+    parts = check_common(labels, num_partitions, config, seed)
+    assert_exact_cover(parts, len(labels))
     # Each client holds shards_per_client shards of floor or ceil(N / num_shards) examples.
     low, high = len(labels) // num_shards, -(-len(labels) // num_shards)
     for part in parts:
@@ -106,7 +66,7 @@ def test_shards_cover_everything_with_bounded_label_spread(
 def test_shards_are_pure_when_classes_fill_whole_shards() -> None:
     labels = np.repeat(np.arange(5), 12)  # 60 examples, 5 classes of 12
     config = PartitionConfig(name="shards", shards_per_client=2)
-    parts = _partition(labels, 10, config, seed=3)  # 20 shards of 3: each one class
+    parts = partition(labels, 10, config, seed=3)  # 20 shards of 3: each one class
     for part in parts:
         assert len(part) == 6
         assert len(np.unique(labels[part])) <= 2
@@ -123,20 +83,35 @@ def test_dirichlet_covers_everything_and_fills_every_client(
     data: st.DataObject, labels: np.ndarray, alpha: float, seed: int
 ) -> None:
     num_partitions = data.draw(st.integers(1, 8))
-    config = PartitionConfig(name="dirichlet", alpha=alpha)
+    min_size = data.draw(st.integers(0, len(labels) // (2 * num_partitions)))
+    balance = data.draw(st.booleans())
+    config = PartitionConfig(name="dirichlet", alpha=alpha, min_size=min_size, balance=balance)
     try:
-        parts = _check_common(labels, num_partitions, config, seed)
+        parts = check_common(labels, num_partitions, config, seed)
     except ConfigError:  # rare: few classes, many clients and a small alpha
         reject()
-    _assert_exact_cover(parts, len(labels))
-    assert min(len(part) for part in parts) >= DIRICHLET_MIN_SIZE
+    assert_exact_cover(parts, len(labels))
+    assert min(len(part) for part in parts) >= min_size
+    if balance:  # a client under n / P examples takes at most one more class; as in
+        # NIID-Bench, the last client also takes each class's rounding remainder (< 1)
+        bound = len(labels) / num_partitions + np.bincount(labels).max() + len(np.unique(labels))
+        assert max(len(part) for part in parts) < bound
+
+
+def test_dirichlet_min_size_defaults_to_ten_as_in_niid_bench() -> None:
+    labels = np.repeat(np.arange(10), 30)  # 300 examples
+    config = PartitionConfig(name="dirichlet", alpha=0.1)
+    assert config.min_size == 10
+    parts = partition(labels, 10, config, seed=0)
+    assert min(len(part) for part in parts) >= 10
+    assert_exact_cover(parts, len(labels))
 
 
 def test_dirichlet_skew_grows_as_alpha_shrinks() -> None:
     labels = np.repeat(np.arange(10), 500)
 
     def mean_labels_per_client(alpha: float) -> float:
-        parts = _partition(labels, 10, PartitionConfig(name="dirichlet", alpha=alpha), seed=0)
+        parts = partition(labels, 10, PartitionConfig(name="dirichlet", alpha=alpha), seed=0)
         # Count a label only if the client holds at least 5% of its examples.
         return float(np.mean([np.sum(np.bincount(labels[p], minlength=10) >= 25) for p in parts]))
 
@@ -144,11 +119,29 @@ def test_dirichlet_skew_grows_as_alpha_shrinks() -> None:
     assert mean_labels_per_client(0.1) < 4.0
 
 
+def test_dirichlet_balance_caps_the_biggest_client() -> None:
+    labels = np.repeat(np.arange(20), 50)  # 1000 examples, classes of 50
+
+    def biggest(balance: bool) -> int:
+        config = PartitionConfig(name="dirichlet", alpha=0.1, balance=balance)
+        return max(len(part) for part in partition(labels, 10, config, seed=3))
+
+    assert biggest(balance=True) < 100 + 50  # n / P plus one class
+    assert biggest(balance=False) > 150
+
+
 def test_dirichlet_gives_up_with_a_clear_error() -> None:
-    labels = np.zeros(50, dtype=np.int64)  # one class: nearly all of it goes to one client
+    labels = np.zeros(200, dtype=np.int64)  # one class: nearly all of it goes to one client
     config = PartitionConfig(name="dirichlet", alpha=0.01)
-    with pytest.raises(ConfigError, match=r"alpha=0\.01.*increase partition\.alpha"):
-        _partition(labels, 10, config, seed=0)
+    match = r"alpha=0\.01, the papers' beta\) of a dataset of 200 examples among N=10 clients"
+    with pytest.raises(ConfigError, match=match + r".*min_size=10"):
+        partition(labels, 10, config, seed=0)
+
+
+def test_dirichlet_min_size_beyond_the_dataset_fails_before_drawing() -> None:
+    config = PartitionConfig(name="dirichlet", min_size=10)
+    with pytest.raises(ConfigError, match="50 examples are fewer than the 100 needed"):
+        partition(np.arange(50) % 10, 10, config, seed=0)
 
 
 @FAST
@@ -159,7 +152,7 @@ def test_classes_assign_listed_labels_once_and_split_shared_ones_evenly(
     num_partitions = data.draw(st.integers(1, 6))
     subsets = st.lists(st.integers(0, 9), max_size=4, unique=True)
     classes = data.draw(st.lists(subsets, min_size=num_partitions, max_size=num_partitions))
-    parts = _check_common(
+    parts = check_common(
         labels, num_partitions, PartitionConfig(name="classes", classes=classes), seed
     )
     listed = {label for chosen in classes for label in chosen}
@@ -178,7 +171,7 @@ def test_classes_assign_listed_labels_once_and_split_shared_ones_evenly(
 def test_classes_hand_computed() -> None:
     labels = np.array([2, 0, 1, 1, 0, 3])
     config = PartitionConfig(name="classes", classes=[[0, 2], [1]])
-    parts = _partition(labels, 2, config, seed=0)
+    parts = partition(labels, 2, config, seed=0)
     np.testing.assert_array_equal(parts[0], [0, 1, 4])  # the 2 and both 0s
     np.testing.assert_array_equal(parts[1], [2, 3])  # both 1s; the 3 is in no partition
 
@@ -186,7 +179,7 @@ def test_classes_hand_computed() -> None:
 def test_classes_shared_label_is_halved() -> None:
     labels = np.array([0, 1, 2, 0, 1, 2, 1, 1])  # four 1s at 1, 4, 6, 7
     config = PartitionConfig(name="classes", classes=[[0, 1], [2], [1]])
-    first, second, third = _partition(labels, 3, config, seed=4)
+    first, second, third = partition(labels, 3, config, seed=4)
     np.testing.assert_array_equal(second, [2, 5])
     assert np.sum(labels[first] == 1) == 2
     assert np.sum(labels[third] == 1) == 2
@@ -197,7 +190,7 @@ def test_classes_shared_label_is_halved() -> None:
 def test_classes_need_one_list_per_partition(classes: list[list[int]] | None) -> None:
     config = PartitionConfig(name="classes", classes=classes)
     with pytest.raises(ConfigError, match="expected 3 lists"):
-        _partition(np.arange(6), 3, config, seed=0)
+        partition(np.arange(6), 3, config, seed=0)
 
 
 @pytest.mark.parametrize("partition_id", [-1, 4])
@@ -226,13 +219,13 @@ def test_bad_inputs_are_config_errors(
     labels: np.ndarray, num_partitions: int, seed: int, match: str
 ) -> None:
     with pytest.raises(ConfigError, match=match):
-        _partition(labels, num_partitions, PartitionConfig(), seed)
+        partition(labels, num_partitions, PartitionConfig(), seed)
 
 
 def test_shards_need_enough_examples() -> None:
     config = PartitionConfig(name="shards", shards_per_client=2)
     with pytest.raises(ConfigError, match="fewer than the 10 needed"):
-        _partition(np.arange(9), 5, config, seed=0)
+        partition(np.arange(9), 5, config, seed=0)
 
 
 def test_partition_report_hand_computed() -> None:
