@@ -40,7 +40,7 @@ from shared.batches import ImageBatches
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config
 from shared.errors import ConfigError
-from shared.partition import client_indices
+from shared.partition import client_indices, noise_for_client
 
 __all__ = ["run_worker"]
 
@@ -163,7 +163,18 @@ class _Worker:
             seed=self.config.seed,  # the same for every client: partitions stay disjoint
         )
         split = self.dataset.train.subset(indices)
-        return ImageBatches.from_split(split), torch.from_numpy(split.labels)  # uint8 held
+        labels = torch.from_numpy(split.labels)
+        partition = self.config.partition
+        if partition.name == "feature_noise":  # this client's inputs, noised once, float32
+            noisy = noise_for_client(
+                split.images,
+                client=self.partition_id,
+                num_clients=num_partitions,
+                sigma=partition.sigma,
+                seed=self.config.seed,
+            )
+            return ImageBatches(torch.from_numpy(noisy), None), labels
+        return ImageBatches.from_split(split), labels  # uint8 held
 
     # ---------------------------------------------------------------- loop
 

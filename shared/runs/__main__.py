@@ -27,7 +27,13 @@ import httpx
 import yaml
 from rich.console import Console
 
-from shared.config import DatasetName, ExperimentConfig, load_config, parse_overrides
+from shared.config import (
+    DatasetName,
+    ExperimentConfig,
+    PartitionName,
+    load_config,
+    parse_overrides,
+)
 from shared.errors import TributaryError
 from shared.runs.launch import (
     LOOPBACK,
@@ -103,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, help="num_rounds")
     parser.add_argument("--model", help="model name, e.g. mlp, mlp-128, cnn, resnet18")
     parser.add_argument("--dataset", choices=get_args(DatasetName))
-    parser.add_argument("--partition", choices=["iid", "shards", "dirichlet", "classes"])
+    parser.add_argument("--partition", choices=get_args(PartitionName))
     parser.add_argument("--alpha", type=float, help="Dirichlet concentration (partition.alpha)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))

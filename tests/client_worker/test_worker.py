@@ -596,3 +596,28 @@ def test_virtual_clients_on_one_slot_share_two_modules_and_post_what_they_would_
         theirs = decode_weights(alone.posts[0]["weights"])
         for name, array in decode_weights(mine["weights"]).items():
             np.testing.assert_array_equal(array, theirs[name], err_msg=f"{client_id}: {name}")
+
+
+def _posted_weights(
+    config: ExperimentConfig, dataset: Dataset, weights: dict[str, np.ndarray], client_id: str
+) -> dict[str, np.ndarray]:
+    states = [_State(1, "training", [client_id]), _State(1, "finished")]
+    fake = FakeAggregator(states, weights)
+    _run(fake, config, dataset, client_id=client_id)
+    (post,) = fake.posts
+    return {name: np.array(a) for name, a in decode_weights(post["weights"]).items()}
+
+
+def test_feature_noise_changes_what_every_client_but_the_first_trains_on(
+    config: ExperimentConfig, dataset: Dataset, global_weights: dict[str, np.ndarray]
+) -> None:
+    from shared.config import PartitionConfig
+
+    noisy = config.model_copy(
+        update={"partition": PartitionConfig(name="feature_noise", sigma=1.0)}
+    )
+    for client_id, changed in (("0", False), ("2", True)):
+        plain = _posted_weights(config, dataset, global_weights, client_id)
+        noised = _posted_weights(noisy, dataset, global_weights, client_id)
+        differs = any(not np.array_equal(plain[n], noised[n]) for n in plain)
+        assert differs == changed, client_id  # client 0's noise has std 0
