@@ -117,7 +117,10 @@ class _Worker:
         self.stop = stop
         self.client_id = settings.client_id
         self.partition_id = settings.resolved_partition_id()
-        self.images, self.labels = self._partition()
+        images, labels = self._partition()
+        self.images, self.labels, self.local_test = _hold_out(
+            images, labels, config.local_test_fraction, seed=config.seed
+        )
         seed = settings.resolved_seed(config)
         self.sleep = sleep if sleep is not None else event_sleep(stop)
         self.network = NetworkSimulator.from_config(
@@ -276,6 +279,7 @@ class _Worker:
                     stop=self.stop,
                     max_batches=crash_at,
                     plan=self.gate.plan,
+                    local_test=self.local_test,
                 )
                 # The waits for a slot and for the GPU are not in train_seconds.
                 update = self.slots.run(functools.partial(self.gate.run, work), self.stop)
@@ -304,6 +308,9 @@ class _Worker:
         }
         if result.gpu_peak_mb is not None:
             measured["gpu_peak_mb"] = result.gpu_peak_mb
+        if update.local_test is not None:
+            measured["local_accuracy"] = update.local_test.accuracy
+            measured["local_loss"] = update.local_test.loss
         # The aggregator refuses non-finite metrics (a diverged loss); leave them out.
         metrics = {name: value for name, value in measured.items() if math.isfinite(value)}
         if len(metrics) < len(measured):
@@ -370,3 +377,17 @@ class _Worker:
 
     def _log(self, message: str, *args: object) -> None:
         _log.info("client %s: " + message, self.client_id, *args)
+
+
+def _hold_out(
+    images: ImageBatches, labels: torch.Tensor, fraction: float, *, seed: int
+) -> tuple[ImageBatches, torch.Tensor, tuple[ImageBatches, torch.Tensor] | None]:
+    """Split a partition into training data and a held-out local test split (seeded)."""
+    count = round(fraction * len(labels))
+    if count == 0 or count == len(labels):
+        return images, labels, None
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    test, train = order[:count].sort().values, order[count:].sort().values
+    pixels, norm = images.pixels, images.normalization
+    held = (ImageBatches(pixels[test], norm), labels[test])
+    return ImageBatches(pixels[train], norm), labels[train], held

@@ -171,6 +171,9 @@ class ExperimentConfig(BaseSettings):
     # personalization (shared/exchange.py): tensors each client keeps, never sent or averaged
     local_layers: list[str] = []  # FedPer: name patterns, e.g. ["fc.*"]
     fedbn: bool = False  # FedBN: every BatchNorm layer's parameters and statistics
+    # each client holds this share of its partition out of training and reports the
+    # accuracy there of the model it holds at the round's start (global or personalized)
+    local_test_fraction: float = Field(0.0, ge=0, lt=1)
 
     # federation (Flower's names)
     strategy: StrategyConfig = FedAvgConfig()  # name and typed parameters

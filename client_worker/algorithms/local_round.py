@@ -13,6 +13,7 @@ from client_worker.device import DevicePlan
 from client_worker.train import TrainConfig, TrainResult, train
 from shared.batches import Images
 from shared.errors import ConfigError
+from shared.evaluation import EvalResult, evaluate
 from shared.models import state_to_numpy, trainable_names
 
 __all__ = ["LocalUpdate", "check_update_groups", "train_round"]
@@ -25,6 +26,7 @@ class LocalUpdate:
     result: TrainResult
     weights: Weights
     groups: Groups
+    local_test: EvalResult | None = None  # the model at the round's start, held-out data
 
 
 def train_round(
@@ -39,14 +41,18 @@ def train_round(
     stop: threading.Event | None = None,
     max_batches: int | None = None,
     plan: DevicePlan | None = None,
+    local_test: tuple[Images, torch.Tensor] | None = None,
 ) -> LocalUpdate:
     """Train `model` (holding the global weights) through `algorithm`'s hooks on `plan`'s device.
 
     The weights sent are copied back to host memory when the model trained on a GPU.
+    With `local_test`, the model as it stands before training is evaluated on it first.
     """
     if plan is not None and plan.is_cuda:
         model.to(plan.device)  # before the hooks, which may keep copies of the weights
     algorithm.before_training(model, context)
+    # the model this client holds now: the global one, with its own tensors if personalized
+    held_out = evaluate(model, *local_test) if local_test is not None else None
     result = train(
         model,
         images,
@@ -64,7 +70,7 @@ def train_round(
         weights = {name: array for name, array in weights.items() if name in trains}
     groups = algorithm.groups_to_send()
     check_update_groups(context, algorithm, groups)
-    return LocalUpdate(result, weights, groups)
+    return LocalUpdate(result, weights, groups, held_out)
 
 
 def check_update_groups(context: RoundContext, algorithm: ClientAlgorithm, groups: Groups) -> None:

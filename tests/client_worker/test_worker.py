@@ -621,3 +621,20 @@ def test_feature_noise_changes_what_every_client_but_the_first_trains_on(
         noised = _posted_weights(noisy, dataset, global_weights, client_id)
         differs = any(not np.array_equal(plain[n], noised[n]) for n in plain)
         assert differs == changed, client_id  # client 0's noise has std 0
+
+
+def test_a_held_out_local_split_is_not_trained_on_and_reports_its_accuracy(
+    config: ExperimentConfig, dataset: Dataset, global_weights: dict[str, np.ndarray]
+) -> None:
+    held_out = config.model_copy(update={"local_test_fraction": 0.25})
+    states = [_State(1, "training", ["1"]), _State(1, "finished")]
+    fake = FakeAggregator(states, global_weights)
+    _run(fake, held_out, dataset)
+    (post,) = fake.posts
+    assert post["num_examples"] == 15  # 20 in the partition, 5 held out
+    assert 0.0 <= post["metrics"]["local_accuracy"] <= 1.0
+    assert post["metrics"]["local_loss"] > 0
+    plain = FakeAggregator([_State(1, "training", ["1"]), _State(1, "finished")], global_weights)
+    _run(plain, config, dataset)
+    assert "local_accuracy" not in plain.posts[0]["metrics"]
+    assert plain.posts[0]["num_examples"] == 20
