@@ -40,12 +40,13 @@ RUN_FLAGS := --config $(CONFIG) \
 	$(if $(STRATEGY),--set strategy=$(STRATEGY)) \
 	$(if $(PROCESSES),--worker-processes $(PROCESSES))
 
-.PHONY: help venv data test test-fast lint format demo centralized run-aggregator run-worker \
+.PHONY: help venv data test test-fast lint format demo transfer centralized run-aggregator run-worker \
 	bench clean
 
 help:
 	@echo "make demo   - set up .venv if missing and run the main job"
 	@echo "make test   - set up .venv if missing and run every test"
+	@echo "make transfer - pretrain a backbone on digits 0-4, fine-tune a new head federated"
 	@echo "make data   - install Fashion-MNIST from Debian's dataset-fashion-mnist where possible"
 	@echo "make lint   - ruff (lint + format check), mypy and the layer contract (import-linter)"
 	@echo "make bench  - run the benchmarks in bench/"
@@ -92,6 +93,16 @@ format: $(STAMP)
 
 demo: $(STAMP) data
 	$(BIN)/python -m shared.runs $(RUN_FLAGS)
+
+# `make transfer`: pretrain a backbone on digits 0-4, then fine-tune a new head federated
+PRETRAINED := data/pretrained/mlp-digits-0-4.pt
+
+$(PRETRAINED): | $(STAMP)
+	$(BIN)/python -m client_worker.centralized --dataset mnist5k --model mlp --classes 5 \
+		--epochs 10 --batch-size 32 --lr 0.05 --save $(PRETRAINED)
+
+transfer: $(STAMP) data $(PRETRAINED)
+	$(BIN)/python -m shared.runs --config configs/transfer-mlp.yaml
 
 centralized: $(STAMP)
 	$(BIN)/python -m client_worker.centralized --dataset mnist5k --model mlp --epochs $(EPOCHS) \

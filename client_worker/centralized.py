@@ -3,18 +3,22 @@
     python -m client_worker.centralized --dataset mnist5k --model mlp --epochs 5
 
 Prints the test loss and accuracy after each epoch and a final line: the reference that
-federated runs are compared with.
+federated runs are compared with. `--classes N` keeps only the first N classes (and a head
+of N outputs), `--save PATH` writes the trained state_dict: a backbone to start a
+federation from (`pretrained: PATH`, docs/models.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
+import numpy as np
 import torch
 
 from client_worker.train import TrainConfig, derive_seed, seeded_global_rng, train
@@ -54,8 +58,12 @@ def run_centralized(
     config: TrainConfig,
     seed: int = 0,
     report: Callable[[EpochReport], object] | None = None,
+    save_to: Path | None = None,
 ) -> list[EpochReport]:
-    """Train `model_name` on the whole training split, evaluating on the test split."""
+    """Train `model_name` on the whole training split, evaluating on the test split.
+
+    With `save_to`, the trained state_dict is written there (torch.save, tensors only).
+    """
     with seeded_global_rng(seed):  # the initial weights depend on the seed alone
         model = build_model(
             model_name,
@@ -82,7 +90,24 @@ def run_centralized(
         reports.append(epoch_report)
         if report is not None:
             report(epoch_report)
+    if save_to is not None:
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), save_to)
     return reports
+
+
+def first_classes(dataset: Dataset, count: int) -> Dataset:
+    """Keep only the examples of classes 0..count-1, for a model with `count` outputs."""
+    if not 2 <= count <= dataset.num_classes:
+        raise ValueError(f"--classes must be in 2..{dataset.num_classes}, got {count}")
+    train, test = dataset.train, dataset.test
+    return dataclasses.replace(
+        dataset,
+        train=train.subset(np.flatnonzero(train.labels < count)),
+        test=test.subset(np.flatnonzero(test.labels < count)),
+        num_classes=count,
+        class_names=dataset.class_names[:count],
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--download", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--classes", type=int, help="train on the first N classes only")
+    parser.add_argument("--save", type=Path, help="write the trained state_dict here (.pt)")
     return parser
 
 
@@ -113,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset = load_dataset(
             args.dataset, data_dir=args.data_dir, download=args.download, seed=args.seed
         )
+        if args.classes is not None:
+            dataset = first_classes(dataset, args.classes)
         config = TrainConfig(
             local_epochs=1, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum
         )
@@ -131,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         config=config,
         seed=args.seed,
         report=lambda r: print(r.line(), flush=True),
+        save_to=args.save,
     )
     total = sum(r.train_seconds for r in reports)
     final = reports[-1].test if reports else None

@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from shared.config import load_config
@@ -193,3 +195,33 @@ def test_every_strategy_runs_a_federation_of_processes(tmp_path: Path, strategy:
     saved = load_file(checkpoint)
     velocity = [name for name in saved if name.startswith("server_state/velocity/")]
     assert bool(velocity) == (strategy == "fedavgm")  # FedAvgM's state is in its checkpoints
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")
+def test_transfer_learning_from_a_pretrained_backbone_trains_and_sends_only_the_new_head(
+    tmp_path: Path,
+) -> None:
+    backbone = tmp_path / "mlp-digits-0-4.pt"
+    pretrain = [sys.executable, "-m", "client_worker.centralized", "--classes", "5"]
+    pretrain += ["--epochs", "1", "--save", str(backbone)]
+    done = subprocess.run(
+        pretrain, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    argv = [*RUNNER, "--clients", "3", "--rounds", "2", "--no-live"]
+    argv += ["--runs-dir", str(tmp_path / "runs"), "--set", f"pretrained={backbone}"]
+    argv += ["--set", 'trainable=["5.*"]']
+    done = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = only_run_dir(tmp_path / "runs")
+    rounds = json.loads((run_dir / "metrics.json").read_text())["rounds"]
+    head_bytes = 4 * (200 * 10 + 10)
+    assert all(row["bytes_in"] < 3 * (head_bytes + 4096) for row in rounds)  # the head alone
+    final = load_file(max((run_dir / "state" / "checkpoints").glob("round-*.safetensors")))
+    pretrained = torch.load(backbone, weights_only=True)
+    for name in ("1.weight", "1.bias", "3.weight", "3.bias"):  # frozen: as pretrained
+        np.testing.assert_array_equal(final[name], pretrained[name].numpy())
+    assert final["5.weight"].shape == (10, 200)  # a new head for the ten digits
+    assert pretrained["5.weight"].shape == (5, 200)
