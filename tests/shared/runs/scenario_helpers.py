@@ -84,12 +84,13 @@ def write_tiny_cifar10(root: Path, *, per_class: int, test_size: int) -> Path:
     return write_cifar10(root, train=train, test=test, label_names=names)
 
 
-def model_payload_bytes(config: ExperimentConfig) -> int:
-    """Return the raw bytes of every tensor of the config's initial global model."""
-    from shared.models import init_global_weights
+def model_payload_bytes(config: ExperimentConfig, *, sent: bool = False) -> int:
+    """Return the raw bytes of the config's initial global model (`sent`: of what trains)."""
+    from shared.models import init_global_weights, trainable_names
 
     weights = init_global_weights(config.model, seed=config.seed, **config.model_args())
-    return sum(int(array.nbytes) for array in weights.values())
+    names = trainable_names(weights, config.trainable) if sent else list(weights)
+    return sum(int(weights[name].nbytes) for name in names)
 
 
 def run_scenario(

@@ -108,8 +108,7 @@ def test_command_lines() -> None:
     agg = aggregator_argv(Path("r/config.yaml"), port=8123, state_dir=Path("r/state"))
     assert agg[:3] == [sys.executable, "-m", "aggregator_service"]
     assert " ".join(agg[3:]) == (
-        "--config r/config.yaml --host 127.0.0.1 --port 8123 --state-dir r/state "
-        "--no-access-log"
+        "--config r/config.yaml --host 127.0.0.1 --port 8123 --state-dir r/state --no-access-log"
     )
     worker = worker_argv(
         Path("c.yaml"), url="http://127.0.0.1:8123", partition_id=4, num_partitions=10
