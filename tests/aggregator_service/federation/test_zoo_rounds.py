@@ -1,0 +1,59 @@
+"""Every model of the zoo through one federated round: built by the aggregator, trained by a
+client with the worker's training loop, posted, aggregated, published."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from client_worker.train import TrainConfig, train
+from shared.models import MODEL_NAMES, build_model, load_numpy_state, state_to_numpy
+from tests.aggregator_service.helpers import (
+    MSGPACK,
+    AppFactory,
+    experiment,
+    global_model,
+    register,
+    update_body,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+# vit-b-16 (86 M parameters, a 340 MB update) is built and run in tests/shared/test_model_zoo.py
+ROUND_MODELS = [name for name in MODEL_NAMES if name != "vit-b-16"]
+SYNTHETIC = {"channels": 3, "image_size": 32, "num_classes": 10, "train_size": 8}
+
+
+@pytest.mark.parametrize("name", ROUND_MODELS)
+def test_a_zoo_model_trains_a_federated_round(start_app: AppFactory, name: str) -> None:
+    config = experiment(
+        model=name,
+        dataset="synthetic",
+        synthetic={**SYNTHETIC, "test_size": 4},
+        num_rounds=1,
+        min_fit_clients=1,
+        min_available_clients=1,
+    )
+    app = start_app(config)
+    register(app, "a")
+    wait_for(app, lambda s: s["phase"] == "training", timeout=60)
+    _, weights = global_model(app)
+    model = build_model(name, in_channels=3, num_classes=10, image_size=32)
+    load_numpy_state(model, weights)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(8, 3, 32, 32, generator=generator)  # (N, C, H, W)
+    labels = torch.randint(0, 10, (8,), generator=generator)
+    train(model, images, labels, TrainConfig(local_epochs=1, batch_size=4, lr=0.01), seed=0)
+    trained = state_to_numpy(model)
+    reply = app.post("/receive", content=update_body("a", 1, trained), headers=MSGPACK)
+    assert reply.status_code == 200, reply.text
+    wait_for(app, lambda s: s["phase"] == "finished", timeout=120)
+    (row,) = app.get("/history").json()
+    assert row["participants"] == ["a"]
+    _, final = global_model(app)
+    assert list(final) == list(weights)
+    for key, array in final.items():  # one client: the aggregate is its update
+        np.testing.assert_array_equal(array, trained[key].astype(array.dtype))
+    assert any(not np.array_equal(final[k], weights[k]) for k in weights)  # it trained
