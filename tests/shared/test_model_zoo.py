@@ -158,3 +158,12 @@ def test_simple_cnn_needs_16_pixels() -> None:
     with pytest.raises(ModelError, match="'simple-cnn' needs image_size >= 16, got 15"):
         build_model("simple-cnn", in_channels=1, num_classes=10, image_size=15)
     build_model("simple-cnn", in_channels=1, num_classes=10, image_size=16)
+
+
+def test_simple_cnn_bn_adds_four_batchnorm_layers() -> None:
+    # BatchNorm after conv 6, conv 16, fc 120 and fc 84: 2 * (6 + 16 + 120 + 84) = 452
+    # parameters (weight and bias) on top of the simple CNN's 44,426 for MNIST.
+    model = build_model("simple-cnn-bn", **_args("mnist"))
+    assert count_parameters(model) == 44_426 + 452
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+    assert [m.num_features for m in norms] == [6, 16, 120, 84]
