@@ -86,13 +86,20 @@ class FedMedianConfig(_Strict):
     name: Literal["fedmedian"] = "fedmedian"
 
 
+class FedProxConfig(_Strict):
+    """FedProx (Li et al. 2020): FedAvg on the server; mu goes to the clients' proximal term."""
+
+    name: Literal["fedprox"] = "fedprox"
+    mu: float = Field(0.01, ge=0)  # the proximal weight of each client's local objective
+
+
 def _named(value: Any) -> Any:
     """Let `strategy: fedavgm` stand for `strategy: {name: fedavgm}`."""
     return {"name": value} if isinstance(value, str) else value
 
 
 StrategyConfig = Annotated[
-    FedAvgConfig | FedAvgMConfig | FedMedianConfig,
+    FedAvgConfig | FedAvgMConfig | FedMedianConfig | FedProxConfig,
     Field(discriminator="name"),
     BeforeValidator(_named),
 ]
@@ -166,7 +173,7 @@ class ExperimentConfig(BaseSettings):
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    mu: float = Field(0.0, ge=0)  # FedProx proximal weight; 0 = plain FedAvg
+    mu: float = Field(0.0, ge=0)  # FedProx's weight under any server rule; 0 = none
 
     # personalization (shared/exchange.py): tensors each client keeps, never sent or averaged
     local_layers: list[str] = []  # FedPer: name patterns, e.g. ["fc.*"]
@@ -196,6 +203,21 @@ class ExperimentConfig(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_client_algorithm(self) -> ExperimentConfig:
+        strategy = self.strategy
+        if isinstance(strategy, FedProxConfig) and self.mu not in (0.0, strategy.mu):
+            default = "" if "mu" in strategy.model_fields_set else " (its default)"
+            raise ValueError(
+                f"mu is set twice: {self.mu} at the top level, {strategy.mu} as "
+                f"strategy.mu{default}; with strategy fedprox set strategy.mu only"
+            )
+        return self
+
+    def proximal_mu(self) -> float:
+        """Return the FedProx weight the clients use: strategy fedprox's, else the top-level mu."""
+        return self.strategy.mu if isinstance(self.strategy, FedProxConfig) else self.mu
+
     def model_args(self) -> ModelArgs:
         """Return build_model's keyword arguments for this dataset."""
         if self.dataset == "synthetic":
@@ -222,7 +244,9 @@ class ExperimentConfig(BaseSettings):
         keys = ["model", "dataset", "local_epochs", "batch_size", "lr", "momentum"]
         keys += ["weight_decay", "mu", "seed", "num_partitions", "local_layers", "fedbn"]
         keys += ["trainable"]
-        return {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
+        config = {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
+        config["mu"] = self.proximal_mu()  # strategy fedprox's own mu, when it is the strategy
+        return config
 
 
 def load_config(

@@ -178,7 +178,7 @@ def test_reruns_give_bit_identical_models_under_different_jitter(tmp_path: Path)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")
-@pytest.mark.parametrize("strategy", ["fedavgm", "fedmedian"])
+@pytest.mark.parametrize("strategy", ["fedavgm", "fedmedian", "fedprox"])
 def test_every_strategy_runs_a_federation_of_processes(tmp_path: Path, strategy: str) -> None:
     argv = [*RUNNER, "--clients", "3", "--rounds", "2", "--no-live"]
     argv += ["--runs-dir", str(tmp_path / "runs"), "--set", f"strategy={strategy}"]
