@@ -19,6 +19,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
@@ -93,13 +95,21 @@ class FedProxConfig(_Strict):
     mu: float = Field(0.01, ge=0)  # the proximal weight of each client's local objective
 
 
+class ScaffoldConfig(_Strict):
+    """SCAFFOLD (Karimireddy et al. 2020): control variates correct the clients' drift."""
+
+    name: Literal["scaffold"] = "scaffold"
+    server_lr: float = Field(1.0, gt=0)  # eta_g: the server's global step size
+    num_clients: int | None = Field(None, ge=1)  # N in c's update; None: num_partitions
+
+
 def _named(value: Any) -> Any:
     """Let `strategy: fedavgm` stand for `strategy: {name: fedavgm}`."""
     return {"name": value} if isinstance(value, str) else value
 
 
 StrategyConfig = Annotated[
-    FedAvgConfig | FedAvgMConfig | FedMedianConfig | FedProxConfig,
+    FedAvgConfig | FedAvgMConfig | FedMedianConfig | FedProxConfig | ScaffoldConfig,
     Field(discriminator="name"),
     BeforeValidator(_named),
 ]
@@ -194,6 +204,15 @@ class ExperimentConfig(BaseSettings):
 
     network: list[NetworkProfile] = []
 
+    @field_validator("strategy")
+    @classmethod
+    def _scaffold_counts_the_partitions(cls, value: Any, info: ValidationInfo) -> Any:
+        """Give SCAFFOLD's num_clients (N) its default: one client per partition."""
+        if isinstance(value, ScaffoldConfig) and value.num_clients is None:
+            num_partitions = info.data.get("num_partitions")  # absent when itself invalid
+            return value.model_copy(update={"num_clients": num_partitions})
+        return value
+
     @model_validator(mode="after")
     def _check_counts(self) -> ExperimentConfig:
         if self.min_fit_clients > self.min_available_clients:
@@ -211,6 +230,16 @@ class ExperimentConfig(BaseSettings):
             raise ValueError(
                 f"mu is set twice: {self.mu} at the top level, {strategy.mu} as "
                 f"strategy.mu{default}; with strategy fedprox set strategy.mu only"
+            )
+        if isinstance(strategy, ScaffoldConfig) and self.mu > 0:
+            raise ValueError(
+                f"mu ({self.mu}) is FedProx's proximal weight, which SCAFFOLD's clients do "
+                "not use: remove mu, or use strategy fedprox"
+            )
+        if isinstance(strategy, ScaffoldConfig) and self.momentum > 0:
+            raise ValueError(
+                f"momentum ({self.momentum}) must be 0 with SCAFFOLD: its control variate "
+                "update (option II) assumes plain local SGD"
             )
         return self
 

@@ -13,6 +13,7 @@ from aggregator_service.strategy.fedavg import FedAvg
 from aggregator_service.strategy.fedavgm import FedAvgM
 from aggregator_service.strategy.fedmedian import FedMedian
 from aggregator_service.strategy.fedprox import FedProx
+from aggregator_service.strategy.scaffold import Scaffold
 from shared.config import StrategyConfig
 
 __all__ = [
@@ -29,6 +30,7 @@ STRATEGIES: Mapping[str, type[Strategy]] = {
     "fedavgm": FedAvgM,
     "fedmedian": FedMedian,
     "fedprox": FedProx,
+    "scaffold": Scaffold,
 }
 
 
