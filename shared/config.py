@@ -231,15 +231,23 @@ class ExperimentConfig(BaseSettings):
                 f"mu is set twice: {self.mu} at the top level, {strategy.mu} as "
                 f"strategy.mu{default}; with strategy fedprox set strategy.mu only"
             )
-        if isinstance(strategy, ScaffoldConfig) and self.mu > 0:
+        if not isinstance(strategy, ScaffoldConfig):
+            return self
+        if self.mu > 0:
             raise ValueError(
                 f"mu ({self.mu}) is FedProx's proximal weight, which SCAFFOLD's clients do "
                 "not use: remove mu, or use strategy fedprox"
             )
-        if isinstance(strategy, ScaffoldConfig) and self.momentum > 0:
+        if self.momentum > 0:
             raise ValueError(
                 f"momentum ({self.momentum}) must be 0 with SCAFFOLD: its control variate "
                 "update (option II) assumes plain local SGD"
+            )
+        if (strategy.num_clients or 0) < self.min_fit_clients:
+            raise ValueError(
+                f"strategy.num_clients ({strategy.num_clients}), SCAFFOLD's number of clients "
+                f"N, is below min_fit_clients ({self.min_fit_clients}): every round would "
+                "have more updates than the federation has clients"
             )
         return self
 

@@ -41,6 +41,10 @@ def test_the_top_level_mu_still_reaches_the_clients(strategy: str) -> None:
         ({"mu": 0.1, "strategy": "scaffold"}, r"mu \(0.1\) .* SCAFFOLD's clients do not use"),
         ({"momentum": 0.9, "strategy": "scaffold"}, r"momentum \(0.9\) must be 0 with SCAFFOLD"),
         ({"strategy": {"name": "scaffold", "num_clients": 0}}, "strategy.scaffold.num_clients"),
+        (
+            {"num_partitions": 1, "strategy": "scaffold"},
+            r"strategy.num_clients \(1\), .* is below min_fit_clients \(2\)",
+        ),
         ({"strategy": {"name": "fedprox", "mu": -1}}, "strategy.fedprox.mu"),
     ],
 )
