@@ -12,6 +12,8 @@ from aggregator_service.strategy.base import AggregationError, ClientUpdate, Gro
 from aggregator_service.strategy.fedavg import FedAvg
 from aggregator_service.strategy.fedavgm import FedAvgM
 from aggregator_service.strategy.fedmedian import FedMedian
+from aggregator_service.strategy.fedprox import FedProx
+from aggregator_service.strategy.scaffold import Scaffold
 from shared.config import StrategyConfig
 
 __all__ = [
@@ -27,6 +29,8 @@ STRATEGIES: Mapping[str, type[Strategy]] = {
     "fedavg": FedAvg,
     "fedavgm": FedAvgM,
     "fedmedian": FedMedian,
+    "fedprox": FedProx,
+    "scaffold": Scaffold,
 }
 
 

@@ -178,7 +178,7 @@ def test_reruns_give_bit_identical_models_under_different_jitter(tmp_path: Path)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")
-@pytest.mark.parametrize("strategy", ["fedavgm", "fedmedian"])
+@pytest.mark.parametrize("strategy", ["fedavgm", "fedmedian", "fedprox", "scaffold"])
 def test_every_strategy_runs_a_federation_of_processes(tmp_path: Path, strategy: str) -> None:
     argv = [*RUNNER, "--clients", "3", "--rounds", "2", "--no-live"]
     argv += ["--runs-dir", str(tmp_path / "runs"), "--set", f"strategy={strategy}"]
@@ -195,6 +195,10 @@ def test_every_strategy_runs_a_federation_of_processes(tmp_path: Path, strategy:
     saved = load_file(checkpoint)
     velocity = [name for name in saved if name.startswith("server_state/velocity/")]
     assert bool(velocity) == (strategy == "fedavgm")  # FedAvgM's state is in its checkpoints
+    control = [name for name in saved if name.startswith("server_state/control/")]
+    assert bool(control) == (strategy == "scaffold")  # and SCAFFOLD's c
+    own = sorted(path.name for path in (run_dir / "worker-state").glob("*/*.npz"))
+    assert own == (["scaffold.npz"] * 3 if strategy == "scaffold" else [])  # and each c_i
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")
