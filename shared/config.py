@@ -101,6 +101,8 @@ class ScaffoldConfig(_Strict):
     name: Literal["scaffold"] = "scaffold"
     server_lr: float = Field(1.0, gt=0)  # eta_g: the server's global step size
     num_clients: int | None = Field(None, ge=1)  # N in c's update; None: num_partitions
+    # option II assumes plain local SGD; NIID-Bench runs it with momentum all the same
+    allow_momentum: bool = False
 
 
 def _named(value: Any) -> Any:
@@ -238,10 +240,11 @@ class ExperimentConfig(BaseSettings):
                 f"mu ({self.mu}) is FedProx's proximal weight, which SCAFFOLD's clients do "
                 "not use: remove mu, or use strategy fedprox"
             )
-        if self.momentum > 0:
+        if self.momentum > 0 and not strategy.allow_momentum:
             raise ValueError(
                 f"momentum ({self.momentum}) must be 0 with SCAFFOLD: its control variate "
-                "update (option II) assumes plain local SGD"
+                "update (option II) assumes plain local SGD; set strategy.allow_momentum: "
+                "true to run it with momentum anyway (as NIID-Bench does)"
             )
         if (strategy.num_clients or 0) < self.min_fit_clients:
             raise ValueError(

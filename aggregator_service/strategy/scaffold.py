@@ -53,7 +53,13 @@ class Scaffold(BaseStrategy):
 
     name: ClassVar[str] = "scaffold"
 
-    def __init__(self, *, server_lr: float = 1.0, num_clients: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        server_lr: float = 1.0,
+        num_clients: int | None = None,
+        allow_momentum: bool = False,
+    ) -> None:
         if num_clients is None or num_clients < 1:
             raise ConfigError(
                 f"scaffold needs num_clients, the federation's number of clients N; "
@@ -61,6 +67,7 @@ class Scaffold(BaseStrategy):
             )
         self.server_lr = server_lr
         self.num_clients = num_clients
+        self.allow_momentum = allow_momentum  # checked by the experiment config; unused here
         self._control: dict[str, np.ndarray] = {}  # c (float64); empty before the first round
 
     def aggregate(

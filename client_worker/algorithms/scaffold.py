@@ -11,7 +11,8 @@ becomes c_i+ only if the update is accepted: `AlgorithmSession` saves the state 
 rebuilds the algorithm from the saved state otherwise.
 
 Option II reads (x - y_i) / (K * lr) as the mean corrected gradient, which holds for plain
-SGD: local momentum is refused. Weight decay is part of the local objective's gradient.
+SGD; the experiment config refuses local momentum unless the SCAFFOLD config allows it
+(`allow_momentum`, as NIID-Bench runs it). Weight decay is part of the local objective.
 The control variates span the floating tensors the update carries (shared/exchange.py);
 those of buffers (BatchNorm's running statistics) take no gradient and correct nothing.
 """
@@ -64,8 +65,6 @@ class Scaffold(ClientAlgorithm):
 
     def before_training(self, model: nn.Module, context: RoundContext) -> None:
         """Read c and prepare the correction c - c_i of every parameter that trains."""
-        if float(context.config.get("momentum", 0.0)) != 0.0:
-            raise ConfigError("SCAFFOLD's control variate update assumes plain SGD: momentum 0")
         state = model.state_dict()
         names = [n for n in _exchanged(model, context.config) if state[n].is_floating_point()]
         self._server = _server_control(context.groups.get(SERVER_CONTROL, {}), state, names)

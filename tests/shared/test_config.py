@@ -39,7 +39,10 @@ def test_the_top_level_mu_still_reaches_the_clients(strategy: str) -> None:
             r"0.01 as strategy.mu \(its default\)",
         ),
         ({"mu": 0.1, "strategy": "scaffold"}, r"mu \(0.1\) .* SCAFFOLD's clients do not use"),
-        ({"momentum": 0.9, "strategy": "scaffold"}, r"momentum \(0.9\) must be 0 with SCAFFOLD"),
+        (
+            {"momentum": 0.9, "strategy": "scaffold"},
+            r"momentum \(0.9\) must be 0 with SCAFFOLD.*strategy.allow_momentum",
+        ),
         ({"strategy": {"name": "scaffold", "num_clients": 0}}, "strategy.scaffold.num_clients"),
         (
             {"num_partitions": 1, "strategy": "scaffold"},
@@ -62,3 +65,10 @@ def test_scaffold_counts_one_client_per_partition_unless_told() -> None:
     assert told.strategy == ScaffoldConfig(num_clients=9)
     assert told.round_config()["strategy"] == "scaffold"
     assert told.round_config()["mu"] == 0.0
+
+
+def test_scaffold_runs_with_momentum_only_when_allowed() -> None:
+    config = load_config(
+        None, {"momentum": 0.9, "strategy": {"name": "scaffold", "allow_momentum": True}}
+    )
+    assert config.round_config()["momentum"] == 0.9

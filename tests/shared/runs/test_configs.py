@@ -83,3 +83,29 @@ def test_flower_knobs_are_set() -> None:
         assert f"\n{key}:" in text
     for key in ["num_partitions", "local_epochs", "batch_size"]:
         assert f"\n{key}:" in text
+
+
+@pytest.mark.parametrize(
+    "path", sorted((CONFIGS / "niid-bench").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_niid_bench_configs_keep_the_papers_setting(path: Path) -> None:
+    # Li et al. 2022 (NIID-Bench): 10 clients, all every round, the simple CNN, 50 rounds
+    # of 10 local epochs, batch 64, SGD lr 0.01, momentum 0.9, weight decay 1e-5.
+    config = load_config(path)
+    assert (config.dataset, config.model, config.num_partitions) == (
+        "fashion-mnist",
+        "simple-cnn",
+        10,
+    )
+    assert (config.fraction_fit, config.min_fit_clients, config.num_rounds) == (1.0, 10, 50)
+    assert (config.local_epochs, config.batch_size, config.lr) == (10, 64, 0.01)
+    assert (config.momentum, config.weight_decay) == (0.9, 1e-5)
+    assert config.name == f"niid-{path.stem}"
+    assert config.proximal_mu() == (0.01 if config.strategy.name == "fedprox" else 0.0)
+
+
+def test_niid_bench_covers_the_issue_runs() -> None:
+    names = {path.stem for path in (CONFIGS / "niid-bench").glob("*.yaml")}
+    runs = ["fedavg-iid", "fedavg-dir0.5", "fedavg-c2", "fedavg-c3"]
+    runs += ["fedprox-dir0.5", "scaffold-dir0.5"]
+    assert names == {f"fmnist-{run}" for run in runs}
