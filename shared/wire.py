@@ -1,43 +1,43 @@
-"""The wire format: msgpack messages carrying tensors as raw bytes + dtype + shape.
+"""The wire format: msgpack messages carrying tensors, and the protocol versions.
 
 Why msgpack: it is a safe, schema-less binary format with a `bin` type, so tensors travel
 as their raw little-endian bytes (no JSON lists, no base64) and decoding can never run
 code the way pickle can. Never allow pickle anywhere on this path.
 
-A tensor is the map ``{"dtype": "float32", "shape": [10, 784], "data": <bin>}``; a weights
-payload maps tensor names to tensors in the model's state_dict order. Protocol 2 adds
+A message is a msgpack map; numpy arrays anywhere in it travel as tensor maps
+(wire_tensors.py: raw bytes + dtype + shape, and weights maps checked against a spec,
+whose names this module re-exports). Protocol 1 is the base version; protocol 2 adds
 "groups": named weights-like maps beside the weights (a SCAFFOLD control variate, say).
 The full format is specified in docs/protocol.md.
 
 Encoding copies each tensor's bytes once (into the output buffer; `encode_chunks` leaves
-them in place, for senders that stream the pieces) and starts each tensor's
-data at a multiple of 8 bytes from the message start, so that decoded views are aligned
-for their dtype (numpy's fast loops need that). Decoding is zero-copy: arrays are
-read-only `np.frombuffer` views of the received bytes (copy before in-place math). This
-module imports only numpy and msgpack, so a thin client needs nothing else.
+them in place, for senders that stream the pieces), each tensor's data aligned to 8 bytes
+from the message start. Decoding is zero-copy. This module and wire_tensors.py import
+only numpy and msgpack, so a thin client needs nothing else.
 """
 
 from __future__ import annotations
 
-import math
 import re
-import struct
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 import numpy as np
 
-from shared.errors import (
-    MalformedMessage,
-    NonFiniteTensor,
-    ProtocolVersionError,
-    SpecMismatch,
-    TensorError,
-    TensorSizeError,
-    UnsupportedDtype,
-)
+from shared.errors import MalformedMessage, ProtocolVersionError, SpecMismatch, TensorError
 from shared.msgpack_reader import unpack
+from shared.wire_tensors import (
+    DTYPES,
+    MAX_NDIM,
+    TensorSpec,
+    decode_tensor,
+    decode_weights,
+    encode_tensor,
+    kind_of,
+    spec_of,
+    to_float16,
+)
 
 __all__ = [
     "DTYPES",
@@ -65,33 +65,7 @@ GROUPS_PROTOCOL = 2  # the version whose messages may carry "groups"
 SUPPORTED_PROTOCOLS: tuple[int, ...] = (PROTOCOL_VERSION, GROUPS_PROTOCOL)
 MAX_GROUPS = 8  # tensor groups per message
 GROUP_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
-MAX_NDIM = 32
-# The dtype names the wire accepts, each meaning the little-endian numpy type.
-DTYPES: frozenset[str] = frozenset(
-    {"bool", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64"}
-    | {"float16", "float32", "float64"}
-)
-# The encoder starts each tensor's data at a multiple of this many bytes from the message
-# start, so that decoded views are aligned for their dtype (unaligned ones are slower).
-_ALIGN = 8
-_WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
-# numpy refuses a shape whose non-zero dims make more bytes than an intp can count.
-_MAX_NBYTES = int(np.iinfo(np.intp).max)
-# A float16 is NaN or Inf exactly when these, its five exponent bits, are all ones.
-_FLOAT16_EXPONENT = 0x7C00
 _GROUP_NAME = re.compile(GROUP_NAME_PATTERN)
-
-
-class TensorSpec(NamedTuple):
-    """What a tensor must look like: its shape and dtype name."""
-
-    shape: tuple[int, ...]
-    dtype: str
-
-
-def spec_of(weights: Mapping[str, np.ndarray]) -> dict[str, TensorSpec]:
-    """Return the reference spec (names, shapes, dtypes) of a weights dict."""
-    return {name: TensorSpec(tuple(a.shape), a.dtype.name) for name, a in weights.items()}
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -129,7 +103,9 @@ class _Encoder:
     def encode(self, obj: Any, path: str) -> None:
         """Append one object; `path` names it in errors."""
         if isinstance(obj, np.ndarray):
-            self.tensor(obj, path)
+            head, data = encode_tensor(obj, path, offset=self.pos, packer=self.packer)
+            self.put(head)
+            self.put(data)
         elif isinstance(obj, Mapping):
             self.put(self.packer.pack_map_header(len(obj)))
             for key, value in obj.items():
@@ -144,70 +120,6 @@ class _Encoder:
         else:
             self.put(self.packer.pack(obj))
 
-    def tensor(self, array: np.ndarray, name: str) -> None:
-        """Append a tensor map whose data starts at a multiple of `_ALIGN` bytes."""
-        dtype_name = array.dtype.name
-        if dtype_name not in DTYPES:
-            raise UnsupportedDtype(name, f"dtype {dtype_name!r} cannot go on the wire")
-        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-        data = np.ascontiguousarray(little).reshape(-1).view(np.uint8).data
-        fields = (dtype_name, self.packer.pack(list(array.shape)), _bin_header(data.nbytes, name))
-        head = _tensor_head(*fields, pad=0)
-        pad = -(self.pos + len(head)) % _ALIGN
-        self.put(_tensor_head(*fields, pad=pad) if pad else head)
-        self.put(data.toreadonly())
-
-
-def _tensor_head(dtype_name: str, packed_shape: bytes, bin_header: bytes, *, pad: int) -> bytes:
-    """Pack a tensor map up to its data, `pad` (0 to 7) bytes longer than minimal.
-
-    The padding widens up to three str headers (by 1, 2 and 4 bytes), which leaves every
-    value unchanged for any msgpack reader.
-    """
-    return (
-        b"\x83"
-        + _str("dtype", widen=pad & 1)
-        + _str(dtype_name, widen=pad & 2)
-        + _str("shape", widen=0)
-        + packed_shape
-        + _str("data", widen=pad & 4)
-        + bin_header
-    )
-
-
-def _str(text: str, *, widen: int) -> bytes:
-    """Pack a str of under 32 bytes with a header `widen` (0, 1, 2 or 4) bytes wider."""
-    raw = text.encode()
-    if widen == 0:
-        return bytes([0xA0 | len(raw)]) + raw
-    code = {1: b"\xd9", 2: b"\xda", 4: b"\xdb"}[widen]
-    return code + len(raw).to_bytes(widen, "big") + raw
-
-
-def _bin_header(size: int, name: str) -> bytes:
-    if size < 1 << 8:
-        return b"\xc4" + struct.pack(">B", size)
-    if size < 1 << 16:
-        return b"\xc5" + struct.pack(">H", size)
-    if size < 1 << 32:
-        return b"\xc6" + struct.pack(">I", size)
-    raise TensorSizeError(name, f"{size} bytes exceeds the 4 GiB limit of one msgpack bin")
-
-
-def to_float16(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Cast float32 tensors to float16 for lossy transport; others pass unchanged."""
-    out: dict[str, np.ndarray] = {}
-    for name, array in weights.items():
-        if array.dtype.name != "float32":
-            out[name] = array
-            continue
-        with np.errstate(over="ignore"):
-            half = array.astype(np.float16)
-        if not _all_finite(half) and (np.isinf(half) & np.isfinite(array)).any():
-            raise NonFiniteTensor(name, "values exceed float16 range (65504); send float32")
-        out[name] = half
-    return out
-
 
 # ---------------------------------------------------------------------------- decoding
 
@@ -216,7 +128,7 @@ def decode_message(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode a message (a msgpack map); tensors stay raw maps until `decode_weights`."""
     message = unpack(data)
     if not isinstance(message, dict):
-        raise MalformedMessage(f"a message must be a msgpack map, got {_kind(message)}")
+        raise MalformedMessage(f"a message must be a msgpack map, got {kind_of(message)}")
     return message
 
 
@@ -246,59 +158,6 @@ def protocol_for(groups: Mapping[str, Any]) -> int:
     return GROUPS_PROTOCOL if groups else PROTOCOL_VERSION
 
 
-def decode_tensor(name: str, obj: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
-    """Validate one tensor map and return a read-only array viewing its bytes."""
-    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
-        raise MalformedMessage(
-            f"tensor {name!r}: expected a map with keys dtype, shape, data; got {_kind(obj)}"
-        )
-    dtype_name, shape, data = obj["dtype"], obj["shape"], obj["data"]
-    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
-        raise UnsupportedDtype(name, f"unsupported dtype {dtype_name!r}")
-    shape = _check_shape(name, shape)
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise MalformedMessage(f"tensor {name!r}: data must be msgpack bin, got {_kind(data)}")
-    dtype = _WIRE_DTYPES[dtype_name]
-    expected = math.prod(shape) * dtype.itemsize
-    if expected != len(data):
-        raise TensorSizeError(
-            name, f"shape {list(shape)} of {dtype_name} needs {expected} bytes, got {len(data)}"
-        )
-    if math.prod(dim for dim in shape if dim) * dtype.itemsize > _MAX_NBYTES:
-        raise TensorSizeError(name, f"shape {list(shape)} is larger than any array can be")
-    if dtype_name == "bool" and len(data) and np.frombuffer(data, np.uint8).max() > 1:
-        raise MalformedMessage(f"tensor {name!r}: bool data must hold only bytes 0 and 1")
-    array = np.frombuffer(data, dtype=dtype).reshape(shape)
-    array.flags.writeable = False  # also when the message was decoded from a bytearray
-    if not allow_nonfinite and not _all_finite(array):
-        raise NonFiniteTensor(name, "contains NaN or Inf")
-    return array
-
-
-def decode_weights(
-    obj: Any,
-    *,
-    spec: Mapping[str, TensorSpec] | None = None,
-    allow_nonfinite: bool = False,
-) -> dict[str, np.ndarray]:
-    """Decode a weights map; with `spec`, names, shapes and dtypes must match it.
-
-    A float16 tensor is accepted where the spec says float32 (lossy transport) and is
-    cast back to float32.
-    """
-    if not isinstance(obj, dict):
-        raise MalformedMessage(f"weights must be a map of name to tensor, got {_kind(obj)}")
-    if spec is not None:
-        _check_names(obj, spec)
-    weights: dict[str, np.ndarray] = {}
-    for name in spec if spec is not None else obj:
-        if not isinstance(name, str):
-            raise MalformedMessage(f"tensor names must be strings, got {name!r}")
-        array = decode_tensor(name, obj[name], allow_nonfinite=allow_nonfinite)
-        weights[name] = array if spec is None else _conform(name, array, spec[name])
-    return weights
-
-
 def decode_groups(
     obj: Any,
     *,
@@ -314,7 +173,7 @@ def decode_groups(
     if obj is None:
         obj = {}
     if not isinstance(obj, dict):
-        raise MalformedMessage(f"groups must be a map of group name to weights, got {_kind(obj)}")
+        raise MalformedMessage(f"groups must be a map of group name to weights, got {kind_of(obj)}")
     if len(obj) > MAX_GROUPS:
         raise MalformedMessage(f"{len(obj)} tensor groups exceed the limit of {MAX_GROUPS}")
     for name in obj:
@@ -334,7 +193,9 @@ def _decode_group(
 ) -> dict[str, np.ndarray]:
     """Decode one group's weights map; tensor errors name ``groups.<name>.<tensor>``."""
     if not isinstance(obj, dict):
-        raise MalformedMessage(f"group {name!r} must be a map of name to tensor, got {_kind(obj)}")
+        raise MalformedMessage(
+            f"group {name!r} must be a map of name to tensor, got {kind_of(obj)}"
+        )
     try:
         return decode_weights(obj, spec=spec, allow_nonfinite=allow_nonfinite)
     except TensorError as exc:
@@ -350,61 +211,3 @@ def _check_group_names(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
     unexpected = [name for name in obj if name not in spec]
     if unexpected:
         raise SpecMismatch(f"groups.{unexpected[0]}", f"unexpected group (expected {sorted(spec)})")
-
-
-def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
-        raise MalformedMessage(
-            f"tensor {name!r}: shape must be a list of at most {MAX_NDIM} ints, got {shape!r:.80}"
-        )
-    for dim in shape:
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
-            raise MalformedMessage(f"tensor {name!r}: shape {shape!r:.80} has a bad dimension")
-    return tuple(shape)
-
-
-def _check_names(obj: Mapping[Any, Any], spec: Mapping[str, TensorSpec]) -> None:
-    missing = [name for name in spec if name not in obj]
-    if missing:
-        raise SpecMismatch(missing[0], f"missing ({len(missing)} tensors missing in all)")
-    unexpected = [name for name in obj if name not in spec]
-    if unexpected:
-        raise SpecMismatch(str(unexpected[0]), "is not a tensor of this model")
-
-
-def _conform(name: str, array: np.ndarray, expected: TensorSpec) -> np.ndarray:
-    if array.shape != tuple(expected.shape):
-        raise SpecMismatch(
-            name, f"shape {list(array.shape)} does not match the model's {list(expected.shape)}"
-        )
-    if array.dtype.name == expected.dtype:
-        return array
-    if array.dtype == np.float16 and expected.dtype == "float32":
-        return array.astype(np.float32)
-    raise SpecMismatch(
-        name, f"dtype {array.dtype.name} does not match the model's {expected.dtype}"
-    )
-
-
-def _all_finite(array: np.ndarray) -> bool:
-    """Tell whether a tensor holds no NaN or Inf.
-
-    float32 and float64, fast path: the sum of squares (a BLAS dot product, twice as fast
-    as numpy's own sum here). Squares are never negative, so nothing cancels: a NaN or Inf
-    element makes the result NaN or Inf, and a finite result proves every element finite.
-    Large finite elements can overflow it too, so then the exact elementwise check decides.
-    float16 (whose arithmetic numpy emulates slowly): an exact test of the exponent bits.
-    """
-    if array.dtype.kind != "f" or array.size == 0:
-        return True
-    if array.dtype.itemsize == 2:
-        bits = array.view(np.dtype(np.uint16).newbyteorder(array.dtype.byteorder))
-        return int(np.bitwise_and(bits, _FLOAT16_EXPONENT).max()) != _FLOAT16_EXPONENT
-    with np.errstate(over="ignore", invalid="ignore"):
-        flat = array.reshape(-1)
-        total = np.dot(flat, flat)
-    return math.isfinite(total) or bool(np.isfinite(array).all())
-
-
-def _kind(obj: Any) -> str:
-    return "bin" if isinstance(obj, memoryview) else type(obj).__name__

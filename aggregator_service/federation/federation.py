@@ -121,7 +121,7 @@ class Federation:
             client_timeout_s=self.settings.client_timeout_s,
         )
         self.store.drop_history_after(done_rounds)  # rounds whose checkpoint was lost
-        self.store.drop_updates_through(done_rounds)  # a crash right after a checkpoint
+        self.store.updates.drop_through(done_rounds)  # a crash right after a checkpoint
         state.history = self.store.history()
         now = time.monotonic()
         for client_id, meta in dict(self.store.get_meta("clients", {})).items():
@@ -144,7 +144,7 @@ class Federation:
             selected=frozenset(saved["selected"]),
             deadline=time.monotonic() + self.config.round_timeout_s,
         )
-        for client_id, num_examples, body in self.store.pending_updates(current.server_round):
+        for client_id, num_examples, body in self.store.updates.pending(current.server_round):
             header, _ = decode_update(body)
             resumed.received[client_id] = UpdateRecord(
                 client_id, num_examples, dict(header.metrics), len(body)

@@ -70,7 +70,7 @@ def ingest_update(
             return claim.answer
         decode_weights(raw_weights, spec=state.spec)  # names, shapes, dtypes, finite values
         decode_groups(_expected_groups(header, state.group_specs), spec=state.group_specs)
-        store.save_update(
+        store.updates.save(
             header.round, header.client_id, header.num_examples, body, streamed, durable=durable
         )
     return claim.answer
@@ -82,7 +82,7 @@ def round_updates(store: RunStore, server_round: int) -> Iterator[ClientUpdate]:
     They were checked when they arrived, and the journal's checksum vouches that these are
     the same bytes: they are decoded here without checking their tensors again.
     """
-    for client_id, num_examples, body in store.pending_updates(server_round):
+    for client_id, num_examples, body in store.updates.pending(server_round):
         header, raw_weights = decode_update(body)
         weights = decode_weights(raw_weights, allow_nonfinite=True)
         groups = decode_groups(header.groups, allow_nonfinite=True)

@@ -243,7 +243,7 @@ class RoundLoop:
         # History first: a row without its checkpoint is dropped again on restart.
         self.store.append_history(row)
         self.store.save_checkpoint(server_round, new_weights, self.strategy.state())
-        self.store.drop_updates(server_round)
+        self.store.updates.drop(server_round)
         with self.state.lock:
             self.state.global_weights = new_weights
             self.state.history = [
@@ -271,7 +271,7 @@ class RoundLoop:
             current = self.state.round
             weights = self.state.global_weights
         done = current.server_round - 1  # the round whose result `weights` is
-        self.store.drop_updates(current.server_round)
+        self.store.updates.drop(current.server_round)
         self.store.set_meta("stopped", {"round": done, "at": time.time()})
         log.warning("run stopped by the admin after %d rounds", done)
         self._finish(done, weights)

@@ -101,7 +101,7 @@ async def receive(
             "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
         )
     async with upload_gate.admit(caller.client_id) as slot:
-        streamed = federation.store.stream_update()
+        streamed = federation.store.updates.stream()
         watcher = EarlyRefusal(streamed, federation.state)
         try:
             body = await read_body(

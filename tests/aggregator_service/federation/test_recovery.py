@@ -102,14 +102,14 @@ def test_updates_of_a_checkpointed_round_are_dropped_on_restart(
     bodies, _ = _one_round_then_exit(start_app, config, state_dir)
     # As if the process died between round 1's checkpoint and the removal of its updates:
     with RunStore(state_dir) as store:
-        store.save_update(1, "a", 10, bodies["a"])
+        store.updates.save(1, "a", 10, bodies["a"])
     assert any((state_dir / "updates" / "1").iterdir())
 
     second = start_app(config, state_dir=state_dir)
     assert second.get("/status").json()["round"] == 2
     assert not (state_dir / "updates" / "1").exists()
     with RunStore(state_dir) as store:
-        assert list(store.pending_updates(1)) == []
+        assert list(store.updates.pending(1)) == []
 
 
 def test_state_dir_of_another_model_is_refused(start_app: AppFactory, tmp_path: Path) -> None:

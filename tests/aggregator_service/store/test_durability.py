@@ -156,23 +156,23 @@ def test_a_checkpoint_is_fsynced_renamed_and_its_directory_fsynced_before_return
 
 
 def _write_buffered(store: RunStore) -> None:
-    store.save_update(1, "a", 3, _payload(100_000))
+    store.updates.save(1, "a", 3, _payload(100_000))
 
 
 def _write_direct(store: RunStore) -> None:
-    store.save_update(1, "a", 3, _aligned(_payload(2 * MIB + 100)))
+    store.updates.save(1, "a", 3, _aligned(_payload(2 * MIB + 100)))
 
 
 def _write_streamed(store: RunStore) -> None:
     data = _payload(2 * STEP + 100)
     buffer = _aligned(bytes(len(data)))
-    streamed = store.stream_update()
+    streamed = store.updates.stream()
     streamed.start(buffer)
     for start in range(0, len(data), 300_000):
         end = min(start + 300_000, len(data))
         buffer[start:end] = data[start:end]
         streamed.advance(end)
-    store.save_update(1, "a", 3, buffer, streamed)
+    store.updates.save(1, "a", 3, buffer, streamed)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def _write_streamed(store: RunStore) -> None:
     ],
     ids=["buffered", "direct", "streamed"],
 )
-def test_an_update_and_its_round_directory_are_durable_before_save_update_returns(
+def test_an_update_and_its_round_directory_are_durable_before_save_returns(
     tmp_path: Path, disk_log: DiskLog, write: Any
 ) -> None:
     with RunStore(tmp_path / "state") as store:
@@ -200,8 +200,8 @@ def test_without_persistence_an_update_is_journalled_but_never_fsynced(
 ) -> None:
     data = bytes(range(256)) * 9000  # 2.3 MB: large enough for direct I/O where it works
     with RunStore(tmp_path / "state") as store:
-        store.save_update(1, "a", 3, data, durable=False)
-        assert [bytes(body) for _, _, body in store.pending_updates(1)] == [data]
+        store.updates.save(1, "a", 3, data, durable=False)
+        assert [bytes(body) for _, _, body in store.updates.pending(1)] == [data]
     assert [e for e in disk_log.events if e.kind.endswith("fsync")] == []
     assert [e.kind for e in disk_log.events] == ["rename"]  # still renamed whole into place
 

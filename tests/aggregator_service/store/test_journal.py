@@ -208,9 +208,9 @@ def test_a_full_disk_fails_the_write_and_the_store_keeps_no_trace(
     with RunStore(tmp_path / "state") as store:
         monkeypatch.setattr(os, "write", disk_full)
         with pytest.raises(StoreError, match="No space left"):
-            store.save_update(1, "client-a", 10, _mapped(_payload(size, seed=6)))
+            store.updates.save(1, "client-a", 10, _mapped(_payload(size, seed=6)))
         monkeypatch.undo()
-        assert list(store.pending_updates(1)) == []
+        assert list(store.updates.pending(1)) == []
         assert not [p for p in (store.state_dir / "updates").rglob("*") if p.is_file()]
 
 

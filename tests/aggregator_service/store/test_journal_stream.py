@@ -62,7 +62,7 @@ def _arrive(streamed: StreamedBody, buffer: memoryview, data: bytes, chunk: int)
 
 def _streamed(store: RunStore, data: bytes, chunk: int) -> tuple[StreamedBody, memoryview]:
     """A body of exactly `data` that has arrived whole, followed by the store's streamer."""
-    streamed, buffer = store.stream_update(), _buffer(len(data))
+    streamed, buffer = store.updates.stream(), _buffer(len(data))
     _arrive(streamed, buffer, data, chunk)
     return streamed, buffer
 
@@ -163,8 +163,8 @@ def test_a_filesystem_without_direct_io_falls_back_to_the_ordinary_write(
     data = _payload(3 * STEP, seed=6)
     with RunStore(tmp_path / "state") as store:
         streamed, buffer = _streamed(store, data, STEP)
-        store.save_update(1, "a", 7, buffer, streamed)
-        assert _as_bytes(store.pending_updates(1)) == [("a", 7, data)]
+        store.updates.save(1, "a", 7, buffer, streamed)
+        assert _as_bytes(store.updates.pending(1)) == [("a", 7, data)]
     assert list((tmp_path / "state" / "updates" / "incoming").iterdir()) == []
 
 
@@ -186,9 +186,9 @@ def test_a_refused_direct_write_falls_back_to_the_ordinary_write(
     with RunStore(tmp_path) as store:
         monkeypatch.setattr(os, "pwrite", pwrite_refusing_beyond_a_step)
         streamed, buffer = _streamed(store, data, STEP)
-        store.save_update(1, "a", 2, buffer, streamed)
+        store.updates.save(1, "a", 2, buffer, streamed)
         monkeypatch.undo()
-        assert _as_bytes(store.pending_updates(1)) == [("a", 2, data)]
+        assert _as_bytes(store.updates.pending(1)) == [("a", 2, data)]
     assert refused  # the streamed write was refused, and the whole body written instead
     assert list((tmp_path / "updates" / "incoming").iterdir()) == []
 
@@ -198,8 +198,8 @@ def test_the_store_places_a_streamed_body_in_its_round(tmp_path: Path) -> None:
     data = _payload(2 * STEP + 100, seed=7)
     with RunStore(tmp_path) as store:
         streamed, buffer = _streamed(store, data, 300_000)
-        store.save_update(2, "b", 3, buffer, streamed)
-        assert _as_bytes(store.pending_updates(2)) == [("b", 3, data)]
+        store.updates.save(2, "b", 3, buffer, streamed)
+        assert _as_bytes(store.updates.pending(2)) == [("b", 3, data)]
     assert list((tmp_path / "updates" / "incoming").iterdir()) == []
     assert len(list((tmp_path / "updates" / "2").iterdir())) == 1
 
@@ -216,10 +216,10 @@ def test_a_failed_write_is_a_store_error_and_leaves_nothing(
         monkeypatch.setattr(os, "pwrite", full_disk)
         streamed, buffer = _streamed(store, data, STEP)
         with pytest.raises(StoreError, match="No space left"):
-            store.save_update(1, "a", 1, buffer, streamed)
+            store.updates.save(1, "a", 1, buffer, streamed)
         assert streamed.following  # the caller discards it, as the route does
         streamed.discard()
-        assert _as_bytes(store.pending_updates(1)) == []
+        assert _as_bytes(store.updates.pending(1)) == []
     assert list((tmp_path / "updates" / "incoming").iterdir()) == []
 
 

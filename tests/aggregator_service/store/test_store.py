@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -185,39 +184,17 @@ def test_all_checkpoints_corrupt_gives_none(
     assert len(caplog.records) == 1
 
 
-# -------------------------------------------------------------------------------- updates
-
-
-def test_update_round_trip_in_client_id_order(store: RunStore) -> None:
-    store.save_update(3, "client-b", 50, b"\x81\xa1a\x01")
-    store.save_update(3, "client-a", 20, bytearray(b"second"))
-    store.save_update(3, "client-c", 10, memoryview(b"third"), durable=False)
-    store.save_update(4, "client-a", 99, b"other round")
-    assert _as_bytes(store.pending_updates(3)) == [  # by client id, not in the order they came
-        ("client-a", 20, b"second"),
-        ("client-b", 50, b"\x81\xa1a\x01"),
-        ("client-c", 10, b"third"),
-    ]
-    assert _as_bytes(store.pending_updates(4)) == [("client-a", 99, b"other round")]
-    assert _as_bytes(store.pending_updates(5)) == []
-
-
-def test_duplicate_update_is_rejected_and_first_kept(store: RunStore) -> None:
-    store.save_update(1, "client-a", 10, b"first")
-    with pytest.raises(StoreError, match=r"'client-a'.*round 1.*already saved"):
-        store.save_update(1, "client-a", 20, b"second")
-    assert _as_bytes(store.pending_updates(1)) == [("client-a", 10, b"first")]
-    assert len(_files(store.state_dir / "updates")) == 1
+# -------------------------------------------------------------------- restart, history, meta
 
 
 def test_updates_survive_a_restart(tmp_path: Path) -> None:
     with RunStore(tmp_path) as store:
-        store.save_update(2, "client-a", 10, b"alpha")
-        store.save_update(2, "client-b", 30, b"beta")
+        store.updates.save(2, "client-a", 10, b"alpha")
+        store.updates.save(2, "client-b", 30, b"beta")
         store.save_checkpoint(1, _model(1.0))
         store.set_meta("run_id", "abc")
     with RunStore(tmp_path) as reopened:
-        assert _as_bytes(reopened.pending_updates(2)) == [
+        assert _as_bytes(reopened.updates.pending(2)) == [
             ("client-a", 10, b"alpha"),
             ("client-b", 30, b"beta"),
         ]
@@ -225,69 +202,6 @@ def test_updates_survive_a_restart(tmp_path: Path) -> None:
         assert found is not None
         assert found[0] == 1
         assert reopened.get_meta("run_id") == "abc"
-
-
-def test_drop_updates_removes_files_and_rows(store: RunStore) -> None:
-    store.save_update(1, "client-a", 10, b"one")
-    store.save_update(2, "client-a", 10, b"two")
-    store.drop_updates(1)
-    assert _as_bytes(store.pending_updates(1)) == []
-    assert not (store.state_dir / "updates" / "1").exists()
-    assert _as_bytes(store.pending_updates(2)) == [("client-a", 10, b"two")]
-    store.save_update(1, "client-a", 11, b"again")  # the pair is free again
-    assert _as_bytes(store.pending_updates(1)) == [("client-a", 11, b"again")]
-
-
-def test_update_write_leaves_no_temp_files(store: RunStore) -> None:
-    store.save_update(1, "client-a", 10, b"x")
-    names = _files(store.state_dir / "updates")
-    assert len(names) == 1
-    assert names[0].endswith(".msgpack")
-    assert not names[0].startswith(".")
-
-
-@pytest.mark.parametrize(
-    "client_id", ["../x", "a/b", "../../etc/passwd", "名前-ü", "", ".", "a\\b", "x" * 500]
-)
-def test_weird_client_ids_stay_inside_the_state_dir(tmp_path: Path, client_id: str) -> None:
-    state_dir = tmp_path / "state"
-    with RunStore(state_dir) as store:
-        store.save_update(1, client_id, 5, b"payload")
-        assert _as_bytes(store.pending_updates(1)) == [(client_id, 5, b"payload")]
-    outside = [p for p in tmp_path.rglob("*") if state_dir not in p.parents and p != state_dir]
-    assert outside == []
-    (update_file,) = (state_dir / "updates" / "1").iterdir()
-    assert update_file.parent == state_dir / "updates" / "1"
-
-
-def test_corrupt_update_is_skipped_with_a_warning(
-    store: RunStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    store.save_update(1, "client-a", 10, b"good")
-    store.save_update(1, "client-b", 10, b"will be damaged")
-    for path in (store.state_dir / "updates" / "1").iterdir():
-        if path.read_bytes() == b"will be damaged":
-            path.write_bytes(b"damaged")
-    with caplog.at_level(logging.WARNING, logger="aggregator_service.store.run_store"):
-        assert _as_bytes(store.pending_updates(1)) == [("client-a", 10, b"good")]
-    assert any("client-b" in r.getMessage() for r in caplog.records)
-
-
-@pytest.mark.parametrize("legacy", ["crc32", "sha256"])
-def test_update_journaled_with_the_checksum_of_an_earlier_version_is_still_read(
-    store: RunStore, legacy: str
-) -> None:
-    body = b"journaled by an earlier version"
-    store.save_update(1, "client-a", 10, body)
-    with sqlite3.connect(store.state_dir / "run.sqlite3") as db:
-        (recorded,) = db.execute("SELECT sha256 FROM updates").fetchone()
-        assert recorded.startswith("sum64:")
-        crc32, sha256 = f"crc32:{zlib.crc32(body):08x}", hashlib.sha256(body).hexdigest()
-        db.execute("UPDATE updates SET sha256 = ?", (crc32 if legacy == "crc32" else sha256,))
-    assert _as_bytes(store.pending_updates(1)) == [("client-a", 10, body)]
-
-
-# ------------------------------------------------------------------------- history, meta
 
 
 def test_history_is_ordered_by_round_and_replaced(store: RunStore) -> None:
@@ -328,39 +242,12 @@ def test_unwritable_state_dir_raises(tmp_path: Path) -> None:
     assert isinstance(caught.value, TributaryError)
 
 
-def test_database_is_in_wal_mode(store: RunStore) -> None:
-    with sqlite3.connect(store.state_dir / "run.sqlite3") as db:
-        (mode,) = db.execute("PRAGMA journal_mode").fetchone()
-    db.close()
-    assert mode == "wal"
-
-
 def test_leftover_temp_files_are_removed_on_open(tmp_path: Path) -> None:
     with RunStore(tmp_path) as store:
-        store.save_update(1, "client-a", 1, b"x")
+        store.updates.save(1, "client-a", 1, b"x")
     (tmp_path / "checkpoints" / ".round-000001.safetensors.dead.tmp").write_bytes(b"half")
     (tmp_path / "updates" / "1" / ".abc.msgpack.dead.tmp").write_bytes(b"half")
     with RunStore(tmp_path) as store:
         assert _files(tmp_path / "checkpoints") == []
         assert len(_files(tmp_path / "updates")) == 1
-        assert _as_bytes(store.pending_updates(1)) == [("client-a", 1, b"x")]
-
-
-def test_drop_updates_through_a_round_keeps_later_rounds(tmp_path: Path) -> None:
-    with RunStore(tmp_path) as store:
-        for server_round in (1, 2, 3):
-            store.save_update(server_round, "a", 1, b"round %d" % server_round)
-        store.drop_updates_through(2)
-        assert _as_bytes(store.pending_updates(1)) == []
-        assert _as_bytes(store.pending_updates(2)) == []
-        assert _as_bytes(store.pending_updates(3)) == [("a", 1, b"round 3")]
-    left = sorted(p.name for p in (tmp_path / "updates").iterdir())
-    assert left == ["3", "incoming"]  # close() waited for the deletions
-
-
-def test_half_deleted_update_directories_are_removed_on_open(tmp_path: Path) -> None:
-    with RunStore(tmp_path) as store:
-        store.save_update(1, "a", 1, b"x")
-    (tmp_path / "updates" / "1").rename(tmp_path / "updates" / ".discarded-1-0000")
-    with RunStore(tmp_path):
-        assert [p.name for p in (tmp_path / "updates").iterdir()] == ["incoming"]
+        assert _as_bytes(store.updates.pending(1)) == [("client-a", 1, b"x")]
