@@ -86,13 +86,46 @@ class FedMedianConfig(_Strict):
     name: Literal["fedmedian"] = "fedmedian"
 
 
+class _FedOptParams(_Strict):
+    """Parameters shared by the FedOpt strategies (Reddi et al. 2021, Algorithm 2)."""
+
+    eta: float = Field(1e-2, gt=0)  # the server's learning rate
+    beta_1: float = Field(0.9, ge=0, lt=1)  # first-moment decay
+    tau: float = Field(1e-3, gt=0)  # adaptivity: added to sqrt(v); v starts at tau**2
+
+
+class FedAdagradConfig(_FedOptParams):
+    """FedAdagrad (Reddi et al. 2021): an Adagrad step on the server's pseudo-gradient."""
+
+    name: Literal["fedadagrad"] = "fedadagrad"
+
+
+class FedAdamConfig(_FedOptParams):
+    """FedAdam (Reddi et al. 2021): an Adam step on the server's pseudo-gradient."""
+
+    name: Literal["fedadam"] = "fedadam"
+    beta_2: float = Field(0.99, ge=0, lt=1)  # second-moment decay
+
+
+class FedYogiConfig(_FedOptParams):
+    """FedYogi (Reddi et al. 2021): a Yogi step on the server's pseudo-gradient."""
+
+    name: Literal["fedyogi"] = "fedyogi"
+    beta_2: float = Field(0.99, ge=0, lt=1)  # second-moment decay
+
+
 def _named(value: Any) -> Any:
     """Let `strategy: fedavgm` stand for `strategy: {name: fedavgm}`."""
     return {"name": value} if isinstance(value, str) else value
 
 
 StrategyConfig = Annotated[
-    FedAvgConfig | FedAvgMConfig | FedMedianConfig,
+    FedAvgConfig
+    | FedAvgMConfig
+    | FedMedianConfig
+    | FedAdagradConfig
+    | FedAdamConfig
+    | FedYogiConfig,
     Field(discriminator="name"),
     BeforeValidator(_named),
 ]

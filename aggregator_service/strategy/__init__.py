@@ -12,6 +12,7 @@ from aggregator_service.strategy.base import AggregationError, ClientUpdate, Gro
 from aggregator_service.strategy.fedavg import FedAvg
 from aggregator_service.strategy.fedavgm import FedAvgM
 from aggregator_service.strategy.fedmedian import FedMedian
+from aggregator_service.strategy.fedopt import FedAdagrad, FedAdam, FedYogi
 from shared.config import StrategyConfig
 
 __all__ = [
@@ -27,6 +28,9 @@ STRATEGIES: Mapping[str, type[Strategy]] = {
     "fedavg": FedAvg,
     "fedavgm": FedAvgM,
     "fedmedian": FedMedian,
+    "fedadagrad": FedAdagrad,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
 }
 
 

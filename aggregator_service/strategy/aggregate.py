@@ -1,16 +1,29 @@
 """Aggregation rules as pure functions over numpy arrays, each checkable against its paper.
 
-The strategies (fedavg.py, fedavgm.py, fedmedian.py) apply them tensor by tensor. Floating
-arithmetic is float64 throughout; the caller casts back to the model's dtype.
+The strategies (fedavg.py, fedavgm.py, fedmedian.py, fedopt.py) apply them
+tensor by tensor or block by block. Floating arithmetic is float64 throughout; the caller
+casts back to the model's dtype.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["coordinate_median", "elementwise_max", "momentum_step", "weighted_mean"]
+__all__ = [
+    "SecondMoment",
+    "adagrad_moment",
+    "adam_moment",
+    "adaptive_step",
+    "coordinate_median",
+    "elementwise_max",
+    "momentum_step",
+    "weighted_mean",
+    "yogi_moment",
+]
+
+SecondMoment = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (v, delta**2) -> next v
 
 
 def weighted_mean(arrays: Sequence[np.ndarray], num_examples: Sequence[int]) -> np.ndarray:
@@ -47,3 +60,44 @@ def momentum_step(
     delta = np.asarray(current, np.float64) - np.asarray(aggregate, np.float64)
     velocity = delta if velocity is None else momentum * velocity + delta
     return np.asarray(current, np.float64) - server_lr * velocity, velocity
+
+
+def adaptive_step(
+    current: np.ndarray,
+    aggregate: np.ndarray,
+    moments: tuple[np.ndarray, np.ndarray] | None,
+    second_moment: SecondMoment,
+    *,
+    eta: float,
+    beta_1: float,
+    tau: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (next weights, m, v) of FedOpt (Reddi et al. 2021, Algorithm 2, no bias correction).
+
+    delta = aggregate - current; m = beta_1 * m + (1 - beta_1) * delta; v = second_moment(v,
+    delta**2); next = current + eta * m / (sqrt(v) + tau). `moments` None (the first round)
+    starts from m = 0 and v = tau**2, the least v_{-1} the paper allows.
+    """
+    x = np.asarray(current, np.float64)
+    delta = np.asarray(aggregate, np.float64) - x
+    if moments is None:
+        moments = np.zeros_like(delta), np.full_like(delta, tau * tau)
+    m, v = moments
+    m = beta_1 * m + (1 - beta_1) * delta
+    v = second_moment(v, delta * delta)
+    return x + eta * m / (np.sqrt(v) + tau), m, v
+
+
+def adagrad_moment(v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
+    """Return FedAdagrad's v + delta**2."""
+    return v + delta_sq  # type: ignore[no-any-return]
+
+
+def adam_moment(v: np.ndarray, delta_sq: np.ndarray, beta_2: float) -> np.ndarray:
+    """Return FedAdam's beta_2 * v + (1 - beta_2) * delta**2."""
+    return beta_2 * v + (1 - beta_2) * delta_sq
+
+
+def yogi_moment(v: np.ndarray, delta_sq: np.ndarray, beta_2: float) -> np.ndarray:
+    """Return FedYogi's v - (1 - beta_2) * delta**2 * sign(v - delta**2)."""
+    return v - (1 - beta_2) * delta_sq * np.sign(v - delta_sq)  # type: ignore[no-any-return]

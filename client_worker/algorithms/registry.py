@@ -24,6 +24,9 @@ ALGORITHMS: Mapping[str, type[ClientAlgorithm]] = {
     "fedavg": ClientAlgorithm,
     "fedavgm": ClientAlgorithm,
     "fedmedian": ClientAlgorithm,
+    "fedadagrad": ClientAlgorithm,
+    "fedadam": ClientAlgorithm,
+    "fedyogi": ClientAlgorithm,
     "fedprox": FedProx,
 }
 
