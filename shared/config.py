@@ -114,6 +114,13 @@ class FedYogiConfig(_FedOptParams):
     beta_2: float = Field(0.99, ge=0, lt=1)  # second-moment decay
 
 
+class FedTrimmedAvgConfig(_Strict):
+    """FedTrimmedAvg (Yin et al. 2018): the coordinate-wise trimmed mean."""
+
+    name: Literal["fedtrimmedavg"] = "fedtrimmedavg"
+    beta: float = Field(0.2, ge=0, lt=0.5)  # share of the updates cut from EACH end
+
+
 def _named(value: Any) -> Any:
     """Let `strategy: fedavgm` stand for `strategy: {name: fedavgm}`."""
     return {"name": value} if isinstance(value, str) else value
@@ -125,7 +132,8 @@ StrategyConfig = Annotated[
     | FedMedianConfig
     | FedAdagradConfig
     | FedAdamConfig
-    | FedYogiConfig,
+    | FedYogiConfig
+    | FedTrimmedAvgConfig,
     Field(discriminator="name"),
     BeforeValidator(_named),
 ]

@@ -13,6 +13,7 @@ from aggregator_service.strategy.fedavg import FedAvg
 from aggregator_service.strategy.fedavgm import FedAvgM
 from aggregator_service.strategy.fedmedian import FedMedian
 from aggregator_service.strategy.fedopt import FedAdagrad, FedAdam, FedYogi
+from aggregator_service.strategy.fedtrimmedavg import FedTrimmedAvg
 from shared.config import StrategyConfig
 
 __all__ = [
@@ -31,6 +32,7 @@ STRATEGIES: Mapping[str, type[Strategy]] = {
     "fedadagrad": FedAdagrad,
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
+    "fedtrimmedavg": FedTrimmedAvg,
 }
 
 

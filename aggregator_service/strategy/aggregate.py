@@ -1,8 +1,8 @@
 """Aggregation rules as pure functions over numpy arrays, each checkable against its paper.
 
-The strategies (fedavg.py, fedavgm.py, fedmedian.py, fedopt.py) apply them
-tensor by tensor or block by block. Floating arithmetic is float64 throughout; the caller
-casts back to the model's dtype.
+The strategies (fedavg.py, fedavgm.py, fedmedian.py, fedopt.py, fedtrimmedavg.py)
+apply them tensor by tensor or block by block. Floating arithmetic is float64 throughout;
+the caller casts back to the model's dtype.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ __all__ = [
     "coordinate_median",
     "elementwise_max",
     "momentum_step",
+    "trimmed_mean",
     "weighted_mean",
     "yogi_moment",
 ]
@@ -101,3 +102,14 @@ def adam_moment(v: np.ndarray, delta_sq: np.ndarray, beta_2: float) -> np.ndarra
 def yogi_moment(v: np.ndarray, delta_sq: np.ndarray, beta_2: float) -> np.ndarray:
     """Return FedYogi's v - (1 - beta_2) * delta**2 * sign(v - delta**2)."""
     return v - (1 - beta_2) * delta_sq * np.sign(v - delta_sq)  # type: ignore[no-any-return]
+
+
+def trimmed_mean(arrays: Sequence[np.ndarray], beta: float) -> np.ndarray:
+    """Return the coordinate-wise mean without the int(beta * n) lowest and highest values.
+
+    Unweighted, in float64 (Yin et al. 2018); beta 0 is the plain mean. The caller checks
+    that something is left: n - 2 * int(beta * n) >= 1.
+    """
+    cut = int(beta * len(arrays))
+    ordered = np.sort(np.stack([np.asarray(a, np.float64) for a in arrays]), axis=0)
+    return ordered[cut : len(arrays) - cut].mean(axis=0)  # type: ignore[no-any-return]

@@ -27,6 +27,7 @@ ALGORITHMS: Mapping[str, type[ClientAlgorithm]] = {
     "fedadagrad": ClientAlgorithm,
     "fedadam": ClientAlgorithm,
     "fedyogi": ClientAlgorithm,
+    "fedtrimmedavg": ClientAlgorithm,
     "fedprox": FedProx,
 }
 

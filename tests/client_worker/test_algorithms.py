@@ -198,7 +198,8 @@ def test_registry_errors_name_the_unknown_algorithm_and_list_the_known() -> None
         algorithm_class({"strategy": "scaffold"})
     with pytest.raises(ConfigError, match="fedprox"):
         algorithm_class({"strategy": 3})
-    for name in ("fedavg", "fedavgm", "fedmedian", "fedadagrad", "fedadam", "fedyogi"):
+    server_only = ["fedavg", "fedavgm", "fedmedian", "fedadagrad", "fedadam", "fedyogi"]
+    for name in (*server_only, "fedtrimmedavg"):
         assert algorithm_class({"strategy": name}) is ClientAlgorithm
 
 
