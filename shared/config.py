@@ -121,6 +121,14 @@ class FedTrimmedAvgConfig(_Strict):
     beta: float = Field(0.2, ge=0, lt=0.5)  # share of the updates cut from EACH end
 
 
+class KrumConfig(_Strict):
+    """Krum (Blanchard et al. 2017): keep the updates closest to their neighbours."""
+
+    name: Literal["krum"] = "krum"
+    num_malicious_clients: int = Field(0, ge=0)  # f: rounds need more than 2f + 2 updates
+    num_clients_to_keep: int = Field(1, ge=1)  # m: 1 = Krum, more = multi-Krum's mean of m
+
+
 def _named(value: Any) -> Any:
     """Let `strategy: fedavgm` stand for `strategy: {name: fedavgm}`."""
     return {"name": value} if isinstance(value, str) else value
@@ -133,7 +141,8 @@ StrategyConfig = Annotated[
     | FedAdagradConfig
     | FedAdamConfig
     | FedYogiConfig
-    | FedTrimmedAvgConfig,
+    | FedTrimmedAvgConfig
+    | KrumConfig,
     Field(discriminator="name"),
     BeforeValidator(_named),
 ]
@@ -235,6 +244,23 @@ class ExperimentConfig(BaseSettings):
                 f"min_fit_clients ({self.min_fit_clients}) exceeds "
                 f"min_available_clients ({self.min_available_clients})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_krum(self) -> ExperimentConfig:
+        krum, n = self.strategy, self.num_partitions
+        if isinstance(krum, KrumConfig):
+            if n <= 2 * krum.num_malicious_clients + 2:
+                raise ValueError(
+                    f"strategy.krum.num_malicious_clients ({krum.num_malicious_clients}) needs "
+                    f"more than {2 * krum.num_malicious_clients + 2} clients (2f + 2); "
+                    f"num_partitions is {n}"
+                )
+            if krum.num_clients_to_keep > n:
+                raise ValueError(
+                    f"strategy.krum.num_clients_to_keep ({krum.num_clients_to_keep}) exceeds "
+                    f"num_partitions ({n})"
+                )
         return self
 
     def model_args(self) -> ModelArgs:

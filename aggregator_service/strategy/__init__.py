@@ -14,6 +14,7 @@ from aggregator_service.strategy.fedavgm import FedAvgM
 from aggregator_service.strategy.fedmedian import FedMedian
 from aggregator_service.strategy.fedopt import FedAdagrad, FedAdam, FedYogi
 from aggregator_service.strategy.fedtrimmedavg import FedTrimmedAvg
+from aggregator_service.strategy.krum import Krum
 from shared.config import StrategyConfig
 
 __all__ = [
@@ -33,6 +34,7 @@ STRATEGIES: Mapping[str, type[Strategy]] = {
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
     "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
 }
 
 

@@ -1,8 +1,8 @@
 """Aggregation rules as pure functions over numpy arrays, each checkable against its paper.
 
-The strategies (fedavg.py, fedavgm.py, fedmedian.py, fedopt.py, fedtrimmedavg.py)
-apply them tensor by tensor or block by block. Floating arithmetic is float64 throughout;
-the caller casts back to the model's dtype.
+The strategies (fedavg.py, fedavgm.py, fedmedian.py, fedopt.py, fedtrimmedavg.py, krum.py)
+apply them tensor by tensor or block by block. Floating arithmetic is float64 throughout; the
+caller casts back to the model's dtype.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ __all__ = [
     "adaptive_step",
     "coordinate_median",
     "elementwise_max",
+    "krum_scores",
     "momentum_step",
+    "squared_distances",
     "trimmed_mean",
     "weighted_mean",
     "yogi_moment",
@@ -113,3 +115,25 @@ def trimmed_mean(arrays: Sequence[np.ndarray], beta: float) -> np.ndarray:
     cut = int(beta * len(arrays))
     ordered = np.sort(np.stack([np.asarray(a, np.float64) for a in arrays]), axis=0)
     return ordered[cut : len(arrays) - cut].mean(axis=0)  # type: ignore[no-any-return]
+
+
+def squared_distances(block: np.ndarray) -> np.ndarray:
+    """Return the (N, N) squared L2 distances between the N rows of a (N, B) float64 block."""
+    n = block.shape[0]
+    out = np.zeros((n, n))
+    for i in range(n - 1):
+        diff = block[i + 1 :] - block[i]  # (N - i - 1, B)
+        out[i, i + 1 :] = out[i + 1 :, i] = np.einsum("ij,ij->i", diff, diff)
+    return out
+
+
+def krum_scores(sq_distances: np.ndarray, num_malicious: int) -> np.ndarray:
+    """Return each update's Krum score (Blanchard et al. 2017).
+
+    Score of update i: the sum of its squared distances to its n - f - 2 nearest other
+    updates, f = `num_malicious`. The caller checks n > 2f + 2.
+    """
+    n = sq_distances.shape[0]
+    nearest = n - num_malicious - 2
+    others = [np.delete(sq_distances[i], i) for i in range(n)]
+    return np.array([np.sort(row)[:nearest].sum() for row in others])

@@ -28,6 +28,7 @@ ALGORITHMS: Mapping[str, type[ClientAlgorithm]] = {
     "fedadam": ClientAlgorithm,
     "fedyogi": ClientAlgorithm,
     "fedtrimmedavg": ClientAlgorithm,
+    "krum": ClientAlgorithm,
     "fedprox": FedProx,
 }
 

@@ -199,7 +199,7 @@ def test_registry_errors_name_the_unknown_algorithm_and_list_the_known() -> None
     with pytest.raises(ConfigError, match="fedprox"):
         algorithm_class({"strategy": 3})
     server_only = ["fedavg", "fedavgm", "fedmedian", "fedadagrad", "fedadam", "fedyogi"]
-    for name in (*server_only, "fedtrimmedavg"):
+    for name in (*server_only, "fedtrimmedavg", "krum"):
         assert algorithm_class({"strategy": name}) is ClientAlgorithm
 
 
