@@ -21,6 +21,9 @@ STRATEGY ?=
 # Worker processes (empty = one per client); fewer run the clients as virtual clients,
 # one training per core overall: `make demo PROCESSES=2`
 PROCESSES ?=
+# `make demo` ends with the transfer-learning scenario (`make transfer`); TRANSFER=0 skips it
+TRANSFER ?= 1
+PRETRAINED := data/pretrained/mlp-digits-0-4.pt
 # Single parts on machines of their own: `make run-aggregator`, `make run-worker ID=3 SERVER=...`
 SERVER ?= http://127.0.0.1:8000
 ID ?= 0
@@ -45,7 +48,7 @@ RUN_FLAGS := --config $(CONFIG) \
 	bench clean
 
 help:
-	@echo "make demo   - set up .venv if missing and run the main job"
+	@echo "make demo   - set up .venv if missing, run the main job, then the transfer scenario"
 	@echo "make test   - set up .venv if missing and run every test"
 	@echo "make transfer - pretrain a backbone on digits 0-4, fine-tune a new head federated"
 	@echo "make data   - install Fashion-MNIST from Debian's dataset-fashion-mnist where possible"
@@ -92,11 +95,15 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-demo: $(STAMP) data
+demo: $(STAMP) data $(if $(filter 1,$(TRANSFER)),$(PRETRAINED))
 	$(BIN)/python -m shared.runs $(RUN_FLAGS)
+ifeq ($(TRANSFER),1)
+	@echo "== transfer learning: a pretrained backbone, a new head, federated fine-tuning"
+	@echo "== (configs/transfer-mlp.yaml; alone: make transfer; skip: make demo TRANSFER=0)"
+	$(BIN)/python -m shared.runs --config configs/transfer-mlp.yaml
+endif
 
 # `make transfer`: pretrain a backbone on digits 0-4, then fine-tune a new head federated
-PRETRAINED := data/pretrained/mlp-digits-0-4.pt
 
 $(PRETRAINED): | $(STAMP)
 	$(BIN)/python -m client_worker.centralized --dataset mnist5k --model mlp --classes 5 \

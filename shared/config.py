@@ -19,6 +19,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
@@ -86,6 +88,21 @@ class FedMedianConfig(_Strict):
     name: Literal["fedmedian"] = "fedmedian"
 
 
+class FedProxConfig(_Strict):
+    """FedProx (Li et al. 2020): FedAvg on the server; mu goes to the clients' proximal term."""
+
+    name: Literal["fedprox"] = "fedprox"
+    mu: float = Field(0.01, ge=0)  # the proximal weight of each client's local objective
+
+
+class ScaffoldConfig(_Strict):
+    """SCAFFOLD (Karimireddy et al. 2020): control variates correct the clients' drift."""
+
+    name: Literal["scaffold"] = "scaffold"
+    server_lr: float = Field(1.0, gt=0)  # eta_g: the server's global step size
+    num_clients: int | None = Field(None, ge=1)  # N in c's update; None: num_partitions
+
+
 class _FedOptParams(_Strict):
     """Parameters shared by the FedOpt strategies (Reddi et al. 2021, Algorithm 2)."""
 
@@ -138,6 +155,8 @@ StrategyConfig = Annotated[
     FedAvgConfig
     | FedAvgMConfig
     | FedMedianConfig
+    | FedProxConfig
+    | ScaffoldConfig
     | FedAdagradConfig
     | FedAdamConfig
     | FedYogiConfig
@@ -216,7 +235,7 @@ class ExperimentConfig(BaseSettings):
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    mu: float = Field(0.0, ge=0)  # FedProx proximal weight; 0 = plain FedAvg
+    mu: float = Field(0.0, ge=0)  # FedProx's weight under any server rule; 0 = none
 
     # personalization (shared/exchange.py): tensors each client keeps, never sent or averaged
     local_layers: list[str] = []  # FedPer: name patterns, e.g. ["fc.*"]
@@ -236,6 +255,15 @@ class ExperimentConfig(BaseSettings):
     server_eval: bool = True
 
     network: list[NetworkProfile] = []
+
+    @field_validator("strategy")
+    @classmethod
+    def _scaffold_counts_the_partitions(cls, value: Any, info: ValidationInfo) -> Any:
+        """Give SCAFFOLD's num_clients (N) its default: one client per partition."""
+        if isinstance(value, ScaffoldConfig) and value.num_clients is None:
+            num_partitions = info.data.get("num_partitions")  # absent when itself invalid
+            return value.model_copy(update={"num_clients": num_partitions})
+        return value
 
     @model_validator(mode="after")
     def _check_counts(self) -> ExperimentConfig:
@@ -263,6 +291,39 @@ class ExperimentConfig(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _check_client_algorithm(self) -> ExperimentConfig:
+        strategy = self.strategy
+        if isinstance(strategy, FedProxConfig) and self.mu not in (0.0, strategy.mu):
+            default = "" if "mu" in strategy.model_fields_set else " (its default)"
+            raise ValueError(
+                f"mu is set twice: {self.mu} at the top level, {strategy.mu} as "
+                f"strategy.mu{default}; with strategy fedprox set strategy.mu only"
+            )
+        if not isinstance(strategy, ScaffoldConfig):
+            return self
+        if self.mu > 0:
+            raise ValueError(
+                f"mu ({self.mu}) is FedProx's proximal weight, which SCAFFOLD's clients do "
+                "not use: remove mu, or use strategy fedprox"
+            )
+        if self.momentum > 0:
+            raise ValueError(
+                f"momentum ({self.momentum}) must be 0 with SCAFFOLD: its control variate "
+                "update (option II) assumes plain local SGD"
+            )
+        if (strategy.num_clients or 0) < self.min_fit_clients:
+            raise ValueError(
+                f"strategy.num_clients ({strategy.num_clients}), SCAFFOLD's number of clients "
+                f"N, is below min_fit_clients ({self.min_fit_clients}): every round would "
+                "have more updates than the federation has clients"
+            )
+        return self
+
+    def proximal_mu(self) -> float:
+        """Return the FedProx weight the clients use: strategy fedprox's, else the top-level mu."""
+        return self.strategy.mu if isinstance(self.strategy, FedProxConfig) else self.mu
+
     def model_args(self) -> ModelArgs:
         """Return build_model's keyword arguments for this dataset."""
         if self.dataset == "synthetic":
@@ -289,7 +350,9 @@ class ExperimentConfig(BaseSettings):
         keys = ["model", "dataset", "local_epochs", "batch_size", "lr", "momentum"]
         keys += ["weight_decay", "mu", "seed", "num_partitions", "local_layers", "fedbn"]
         keys += ["trainable"]
-        return {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
+        config = {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
+        config["mu"] = self.proximal_mu()  # strategy fedprox's own mu, when it is the strategy
+        return config
 
 
 def load_config(

@@ -109,11 +109,12 @@ class Federation:
         server_round = done_rounds if stopped else min(done_rounds + 1, config.num_rounds)
         phase: Phase = "finished" if finished else "waiting"
         round_state = RoundState(server_round, phase)
-        published = publish_round(config, self.strategy, round_state, weights)
+        spec = spec_of({name: weights[name] for name in self.exchanged})
+        published = publish_round(config, self.strategy, round_state, weights, spec)
         state = FederationState(
             config=config,
-            spec=spec_of({name: weights[name] for name in self.exchanged}),
-            group_specs=self.strategy.update_groups(spec_of(weights)),
+            spec=spec,
+            group_specs=self.strategy.update_groups(spec),
             global_weights=weights,
             round_state=round_state,
             published=published,
@@ -149,7 +150,9 @@ class Federation:
                 client_id, num_examples, dict(header.metrics), len(body)
             )
         state.round = resumed
-        state.published = publish_round(self.config, self.strategy, resumed, state.global_weights)
+        state.published = publish_round(
+            self.config, self.strategy, resumed, state.global_weights, state.spec
+        )
         log.info(
             "round %d resumed with %d acknowledged updates",
             resumed.server_round,

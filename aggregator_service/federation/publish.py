@@ -22,7 +22,7 @@ import numpy as np
 from aggregator_service.strategy import Groups, Strategy
 from shared.config import ExperimentConfig
 from shared.schemas import Phase
-from shared.wire import encode_message, protocol_for, spec_of
+from shared.wire import TensorSpec, encode_message, protocol_for
 
 __all__ = [
     "Publications",
@@ -133,14 +133,15 @@ def publish_round(
     strategy: Strategy,
     round_state: RoundView,
     weights: Mapping[str, np.ndarray],
+    exchanged: Mapping[str, TensorSpec],
 ) -> PublishedModel:
     """Encode `round_state` with the global model, the round config and the strategy's groups.
 
     The round config names the strategy and, when it wants tensor groups in every update,
-    lists them as `update_groups`.
+    lists them as `update_groups`. `exchanged` is the spec of the tensors updates carry.
     """
     round_config = config.round_config()
-    update_groups = sorted(strategy.update_groups(spec_of(weights)))
+    update_groups = sorted(strategy.update_groups(exchanged))
     if update_groups:
         round_config["update_groups"] = update_groups
     return publish(

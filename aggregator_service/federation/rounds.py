@@ -295,7 +295,7 @@ class RoundLoop:
                     "selected": sorted(round_state.selected),
                 },
             )
-        published = publish_round(config, self.strategy, round_state, weights)
+        published = publish_round(config, self.strategy, round_state, weights, self.state.spec)
         with self.state.changed:
             self.state.round = round_state
             self.state.published = published

@@ -58,7 +58,10 @@ class Strategy(Protocol):
         ...
 
     def update_groups(self, model: Mapping[str, TensorSpec]) -> dict[str, dict[str, TensorSpec]]:
-        """Return the tensor groups every update must carry, with their specs (protocol 2)."""
+        """Return the tensor groups every update must carry, with their specs (protocol 2).
+
+        `model` is the spec of the tensors updates carry: not the clients' own or frozen ones.
+        """
         ...
 
     def published_groups(self) -> dict[str, dict[str, np.ndarray]]:

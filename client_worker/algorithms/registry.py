@@ -13,6 +13,7 @@ from typing import Any
 
 from client_worker.algorithms.base import ClientAlgorithm
 from client_worker.algorithms.fedprox import FedProx
+from client_worker.algorithms.scaffold import Scaffold
 from shared.errors import ConfigError
 
 __all__ = ["ALGORITHMS", "DEFAULT_STRATEGY", "UnknownAlgorithm", "algorithm_class"]
@@ -30,6 +31,7 @@ ALGORITHMS: Mapping[str, type[ClientAlgorithm]] = {
     "fedtrimmedavg": ClientAlgorithm,
     "krum": ClientAlgorithm,
     "fedprox": FedProx,
+    "scaffold": Scaffold,
 }
 
 

@@ -4,6 +4,7 @@ registry.py     names to builders; the seeded initial global state
 small.py        MLPs and small CNNs of the federated-learning literature
 zoo.py          torchvision's ResNets, MobileNetV3, EfficientNet-B0 and ViTs, adapted
 pretrained.py   torchvision weights from the hub cache, or a local file
+adapt.py        pretrained tensors fitted to the model: gray stems, ViT position grids
 freezing.py     which tensors train: fnmatch patterns over the state names
 state.py        a model's full state as the numpy dict that the wire carries
 """

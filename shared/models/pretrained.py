@@ -3,8 +3,10 @@
 A source is either a torchvision weights enum name (``"ResNet18_Weights.IMAGENET1K_V1"``),
 read from ``torch.hub.get_dir()/checkpoints/`` and downloaded only when allowed, or the path
 of a ``.safetensors`` file or of a ``torch.save``'d state dict (read with
-``weights_only=True``: no pickled code runs). Tensors whose shapes differ from the model's
-(the head for other classes, an adapted stem) keep their fresh initialisation.
+``weights_only=True``: no pickled code runs). An RGB stem for 1-channel images and a ViT's
+position embeddings for another patch grid are fitted to the model (shared/models/adapt.py);
+other tensors whose shapes differ from the model's (the head for other classes, a CIFAR stem)
+keep their fresh initialisation.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torchvision
 from torch import nn
 
 from shared.errors import ModelError
+from shared.models.adapt import adapt_pretrained
 
 __all__ = ["apply_pretrained", "hub_path", "load_pretrained", "read_pretrained"]
 
@@ -51,7 +54,7 @@ def hub_path(weights_name: str) -> Path:
 
 
 def apply_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> list[str]:
-    """Copy the tensors of `state` whose shapes fit; return the names left as they were.
+    """Copy the tensors of `state` that fit, once adapted; return the names left as they were.
 
     Every name is checked before anything is copied: a missing or unexpected tensor is a
     ModelError naming them, and the model is left unchanged.
@@ -65,6 +68,7 @@ def apply_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor], source
         raise ModelError(
             f"pretrained weights {source} do not fit this model: " + "; ".join(problems)
         )
+    state = adapt_pretrained(model, state, source)
     kept = [key for key in own if key in state and state[key].shape != own[key].shape]
     with torch.no_grad():
         for key, tensor in own.items():

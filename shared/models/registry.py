@@ -23,6 +23,7 @@ _BUILDERS: dict[str, Builder] = {
     "mlp-128": small.mlp_128,
     "cnn": small.mnist_cnn,
     "simple-cnn": small.simple_cnn,
+    "simple-cnn-bn": small.simple_cnn_bn,
     "resnet18": zoo.resnet18,
     "resnet18-imagenet": zoo.resnet18_imagenet,
     "resnet34": zoo.resnet34,

@@ -6,7 +6,7 @@ from torch import nn
 
 from shared.errors import ModelError
 
-__all__ = ["mlp", "mlp_128", "mnist_cnn", "simple_cnn"]
+__all__ = ["mlp", "mlp_128", "mnist_cnn", "simple_cnn", "simple_cnn_bn"]
 
 
 def mlp(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
@@ -66,20 +66,43 @@ def simple_cnn(in_channels: int, num_classes: int, image_size: int) -> nn.Module
     # (NIID-Bench, https://arxiv.org/abs/2102.02079): conv 6@5x5, max-pool 2, conv 16@5x5,
     # max-pool 2, then fully connected 120, 84 and the classes. The convs are unpadded
     # ("valid"), so a 32x32 image leaves 16x5x5 features and a 28x28 one 16x4x4.
+    return _simple_cnn("simple-cnn", in_channels, num_classes, image_size, batch_norm=False)
+
+
+def simple_cnn_bn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """Return the simple CNN with BatchNorm after each conv and hidden layer (for FedBN)."""
+    # Li et al. 2021, "FedBN" (https://arxiv.org/abs/2102.07623), normalise after every
+    # conv and hidden fully connected layer of their digit models; this is the same
+    # placement on the simple CNN, so FedBN and FedAvg can be compared on a small model.
+    return _simple_cnn("simple-cnn-bn", in_channels, num_classes, image_size, batch_norm=True)
+
+
+def _simple_cnn(
+    name: str, in_channels: int, num_classes: int, image_size: int, *, batch_norm: bool
+) -> nn.Module:
+    """Return the simple CNN, with BatchNorm layers when `batch_norm`."""
     side = ((image_size - 4) // 2 - 4) // 2
     if side < 1:
-        raise ModelError(f"model 'simple-cnn' needs image_size >= 16, got {image_size}")
+        raise ModelError(f"model {name!r} needs image_size >= 16, got {image_size}")
+
+    def norm(kind: type[nn.BatchNorm1d | nn.BatchNorm2d], width: int) -> list[nn.Module]:
+        return [kind(width)] if batch_norm else []
+
     return nn.Sequential(
         nn.Conv2d(in_channels, 6, kernel_size=5),  # (B, 6, S-4, S-4)
+        *norm(nn.BatchNorm2d, 6),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Conv2d(6, 16, kernel_size=5),
+        *norm(nn.BatchNorm2d, 16),
         nn.ReLU(),
         nn.MaxPool2d(2),  # (B, 16, side, side)
         nn.Flatten(),
         nn.Linear(16 * side * side, 120),
+        *norm(nn.BatchNorm1d, 120),
         nn.ReLU(),
         nn.Linear(120, 84),
+        *norm(nn.BatchNorm1d, 84),
         nn.ReLU(),
         nn.Linear(84, num_classes),
     )

@@ -2,22 +2,25 @@
 
 Each public factory takes the dataset's ``(in_channels, num_classes, image_size)``. The head
 is torchvision's own, built with ``num_classes``; the stem takes ``in_channels`` and, where
-the name or image size asks for it, does not down-sample small images. Module names stay
-torchvision's, so its pretrained state dicts load by name (shared/models/pretrained.py).
+the name or image size asks for it, does not down-sample small images; a ViT resizes images
+to a whole number of patches. Module names stay torchvision's, so its pretrained state dicts
+load by name (shared/models/pretrained.py).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
+import torch
+import torch.nn.functional as F  # noqa: N812
 import torchvision
 from torch import nn
 
-from shared.errors import ModelError
-
 __all__ = [
     "SMALL_IMAGE",
+    "ResizeToGrid",
     "efficientnet_b0",
     "mobilenet_v3_large",
     "mobilenet_v3_small",
@@ -133,45 +136,52 @@ def efficientnet_b0(in_channels: int, num_classes: int, image_size: int) -> nn.M
 # ---------------------------------------------------------------------------- ViT
 
 
-def _vit(model: nn.Module, in_channels: int) -> nn.Module:
-    """Give a torchvision VisionTransformer a patch embedding for `in_channels` channels."""
+class ResizeToGrid:
+    """A forward pre-hook resizing images (bilinear) to the side a ViT's patch grid covers."""
+
+    def __init__(self, side: int) -> None:
+        self.side = side
+
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+        """Return the module's input, resized to `side` x `side` pixels."""
+        (images,) = args  # (B, C, H, W)
+        size = (self.side, self.side)
+        return (F.interpolate(images, size=size, mode="bilinear", align_corners=False),)
+
+
+def _vit(build: Factory, in_channels: int, image_size: int, *, patch_size: int) -> nn.Module:
+    """Build a torchvision VisionTransformer for images of `in_channels` and `image_size`."""
+    # torchvision's ViT cuts images into whole patches: a side that is not a multiple of the
+    # patch size is resized up to the next one (28 -> 32 for 16x16 patches) by a forward
+    # pre-hook, so the module names, and the state, stay torchvision's.
+    side = math.ceil(image_size / patch_size) * patch_size
+    model = build(image_size=side)
+    if side != image_size:
+        model.register_forward_pre_hook(ResizeToGrid(side))
     if in_channels == 3:
         return model
     old = model.get_submodule("conv_proj")
     assert isinstance(old, nn.Conv2d)
-    patch = old.kernel_size[0]
-    conv = nn.Conv2d(in_channels, old.out_channels, kernel_size=patch, stride=patch)
+    conv = nn.Conv2d(in_channels, old.out_channels, kernel_size=patch_size, stride=patch_size)
     # The patch embedding's initialisation in torchvision's VisionTransformer: LeCun normal
     # (truncated), std sqrt(1 / fan_in), zero bias.
-    nn.init.trunc_normal_(conv.weight, std=math.sqrt(1 / (in_channels * patch * patch)))
+    nn.init.trunc_normal_(conv.weight, std=math.sqrt(1 / (in_channels * patch_size**2)))
     assert conv.bias is not None
     nn.init.zeros_(conv.bias)
     model.conv_proj = conv
     return model
 
 
-def _check_patches(name: str, image_size: int, patch_size: int) -> None:
-    if image_size % patch_size:
-        raise ModelError(
-            f"model {name!r} cuts images into {patch_size}x{patch_size} patches: image_size "
-            f"must be a multiple of {patch_size}, got {image_size}"
-        )
-
-
 def vit_b_16(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """Return ViT-B/16 (https://arxiv.org/abs/2010.11929) for images of `image_size`."""
-    _check_patches("vit-b-16", image_size, 16)
-    model = torchvision.models.vit_b_16(
-        weights=None, image_size=image_size, num_classes=num_classes
-    )
-    return _vit(model, in_channels)
+    """Return ViT-B/16 (https://arxiv.org/abs/2010.11929) for images of any size."""
+    build = functools.partial(torchvision.models.vit_b_16, weights=None, num_classes=num_classes)
+    return _vit(build, in_channels, image_size, patch_size=16)
 
 
 def vit_tiny(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """Return a two-layer ViT with 4x4 patches and width 64: fast enough for tests and demos."""
-    _check_patches("vit-tiny", image_size, 4)
-    model = torchvision.models.VisionTransformer(
-        image_size=image_size,
+    build = functools.partial(
+        torchvision.models.VisionTransformer,
         patch_size=4,  # (B, 64, 64) tokens on 32x32 images
         num_layers=2,
         num_heads=2,
@@ -179,4 +189,4 @@ def vit_tiny(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
         mlp_dim=128,
         num_classes=num_classes,
     )
-    return _vit(model, in_channels)
+    return _vit(build, in_channels, image_size, patch_size=4)

@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from shared.config import ModelArgs
@@ -24,7 +25,7 @@ from shared.wire import decode_message, decode_weights, encode_message
 
 # (in_channels, image_size, num_classes): MNIST, CIFAR-10, and a 64x64 two-class dataset
 SHAPES = {"mnist": (1, 28, 10), "cifar": (3, 32, 10), "64px": (3, 64, 2)}
-HEAVY = {"vit-b-16"}  # 86M parameters: built and run once, at 32x32 (test below)
+HEAVY = {"vit-b-16"}  # 86M parameters: built and run once, at 28x28 (test below)
 ZOO = [name for name in MODEL_NAMES if name not in HEAVY]
 # the deep ResNets without down-sampling stem take seconds at 64x64; resnet18 covers the stem
 FORWARD = [
@@ -98,17 +99,23 @@ def test_state_crosses_the_wire_bit_for_bit(name: str) -> None:
         assert received[key].tobytes() == array.tobytes(), key
 
 
-def test_vit_b_16_runs_at_32_pixels() -> None:
-    model = build_model("vit-b-16", in_channels=3, num_classes=10, image_size=32).eval()
-    assert model.get_submodule("conv_proj").weight.shape == (768, 3, 16, 16)
+@pytest.mark.parametrize(
+    ("name", "image_size", "patch_embedding"),
+    [("vit-b-16", 28, (768, 1, 16, 16)), ("vit-tiny", 30, (64, 1, 4, 4))],
+)
+def test_vit_resizes_images_to_whole_patches(
+    name: str, image_size: int, patch_embedding: tuple[int, ...]
+) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=1, num_classes=10, image_size=image_size).eval()
+    assert model.get_parameter("conv_proj.weight").shape == patch_embedding
+    assert model.image_size == 32  # the next multiple of 16 and of 4
+    images = torch.randn(2, 1, image_size, image_size)  # (B, C, H, W)
+    resized = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
     with torch.no_grad():
-        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
-
-
-@pytest.mark.parametrize(("name", "image_size"), [("vit-b-16", 28), ("vit-tiny", 30)])
-def test_vit_needs_whole_patches(name: str, image_size: int) -> None:
-    with pytest.raises(ModelError, match=f"must be a multiple of .*got {image_size}"):
-        build_model(name, in_channels=1, num_classes=10, image_size=image_size)
+        logits = model(images)
+        assert logits.shape == (2, 10)
+        torch.testing.assert_close(logits, model(resized))  # 32x32 is resized to itself
 
 
 def test_vit_tiny_takes_one_channel() -> None:
@@ -158,3 +165,12 @@ def test_simple_cnn_needs_16_pixels() -> None:
     with pytest.raises(ModelError, match="'simple-cnn' needs image_size >= 16, got 15"):
         build_model("simple-cnn", in_channels=1, num_classes=10, image_size=15)
     build_model("simple-cnn", in_channels=1, num_classes=10, image_size=16)
+
+
+def test_simple_cnn_bn_adds_four_batchnorm_layers() -> None:
+    # BatchNorm after conv 6, conv 16, fc 120 and fc 84: 2 * (6 + 16 + 120 + 84) = 452
+    # parameters (weight and bias) on top of the simple CNN's 44,426 for MNIST.
+    model = build_model("simple-cnn-bn", **_args("mnist"))
+    assert count_parameters(model) == 44_426 + 452
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+    assert [m.num_features for m in norms] == [6, 16, 120, 84]

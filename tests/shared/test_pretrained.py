@@ -78,6 +78,25 @@ def test_adapted_stem_keeps_its_fresh_initialisation(
     assert "conv1.weight [64, 3, 3, 3] vs [64, 3, 7, 7]" in caplog.records[0].getMessage()
 
 
+def test_imagenet_stem_takes_gray_images(
+    imagenet_resnet18: dict[str, torch.Tensor], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="shared.models")
+    mnist: ModelArgs = {"in_channels": 1, "num_classes": 10, "image_size": 28}
+    weights = init_global_weights("resnet18-imagenet", seed=0, **mnist, pretrained=RESNET18)
+    rgb = imagenet_resnet18["conv1.weight"]  # (64, 3, 7, 7)
+    np.testing.assert_allclose(
+        weights["conv1.weight"][:, 0], (rgb[:, 0] + rgb[:, 1] + rgb[:, 2]).numpy()
+    )
+    np.testing.assert_array_equal(
+        weights["layer1.0.conv1.weight"], imagenet_resnet18["layer1.0.conv1.weight"].numpy()
+    )
+    adapted, kept = (record.getMessage() for record in caplog.records)
+    assert "conv1.weight [64, 3, 7, 7] -> [64, 1, 7, 7], summed over its input channels" in adapted
+    assert "2 tensors" in kept
+    assert "fc.weight [10, 512] vs [1000, 512]" in kept
+
+
 def test_weights_missing_from_the_cache_name_the_file(hub: Path) -> None:
     with pytest.raises(ModelError, match="pretrained_download") as info:
         init_global_weights("resnet18", seed=0, **CIFAR, pretrained=RESNET18)

@@ -118,3 +118,30 @@ def test_groups_are_published_required_and_aggregated(
     assert [float(u.groups["c"]["bias"][0]) for u in updates] == [1.0, 3.0]
     final = decode_message(app.get("/get_weights").content)
     np.testing.assert_array_equal(decode_groups(final["groups"])["c"]["bias"], np.full(10, 2.0))
+
+
+class _PerTensor(_Echo):
+    """Asks every update for a group "g" holding one float32 scalar per tensor it carries."""
+
+    def update_groups(self, model: Mapping[str, TensorSpec]) -> dict[str, dict[str, TensorSpec]]:
+        return {"g": {name: TensorSpec((), "float32") for name in model}}
+
+
+def test_group_specs_follow_the_tensors_updates_carry(
+    start_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(federation, "build_strategy", lambda config: _PerTensor())
+    app = start_app(experiment(num_rounds=1, local_layers=["5.*"]))  # the 2NN's head: own
+    register(app, "a", "b")
+    wait_for(app, lambda s: s["phase"] == "training")
+    message, weights = global_model(app)
+    assert message["config"]["update_groups"] == ["g"]
+    carried = {name: a for name, a in weights.items() if not name.startswith("5.")}
+    with_head = {"g": {name: np.zeros((), np.float32) for name in weights}}
+    body = update_body("a", 1, carried, protocol=2, groups=with_head)
+    refused = app.post("/receive", content=body, headers=MSGPACK)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["tensor"] == "groups.g.5.weight"  # not a tensor updates carry
+    groups = {"g": {name: np.zeros((), np.float32) for name in carried}}
+    body = update_body("a", 1, carried, protocol=2, groups=groups)
+    assert app.post("/receive", content=body, headers=MSGPACK).status_code == 200

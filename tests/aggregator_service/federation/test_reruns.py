@@ -4,6 +4,7 @@ a restart between rounds (server-optimizer state included) changes nothing."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from aggregator_service.federation.publish import model_digest
-from aggregator_service.strategy import STRATEGIES
+from aggregator_service.strategy import STRATEGIES, build_strategy
+from shared.wire import TensorSpec, spec_of
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
@@ -26,8 +28,14 @@ CLIENTS = ("c0", "c1", "c2", "c3")
 ROUNDS = 3
 
 
-def _update(weights: dict[str, np.ndarray], client: int, server_round: int) -> bytes:
-    """A client's update: a seeded step from the model it received, large and small values."""
+def _update(
+    weights: dict[str, np.ndarray],
+    client: int,
+    server_round: int,
+    group_specs: Mapping[str, Mapping[str, TensorSpec]],
+) -> bytes:
+    """A client's update: a seeded step from the model it received, large and small values,
+    and seeded tensors for the groups the strategy asks for (protocol 2 when any)."""
     rng = np.random.default_rng([server_round, client])
     stepped = {
         name: (a + rng.standard_normal(a.shape) * 10.0 ** rng.integers(-6, 1, a.shape)).astype(
@@ -37,7 +45,14 @@ def _update(weights: dict[str, np.ndarray], client: int, server_round: int) -> b
         else a.copy()
         for name, a in weights.items()
     }
-    return update_body(CLIENTS[client], server_round, stepped, num_examples=7 + 13 * client)
+    groups = {
+        group: {name: rng.standard_normal(s.shape).astype(s.dtype) for name, s in specs.items()}
+        for group, specs in group_specs.items()
+    }
+    fields: dict[str, Any] = {"protocol": 2, "groups": groups} if groups else {}
+    return update_body(
+        CLIENTS[client], server_round, stepped, num_examples=7 + 13 * client, **fields
+    )
 
 
 def _training(status: dict[str, Any], *, server_round: int) -> bool:
@@ -60,10 +75,10 @@ def _play(
         opened = functools.partial(_training, server_round=server_round)
         wait_for(app, opened)
         _, weights = global_model(app)
+        group_specs = build_strategy(config.strategy).update_groups(spec_of(weights))
         for client in orders[server_round - 1]:
-            reply = app.post(
-                "/receive", content=_update(weights, client, server_round), headers=MSGPACK
-            )
+            body = _update(weights, client, server_round, group_specs)
+            reply = app.post("/receive", content=body, headers=MSGPACK)
             assert reply.status_code == 200, reply.text
     wait_for(app, lambda s: s["phase"] == "finished")
     history = app.get("/history").json()

@@ -21,17 +21,21 @@ from tests.aggregator_service.helpers import (
 
 pytestmark = pytest.mark.slow
 
-# vit-b-16 (86 M parameters, a 340 MB update) is built and run in tests/shared/test_model_zoo.py
-ROUND_MODELS = [name for name in MODEL_NAMES if name != "vit-b-16"]
-SYNTHETIC = {"channels": 3, "image_size": 32, "num_classes": 10, "train_size": 8}
+# (model, channels, image_size): CIFAR-shaped images, and vit-b-16 (85 M parameters, a 341 MB
+# update) on MNIST-shaped ones, which it resizes to 32x32
+ROUNDS = [(name, 3, 32) for name in MODEL_NAMES if name != "vit-b-16"] + [("vit-b-16", 1, 28)]
+IDS = [f"{name}-{channels}x{size}x{size}" for name, channels, size in ROUNDS]
 
 
-@pytest.mark.parametrize("name", ROUND_MODELS)
-def test_a_zoo_model_trains_a_federated_round(start_app: AppFactory, name: str) -> None:
+@pytest.mark.parametrize(("name", "channels", "image_size"), ROUNDS, ids=IDS)
+def test_a_zoo_model_trains_a_federated_round(
+    start_app: AppFactory, name: str, channels: int, image_size: int
+) -> None:
+    shape = {"channels": channels, "image_size": image_size, "num_classes": 10}
     config = experiment(
         model=name,
         dataset="synthetic",
-        synthetic={**SYNTHETIC, "test_size": 4},
+        synthetic={**shape, "train_size": 8, "test_size": 4},
         num_rounds=1,
         min_fit_clients=1,
         min_available_clients=1,
@@ -40,10 +44,10 @@ def test_a_zoo_model_trains_a_federated_round(start_app: AppFactory, name: str) 
     register(app, "a")
     wait_for(app, lambda s: s["phase"] == "training", timeout=60)
     _, weights = global_model(app)
-    model = build_model(name, in_channels=3, num_classes=10, image_size=32)
+    model = build_model(name, **config.model_args())
     load_numpy_state(model, weights)
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(8, 3, 32, 32, generator=generator)  # (N, C, H, W)
+    images = torch.randn(8, channels, image_size, image_size, generator=generator)  # (N, C, H, W)
     labels = torch.randint(0, 10, (8,), generator=generator)
     train(model, images, labels, TrainConfig(local_epochs=1, batch_size=4, lr=0.01), seed=0)
     trained = state_to_numpy(model)

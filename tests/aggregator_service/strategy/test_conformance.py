@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pytest
 
 from aggregator_service.strategy import STRATEGIES, AggregationError, ClientUpdate, build_strategy
 from aggregator_service.strategy.base import Strategy
 from shared.config import load_config
+from shared.wire import TensorSpec, spec_of
 
 Weights = dict[str, np.ndarray]
 
@@ -23,8 +26,22 @@ def _model() -> Weights:
     }
 
 
-def _round_updates(current: Weights, server_round: int, clients: int = 5) -> list[ClientUpdate]:
-    """Deterministic updates of `clients` clients: a seeded step away from `current`."""
+def _seeded(rng: np.random.Generator, spec: TensorSpec) -> np.ndarray:
+    """A seeded tensor of `spec`: normal values, a few true bools, small integers."""
+    dtype = np.dtype(spec.dtype)
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(spec.shape).astype(dtype)
+    if dtype == np.bool_:
+        return rng.random(spec.shape) < 0.3
+    return rng.integers(0, 50, spec.shape).astype(dtype)
+
+
+def _round_updates(
+    current: Weights, server_round: int, strategy: Strategy, clients: int = 5
+) -> list[ClientUpdate]:
+    """Deterministic updates of `clients` clients: a seeded step away from `current`, and
+    seeded tensors for the groups the strategy's `update_groups` asks for."""
+    group_specs = strategy.update_groups(spec_of(current))
     updates = []
     for k in range(clients):
         rng = np.random.default_rng([server_round, k])
@@ -37,7 +54,11 @@ def _round_updates(current: Weights, server_round: int, clients: int = 5) -> lis
                 weights[name] = rng.random(array.shape) < 0.3
             else:
                 weights[name] = np.asarray(array + rng.integers(0, 50, array.shape))
-        updates.append(ClientUpdate(f"client-{k}", 10 * (k + 1), weights))
+        groups = {
+            group: {name: _seeded(rng, spec) for name, spec in specs.items()}
+            for group, specs in group_specs.items()
+        }
+        updates.append(ClientUpdate(f"client-{k}", 10 * (k + 1), weights, groups))
     return updates
 
 
@@ -45,10 +66,17 @@ def _fresh(name: str) -> Strategy:
     return build_strategy(load_config(None, {"strategy": name}).strategy)
 
 
+def _flat(groups: Mapping[str, Mapping[str, np.ndarray]]) -> Weights:
+    return {
+        f"{group}/{name}": a for group, tensors in groups.items() for name, a in tensors.items()
+    }
+
+
 def _run(strategy: Strategy, current: Weights, rounds: range) -> list[Weights]:
     models = []
     for server_round in rounds:
-        current = strategy.aggregate(server_round, current, _round_updates(current, server_round))
+        updates = _round_updates(current, server_round, strategy)
+        current = strategy.aggregate(server_round, current, updates)
         models.append(current)
     return models
 
@@ -63,17 +91,17 @@ class TestEveryStrategy:
     """What every strategy must do, whatever its rule."""
 
     def test_names_shapes_and_dtypes_are_kept(self, name: str) -> None:
-        current = _model()
-        result = _fresh(name).aggregate(1, current, _round_updates(current, 1))
+        current, strategy = _model(), _fresh(name)
+        result = strategy.aggregate(1, current, _round_updates(current, 1, strategy))
         assert list(result) == list(current)
         for key, array in current.items():
             assert result[key].shape == array.shape, key
             assert result[key].dtype == array.dtype, key
 
     def test_integer_and_bool_tensors_take_the_maximum(self, name: str) -> None:
-        current = _model()
-        updates = _round_updates(current, 1)
-        result = _fresh(name).aggregate(1, current, updates)
+        current, strategy = _model(), _fresh(name)
+        updates = _round_updates(current, 1, strategy)
+        result = strategy.aggregate(1, current, updates)
         counts = [int(u.weights["bn.num_batches_tracked"]) for u in updates]
         assert int(result["bn.num_batches_tracked"]) == max(counts)
         masks = np.stack([u.weights["mask"] for u in updates])
@@ -84,11 +112,14 @@ class TestEveryStrategy:
             _fresh(name).aggregate(3, _model(), [])
 
     def test_inputs_are_only_read(self, name: str) -> None:
-        current = _model()
-        updates = _round_updates(current, 1)
+        current, strategy = _model(), _fresh(name)
+        updates = _round_updates(current, 1, strategy)
+        grouped = (a for u in updates for group in u.groups.values() for a in group.values())
         for array in [*current.values(), *(a for u in updates for a in u.weights.values())]:
             array.flags.writeable = False  # as journal memory maps are
-        _fresh(name).aggregate(1, current, updates)
+        for array in grouped:
+            array.flags.writeable = False
+        strategy.aggregate(1, current, updates)
 
     def test_reruns_are_bit_identical(self, name: str) -> None:
         first = _run(_fresh(name), _model(), range(1, 4))
@@ -98,7 +129,8 @@ class TestEveryStrategy:
                 assert a[key].tobytes() == b[key].tobytes(), key
 
     def test_a_restart_from_the_saved_state_changes_nothing(self, name: str) -> None:
-        uninterrupted = _run(_fresh(name), _model(), range(1, 5))
+        straight = _fresh(name)
+        uninterrupted = _run(straight, _model(), range(1, 5))
         before = _fresh(name)
         after_two = _run(before, _model(), range(1, 3))[-1]
         saved = {k: np.array(v) for k, v in before.state().items()}  # as a checkpoint holds
@@ -107,3 +139,10 @@ class TestEveryStrategy:
         resumed = _run(restarted, after_two, range(3, 5))
         for key in uninterrupted[-1]:
             assert uninterrupted[-1][key].tobytes() == resumed[-1][key].tobytes(), key
+        for ours, theirs in [
+            (straight.state(), restarted.state()),
+            (_flat(straight.published_groups()), _flat(restarted.published_groups())),
+        ]:
+            assert ours.keys() == theirs.keys()
+            for key in ours:
+                assert ours[key].tobytes() == theirs[key].tobytes(), key

@@ -183,13 +183,24 @@ SERVER_STATE = {
     "fedadagrad": {"m", "v"},
     "fedadam": {"m", "v"},
     "fedyogi": {"m", "v"},
+    "scaffold": {"control"},
 }
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")
 @pytest.mark.parametrize(
     "strategy",
-    ["fedavgm", "fedmedian", "fedadagrad", "fedadam", "fedyogi", "fedtrimmedavg", "krum"],
+    [
+        "fedavgm",
+        "fedmedian",
+        "fedprox",
+        "scaffold",
+        "fedadagrad",
+        "fedadam",
+        "fedyogi",
+        "fedtrimmedavg",
+        "krum",
+    ],
 )
 def test_every_strategy_runs_a_federation_of_processes(tmp_path: Path, strategy: str) -> None:
     argv = [*RUNNER, "--clients", "3", "--rounds", "2", "--no-live"]
@@ -206,7 +217,9 @@ def test_every_strategy_runs_a_federation_of_processes(tmp_path: Path, strategy:
     checkpoint = max((run_dir / "state" / "checkpoints").glob("round-*.safetensors"))
     saved = load_file(checkpoint)
     kinds = {name.split("/")[1] for name in saved if name.startswith("server_state/")}
-    assert kinds == SERVER_STATE.get(strategy, set())  # server optimizers' state is saved
+    assert kinds == SERVER_STATE.get(strategy, set())  # server optimizers' state, SCAFFOLD's c
+    own = sorted(path.name for path in (run_dir / "worker-state").glob("*/*.npz"))
+    assert own == (["scaffold.npz"] * 3 if strategy == "scaffold" else [])  # and each c_i
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")

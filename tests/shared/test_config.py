@@ -1,0 +1,64 @@
+"""Tests of shared/config.py: the client-side settings the strategies fedprox and scaffold imply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.config import FedProxConfig, ScaffoldConfig, load_config
+from shared.errors import ConfigError
+
+
+def test_strategy_fedprox_sends_its_mu_to_the_clients() -> None:
+    config = load_config(None, {"strategy": {"name": "fedprox", "mu": 0.1}})
+    assert config.strategy == FedProxConfig(mu=0.1)
+    assert config.round_config()["mu"] == 0.1
+    assert config.round_config()["strategy"] == "fedprox"
+    assert load_config(None, {"strategy": "fedprox"}).round_config()["mu"] == 0.01  # default
+    same = load_config(None, {"mu": 0.1, "strategy": {"name": "fedprox", "mu": 0.1}})
+    assert same.round_config()["mu"] == 0.1
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedavgm", "fedmedian"])
+def test_the_top_level_mu_still_reaches_the_clients(strategy: str) -> None:
+    config = load_config(None, {"mu": 0.05, "strategy": strategy})
+    assert config.round_config()["mu"] == 0.05
+    assert config.round_config()["strategy"] == strategy
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"mu": 0.1, "strategy": {"name": "fedprox", "mu": 0.5}},
+            r"mu is set twice: 0.1 at the top level, 0.5 as strategy.mu; .*strategy.mu only",
+        ),
+        (
+            {"mu": 0.1, "strategy": "fedprox"},
+            r"0.01 as strategy.mu \(its default\)",
+        ),
+        ({"mu": 0.1, "strategy": "scaffold"}, r"mu \(0.1\) .* SCAFFOLD's clients do not use"),
+        ({"momentum": 0.9, "strategy": "scaffold"}, r"momentum \(0.9\) must be 0 with SCAFFOLD"),
+        ({"strategy": {"name": "scaffold", "num_clients": 0}}, "strategy.scaffold.num_clients"),
+        (
+            {"num_partitions": 1, "strategy": "scaffold"},
+            r"strategy.num_clients \(1\), .* is below min_fit_clients \(2\)",
+        ),
+        ({"strategy": {"name": "fedprox", "mu": -1}}, "strategy.fedprox.mu"),
+    ],
+)
+def test_conflicting_settings_are_config_errors(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_scaffold_counts_one_client_per_partition_unless_told() -> None:
+    config = load_config(None, {"num_partitions": 4, "strategy": "scaffold"})
+    assert config.strategy == ScaffoldConfig(num_clients=4)
+    told = load_config(
+        None, {"num_partitions": 4, "strategy": {"name": "scaffold", "num_clients": 9}}
+    )
+    assert told.strategy == ScaffoldConfig(num_clients=9)
+    assert told.round_config()["strategy"] == "scaffold"
+    assert told.round_config()["mu"] == 0.0
