@@ -15,7 +15,8 @@ MODEL ?=
 DATASET ?=
 PARTITION ?=
 ALPHA ?=
-# Aggregation strategy by name (fedavg, fedavgm, fedmedian); parameters with --set in a config
+# Aggregation strategy by name (fedavg, fedavgm, fedmedian, fedadam, ...: README's Strategies);
+# parameters with --set in a config
 STRATEGY ?=
 # Worker processes (empty = one per client); fewer run the clients as virtual clients,
 # one training per core overall: `make demo PROCESSES=2`

@@ -105,13 +105,65 @@ class ScaffoldConfig(_Strict):
     allow_momentum: bool = False
 
 
+class _FedOptParams(_Strict):
+    """Parameters shared by the FedOpt strategies (Reddi et al. 2021, Algorithm 2)."""
+
+    eta: float = Field(1e-2, gt=0)  # the server's learning rate
+    beta_1: float = Field(0.9, ge=0, lt=1)  # first-moment decay
+    tau: float = Field(1e-3, gt=0)  # adaptivity: added to sqrt(v); v starts at tau**2
+
+
+class FedAdagradConfig(_FedOptParams):
+    """FedAdagrad (Reddi et al. 2021): an Adagrad step on the server's pseudo-gradient."""
+
+    name: Literal["fedadagrad"] = "fedadagrad"
+
+
+class FedAdamConfig(_FedOptParams):
+    """FedAdam (Reddi et al. 2021): an Adam step on the server's pseudo-gradient."""
+
+    name: Literal["fedadam"] = "fedadam"
+    beta_2: float = Field(0.99, ge=0, lt=1)  # second-moment decay
+
+
+class FedYogiConfig(_FedOptParams):
+    """FedYogi (Reddi et al. 2021): a Yogi step on the server's pseudo-gradient."""
+
+    name: Literal["fedyogi"] = "fedyogi"
+    beta_2: float = Field(0.99, ge=0, lt=1)  # second-moment decay
+
+
+class FedTrimmedAvgConfig(_Strict):
+    """FedTrimmedAvg (Yin et al. 2018): the coordinate-wise trimmed mean."""
+
+    name: Literal["fedtrimmedavg"] = "fedtrimmedavg"
+    beta: float = Field(0.2, ge=0, lt=0.5)  # share of the updates cut from EACH end
+
+
+class KrumConfig(_Strict):
+    """Krum (Blanchard et al. 2017): keep the updates closest to their neighbours."""
+
+    name: Literal["krum"] = "krum"
+    num_malicious_clients: int = Field(0, ge=0)  # f: rounds need more than 2f + 2 updates
+    num_clients_to_keep: int = Field(1, ge=1)  # m: 1 = Krum, more = multi-Krum's mean of m
+
+
 def _named(value: Any) -> Any:
     """Let `strategy: fedavgm` stand for `strategy: {name: fedavgm}`."""
     return {"name": value} if isinstance(value, str) else value
 
 
 StrategyConfig = Annotated[
-    FedAvgConfig | FedAvgMConfig | FedMedianConfig | FedProxConfig | ScaffoldConfig,
+    FedAvgConfig
+    | FedAvgMConfig
+    | FedMedianConfig
+    | FedProxConfig
+    | ScaffoldConfig
+    | FedAdagradConfig
+    | FedAdamConfig
+    | FedYogiConfig
+    | FedTrimmedAvgConfig
+    | KrumConfig,
     Field(discriminator="name"),
     BeforeValidator(_named),
 ]
@@ -222,6 +274,23 @@ class ExperimentConfig(BaseSettings):
                 f"min_fit_clients ({self.min_fit_clients}) exceeds "
                 f"min_available_clients ({self.min_available_clients})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_krum(self) -> ExperimentConfig:
+        krum, n = self.strategy, self.num_partitions
+        if isinstance(krum, KrumConfig):
+            if n <= 2 * krum.num_malicious_clients + 2:
+                raise ValueError(
+                    f"strategy.krum.num_malicious_clients ({krum.num_malicious_clients}) needs "
+                    f"more than {2 * krum.num_malicious_clients + 2} clients (2f + 2); "
+                    f"num_partitions is {n}"
+                )
+            if krum.num_clients_to_keep > n:
+                raise ValueError(
+                    f"strategy.krum.num_clients_to_keep ({krum.num_clients_to_keep}) exceeds "
+                    f"num_partitions ({n})"
+                )
         return self
 
     @model_validator(mode="after")

@@ -12,7 +12,10 @@ from aggregator_service.strategy.base import AggregationError, ClientUpdate, Gro
 from aggregator_service.strategy.fedavg import FedAvg
 from aggregator_service.strategy.fedavgm import FedAvgM
 from aggregator_service.strategy.fedmedian import FedMedian
+from aggregator_service.strategy.fedopt import FedAdagrad, FedAdam, FedYogi
 from aggregator_service.strategy.fedprox import FedProx
+from aggregator_service.strategy.fedtrimmedavg import FedTrimmedAvg
+from aggregator_service.strategy.krum import Krum
 from aggregator_service.strategy.scaffold import Scaffold
 from shared.config import StrategyConfig
 
@@ -31,6 +34,11 @@ STRATEGIES: Mapping[str, type[Strategy]] = {
     "fedmedian": FedMedian,
     "fedprox": FedProx,
     "scaffold": Scaffold,
+    "fedadagrad": FedAdagrad,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
 }
 
 

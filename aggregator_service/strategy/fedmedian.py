@@ -8,7 +8,7 @@ block, so beyond the mappings the memory used is one result plus N blocks of flo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -17,9 +17,28 @@ from aggregator_service.strategy.aggregate import coordinate_median, elementwise
 from aggregator_service.strategy.base import AggregationError, BaseStrategy, ClientUpdate
 from aggregator_service.strategy.mean import is_floating
 
-__all__ = ["FedMedian"]
+__all__ = ["BLOCK", "FedMedian", "coordinatewise"]
 
 BLOCK = 1 << 16  # coordinates per step: N x 512 KiB of float64 at a time
+
+CoordinateRule = Callable[[Sequence[np.ndarray]], np.ndarray]  # N blocks -> one, float64
+
+
+def coordinatewise(
+    current: Mapping[str, np.ndarray], held: Sequence[ClientUpdate], rule: CoordinateRule
+) -> dict[str, np.ndarray]:
+    """Apply a coordinate-wise `rule` to the updates block by block (integer tensors: maximum)."""
+    result: dict[str, np.ndarray] = {}
+    for name, weights in current.items():
+        arrays = [u.weights[name].reshape(-1) for u in held]
+        if not is_floating(weights.dtype):
+            result[name] = elementwise_max(arrays).astype(weights.dtype).reshape(weights.shape)
+            continue
+        out = np.empty(weights.size, weights.dtype)
+        for start in range(0, weights.size, BLOCK):
+            out[start : start + BLOCK] = rule([a[start : start + BLOCK] for a in arrays])
+        result[name] = out.reshape(weights.shape)
+    return result
 
 
 class FedMedian(BaseStrategy):
@@ -37,15 +56,4 @@ class FedMedian(BaseStrategy):
         held = list(updates)
         if not held:
             raise AggregationError(f"round {server_round}: no update to aggregate")
-        result: dict[str, np.ndarray] = {}
-        for name, weights in current.items():
-            arrays = [u.weights[name].reshape(-1) for u in held]
-            if not is_floating(weights.dtype):
-                result[name] = elementwise_max(arrays).astype(weights.dtype).reshape(weights.shape)
-                continue
-            out = np.empty(weights.size, weights.dtype)
-            for start in range(0, weights.size, BLOCK):
-                block = [a[start : start + BLOCK] for a in arrays]
-                out[start : start + BLOCK] = coordinate_median(block)
-            result[name] = out.reshape(weights.shape)
-        return result
+        return coordinatewise(current, held, coordinate_median)

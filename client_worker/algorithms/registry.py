@@ -25,6 +25,11 @@ ALGORITHMS: Mapping[str, type[ClientAlgorithm]] = {
     "fedavg": ClientAlgorithm,
     "fedavgm": ClientAlgorithm,
     "fedmedian": ClientAlgorithm,
+    "fedadagrad": ClientAlgorithm,
+    "fedadam": ClientAlgorithm,
+    "fedyogi": ClientAlgorithm,
+    "fedtrimmedavg": ClientAlgorithm,
+    "krum": ClientAlgorithm,
     "fedprox": FedProx,
     "scaffold": Scaffold,
 }

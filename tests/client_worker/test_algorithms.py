@@ -194,11 +194,12 @@ def test_state_files_hold_no_pickle(tmp_path: Path) -> None:
 
 
 def test_registry_errors_name_the_unknown_algorithm_and_list_the_known() -> None:
-    with pytest.raises(UnknownAlgorithm, match=r"'dpsgd'.*known: fedavg, fedavgm"):
+    with pytest.raises(UnknownAlgorithm, match=r"'dpsgd'.*known: fedadagrad, .*fedavgm"):
         algorithm_class({"strategy": "dpsgd"})
     with pytest.raises(ConfigError, match="fedprox"):
         algorithm_class({"strategy": 3})
-    for name in ("fedavg", "fedavgm", "fedmedian"):
+    server_only = ["fedavg", "fedavgm", "fedmedian", "fedadagrad", "fedadam", "fedyogi"]
+    for name in (*server_only, "fedtrimmedavg", "krum"):
         assert algorithm_class({"strategy": name}) is ClientAlgorithm
 
 

@@ -126,7 +126,7 @@ def test_strategy_parameters_are_typed_and_named_in_errors() -> None:
         ({"name": "fedavgm", "momentum": 1.5}, "strategy.fedavgm.momentum"),
         ({"name": "fedavgm", "server_lr": 0}, "strategy.fedavgm.server_lr"),
         ({"name": "fedavg", "mu": 0.1}, "unknown key 'strategy.fedavg.mu'"),
-        ("krum", "'krum'"),
+        ("bulyan", "'bulyan'"),
     ],
 )
 def test_bad_strategy_parameters_are_config_errors(strategy: object, message: str) -> None:

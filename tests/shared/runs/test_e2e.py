@@ -177,8 +177,31 @@ def test_reruns_give_bit_identical_models_under_different_jitter(tmp_path: Path)
     assert shaken == calm
 
 
+# what each strategy keeps across rounds, in its checkpoints (the others keep nothing)
+SERVER_STATE = {
+    "fedavgm": {"velocity"},
+    "fedadagrad": {"m", "v"},
+    "fedadam": {"m", "v"},
+    "fedyogi": {"m", "v"},
+    "scaffold": {"control"},
+}
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="inspects /proc")
-@pytest.mark.parametrize("strategy", ["fedavgm", "fedmedian", "fedprox", "scaffold"])
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        "fedavgm",
+        "fedmedian",
+        "fedprox",
+        "scaffold",
+        "fedadagrad",
+        "fedadam",
+        "fedyogi",
+        "fedtrimmedavg",
+        "krum",
+    ],
+)
 def test_every_strategy_runs_a_federation_of_processes(tmp_path: Path, strategy: str) -> None:
     argv = [*RUNNER, "--clients", "3", "--rounds", "2", "--no-live"]
     argv += ["--runs-dir", str(tmp_path / "runs"), "--set", f"strategy={strategy}"]
@@ -193,10 +216,8 @@ def test_every_strategy_runs_a_federation_of_processes(tmp_path: Path, strategy:
     assert rounds[-1]["eval_accuracy"] > initial_accuracy(run_dir / "config.yaml") + 0.2
     checkpoint = max((run_dir / "state" / "checkpoints").glob("round-*.safetensors"))
     saved = load_file(checkpoint)
-    velocity = [name for name in saved if name.startswith("server_state/velocity/")]
-    assert bool(velocity) == (strategy == "fedavgm")  # FedAvgM's state is in its checkpoints
-    control = [name for name in saved if name.startswith("server_state/control/")]
-    assert bool(control) == (strategy == "scaffold")  # and SCAFFOLD's c
+    kinds = {name.split("/")[1] for name in saved if name.startswith("server_state/")}
+    assert kinds == SERVER_STATE.get(strategy, set())  # server optimizers' state, SCAFFOLD's c
     own = sorted(path.name for path in (run_dir / "worker-state").glob("*/*.npz"))
     assert own == (["scaffold.npz"] * 3 if strategy == "scaffold" else [])  # and each c_i
 
