@@ -36,6 +36,7 @@ __all__ = [
     "PartitionConfig",
     "PartitionName",
     "StrategyConfig",
+    "config_source",
     "load_config",
     "parse_overrides",
 ]
@@ -362,14 +363,20 @@ def load_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> ExperimentConfig:
     """Build the config from defaults < YAML file < environment < overrides."""
+    try:
+        return ExperimentConfig.model_validate(config_source(path, overrides))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def config_source(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Return the YAML file, environment and overrides merged, before validation."""
     data = _read_yaml(Path(path)) if path is not None else {}
     env = EnvSettingsSource(ExperimentConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__")()
     sources = [_with_named_strategy(s) for s in (data, env, dict(overrides or {}))]
-    merged = _deep_merge(_deep_merge(sources[0], sources[1]), sources[2])
-    try:
-        return ExperimentConfig.model_validate(merged)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+    return _deep_merge(_deep_merge(sources[0], sources[1]), sources[2])
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from shared.config import (
     DatasetName,
     ExperimentConfig,
     PartitionName,
+    config_source,
     load_config,
     parse_overrides,
 )
@@ -128,13 +129,23 @@ def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
     for key, value in partition.items():
         if value is not None:
             overrides.setdefault("partition", {})[key] = value
-    config = load_config(args.config, overrides)
-    n = config.num_partitions
-    if config.min_available_clients > n or config.min_fit_clients > n:
-        overrides["min_available_clients"] = min(config.min_available_clients, n)
-        overrides["min_fit_clients"] = min(config.min_fit_clients, n)
-        config = load_config(args.config, overrides)
-    return config
+    # cap before validating: a strategy may check min_fit_clients against the clients
+    source = config_source(args.config, overrides)
+    n = _count(source, "num_partitions")
+    for key in ("min_available_clients", "min_fit_clients"):
+        value = _count(source, key)
+        if n is not None and value is not None and value > n:
+            overrides[key] = n
+    return load_config(args.config, overrides)
+
+
+def _count(source: dict[str, Any], key: str) -> int | None:
+    """Return an integer setting of an unvalidated config (None if it is not one)."""
+    value = source.get(key, ExperimentConfig.model_fields[key].default)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None  # load_config names the bad value
 
 
 def create_run_dir(runs_dir: Path, config: ExperimentConfig, *, now: float | None = None) -> Path:

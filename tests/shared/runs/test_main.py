@@ -76,6 +76,17 @@ def test_fewer_clients_cap_the_minimums(exp_yaml: Path) -> None:
     assert config.min_fit_clients == 3
 
 
+@pytest.mark.parametrize("strategy", ["scaffold", "krum"])
+def test_the_cap_comes_before_strategy_checks_on_min_fit_clients(
+    exp_yaml: Path, strategy: str
+) -> None:
+    # SCAFFOLD's N and Krum's f are checked against the clients when the config loads:
+    # with min_fit_clients 8 of the YAML and 3 clients, only the capped config is valid.
+    argv = ["--config", str(exp_yaml), "--clients", "3", "--set", f"strategy={strategy}"]
+    config = resolve_config(build_parser().parse_args(argv))
+    assert (config.strategy.name, config.min_fit_clients) == (strategy, 3)
+
+
 def test_flags_win_over_set_and_set_over_the_yaml(exp_yaml: Path) -> None:
     argv = ["--config", str(exp_yaml), "--set", "num_rounds=7", "--set", "lr=0.2"]
     argv += ["--set", "partition.alpha=0.9", "--rounds", "4"]
