@@ -99,10 +99,8 @@ def attacked_weights(
     return gaussian_noise(global_weights, trained, std=attack.std, rng=rng)
 
 
-def describe_attack(attack: ByzantineProfile | None) -> str:
+def describe_attack(attack: ByzantineProfile) -> str:
     """Return a one-line description for the log."""
-    if attack is None:
-        return "honest"
     if isinstance(attack, GaussianAttack):
         return f"byzantine (simulated): gaussian noise, std {attack.std:g}"
     return f"byzantine (simulated): sign flip, scale {attack.scale:g}"

@@ -187,12 +187,13 @@ class _Worker:
     def run(self) -> WorkerSummary:
         """Register and serve rounds until finished, bounded, or stopped."""
         self._log(
-            "partition %d: %d examples; %s; %s",
+            "partition %d: %d examples; %s",
             self.partition_id,
             len(self.labels),
             self.network.describe(),
-            describe_attack(self.attack),
         )
+        if self.attack is not None:
+            self._log("%s", describe_attack(self.attack))
         try:
             with self.client:
                 answer = self.client.register(len(self.labels))

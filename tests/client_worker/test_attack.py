@@ -103,8 +103,8 @@ def test_the_first_matching_attack_applies() -> None:
     assert select_attack([flip, noise], 1) is flip
     assert select_attack([flip, noise], 5) is noise
     assert select_attack([flip, noise], 2) is None
-    assert describe_attack(None) == "honest"
     assert "sign flip, scale 10" in describe_attack(flip)
+    assert "gaussian noise, std 1" in describe_attack(noise)
 
 
 def test_the_config_lists_typed_attacks_with_defaults() -> None:
