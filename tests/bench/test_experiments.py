@@ -64,8 +64,8 @@ def test_keys_go_to_the_strategy_unless_it_lacks_them_and_the_config_has_them() 
         "mu": 0.01,
     }
     # a strategy the config does not know keeps every key, for the config to refuse it
-    assert strategy_overrides(parse_spec("fedprox:mu=0.01")) == {
-        "strategy": {"name": "fedprox", "mu": 0.01}
+    assert strategy_overrides(parse_spec("nosuch:mu=0.01")) == {
+        "strategy": {"name": "nosuch", "mu": 0.01}
     }
     assert strategy_overrides(parse_spec("fedavg:beta=1")) == {
         "strategy": {"name": "fedavg", "beta": 1}
