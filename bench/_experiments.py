@@ -42,6 +42,7 @@ __all__ = [
     "check_configs",
     "command_line",
     "describe",
+    "override_flags",
     "parse_spec",
     "rounds_to_reach",
     "run_all",
@@ -53,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 TAIL_LINES = 25  # of the runner's output, shown when a run fails
 # what a worker logs when the aggregator refuses its update for a NaN or an Inf (shared/wire.py)
 NON_FINITE = "contains NaN or Inf"
+_DOCUMENT_END = "...\n"  # what PyYAML writes after a lone scalar
 Key = tuple[str, str]  # a run's row and column in the table
 
 
@@ -191,8 +193,7 @@ def run_federation(
     """Run one federation with the local runner; return its rows (and error, if it failed)."""
     argv = [sys.executable, "-m", "shared.runs", "--config", str(config_path), "--no-live"]
     argv += ["--runs-dir", str(runs_dir), "--worker-processes", str(worker_processes)]
-    for key, value in overrides.items():
-        argv += ["--set", f"{key}={json.dumps(value)}"]
+    argv += override_flags(overrides)
     try:
         done = subprocess.run(
             argv, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
@@ -204,6 +205,16 @@ def run_federation(
     tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-TAIL_LINES:])
     error = f"the runner exited with code {done.returncode}:\n{tail}"
     return Run(_rows(runs_dir), error, diverged=_refused_non_finite(runs_dir))
+
+
+def override_flags(overrides: Mapping[str, Any]) -> list[str]:
+    """Return the runner's ``--set key=value`` flags, each value in YAML as `--set` reads it."""
+    flags = []
+    for key, value in overrides.items():
+        text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 20)
+        text = text.removesuffix(_DOCUMENT_END).strip()
+        flags += ["--set", f"{key}={text}"]
+    return flags
 
 
 def _refused_non_finite(runs_dir: Path) -> bool:

@@ -35,6 +35,8 @@ from _experiments import (
     strategy_overrides,
 )
 
+from shared.errors import ConfigError
+
 __all__ = ["main", "planned_runs", "results_table"]
 
 STRATEGIES = [
@@ -108,7 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--honest-all", action="store_true", help="run every strategy without attackers too"
     )
     args = parser.parse_args(argv)
-    settings = planned_runs(args)
+    try:
+        settings = planned_runs(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
     errors = check_configs(args.config, settings)
     if errors:
         print("refused configs, nothing was run:\n" + "\n".join(errors), file=sys.stderr)

@@ -37,6 +37,8 @@ from _experiments import (
     strategy_overrides,
 )
 
+from shared.errors import ConfigError
+
 __all__ = ["main", "planned_runs", "plot", "summary_rows"]
 
 STRATEGIES = [
@@ -123,7 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=2, help="labels per client of the #C=k split")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "compare.png")
     args = parser.parse_args(argv)
-    settings = planned_runs(args)
+    try:
+        settings = planned_runs(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
     errors = check_configs(args.config, settings)
     if errors:
         print("refused configs, nothing was run:\n" + "\n".join(errors), file=sys.stderr)

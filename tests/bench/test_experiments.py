@@ -11,12 +11,14 @@ from _experiments import (
     Spec,
     accuracies,
     check_configs,
+    override_flags,
     parse_spec,
     rounds_to_reach,
     run_federation,
     strategy_overrides,
 )
 
+from shared.config import parse_overrides
 from shared.errors import ConfigError
 
 DEMO = REPO / "configs" / "demo.yaml"
@@ -116,3 +118,18 @@ def test_a_run_the_runner_refuses_comes_back_with_its_error(tmp_path: Path) -> N
     assert "exited with code 2" in run.error
     assert "'nosuch'" in run.error
     assert not run.diverged
+
+
+def test_overrides_reach_the_runner_as_they_were_meant() -> None:
+    overrides = {
+        "num_rounds": 20,
+        "mu": 1e-05,
+        "strategy": {"name": "fedadam", "tau": 1e-09, "label": "a b"},
+        "byzantine": [{"clients": "0-1", "attack": "gaussian", "std": 1.0}],
+        "local_layers": [],
+        "fedbn": True,
+    }
+    flags = override_flags(overrides)
+    assert flags[::2] == ["--set"] * len(overrides)
+    assert flags[1] == "num_rounds=20"
+    assert parse_overrides(flags[1::2]) == overrides
