@@ -32,6 +32,9 @@ PORT ?= 8000
 STATE_DIR ?= state
 # `make centralized`: the demo's model trained on the union of the clients' data
 EPOCHS ?= 20
+# `make compare`: strategy specs, space-separated (empty = the script's list), e.g.
+# STRATEGIES="fedavg fedadam:eta=0.01,tau=0.001"; ROUNDS applies too
+STRATEGIES ?=
 # Debian's dataset-fashion-mnist installs here (shared/fashion_mnist.py reads it)
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 FASHION_MNIST_FILES := $(addprefix $(FASHION_MNIST_DIR)/,train-images-idx3-ubyte.gz \
@@ -45,7 +48,7 @@ RUN_FLAGS := --config $(CONFIG) \
 	$(if $(PROCESSES),--worker-processes $(PROCESSES))
 
 .PHONY: help venv data test test-fast lint format demo transfer centralized run-aggregator run-worker \
-	bench clean
+	bench compare clean
 
 help:
 	@echo "make demo   - set up .venv if missing, run the main job, then the transfer scenario"
@@ -54,6 +57,7 @@ help:
 	@echo "make data   - install Fashion-MNIST from Debian's dataset-fashion-mnist where possible"
 	@echo "make lint   - ruff (lint + format check), mypy and the layer contract (import-linter)"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make compare - strategies on label-skewed mnist5k clients: table + docs/img/compare.png"
 	@echo "make run-aggregator / make run-worker ID=3 SERVER=http://host:8000"
 
 venv: $(STAMP)
@@ -131,6 +135,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_fold.py
 	$(BIN)/python bench/bench_checkpoint.py
 	$(BIN)/python bench/bench_upload.py
+
+compare: $(STAMP)
+	$(BIN)/python bench/bench_compare.py $(if $(ROUNDS),--rounds $(ROUNDS)) \
+		$(foreach spec,$(STRATEGIES),--strategy $(spec))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -39,7 +39,7 @@ def event_sleep(stop: threading.Event | None = None) -> Sleep:
     return event.wait
 
 
-def parse_clients(selector: str) -> frozenset[int] | None:
+def parse_clients(selector: str, *, section: str = "network") -> frozenset[int] | None:
     """Parse a clients selector into a set of partition ids; None means all clients."""
     text = selector.strip()
     if text == "all":
@@ -51,11 +51,11 @@ def parse_clients(selector: str) -> frozenset[int] | None:
             first, last = (int(low), int(high)) if dash else (int(low), int(low))
         except ValueError:
             raise ConfigError(
-                f"network clients selector {selector!r}: {part.strip()!r} is not an id or "
+                f"{section} clients selector {selector!r}: {part.strip()!r} is not an id or "
                 "a range like 7-9"
             ) from None
         if first < 0 or last < first:
-            raise ConfigError(f"network clients selector {selector!r}: bad range {part!r}")
+            raise ConfigError(f"{section} clients selector {selector!r}: bad range {part!r}")
         ids.update(range(first, last + 1))
     return frozenset(ids)
 

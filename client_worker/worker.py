@@ -14,6 +14,7 @@ many of them train at the same time.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -25,6 +26,7 @@ import torch
 
 from client_worker.algorithms import AlgorithmSession, RoundContext
 from client_worker.algorithms.local_round import LocalUpdate, train_round
+from client_worker.attack import attacked_weights, describe_attack, select_attack
 from client_worker.device import GpuGate, free_device_memory
 from client_worker.errors import StopRequested, UpdateRejected
 from client_worker.feed import ModelFeed
@@ -126,6 +128,7 @@ class _Worker:
         self.network = NetworkSimulator.from_config(
             config, client_index=self.partition_id, seed=seed, sleep=self.sleep
         )
+        self.attack = select_attack(config.byzantine, self.partition_id)
         self.client = AggregatorClient(
             settings.server_url,
             client_id=self.client_id,
@@ -189,6 +192,8 @@ class _Worker:
             len(self.labels),
             self.network.describe(),
         )
+        if self.attack is not None:
+            self._log("%s", describe_attack(self.attack))
         try:
             with self.client:
                 answer = self.client.register(len(self.labels))
@@ -258,9 +263,8 @@ class _Worker:
         algorithm = self.algorithms.for_round(reply.config)
         batches = math.ceil(len(self.labels) / train_config.batch_size)
         crash_at = self.network.crash_point(server_round, batches * train_config.local_epochs)
-        seed = derive_seed(
-            int(reply.config.get("seed", self.config.seed)), self.partition_id, server_round
-        )
+        experiment_seed = int(reply.config.get("seed", self.config.seed))
+        seed = derive_seed(experiment_seed, self.partition_id, server_round)
         accepted = out_of_memory = False
         try:
             with self.model.loaded(reply, self.stop) as model:  # held until the update is posted
@@ -283,6 +287,7 @@ class _Worker:
                 )
                 # The waits for a slot and for the GPU are not in train_seconds.
                 update = self.slots.run(functools.partial(self.gate.run, work), self.stop)
+                update = self._attacked(update, context, seed=experiment_seed)
                 accepted = self._post(server_round, update, train_config.local_epochs)
         except TrainingInterrupted as exc:
             self._interrupted(server_round, exc)
@@ -296,6 +301,20 @@ class _Worker:
                 self.algorithms.discard()
         if out_of_memory:  # the exception and the frames holding its tensors are gone
             free_device_memory(self.gate.plan.device)
+
+    def _attacked(self, update: LocalUpdate, context: RoundContext, *, seed: int) -> LocalUpdate:
+        """Return `update` with this client's simulated attack applied, if it has one."""
+        if self.attack is None:
+            return update
+        weights = attacked_weights(
+            self.attack,
+            context.global_weights,
+            update.weights,
+            seed=seed,
+            client_index=self.partition_id,
+            server_round=context.server_round,
+        )
+        return dataclasses.replace(update, weights=weights)
 
     def _post(self, server_round: int, update: LocalUpdate, local_epochs: int) -> bool:
         """Post the update; tell whether the aggregator took it (a duplicate counts)."""

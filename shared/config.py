@@ -28,13 +28,16 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from shared.errors import ConfigError
 
 __all__ = [
+    "ByzantineProfile",
     "DatasetName",
     "ExperimentConfig",
+    "GaussianAttack",
     "ModelArgs",
     "ModelInitArgs",
     "NetworkProfile",
     "PartitionConfig",
     "PartitionName",
+    "SignFlipAttack",
     "StrategyConfig",
     "config_source",
     "load_config",
@@ -192,6 +195,25 @@ class NetworkProfile(_Strict):
     crash: float = Field(0.0, ge=0, le=1)  # probability of crashing mid-training
 
 
+class SignFlipAttack(_Strict):
+    """Simulated byzantine clients that send global - scale * (trained - global)."""
+
+    attack: Literal["sign_flip"]
+    clients: str  # as in network profiles: "7-9", "0,2,5", "all"
+    scale: float = Field(10.0, gt=0)  # how far past the global model the flipped update goes
+
+
+class GaussianAttack(_Strict):
+    """Simulated byzantine clients that send global + N(0, std^2) noise, not what they trained."""
+
+    attack: Literal["gaussian"]
+    clients: str
+    std: float = Field(1.0, gt=0)  # docs/worker.md says why this default
+
+
+ByzantineProfile = Annotated[SignFlipAttack | GaussianAttack, Field(discriminator="attack")]
+
+
 class ModelArgs(TypedDict):
     """build_model's keyword arguments for a dataset."""
 
@@ -258,6 +280,7 @@ class ExperimentConfig(BaseSettings):
     server_eval: bool = True
 
     network: list[NetworkProfile] = []
+    byzantine: list[ByzantineProfile] = []  # for experiments: clients that send attacks
 
     @field_validator("strategy")
     @classmethod
