@@ -27,7 +27,6 @@ import httpx
 from _common import machine_busy_seconds
 
 from shared.config import ExperimentConfig
-from shared.runs.__main__ import write_config
 from shared.runs.launch import LOOPBACK, Fleet, free_port, wait_healthy
 from shared.runs.layout import (
     aggregator_argv,
@@ -36,6 +35,7 @@ from shared.runs.layout import (
     virtual_worker_argv,
     worker_argv,
 )
+from shared.runs.report import write_config
 
 __all__ = ["Layout", "RoundFigures", "RunResult", "pure_time", "run_federation"]
 

@@ -17,14 +17,18 @@ so a rerun sends bit-identical attacks.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from client_worker.algorithms import RoundContext
+from client_worker.algorithms.local_round import LocalUpdate
 from client_worker.network import parse_clients
 from shared.config import ByzantineProfile, GaussianAttack, SignFlipAttack
 
 __all__ = [
+    "attacked_update",
     "attacked_weights",
     "describe_attack",
     "gaussian_noise",
@@ -97,6 +101,28 @@ def attacked_weights(
         return sign_flip(global_weights, trained, scale=attack.scale)
     rng = np.random.default_rng([seed, client_index, _ATTACK_STREAM, server_round])
     return gaussian_noise(global_weights, trained, std=attack.std, rng=rng)
+
+
+def attacked_update(
+    attack: ByzantineProfile | None,
+    update: LocalUpdate,
+    context: RoundContext,
+    *,
+    seed: int,
+    client_index: int,
+) -> LocalUpdate:
+    """Return `update` with this client's simulated attack applied, if it has one."""
+    if attack is None:
+        return update
+    weights = attacked_weights(
+        attack,
+        context.global_weights,
+        update.weights,
+        seed=seed,
+        client_index=client_index,
+        server_round=context.server_round,
+    )
+    return dataclasses.replace(update, weights=weights)
 
 
 def describe_attack(attack: ByzantineProfile) -> str:

@@ -1,48 +1,45 @@
 """The worker loop: register, long-poll for rounds, train when selected, post, repeat.
 
 One worker is one federated client. It loads the dataset, keeps its own partition
-(computed locally from its partition_id), registers with the aggregator and then polls
-GET /get_weights with min_round = last handled round + 1 and its last ETag, so the server
-does the waiting. When a round is training and this client is selected, it trains the
-received global model on its partition and posts the result. It ends when the server
-says "finished", when `max_rounds` rounds are trained (bounded mode) or on a stop request.
-Several virtual clients can share one process and one loaded dataset, one thread each
-(`client_worker.virtual`), one download of each global model (`client_worker.feed`) and
-a pool of model modules (`client_worker.local_model`); with `train_slots` at most that
-many of them train at the same time.
+(computed locally from its partition_id: `client_worker.local_data`), registers with the
+aggregator and then polls GET /get_weights with min_round = last handled round + 1 and its
+last ETag, so the server does the waiting. When a round is training and this client is
+selected, it trains the received global model on its partition and posts the result. It
+ends when the server says "finished", when `max_rounds` rounds are trained (bounded mode)
+or on a stop request. Several virtual clients can share one process and one loaded
+dataset, one thread each (`client_worker.virtual`), one download of each global model
+(`client_worker.feed`) and a pool of model modules (`client_worker.local_model`); with
+`train_slots` at most that many of them train at the same time (`client_worker.parts`
+says what a client shares and what it has of its own).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
 import threading
-from dataclasses import dataclass
 
 import httpx
 import torch
 
-from client_worker.algorithms import AlgorithmSession, RoundContext
+from client_worker.algorithms import RoundContext
 from client_worker.algorithms.local_round import LocalUpdate, train_round
-from client_worker.attack import attacked_weights, describe_attack, select_attack
+from client_worker.attack import attacked_update, describe_attack
 from client_worker.device import GpuGate, free_device_memory
 from client_worker.errors import StopRequested, UpdateRejected
 from client_worker.feed import ModelFeed
-from client_worker.local_model import LocalModel, ModelPool
-from client_worker.network import NetworkSimulator, Sleep, event_sleep
-from client_worker.retry import Backoff
+from client_worker.local_model import ModelPool
+from client_worker.network import Sleep, event_sleep
+from client_worker.parts import OwnParts, SharedParts
 from client_worker.settings import WorkerSettings
 from client_worker.slots import TrainingSlots
 from client_worker.summary import Activity, WorkerSummary
 from client_worker.train import TrainConfig, TrainingInterrupted, derive_seed
-from client_worker.transport import AggregatorClient, WeightsReply
-from shared.batches import ImageBatches
+from client_worker.transport import WeightsReply
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config
 from shared.errors import ConfigError
-from shared.partition import client_indices, noise_for_client
 
 __all__ = ["run_worker"]
 
@@ -81,106 +78,44 @@ def run_worker(
     if dataset is None:
         dataset = dataset_from_config(config)
     stop = stop if stop is not None else threading.Event()
-    activity = activity if activity is not None else Activity()
-    slots = slots if slots is not None else TrainingSlots(settings.train_slots)
-    models = models if models is not None else ModelPool(dataset)
-    gate = gate if gate is not None else GpuGate(settings.device_plan(), settings.gpu_sharing)
-    parts = _Shared(activity, slots, feed, models, gate)
-    return _Worker(settings, config, dataset, stop, transport, sleep, parts).run()
-
-
-@dataclass(frozen=True)
-class _Shared:
-    """What the clients of a process share: activity, slots, feed, model pool, GPU gate."""
-
-    activity: Activity
-    slots: TrainingSlots
-    feed: ModelFeed | None
-    models: ModelPool
-    gate: GpuGate
+    shared = SharedParts.complete(
+        settings, dataset, activity=activity, slots=slots, feed=feed, models=models, gate=gate
+    )
+    sleep = sleep if sleep is not None else event_sleep(stop)
+    own = OwnParts.build(
+        settings, config, dataset, shared.models, stop=stop, transport=transport, sleep=sleep
+    )
+    return _Worker(settings, config, stop, sleep, shared, own).run()
 
 
 class _Worker:
-    """One client's state across rounds."""
+    """One client's loop, and its state across rounds."""
 
     def __init__(
         self,
         settings: WorkerSettings,
         config: ExperimentConfig,
-        dataset: Dataset,
         stop: threading.Event,
-        transport: httpx.BaseTransport | None,
-        sleep: Sleep | None,
-        shared: _Shared,
+        sleep: Sleep,
+        shared: SharedParts,
+        own: OwnParts,
     ) -> None:
         self.settings = settings
         self.config = config
-        self.dataset = dataset
         self.stop = stop
+        self.sleep = sleep
         self.client_id = settings.client_id
         self.partition_id = settings.resolved_partition_id()
-        images, labels = self._partition()
-        self.images, self.labels, self.local_test = _hold_out(
-            images, labels, config.local_test_fraction, seed=config.seed
-        )
-        seed = settings.resolved_seed(config)
-        self.sleep = sleep if sleep is not None else event_sleep(stop)
-        self.network = NetworkSimulator.from_config(
-            config, client_index=self.partition_id, seed=seed, sleep=self.sleep
-        )
-        self.attack = select_attack(config.byzantine, self.partition_id)
-        self.client = AggregatorClient(
-            settings.server_url,
-            client_id=self.client_id,
-            timeout=settings.http_timeout(),
-            backoff=Backoff(
-                settings.backoff_base_s, settings.backoff_cap_s, settings.backoff_max_time_s
-            ),
-            network=self.network,
-            transport=transport,
-            stop=stop,
-            sleep=self.sleep,
-            seed=derive_seed(seed, self.partition_id),  # clients retry out of step
-            token=settings.resolved_token(),
-            verify=settings.ssl_verify(),
-        )
-        self.summary = WorkerSummary(self.client_id, self.partition_id, len(self.labels))
+        self.data, self.network, self.attack = own.data, own.network, own.attack
+        self.client, self.model, self.algorithms = own.client, own.model, own.algorithms
+        self.summary = WorkerSummary(self.client_id, self.partition_id, len(self.data.labels))
         self.last_done = 0  # the last round trained, skipped, crashed or rejected
         self.etag: str | None = None
-        expected = {
-            "dataset": config.dataset,
-            "num_partitions": settings.resolved_num_partitions(config),
-        }
-        self.model = LocalModel(self.client_id, shared.models, config.model, expected)
-        self.algorithms = AlgorithmSession(self.client_id, settings.state_dir)
         self.activity = shared.activity
         self.slots = shared.slots
         self.feed = shared.feed
         self.gate = shared.gate
         shared.activity.track(self.summary)
-
-    def _partition(self) -> tuple[ImageBatches, torch.Tensor]:
-        num_partitions = self.settings.resolved_num_partitions(self.config)
-        indices = client_indices(
-            self.dataset.train.labels,
-            partition_id=self.partition_id,
-            num_partitions=num_partitions,
-            config=self.config.partition,
-            seed=self.config.seed,  # the same for every client: partitions stay disjoint
-        )
-        split = self.dataset.train.subset(indices)
-        labels = torch.from_numpy(split.labels)
-        partition = self.config.partition
-        if partition.name == "feature_noise":  # this client's inputs, noised once, float32
-            noisy = noise_for_client(
-                split.images,
-                client=self.partition_id,
-                num_clients=num_partitions,
-                sigma=partition.sigma,
-                seed=self.config.seed,
-            )
-            return ImageBatches(torch.from_numpy(noisy), None), labels
-        return ImageBatches.from_split(split), labels  # uint8 held
 
     # ---------------------------------------------------------------- loop
 
@@ -189,14 +124,14 @@ class _Worker:
         self._log(
             "partition %d: %d examples; %s",
             self.partition_id,
-            len(self.labels),
+            len(self.data.labels),
             self.network.describe(),
         )
         if self.attack is not None:
             self._log("%s", describe_attack(self.attack))
         try:
             with self.client:
-                answer = self.client.register(len(self.labels))
+                answer = self.client.register(len(self.data.labels))
                 self._log(
                     "registered (server round %s, phase %s)",
                     answer.get("round"),
@@ -250,7 +185,7 @@ class _Worker:
     def _take_part(self, reply: WeightsReply) -> None:
         """Train on the selected round and post the update, unless simulated away."""
         server_round = reply.server_round
-        if len(self.labels) == 0:
+        if len(self.data.labels) == 0:
             self._skip(server_round, "the partition is empty")
             return
         if self.network.drops_round(server_round):
@@ -261,7 +196,7 @@ class _Worker:
         except ValueError as exc:
             raise ConfigError(f"round {server_round}: unusable training config: {exc}") from None
         algorithm = self.algorithms.for_round(reply.config)
-        batches = math.ceil(len(self.labels) / train_config.batch_size)
+        batches = math.ceil(len(self.data.labels) / train_config.batch_size)
         crash_at = self.network.crash_point(server_round, batches * train_config.local_epochs)
         experiment_seed = int(reply.config.get("seed", self.config.seed))
         seed = derive_seed(experiment_seed, self.partition_id, server_round)
@@ -276,18 +211,24 @@ class _Worker:
                     model,
                     algorithm,
                     context,
-                    self.images,
-                    self.labels,
+                    self.data.images,
+                    self.data.labels,
                     train_config,
                     seed=seed,
                     stop=self.stop,
                     max_batches=crash_at,
                     plan=self.gate.plan,
-                    local_test=self.local_test,
+                    local_test=self.data.local_test,
                 )
                 # The waits for a slot and for the GPU are not in train_seconds.
                 update = self.slots.run(functools.partial(self.gate.run, work), self.stop)
-                update = self._attacked(update, context, seed=experiment_seed)
+                update = attacked_update(
+                    self.attack,
+                    update,
+                    context,
+                    seed=experiment_seed,
+                    client_index=self.partition_id,
+                )
                 accepted = self._post(server_round, update, train_config.local_epochs)
         except TrainingInterrupted as exc:
             self._interrupted(server_round, exc)
@@ -302,34 +243,9 @@ class _Worker:
         if out_of_memory:  # the exception and the frames holding its tensors are gone
             free_device_memory(self.gate.plan.device)
 
-    def _attacked(self, update: LocalUpdate, context: RoundContext, *, seed: int) -> LocalUpdate:
-        """Return `update` with this client's simulated attack applied, if it has one."""
-        if self.attack is None:
-            return update
-        weights = attacked_weights(
-            self.attack,
-            context.global_weights,
-            update.weights,
-            seed=seed,
-            client_index=self.partition_id,
-            server_round=context.server_round,
-        )
-        return dataclasses.replace(update, weights=weights)
-
     def _post(self, server_round: int, update: LocalUpdate, local_epochs: int) -> bool:
         """Post the update; tell whether the aggregator took it (a duplicate counts)."""
-        result = update.result
-        measured = {
-            "train_loss": result.train_loss,
-            "train_seconds": result.train_seconds,
-            "train_cpu_seconds": result.train_cpu_seconds,
-            "examples_per_second": result.examples_per_second,
-        }
-        if result.gpu_peak_mb is not None:
-            measured["gpu_peak_mb"] = result.gpu_peak_mb
-        if update.local_test is not None:
-            measured["local_accuracy"] = update.local_test.accuracy
-            measured["local_loss"] = update.local_test.loss
+        result, measured = update.result, update.metrics()
         # The aggregator refuses non-finite metrics (a diverged loss); leave them out.
         metrics = {name: value for name, value in measured.items() if math.isfinite(value)}
         if len(metrics) < len(measured):
@@ -396,17 +312,3 @@ class _Worker:
 
     def _log(self, message: str, *args: object) -> None:
         _log.info("client %s: " + message, self.client_id, *args)
-
-
-def _hold_out(
-    images: ImageBatches, labels: torch.Tensor, fraction: float, *, seed: int
-) -> tuple[ImageBatches, torch.Tensor, tuple[ImageBatches, torch.Tensor] | None]:
-    """Split a partition into training data and a held-out local test split (seeded)."""
-    count = round(fraction * len(labels))
-    if count == 0 or count == len(labels):
-        return images, labels, None
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    test, train = order[:count].sort().values, order[count:].sort().values
-    pixels, norm = images.pixels, images.normalization
-    held = (ImageBatches(pixels[test], norm), labels[test])
-    return ImageBatches(pixels[train], norm), labels[train], held

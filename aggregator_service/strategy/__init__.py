@@ -1,7 +1,8 @@
 """Aggregation strategies: pure numpy, no I/O, imported by nothing else of the service.
 
 Adding a strategy: one file here with a class like `FedAvgM`, its typed parameters in
-`shared/config.py` (one class in the `StrategyConfig` union) and one line in `STRATEGIES`.
+`shared/config/strategies.py` (one class in the `StrategyConfig` union) and one line in
+`STRATEGIES`.
 """
 
 from __future__ import annotations

@@ -28,6 +28,22 @@ class LocalUpdate:
     groups: Groups
     local_test: EvalResult | None = None  # the model at the round's start, held-out data
 
+    def metrics(self) -> dict[str, float]:
+        """Return what the update reports of its round: training measures, local test."""
+        result = self.result
+        measured = {
+            "train_loss": result.train_loss,
+            "train_seconds": result.train_seconds,
+            "train_cpu_seconds": result.train_cpu_seconds,
+            "examples_per_second": result.examples_per_second,
+        }
+        if result.gpu_peak_mb is not None:
+            measured["gpu_peak_mb"] = result.gpu_peak_mb
+        if self.local_test is not None:
+            measured["local_accuracy"] = self.local_test.accuracy
+            measured["local_loss"] = self.local_test.loss
+        return measured
+
 
 def train_round(
     model: nn.Module,

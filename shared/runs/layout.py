@@ -26,6 +26,7 @@ __all__ = [
     "child_env",
     "client_ranges",
     "default_train_slots",
+    "describe_layout",
     "usable_cores",
     "virtual_worker_argv",
     "worker_argv",
@@ -176,3 +177,15 @@ def worker_processes(
         )
         for first, last in client_ranges(num_clients, num_processes)
     ]
+
+
+def describe_layout(layout: list[WorkerProcess]) -> str:
+    """Return one line saying how the clients are spread over worker processes."""
+    if all(worker.train_slots is None for worker in layout):
+        return f"workers: {len(layout)} processes, one per client"
+    slots = layout[0].train_slots
+    ranges = ", ".join(f"{w.first}-{w.last}" for w in layout)
+    return (
+        f"workers: {len(layout)} processes of virtual clients ({ranges}), "
+        f"at most {slots} training at once in each"
+    )

@@ -1,4 +1,6 @@
-"""What a run leaves behind, computed from the aggregator's /history rows.
+"""The run folder: made at the start with config.yaml and logs/, and the report at the end.
+
+The report is what a run leaves behind, computed from the aggregator's /history rows:
 
     metrics.csv     one row per round (the /history fields, MB in/out, participant count)
     metrics.json    {"summary": {...}, "rounds": [the /history rows]}
@@ -15,19 +17,27 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from shared.config import ExperimentConfig
+from shared.errors import TributaryError
+
 __all__ = [
     "CSV_FIELDS",
     "TENSORBOARD_SCALARS",
     "ReportPaths",
+    "create_run_dir",
     "megabytes",
     "plot_curves",
     "summarize",
     "traffic",
+    "write_config",
     "write_metrics_csv",
     "write_metrics_json",
     "write_report",
@@ -62,6 +72,29 @@ TENSORBOARD_SCALARS = (
     "bytes_out",
     "duration_s",
 )
+
+
+def create_run_dir(runs_dir: Path, config: ExperimentConfig, *, now: float | None = None) -> Path:
+    """Create runs_dir/<timestamp>-<model>-<dataset>/ (with a -2, -3 ... suffix if taken)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    base = f"{stamp}-{config.model}-{config.dataset}"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        run_dir = runs_dir / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        (run_dir / "logs").mkdir()
+        return run_dir
+    raise TributaryError(f"cannot create a run folder {base} under {runs_dir}: all names taken")
+
+
+def write_config(run_dir: Path, config: ExperimentConfig) -> Path:
+    """Write the resolved config as run_dir/config.yaml (what every process loads)."""
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return path
 
 
 def megabytes(num_bytes: float) -> float:

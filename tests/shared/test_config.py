@@ -1,4 +1,4 @@
-"""Tests of shared/config.py: the client-side settings the strategies fedprox and scaffold imply."""
+"""Tests of shared/config/: the client-side settings the strategies fedprox and scaffold imply."""
 
 from __future__ import annotations
 

@@ -9,10 +9,12 @@ import pytest
 
 from client_worker.__main__ import build_parser as worker_parser
 from shared.errors import ConfigError
-from shared.runs.__main__ import build_parser, describe_layout, main
+from shared.runs.__main__ import main
+from shared.runs.cli import build_parser
 from shared.runs.layout import (
     client_ranges,
     default_train_slots,
+    describe_layout,
     usable_cores,
     virtual_worker_argv,
     worker_argv,

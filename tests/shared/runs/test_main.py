@@ -1,42 +1,21 @@
-"""The runner's own logic: config resolution, run folder, command lines, supervision.
-
-Supervision runs against a stand-in aggregator (fake_aggregator.py) and tiny stand-in
-workers, so these tests need neither torch nor the real services.
-"""
+"""The runner's own logic: config resolution, run folder, command lines, a bad config."""
 
 from __future__ import annotations
 
-import io
-import json
-import re
-import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from rich.console import Console
 
 from shared.config import load_config
-from shared.runs.__main__ import (
-    aggregator_argv,
-    build_parser,
-    child_env,
-    create_run_dir,
-    interrupted,
-    main,
-    resolve_config,
-    supervise,
-    worker_argv,
-    write_config,
-)
-from shared.runs.launch import Child, Fleet, StopSignals, free_port, wait_healthy
-from shared.runs.progress import LinePrinter
-
-FAKE_AGGREGATOR = Path(__file__).with_name("fake_aggregator.py")
+from shared.runs.__main__ import main
+from shared.runs.cli import build_parser, resolve_config
+from shared.runs.launch import Fleet
+from shared.runs.layout import aggregator_argv, child_env, worker_argv
+from shared.runs.report import create_run_dir, write_config
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
@@ -147,134 +126,3 @@ def test_a_bad_config_exits_2_without_a_run_folder(
     assert code == 2
     assert "unknown key 'num_round'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
-
-
-# ------------------------------------------------------------------ supervision
-
-
-def history_row(server_round: int) -> dict[str, Any]:
-    return {
-        "round": server_round,
-        "participants": ["0", "1"],
-        "num_examples": 100,
-        "train_loss": 1.0 / server_round,
-        "eval_loss": 0.5,
-        "eval_accuracy": 0.5 + server_round / 10,
-        "bytes_in": 1000,
-        "bytes_out": 2000,
-        "duration_s": 0.5,
-    }
-
-
-def aggregator_state(phase: str, rounds_done: int, num_rounds: int = 2) -> dict[str, Any]:
-    history = [history_row(r) for r in range(1, rounds_done + 1)]
-    status = {
-        "round": min(rounds_done + 1, num_rounds),
-        "num_rounds": num_rounds,
-        "phase": phase,
-        "received": 0,
-        "needed": 2,
-        "registered_clients": 2,
-        "last_round": history[-1] if history else None,
-    }
-    return {"status": status, "history": history}
-
-
-class Setup:
-    """A stand-in aggregator, a line view writing to a string, and a Fleet."""
-
-    def __init__(self, tmp_path: Path, fleet: Fleet) -> None:
-        self.tmp_path = tmp_path
-        self.fleet = fleet
-        self.state = tmp_path / "state.json"
-        self.output = io.StringIO()
-        self.view = LinePrinter(Console(file=self.output, width=200, color_system=None))
-        self.stop = StopSignals()
-        self.url = ""
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.state.write_text(json.dumps(state))
-
-    def start_aggregator(self) -> Child:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        argv = [sys.executable, str(FAKE_AGGREGATOR), str(port), str(self.state)]
-        child = self.fleet.start("aggregator", argv, log_path=self.tmp_path / "agg.log")
-        wait_healthy(self.url, child=child, timeout_s=20)
-        return child
-
-    def start_worker(self, k: int, code: str = "import time; time.sleep(60)") -> Child:
-        argv = [sys.executable, "-c", code]
-        return self.fleet.start(f"worker-{k}", argv, log_path=self.tmp_path / f"w{k}.log")
-
-    def supervise(self, aggregator: Child, workers: list[Child]) -> Any:
-        return supervise(
-            self.fleet, aggregator, workers, url=self.url, view=self.view, stop=self.stop
-        )
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    with Fleet(grace_s=2.0) as fleet:
-        yield Setup(tmp_path, fleet)
-
-
-def test_supervise_returns_when_the_run_finished(setup: Setup) -> None:
-    setup.set_state(aggregator_state("finished", 2))
-    aggregator = setup.start_aggregator()
-    outcome, history = setup.supervise(aggregator, [setup.start_worker(0)])
-    assert outcome.code == 0
-    assert [row["round"] for row in history] == [1, 2]
-    lines = setup.output.getvalue().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["round 1/2", "round 2/2"]
-
-
-def test_supervise_reports_a_worker_that_died(setup: Setup) -> None:
-    setup.set_state(aggregator_state("training", 1))
-    aggregator = setup.start_aggregator()
-    code = "import sys; print('dataset file missing', flush=True); sys.exit(3)"
-    workers = [setup.start_worker(0), setup.start_worker(1, code)]
-    outcome, history = setup.supervise(aggregator, workers)
-    assert outcome.code == 1
-    assert re.search(r"worker-1 \(pid \d+\) exited with code 3", outcome.message)
-    assert "dataset file missing" in outcome.message
-    assert len(history) == 1
-
-
-def test_supervise_reports_an_aggregator_that_exited(setup: Setup) -> None:
-    setup.set_state(aggregator_state("training", 0))
-    aggregator = setup.start_aggregator()
-    worker = setup.start_worker(0)
-    aggregator.process.send_signal(signal.SIGTERM)
-    outcome, _ = setup.supervise(aggregator, [worker])
-    assert outcome.code == 1
-    assert "aggregator" in outcome.message
-    assert "signal SIGTERM" in outcome.message
-
-
-def test_supervise_notices_that_every_worker_left(setup: Setup) -> None:
-    setup.set_state(aggregator_state("training", 1))
-    aggregator = setup.start_aggregator()
-    workers = [setup.start_worker(k, "pass") for k in range(2)]
-    outcome, _ = setup.supervise(aggregator, workers)
-    assert outcome.code == 1
-    assert outcome.message == "every worker exited before the run finished"
-
-
-def test_interrupted_exit_codes() -> None:
-    stop = StopSignals()
-    assert interrupted(stop).code == 130  # no signal recorded: as for Ctrl-C
-    stop.signum = signal.SIGTERM
-    assert interrupted(stop).code == 143
-    assert interrupted(stop).message == "interrupted by SIGTERM"
-
-
-def test_supervise_stops_on_a_signal(setup: Setup) -> None:
-    setup.set_state(aggregator_state("training", 0))
-    aggregator = setup.start_aggregator()
-    setup.stop.signum = signal.SIGTERM
-    setup.stop.event.set()
-    outcome, history = setup.supervise(aggregator, [setup.start_worker(0)])
-    assert outcome.code == 128 + signal.SIGTERM
-    assert outcome.message == "interrupted by SIGTERM"
-    assert history == []

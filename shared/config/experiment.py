@@ -1,0 +1,196 @@
+"""The whole experiment config: its settings, their cross-checks and what derives from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypedDict
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config.sections import (
+    ByzantineProfile,
+    DatasetName,
+    NetworkProfile,
+    PartitionConfig,
+    SyntheticConfig,
+)
+from shared.config.strategies import (
+    FedAvgConfig,
+    FedProxConfig,
+    KrumConfig,
+    ScaffoldConfig,
+    StrategyConfig,
+)
+
+__all__ = ["ENV_PREFIX", "ExperimentConfig", "ModelArgs", "ModelInitArgs"]
+
+ENV_PREFIX = "TRIBUTARY_"
+
+
+class ModelArgs(TypedDict):
+    """build_model's keyword arguments for a dataset."""
+
+    in_channels: int
+    num_classes: int
+    image_size: int
+
+
+class ModelInitArgs(TypedDict):
+    """init_global_weights' keyword arguments beyond the seed and the dataset's."""
+
+    pretrained: str | None
+    trainable: list[str]
+    allow_download: bool
+
+
+class ExperimentConfig(BaseSettings):
+    """Everything that defines one federated experiment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    name: str = "experiment"
+    seed: int = 0
+
+    # data: each client loads `dataset` and keeps only its own partition
+    dataset: DatasetName = "mnist5k"
+    data_dir: Path = Path("data")
+    download: bool = False
+    synthetic: SyntheticConfig = SyntheticConfig()
+    num_partitions: int = Field(10, ge=1)
+    partition: PartitionConfig = PartitionConfig()
+
+    # model and local training (sent to the workers with every round)
+    model: str = "mlp"  # a name of shared.models.MODEL_NAMES
+    # torchvision weights ("ResNet18_Weights.IMAGENET1K_V1", from the torch hub cache) or the
+    # path of a .safetensors / torch.save'd state dict; None = a fresh seeded initialisation
+    pretrained: str | None = None
+    pretrained_download: bool = False  # fetch torchvision weights missing from the hub cache
+    trainable: list[str] = []  # fnmatch patterns of the tensors that train; [] = all of them
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    mu: float = Field(0.0, ge=0)  # FedProx's weight under any server rule; 0 = none
+
+    # personalization (shared/exchange.py): tensors each client keeps, never sent or averaged
+    local_layers: list[str] = []  # FedPer: name patterns, e.g. ["fc.*"]
+    fedbn: bool = False  # FedBN: every BatchNorm layer's parameters and statistics
+    # each client holds this share of its partition out of training and reports the
+    # accuracy there of the model it holds at the round's start (global or personalized)
+    local_test_fraction: float = Field(0.0, ge=0, lt=1)
+
+    # federation (Flower's names)
+    strategy: StrategyConfig = FedAvgConfig()  # name and typed parameters
+    num_rounds: int = Field(10, ge=1)
+    fraction_fit: float = Field(1.0, gt=0, le=1)
+    min_fit_clients: int = Field(2, ge=1)
+    min_available_clients: int = Field(2, ge=1)
+    close_at_threshold: bool = False  # close a round as soon as min_fit_clients reported
+    round_timeout_s: float = Field(300.0, gt=0)
+    server_eval: bool = True
+
+    network: list[NetworkProfile] = []
+    byzantine: list[ByzantineProfile] = []  # for experiments: clients that send attacks
+
+    @field_validator("strategy")
+    @classmethod
+    def _scaffold_counts_the_partitions(cls, value: Any, info: ValidationInfo) -> Any:
+        """Give SCAFFOLD's num_clients (N) its default: one client per partition."""
+        if isinstance(value, ScaffoldConfig) and value.num_clients is None:
+            num_partitions = info.data.get("num_partitions")  # absent when itself invalid
+            return value.model_copy(update={"num_clients": num_partitions})
+        return value
+
+    @model_validator(mode="after")
+    def _check_counts(self) -> ExperimentConfig:
+        if self.min_fit_clients > self.min_available_clients:
+            raise ValueError(
+                f"min_fit_clients ({self.min_fit_clients}) exceeds "
+                f"min_available_clients ({self.min_available_clients})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_krum(self) -> ExperimentConfig:
+        krum, n = self.strategy, self.num_partitions
+        if isinstance(krum, KrumConfig):
+            if n <= 2 * krum.num_malicious_clients + 2:
+                raise ValueError(
+                    f"strategy.krum.num_malicious_clients ({krum.num_malicious_clients}) needs "
+                    f"more than {2 * krum.num_malicious_clients + 2} clients (2f + 2); "
+                    f"num_partitions is {n}"
+                )
+            if krum.num_clients_to_keep > n:
+                raise ValueError(
+                    f"strategy.krum.num_clients_to_keep ({krum.num_clients_to_keep}) exceeds "
+                    f"num_partitions ({n})"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _check_client_algorithm(self) -> ExperimentConfig:
+        strategy = self.strategy
+        if isinstance(strategy, FedProxConfig) and self.mu not in (0.0, strategy.mu):
+            default = "" if "mu" in strategy.model_fields_set else " (its default)"
+            raise ValueError(
+                f"mu is set twice: {self.mu} at the top level, {strategy.mu} as "
+                f"strategy.mu{default}; with strategy fedprox set strategy.mu only"
+            )
+        if not isinstance(strategy, ScaffoldConfig):
+            return self
+        if self.mu > 0:
+            raise ValueError(
+                f"mu ({self.mu}) is FedProx's proximal weight, which SCAFFOLD's clients do "
+                "not use: remove mu, or use strategy fedprox"
+            )
+        if self.momentum > 0 and not strategy.allow_momentum:
+            raise ValueError(
+                f"momentum ({self.momentum}) must be 0 with SCAFFOLD: its control variate "
+                "update (option II) assumes plain local SGD; set strategy.allow_momentum: "
+                "true to run it with momentum anyway (as NIID-Bench does)"
+            )
+        if (strategy.num_clients or 0) < self.min_fit_clients:
+            raise ValueError(
+                f"strategy.num_clients ({strategy.num_clients}), SCAFFOLD's number of clients "
+                f"N, is below min_fit_clients ({self.min_fit_clients}): every round would "
+                "have more updates than the federation has clients"
+            )
+        return self
+
+    def proximal_mu(self) -> float:
+        """Return the FedProx weight the clients use: strategy fedprox's, else the top-level mu."""
+        return self.strategy.mu if isinstance(self.strategy, FedProxConfig) else self.mu
+
+    def model_args(self) -> ModelArgs:
+        """Return build_model's keyword arguments for this dataset."""
+        if self.dataset == "synthetic":
+            s = self.synthetic
+            return {
+                "in_channels": s.channels,
+                "num_classes": s.num_classes,
+                "image_size": s.image_size,
+            }
+        if self.dataset == "cifar10":
+            return {"in_channels": 3, "num_classes": 10, "image_size": 32}
+        return {"in_channels": 1, "num_classes": 10, "image_size": 28}
+
+    def model_init_args(self) -> ModelInitArgs:
+        """Return init_global_weights' keyword arguments beyond the seed and the dataset."""
+        return {
+            "pretrained": self.pretrained,
+            "trainable": list(self.trainable),
+            "allow_download": self.pretrained_download,
+        }
+
+    def round_config(self) -> dict[str, Any]:
+        """Return the training settings the aggregator sends with each round."""
+        keys = ["model", "dataset", "local_epochs", "batch_size", "lr", "momentum"]
+        keys += ["weight_decay", "mu", "seed", "num_partitions", "local_layers", "fedbn"]
+        keys += ["trainable"]
+        config = {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
+        config["mu"] = self.proximal_mu()  # strategy fedprox's own mu, when it is the strategy
+        return config
