@@ -143,9 +143,11 @@ def test_a_stalled_upload_gets_408_and_gives_its_slot_to_the_next(
         register(client, "a", "b")
         wait_for(client, lambda s: s["phase"] == "training")
         _, weights = global_model(client)
+        # timed from before the stalled upload's first byte: its idle limit runs from the
+        # last byte it sent, so however late this thread gets to post, the slot frees after
+        started = time.monotonic()
         stalled = _slow_upload(url, 8 << 20)  # takes the only slot; the rest never comes
         _wait_until(lambda: app.state.upload_gate.admitted == 1)
-        started = time.monotonic()
         reply = client.post("/receive", content=update_body("a", 1, weights), headers=MSGPACK)
         waited = time.monotonic() - started
         assert reply.status_code == 200, reply.text
