@@ -116,18 +116,19 @@ class ExperimentConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _check_krum(self) -> ExperimentConfig:
-        krum, n = self.strategy, self.num_partitions
+        # a round aggregates at least min_fit_clients updates: Krum needs n > 2f + 2, m <= n
+        krum, n = self.strategy, self.min_fit_clients
         if isinstance(krum, KrumConfig):
             if n <= 2 * krum.num_malicious_clients + 2:
                 raise ValueError(
                     f"strategy.krum.num_malicious_clients ({krum.num_malicious_clients}) needs "
-                    f"more than {2 * krum.num_malicious_clients + 2} clients (2f + 2); "
-                    f"num_partitions is {n}"
+                    f"rounds of more than {2 * krum.num_malicious_clients + 2} updates "
+                    f"(2f + 2); min_fit_clients is {n}"
                 )
             if krum.num_clients_to_keep > n:
                 raise ValueError(
                     f"strategy.krum.num_clients_to_keep ({krum.num_clients_to_keep}) exceeds "
-                    f"num_partitions ({n})"
+                    f"min_fit_clients ({n})"
                 )
         return self
 

@@ -63,7 +63,8 @@ def _round_updates(
 
 
 def _fresh(name: str) -> Strategy:
-    return build_strategy(load_config(None, {"strategy": name}).strategy)
+    rounds_of_5 = {"min_fit_clients": 5, "min_available_clients": 5}  # as _round_updates
+    return build_strategy(load_config(None, {"strategy": name} | rounds_of_5).strategy)
 
 
 def _flat(groups: Mapping[str, Mapping[str, np.ndarray]]) -> Weights:

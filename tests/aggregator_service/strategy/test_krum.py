@@ -122,15 +122,21 @@ def test_too_few_updates_for_f_are_refused() -> None:
 
 
 def test_config() -> None:
+    # every round aggregates at least min_fit_clients updates: the checks are against it
+    rounds_of_8 = {"min_fit_clients": 8, "min_available_clients": 8}
     config = load_config(
-        None, {"strategy": {"name": "krum", "num_malicious_clients": 2, "num_clients_to_keep": 3}}
+        None,
+        {"strategy": {"name": "krum", "num_malicious_clients": 2, "num_clients_to_keep": 3}}
+        | rounds_of_8,
     )
     strategy = build_strategy(config.strategy)
     assert isinstance(strategy, Krum)
     assert (strategy.num_malicious_clients, strategy.num_clients_to_keep) == (2, 3)
-    with pytest.raises(ConfigError, match=r"num_malicious_clients \(4\) needs more than 10"):
-        load_config(None, {"strategy": {"name": "krum", "num_malicious_clients": 4}})
-    with pytest.raises(ConfigError, match=r"num_clients_to_keep \(11\) exceeds num_partitions"):
-        load_config(None, {"strategy": {"name": "krum", "num_clients_to_keep": 11}})
+    with pytest.raises(ConfigError, match=r"\(3\) needs rounds of more than 8 .* is 8"):
+        load_config(None, {"strategy": {"name": "krum", "num_malicious_clients": 3}} | rounds_of_8)
+    with pytest.raises(ConfigError, match=r"\(0\) needs rounds of more than 2 .* is 2"):
+        load_config(None, {"strategy": "krum"})  # the default min_fit_clients: too few
+    with pytest.raises(ConfigError, match=r"num_clients_to_keep \(9\) exceeds min_fit_clients"):
+        load_config(None, {"strategy": {"name": "krum", "num_clients_to_keep": 9}} | rounds_of_8)
     with pytest.raises(ConfigError, match=r"strategy\.krum\.num_clients_to_keep"):
         load_config(None, {"strategy": {"name": "krum", "num_clients_to_keep": 0}})

@@ -138,4 +138,7 @@ def test_bad_strategy_parameters_are_config_errors(strategy: object, message: st
 
 def test_every_registered_strategy_has_a_config() -> None:
     for name in STRATEGIES:
-        assert build_strategy(load_config(None, {"strategy": name}).strategy).name == name
+        config = load_config(
+            None, {"strategy": name, "min_fit_clients": 3, "min_available_clients": 3}
+        )
+        assert build_strategy(config.strategy).name == name
