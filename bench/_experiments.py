@@ -22,12 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
 import yaml
+from _common import machine_line
 
 from shared.config import ExperimentConfig, StrategyConfig, load_config
 from shared.errors import ConfigError
@@ -44,6 +45,7 @@ __all__ = [
     "describe",
     "override_flags",
     "parse_spec",
+    "plan_or_exit",
     "rounds_to_reach",
     "run_all",
     "run_federation",
@@ -132,6 +134,34 @@ def check_configs(config_path: Path, settings: Mapping[Key, Mapping[str, Any]]) 
         except ConfigError as exc:
             errors.setdefault(str(exc), []).append(f"{row} / {column}")
     return [f"{message}\n  (runs: {', '.join(runs)})" for message, runs in errors.items()]
+
+
+Plan = dict[Key, dict[str, Any]]  # each run's config overrides
+
+
+def plan_or_exit(
+    parser: argparse.ArgumentParser,
+    planned_runs: Callable[[argparse.Namespace], Plan],
+    script: str,
+    argv: Sequence[str] | None,
+) -> tuple[argparse.Namespace, Plan] | None:
+    """Parse the flags, plan the runs and check every config; None if one is refused.
+
+    A malformed spec is a usage error (exit 2 by argparse). On success the command line
+    and the machine are printed, before the first run starts.
+    """
+    args = parser.parse_args(argv)
+    try:
+        settings = planned_runs(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    errors = check_configs(args.config, settings)
+    if errors:
+        print("refused configs, nothing was run:\n" + "\n".join(errors), file=sys.stderr)
+        return None
+    print(f"command: {command_line(script, sys.argv[1:] if argv is None else argv)}")
+    print(f"machine: {machine_line()}", flush=True)
+    return args, settings
 
 
 def add_run_arguments(

@@ -20,22 +20,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from _common import machine_line, markdown_table
+from _common import markdown_table
 from _experiments import (
     Key,
     Run,
     Spec,
     accuracies,
     add_run_arguments,
-    check_configs,
-    command_line,
     describe,
     parse_spec,
+    plan_or_exit,
     run_all,
     strategy_overrides,
 )
-
-from shared.errors import ConfigError
 
 __all__ = ["main", "planned_runs", "results_table"]
 
@@ -109,17 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--honest-all", action="store_true", help="run every strategy without attackers too"
     )
-    args = parser.parse_args(argv)
-    try:
-        settings = planned_runs(args)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    errors = check_configs(args.config, settings)
-    if errors:
-        print("refused configs, nothing was run:\n" + "\n".join(errors), file=sys.stderr)
+    planned = plan_or_exit(parser, planned_runs, "bench/bench_byzantine.py", argv)
+    if planned is None:
         return 2
-    print(f"command: {command_line('bench/bench_byzantine.py', sys.argv[1:])}")
-    print(f"machine: {machine_line()}", flush=True)
+    args, settings = planned
     results = run_all(settings, args)
     print(f"{describe(args)}, byzantine clients {args.byzantine}; the server's test accuracy")
     print(results_table(results))

@@ -21,23 +21,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import machine_line, markdown_table
+from _common import markdown_table
 from _experiments import (
     REPO,
     Key,
     Run,
     accuracies,
     add_run_arguments,
-    check_configs,
-    command_line,
     describe,
     parse_spec,
+    plan_or_exit,
     rounds_to_reach,
     run_all,
     strategy_overrides,
 )
-
-from shared.errors import ConfigError
 
 __all__ = ["main", "planned_runs", "plot", "summary_rows"]
 
@@ -124,17 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.3, help="Dirichlet concentration")
     parser.add_argument("--k", type=int, default=2, help="labels per client of the #C=k split")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "compare.png")
-    args = parser.parse_args(argv)
-    try:
-        settings = planned_runs(args)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    errors = check_configs(args.config, settings)
-    if errors:
-        print("refused configs, nothing was run:\n" + "\n".join(errors), file=sys.stderr)
+    planned = plan_or_exit(parser, planned_runs, "bench/bench_compare.py", argv)
+    if planned is None:
         return 2
-    print(f"command: {command_line('bench/bench_compare.py', sys.argv[1:])}")
-    print(f"machine: {machine_line()}", flush=True)
+    args, settings = planned
     results = run_all(settings, args)
     title = describe(args)
     plot(results, args.out, title=title)
