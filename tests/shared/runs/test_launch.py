@@ -226,6 +226,9 @@ def run_script(tmp_path: Path, body: str) -> subprocess.Popen[str]:
         import os, signal, sys, time
         from pathlib import Path
         from shared.runs.launch import Fleet, StopSignals
+        # Python leaves SIGINT alone when it starts with SIGINT ignored, as under `cmd &`
+        # in a non-interactive shell: make Ctrl-C raise KeyboardInterrupt here regardless
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         SLEEPER = {SLEEPER!r}
         log = Path({str(tmp_path / "s.log")!r})
         pids = Path({str(tmp_path / "pids")!r})
