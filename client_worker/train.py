@@ -123,6 +123,10 @@ class TrainingHooks(Protocol):
         """Change the parameters' `.grad` in place, after backward and before the step."""
         ...
 
+    def after_step(self, model: nn.Module) -> None:
+        """Change the parameters in place after the optimizer's step."""
+        ...
+
 
 class _NoHooks:
     """Plain local training: no extra loss, gradients unchanged."""
@@ -131,6 +135,9 @@ class _NoHooks:
         return None
 
     def transform_gradients(self, model: nn.Module) -> None:
+        return None
+
+    def after_step(self, model: nn.Module) -> None:
         return None
 
 
@@ -268,10 +275,12 @@ def _step(
         torch.autograd.backward(total)
         hooks.transform_gradients(model)
         optimizer.step()
+        hooks.after_step(model)
         return loss.detach()
     torch.autograd.backward(scaler.scale(total))
     scaler.unscale_(optimizer)  # the hooks see the true gradients
     hooks.transform_gradients(model)
     scaler.step(optimizer)  # skipped when a gradient overflowed in fp16
     scaler.update()
+    hooks.after_step(model)
     return loss.detach()

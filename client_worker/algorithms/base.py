@@ -63,6 +63,9 @@ class ClientAlgorithm:
     def transform_gradients(self, model: nn.Module) -> None:
         """Change the parameters' `.grad` in place before each optimizer step."""
 
+    def after_step(self, model: nn.Module) -> None:
+        """Change the parameters in place after each optimizer step."""
+
     def after_training(self, weights: Weights, result: TrainResult) -> Weights:
         """Return the weights to send, given the trained ones."""
         return weights

@@ -54,6 +54,10 @@ class Personalized(ClientAlgorithm):
         """The wrapped algorithm's gradient transform."""
         self.inner.transform_gradients(model)
 
+    def after_step(self, model: nn.Module) -> None:
+        """The wrapped algorithm's change after each step."""
+        self.inner.after_step(model)
+
     def after_training(self, weights: Weights, result: TrainResult) -> Weights:
         """Keep this client's own tensors; send the rest."""
         weights = self.inner.after_training(weights, result)

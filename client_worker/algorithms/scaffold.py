@@ -10,9 +10,11 @@ and sends its weights y_i with dc_i = c_i+ - c_i (group "control_delta", line 13
 becomes c_i+ only if the update is accepted: `AlgorithmSession` saves the state then and
 rebuilds the algorithm from the saved state otherwise.
 
-Option II reads (x - y_i) / (K * lr) as the mean corrected gradient, which holds for plain
-SGD; the experiment config refuses local momentum unless the SCAFFOLD config allows it
-(`allow_momentum`, as NIID-Bench runs it). Weight decay is part of the local objective.
+Each step is the optimizer's step on g, then y_i -= lr * (c - c_i): for plain SGD exactly
+line 10's step on g + c - c_i. With momentum (`allow_momentum`, as NIID-Bench runs it) the
+correction so stays out of the momentum buffer, at its nominal size, as in NIID-Bench's
+code; option II's (x - y_i) / (K * lr) then over-reads the mean gradient, which is why
+the experiment config refuses momentum by default. Weight decay is part of the objective.
 The control variates span the floating tensors the update carries (shared/exchange.py);
 those of buffers (BatchNorm's running statistics) take no gradient and correct nothing.
 """
@@ -60,7 +62,7 @@ class Scaffold(ClientAlgorithm):
         self.control: Weights = {}  # c_i by tensor name, in the tensor's dtype; empty: zeros
         self._context: RoundContext | None = None
         self._server: Weights = {}  # this round's c
-        self._corrections: list[tuple[nn.Parameter, torch.Tensor]] = []  # (p, c - c_i)
+        self._corrections: list[tuple[nn.Parameter, torch.Tensor]] = []  # (p, lr * (c - c_i))
         self._delta: Weights = {}
 
     def before_training(self, model: nn.Module, context: RoundContext) -> None:
@@ -71,18 +73,19 @@ class Scaffold(ClientAlgorithm):
         x = context.global_weights
         self.control = {n: self.control.get(n, np.zeros_like(x[n])) for n in names}
         params = dict(model.named_parameters())
+        lr = float(context.config["lr"])
         self._corrections = [
-            (params[n], torch.from_numpy(self._server[n] - self.control[n]).to(params[n]))
+            (params[n], torch.from_numpy(lr * (self._server[n] - self.control[n])).to(params[n]))
             for n in names
             if n in params
         ]
         self._context = context
 
-    def transform_gradients(self, model: nn.Module) -> None:
-        """Add c - c_i to each parameter's gradient (line 10)."""
-        for param, correction in self._corrections:
-            if param.grad is not None:
-                param.grad.add_(correction)
+    def after_step(self, model: nn.Module) -> None:
+        """Take the correction step y_i -= lr * (c - c_i) after each optimizer step (line 10)."""
+        with torch.no_grad():
+            for param, correction in self._corrections:
+                param.sub_(correction)
 
     def after_training(self, weights: Weights, result: TrainResult) -> Weights:
         """Compute c_i+ (option II) and dc_i; the round's copies are dropped."""

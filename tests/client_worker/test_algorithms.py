@@ -53,6 +53,9 @@ class Recording(ClientAlgorithm):
         grads = [p.grad is not None for p in model.parameters()]
         self.calls.append(("transform_gradients", all(grads)))
 
+    def after_step(self, model: nn.Module) -> None:
+        self.calls.append(("after_step", model))
+
     def after_training(self, weights: Weights, result: TrainResult) -> Weights:
         self.calls.append(("after_training", (weights, result)))
         return {name: array + 1 for name, array in weights.items()}
@@ -72,11 +75,12 @@ def test_hooks_are_called_in_order_with_the_round_arguments() -> None:
     steps = 2 * 2  # two epochs of two batches
     assert names == (
         ["before_training"]
-        + ["extra_loss", "transform_gradients"] * steps
+        + ["extra_loss", "transform_gradients", "after_step"] * steps
         + ["after_training", "groups_to_send"]
     )
     assert algorithm.calls[0][1] == (model, context)
     assert all(arg is model for name, arg in algorithm.calls if name == "extra_loss")
+    assert all(arg is model for name, arg in algorithm.calls if name == "after_step")
     assert all(arg for name, arg in algorithm.calls if name == "transform_gradients")
     trained, result = algorithm.calls[-2][1]
     assert result is update.result

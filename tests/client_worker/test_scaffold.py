@@ -159,3 +159,19 @@ def test_a_server_control_of_another_model_is_refused() -> None:
     wrong = {"1.weight": np.zeros((4, 2), np.float32), "1.bias": np.zeros(2, np.float32)}
     with pytest.raises(ConfigError, match=r"'1.weight' has shape \(4, 2\)"):
         _round(Scaffold(), _linear(), wrong)
+
+
+def test_the_correction_stays_out_of_the_momentum_buffer() -> None:
+    # One parameter w, a loss with zero gradient (w * 0), c - c_i = 1, lr 0.1, momentum 0.9:
+    # each step moves w by exactly -lr * 1, as NIID-Bench's SCAFFOLD; through the gradient
+    # the momentum buffer would grow the moves to 0.1, 0.19, 0.271.
+    w = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    algorithm = Scaffold()
+    algorithm._corrections = [(w, torch.full((1,), 0.1))]  # lr * (c - c_i)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.autograd.backward((w * 0).sum())
+        optimizer.step()
+        algorithm.after_step(nn.Linear(1, 1))
+    assert w.item() == pytest.approx(-0.3)
