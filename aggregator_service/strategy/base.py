@@ -11,7 +11,7 @@ import numpy as np
 from shared.errors import TributaryError
 from shared.wire import TensorSpec
 
-__all__ = ["AggregationError", "BaseStrategy", "ClientUpdate", "Groups", "Strategy"]
+__all__ = ["AggregationError", "BaseStrategy", "ClientUpdate", "Groups", "Strategy", "held_updates"]
 
 Groups = Mapping[str, Mapping[str, np.ndarray]]  # group name -> tensor name -> tensor
 
@@ -86,3 +86,11 @@ class BaseStrategy:
     def published_groups(self) -> dict[str, dict[str, np.ndarray]]:
         """The global model alone is published (protocol 1)."""
         return {}
+
+
+def held_updates(server_round: int, updates: Iterable[ClientUpdate]) -> list[ClientUpdate]:
+    """Return a round's updates as a list (maps, not copies); refuse an empty round."""
+    held = list(updates)
+    if not held:
+        raise AggregationError(f"round {server_round}: no update to aggregate")
+    return held

@@ -14,7 +14,11 @@ from typing import ClassVar
 import numpy as np
 
 from aggregator_service.strategy.aggregate import coordinate_median, elementwise_max
-from aggregator_service.strategy.base import AggregationError, BaseStrategy, ClientUpdate
+from aggregator_service.strategy.base import (
+    BaseStrategy,
+    ClientUpdate,
+    held_updates,
+)
 from aggregator_service.strategy.mean import is_floating
 
 __all__ = ["BLOCK", "FedMedian", "coordinatewise"]
@@ -53,7 +57,5 @@ class FedMedian(BaseStrategy):
         updates: Iterable[ClientUpdate],
     ) -> dict[str, np.ndarray]:
         """Return the coordinate-wise median of `updates`, in the model's dtypes."""
-        held = list(updates)
-        if not held:
-            raise AggregationError(f"round {server_round}: no update to aggregate")
+        held = held_updates(server_round, updates)
         return coordinatewise(current, held, coordinate_median)

@@ -16,7 +16,12 @@ from typing import ClassVar
 import numpy as np
 
 from aggregator_service.strategy.aggregate import trimmed_mean
-from aggregator_service.strategy.base import AggregationError, BaseStrategy, ClientUpdate
+from aggregator_service.strategy.base import (
+    AggregationError,
+    BaseStrategy,
+    ClientUpdate,
+    held_updates,
+)
 from aggregator_service.strategy.fedmedian import coordinatewise
 
 __all__ = ["FedTrimmedAvg"]
@@ -37,9 +42,7 @@ class FedTrimmedAvg(BaseStrategy):
         updates: Iterable[ClientUpdate],
     ) -> dict[str, np.ndarray]:
         """Return the trimmed mean of `updates`, in the model's dtypes."""
-        held = list(updates)
-        if not held:
-            raise AggregationError(f"round {server_round}: no update to aggregate")
+        held = held_updates(server_round, updates)
         cut = int(self.beta * len(held))
         if len(held) - 2 * cut < 1:
             raise AggregationError(

@@ -22,7 +22,12 @@ from typing import ClassVar
 import numpy as np
 
 from aggregator_service.strategy.aggregate import elementwise_max, krum_scores, squared_distances
-from aggregator_service.strategy.base import AggregationError, BaseStrategy, ClientUpdate
+from aggregator_service.strategy.base import (
+    AggregationError,
+    BaseStrategy,
+    ClientUpdate,
+    held_updates,
+)
 from aggregator_service.strategy.fedavg import fold_mean
 from aggregator_service.strategy.fedmedian import BLOCK
 from aggregator_service.strategy.mean import is_floating
@@ -62,10 +67,8 @@ class Krum(BaseStrategy):
         updates: Iterable[ClientUpdate],
     ) -> dict[str, np.ndarray]:
         """Return the weighted mean of the selected updates, in the model's dtypes."""
-        held = list(updates)
+        held = held_updates(server_round, updates)
         n, f, m = len(held), self.num_malicious_clients, self.num_clients_to_keep
-        if not held:
-            raise AggregationError(f"round {server_round}: no update to aggregate")
         if n <= 2 * f + 2:
             raise AggregationError(
                 f"round {server_round}: krum with num_malicious_clients f = {f} needs more "
