@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aggregator_service.strategy.base import AggregationError, ClientUpdate, Groups, Strategy
+from aggregator_service.strategy.base import (
+    AggregationError,
+    ClientUpdate,
+    Groups,
+    Strategy,
+    SummedDeltas,
+)
 from aggregator_service.strategy.fedavg import FedAvg
 from aggregator_service.strategy.fedavgm import FedAvgM
 from aggregator_service.strategy.fedmedian import FedMedian
@@ -26,6 +32,7 @@ __all__ = [
     "ClientUpdate",
     "Groups",
     "Strategy",
+    "SummedDeltas",
     "build_strategy",
 ]
 

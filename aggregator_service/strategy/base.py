@@ -11,7 +11,15 @@ import numpy as np
 from shared.errors import TributaryError
 from shared.wire import TensorSpec
 
-__all__ = ["AggregationError", "BaseStrategy", "ClientUpdate", "Groups", "Strategy", "held_updates"]
+__all__ = [
+    "AggregationError",
+    "BaseStrategy",
+    "ClientUpdate",
+    "Groups",
+    "Strategy",
+    "SummedDeltas",
+    "held_updates",
+]
 
 Groups = Mapping[str, Mapping[str, np.ndarray]]  # group name -> tensor name -> tensor
 
@@ -30,6 +38,21 @@ class ClientUpdate:
     groups: Groups = field(default_factory=dict)  # protocol 2: e.g. control variates
 
 
+@dataclass(frozen=True)
+class SummedDeltas:
+    """A round's updates known only by their sum, as secure aggregation yields them.
+
+    `delta_sum` is sum_i w_i * (y_i - x) over the floating tensors, in float64, and
+    `group_sums` the same sums of the update groups' tensors; w_i is what each client
+    multiplied its update by (1 for uniform weighting) and `total_weight` is sum_i w_i.
+    """
+
+    num_clients: int
+    total_weight: float
+    delta_sum: Mapping[str, np.ndarray]
+    group_sums: Groups = field(default_factory=dict)
+
+
 class Strategy(Protocol):
     """Turns the global model and one round's updates into the next global model."""
 
@@ -46,6 +69,15 @@ class Strategy(Protocol):
         `updates` is an iterator over memory-mapped journal files: a rule that folds (the
         mean) reads each update once and drops it; one that needs them all (the median)
         may keep them, as maps, not copies.
+        """
+        ...
+
+    def aggregate_sum(
+        self, server_round: int, current: Mapping[str, np.ndarray], summed: SummedDeltas
+    ) -> dict[str, np.ndarray]:
+        """Return the next global model from the sum of the updates alone (secure aggregation).
+
+        A rule that needs each update (the median, Krum) raises AggregationError.
         """
         ...
 
@@ -71,6 +103,17 @@ class Strategy(Protocol):
 
 class BaseStrategy:
     """No state across rounds and no tensor groups: what a plain rule inherits."""
+
+    name: ClassVar[str]
+
+    def aggregate_sum(
+        self, server_round: int, current: Mapping[str, np.ndarray], summed: SummedDeltas
+    ) -> dict[str, np.ndarray]:
+        """Refuse: this rule needs each update, not their sum."""
+        raise AggregationError(
+            f"strategy {self.name!r} needs each client's update; under secure aggregation "
+            "the aggregator has only their sum"
+        )
 
     def state(self) -> dict[str, np.ndarray]:
         """Keep nothing across rounds."""
