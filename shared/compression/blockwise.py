@@ -120,7 +120,7 @@ def _block_params(
     if max(maxs.max(), -mins.min()) > MAX_MAGNITUDE:
         raise EncodingError(name, "values beyond ±2^64 cannot be quantized; send float32")
     if scheme == "absmax":
-        return None, _round_up(np.maximum(maxs, -mins.astype(np.float64)) / high)
+        return None, _round_up(np.maximum(np.abs(maxs), np.abs(mins)) / high)
     return mins, _round_up((maxs - mins) / high)
 
 
