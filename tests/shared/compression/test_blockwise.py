@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -87,6 +88,17 @@ def test_scales_are_rounded_up_to_float32() -> None:
     for scale, exact in zip(scales.tolist(), [1 / 127, 2 / 127], strict=True):
         assert scale >= exact  # the float32 nearest to 1/127 is below it: one step up
         assert float(np.nextafter(np.float32(scale), np.float32(0))) < exact
+
+
+def test_the_worked_example_of_docs_protocol() -> None:
+    x = np.array([0.0125, -0.0254, 0.0031, 0.0, 0.0127, -0.0001, 0.02, -0.0127], np.float32)
+    wire_map = encode_tensor("t", x, _spec("q8"))
+    assert wire_map["scales"] == bytes.fromhex("18b75139")
+    assert np.frombuffer(wire_map["data"], np.int8).tolist() == [62, -127, 16, 0, 63, 0, 100, -63]
+    assert len(msgpack.packb(wire_map)) == 89
+    error = np.abs(_decode(wire_map, 8).astype(np.float64) - x)
+    assert (error <= 0.0001 + np.abs(np.spacing(x)).astype(np.float64)).all()
+    assert error[2] > 0.0001  # 15.5 in float32, the tie, went up to 16
 
 
 def test_nibble_order_and_sign() -> None:
