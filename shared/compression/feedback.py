@@ -54,6 +54,7 @@ class ErrorFeedback:
     ) -> dict[str, Any]:
         """Return the update's tensors as `plan` says, compressed ones with their residuals."""
         out: dict[str, Any] = {}
+        residuals: dict[str, np.ndarray] = {}  # kept only once every tensor is encoded
         for name, encoding in plan(spec_of(deltas), compression).items():
             delta = deltas[name]
             if encoding is None or compression is None:
@@ -64,7 +65,8 @@ class ErrorFeedback:
                 raise SpecMismatch(
                     name, f"residual shape {list(residual.shape)} != delta's {list(delta.shape)}"
                 )
-            out[name], self.residuals[name] = with_feedback(name, delta, residual, compression, rng)
+            out[name], residuals[name] = with_feedback(name, delta, residual, compression, rng)
+        self.residuals.update(residuals)
         return out
 
     def reset(self) -> None:

@@ -49,6 +49,9 @@ class CompressionSpec:
         _choice("values", self.values, VALUES)
         _int("min_elements", self.min_elements, 0, 2**63 - 1)
         patterns = self.uncompressed
+        if isinstance(patterns, list):  # as a config file gives it
+            patterns = tuple(patterns)
+            object.__setattr__(self, "uncompressed", patterns)
         if not isinstance(patterns, tuple) or not all(isinstance(p, str) for p in patterns):
             raise ConfigError(f"compression.uncompressed must be a list of str, got {patterns!r}")
         for field in dataclasses.fields(self):
@@ -70,17 +73,14 @@ class CompressionSpec:
 
     @classmethod
     def from_mapping(cls, obj: Mapping[str, Any]) -> CompressionSpec:
-        """Build a spec from a config mapping (a list of patterns becomes a tuple)."""
+        """Build a spec from a config mapping, refusing unknown keys."""
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(str(key) for key in obj if key not in known)
         if unknown:
             raise ConfigError(f"compression has unknown key {unknown[0]!r}")
         if "encoding" not in obj:
             raise ConfigError(f"compression.encoding is missing (one of {', '.join(ENCODINGS)})")
-        fields = dict(obj)
-        if isinstance(fields.get("uncompressed"), list):
-            fields["uncompressed"] = tuple(fields["uncompressed"])
-        return cls(**fields)
+        return cls(**obj)
 
 
 def plan(

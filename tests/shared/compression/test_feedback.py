@@ -16,7 +16,7 @@ from shared.compression import (
     decode_update,
     with_feedback,
 )
-from shared.errors import SpecMismatch, StoreError
+from shared.errors import NonFiniteTensor, SpecMismatch, StoreError
 from shared.wire_tensors import TensorSpec, spec_of
 
 LOSSY = [
@@ -63,6 +63,12 @@ def test_plain_tensors_keep_no_residual() -> None:
     assert feedback.encode_update(deltas, None) == deltas
     with pytest.raises(SpecMismatch, match="residual shape"):
         feedback.encode_update({"w": np.ones((4, 400), np.float32)}, CompressionSpec(encoding="q8"))
+    before = {name: r.copy() for name, r in feedback.residuals.items()}
+    bad = {"v": np.ones((40, 40), np.float32), "w": np.full((40, 40), np.nan, np.float32)}
+    with pytest.raises(NonFiniteTensor):
+        feedback.encode_update(bad, CompressionSpec(encoding="topk"))
+    assert list(feedback.residuals) == ["w"]  # nothing kept of an update that failed
+    assert feedback.residuals["w"].tobytes() == before["w"].tobytes()
     feedback.reset()
     assert feedback.residuals == {}
 

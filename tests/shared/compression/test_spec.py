@@ -25,6 +25,7 @@ from shared.wire_tensors import TensorSpec
         ({"encoding": "topk", "values": "q4"}, "values must be one of float32, q8"),
         ({"encoding": "f16", "min_elements": -1}, "min_elements must be an int"),
         ({"encoding": "f16", "uncompressed": "*.bias"}, "uncompressed must be a list of str"),
+        ({"encoding": "f16", "uncompressed": [1]}, "uncompressed must be a list of str"),
         ({"encoding": "f16", "block_size": 128}, "block_size does not apply to encoding 'f16'"),
         ({"encoding": "q8", "fraction": 0.1}, "fraction does not apply to encoding 'q8'"),
         ({"encoding": "topk", "rounding": "stochastic"}, "rounding does not apply to encoding"),
@@ -48,6 +49,7 @@ def test_valid_specs() -> None:
 def test_from_mapping() -> None:
     spec = CompressionSpec.from_mapping({"encoding": "q4", "uncompressed": ["*.bias", "*bn*"]})
     assert spec == CompressionSpec(encoding="q4", uncompressed=("*.bias", "*bn*"))
+    assert CompressionSpec(encoding="q4", uncompressed=["*.bias"]).uncompressed == ("*.bias",)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="unknown key 'bits'"):
         CompressionSpec.from_mapping({"encoding": "q4", "bits": 4})
     with pytest.raises(ConfigError, match="encoding is missing"):
