@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -51,6 +53,14 @@ EXPECTED = TensorSpec((3, 47), "float32")
 
 def _encode(spec: CompressionSpec, x: np.ndarray = X, seed: int = 0) -> dict[str, Any]:
     return encode_tensor("fc.weight", x, spec, np.random.default_rng(seed))
+
+
+def test_imports_numpy_and_msgpack_only() -> None:
+    code = (
+        "import shared.compression, sys; "
+        "assert not {'torch', 'fastapi', 'pydantic'} & set(sys.modules), sys.modules.keys()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # ---------------------------------------------------------------------------- round trips
