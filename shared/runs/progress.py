@@ -59,8 +59,14 @@ def status_lines(status: Row | None, *, elapsed_s: float) -> list[str]:
         f"clients: reported {status.get('received', 0)}/{status.get('needed', 0)}, "
         f"registered {status.get('registered_clients', 0)}",
         f"last round: accuracy {_number(last.get('eval_accuracy'))}, "
-        f"loss {_number(last.get('eval_loss'))}",
+        f"loss {_number(last.get('eval_loss'))}{_epsilon_text(last)}",
     ]
+
+
+def _epsilon_text(row: Row) -> str:
+    """Return ", DP-SGD epsilon max E" for a round of DP-SGD clients ("" otherwise)."""
+    epsilon = row.get("dp_sgd_epsilon_max")
+    return f", DP-SGD epsilon max {epsilon:.3f}" if epsilon is not None else ""
 
 
 def round_line(row: Row, *, num_rounds: int) -> str:
@@ -70,7 +76,7 @@ def round_line(row: Row, *, num_rounds: int) -> str:
         f"round {row['round']}/{num_rounds}: {len(participants)} clients, "
         f"{row.get('num_examples', 0)} examples, accuracy {_number(row.get('eval_accuracy'))}, "
         f"eval loss {_number(row.get('eval_loss'))}, "
-        f"train loss {_number(row.get('train_loss'))}, "
+        f"train loss {_number(row.get('train_loss'))}{_epsilon_text(row)}, "
         f"{megabytes(row.get('bytes_in') or 0):.2f} MB in / "
         f"{megabytes(row.get('bytes_out') or 0):.2f} MB out, "
         f"{_number(row.get('duration_s'), '.1f')} s"
@@ -103,17 +109,23 @@ def rounds_table(history: Sequence[Row], *, max_rows: int = MAX_TABLE_ROWS) -> T
         show_edge=False,
         padding=(0, 0, 0, 1),
     )
+    # DP-SGD runs add the largest client epsilon so far (the column is absent otherwise)
+    private = any(row.get("dp_sgd_epsilon_max") is not None for row in shown)
     for name in ("round", "clients", "train loss", "eval loss", "accuracy"):
         table.add_column(name, justify="right", no_wrap=True)
+    if private:
+        table.add_column("eps max", justify="right", no_wrap=True)
     for name in ("MB in", "MB out", "time s"):
         table.add_column(name, justify="right", no_wrap=True)
     for row in shown:
+        epsilon = [_number(row.get("dp_sgd_epsilon_max"), ".3f")] if private else []
         table.add_row(
             str(row["round"]),
             str(len(row.get("participants") or [])),
             _number(row.get("train_loss")),
             _number(row.get("eval_loss")),
             _number(row.get("eval_accuracy")),
+            *epsilon,
             f"{megabytes(row.get('bytes_in') or 0):.2f}",
             f"{megabytes(row.get('bytes_out') or 0):.2f}",
             _number(row.get("duration_s"), ".1f"),

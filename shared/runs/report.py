@@ -2,11 +2,13 @@
 
 The report is what a run leaves behind, computed from the aggregator's /history rows:
 
-    metrics.csv     one row per round (the /history fields, MB in/out, participant count)
+    metrics.csv     one row per round (the /history fields, MB in/out, participant count;
+                    dp_sgd_epsilon_max: the largest DP-SGD epsilon of the round's clients)
     metrics.json    {"summary": {...}, "rounds": [the /history rows]}
     curves.png      accuracy and loss versus round
-    tensorboard/    one event file: eval_accuracy, eval_loss, train_loss, bytes_in,
-                    bytes_out, duration_s per round (`tensorboard --logdir runs`)
+    tensorboard/    one event file: eval_accuracy, eval_loss, train_loss,
+                    dp_sgd_epsilon_max, bytes_in, bytes_out, duration_s per round
+                    (`tensorboard --logdir runs`)
 
 matplotlib and TensorBoard are imported inside their writers: the runner starts fast and
 only pays for them once, at the end.
@@ -55,6 +57,7 @@ CSV_FIELDS = (
     "train_loss",
     "eval_loss",
     "eval_accuracy",
+    "dp_sgd_epsilon_max",
     "bytes_in",
     "bytes_out",
     "mb_in",
@@ -68,6 +71,7 @@ TENSORBOARD_SCALARS = (
     "eval_accuracy",
     "eval_loss",
     "train_loss",
+    "dp_sgd_epsilon_max",
     "bytes_in",
     "bytes_out",
     "duration_s",
@@ -146,6 +150,7 @@ def summarize(history: Sequence[Row], **extra: Any) -> dict[str, Any]:
         "final_train_loss": _last_value(history, "train_loss"),
         "best_accuracy": best,
         "best_round": best_round,
+        "final_dp_sgd_epsilon_max": _last_value(history, "dp_sgd_epsilon_max"),
         "total_examples": sum(row.get("num_examples") or 0 for row in history),
         "total_mb_in": flow["total_mb_in"],
         "total_mb_out": flow["total_mb_out"],

@@ -126,6 +126,20 @@ def test_rounds_table_fits_an_80_column_terminal() -> None:
     assert "…" not in "".join(lines)
 
 
+def test_dp_sgd_rounds_show_the_largest_client_epsilon_in_80_columns() -> None:
+    row = make_row(12, participants=[str(k) for k in range(10)], dp_sgd_epsilon_max=12.3456)
+    lines = render_text(rounds_table([row]), width=80).splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert "eps max" in lines[1]
+    assert "12.346" in lines[-1]
+    assert "…" not in "".join(lines)
+    assert "DP-SGD epsilon max 12.346" in round_line(row, num_rounds=20)
+    status = STATUS | {"last_round": row}
+    assert "DP-SGD epsilon max 12.346" in status_lines(status, elapsed_s=1)[2]
+    assert "eps max" not in render_text(rounds_table([make_row(1)]), width=80)
+    assert "epsilon" not in round_line(make_row(1), num_rounds=2)
+
+
 def test_rounds_table_keeps_the_latest_rows() -> None:
     history = [make_row(r, eval_accuracy=r / 100) for r in range(1, 21)]
     text = render_text(rounds_table(history, max_rows=5), width=140)
