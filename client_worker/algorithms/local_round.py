@@ -35,7 +35,11 @@ class LocalUpdate:
     privacy: Mapping[str, float] = field(default_factory=dict)  # DP-SGD: dp_epsilon, dp_delta
 
     def metrics(self) -> dict[str, float]:
-        """Return what the update reports of its round: training measures, local test."""
+        """Return what the update reports of its round: training measures, local test.
+
+        A DP-SGD update reports its epsilon and delta instead of its training loss, a
+        plain average over the very examples the noise protects.
+        """
         result = self.result
         measured = {
             "train_loss": result.train_loss,
@@ -48,6 +52,8 @@ class LocalUpdate:
         if self.local_test is not None:
             measured["local_accuracy"] = self.local_test.accuracy
             measured["local_loss"] = self.local_test.loss
+        if self.privacy:  # DP-SGD: the loss on the training examples is outside the guarantee
+            del measured["train_loss"]
         return measured | dict(self.privacy)
 
 
