@@ -19,12 +19,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from shared.runs.report import megabytes, traffic
+from shared.runs.report import client_epsilons, megabytes, traffic
 
 __all__ = [
     "LinePrinter",
     "LiveView",
     "format_elapsed",
+    "privacy_lines",
     "render_text",
     "render_view",
     "round_line",
@@ -94,6 +95,29 @@ def traffic_lines(history: Sequence[Row]) -> list[str]:
         f"traffic in total: {flow['total_mb_in']:.2f} MB in, {flow['total_mb_out']:.2f} MB out "
         f"over {len(history)} rounds",
     ]
+
+
+def privacy_lines(history: Sequence[Row], *, per_line: int = 8) -> list[str]:
+    """Return each DP-SGD client's epsilon after its last round ([] without DP-SGD)."""
+    spent = client_epsilons(history)
+    if not spent:
+        return []
+    deltas = {
+        measured.get("dp_delta")
+        for row in history
+        for measured in (row.get("clients") or {}).values()
+        if (measured or {}).get("dp_delta") is not None
+    }
+    delta = f"delta {deltas.pop():g}" if len(deltas) == 1 else "deltas as set"
+    values = list(spent.values())
+    lines = [
+        f"DP-SGD epsilon per client ({delta}), after its last round: "
+        f"min {min(values):.3f}, max {max(values):.3f} over {len(values)} clients"
+    ]
+    pairs = [f"{client}: {epsilon:.3f}" for client, epsilon in spent.items()]
+    for first in range(0, len(pairs), per_line):
+        lines.append("  " + ", ".join(pairs[first : first + per_line]))
+    return lines
 
 
 def rounds_table(history: Sequence[Row], *, max_rows: int = MAX_TABLE_ROWS) -> Table:

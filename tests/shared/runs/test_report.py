@@ -11,6 +11,7 @@ import pytest
 
 from shared.runs.report import (
     TENSORBOARD_SCALARS,
+    client_epsilons,
     megabytes,
     plot_curves,
     summarize,
@@ -94,6 +95,16 @@ def test_summarize_final_best_and_totals() -> None:
     assert summary["total_examples"] == 2800
     assert summary["rounds_duration_s"] == pytest.approx(6.0)
     assert summary["status"] == "finished"
+    assert summary["dp_sgd_epsilon_by_client"] is None  # no DP-SGD
+
+
+def test_summarize_keeps_each_dp_sgd_clients_last_epsilon() -> None:
+    history = make_history()
+    history[0]["clients"] = {"b": {"dp_epsilon": 1.0}, "a": {"dp_epsilon": 1.0}}
+    history[1]["clients"] = {"a": {"dp_epsilon": 2.0}, "3": {"dp_epsilon": 0.5}}
+    assert client_epsilons(history) == {"3": 0.5, "a": 2.0, "b": 1.0}
+    assert list(client_epsilons(history)) == ["3", "a", "b"]  # numbers first
+    assert summarize(history)["dp_sgd_epsilon_by_client"] == {"3": 0.5, "a": 2.0, "b": 1.0}
 
 
 def test_summarize_without_server_evaluation_or_rounds() -> None:
