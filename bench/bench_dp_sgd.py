@@ -111,8 +111,12 @@ def plot(runs: Mapping[Key, Run], out: Path, *, title: str) -> None:
         if private:
             epsilon = [row["dp_sgd_epsilon_max"] for row in private]
             by_epsilon.plot(
-                epsilon, [row["eval_accuracy"] for row in private], marker="o", markersize=3,
-                color=line.get_color(), label=label,
+                epsilon,
+                [row["eval_accuracy"] for row in private],
+                marker="o",
+                markersize=3,
+                color=line.get_color(),
+                label=label,
             )
         elif accuracy:
             by_epsilon.axhline(accuracy[-1], color=line.get_color(), ls="--", label=label)

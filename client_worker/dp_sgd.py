@@ -198,7 +198,7 @@ def _step(
     """Take one DP-SGD step and return the batch's mean cross-entropy (0 for no examples)."""
     optimizer.zero_grad(set_to_none=True)
     loss = F.cross_entropy(sampled(images), labels)  # NaN for an empty batch, unused then
-    loss.backward()  # every example's gradient, in p.grad_sample
+    torch.autograd.backward(loss)  # every example's gradient, in p.grad_sample
     if not optimizer.pre_step():  # clip, sum, noise, / B: the private p.grad
         return loss.detach()
     extra = hooks.extra_loss(model)

@@ -199,7 +199,9 @@ def train(
     hooks = hooks if hooks is not None else _NO_HOOKS
     with guard:
         # a Poisson-sampled batch may hold up to every example
-        source = BatchSource(images, labels, plan, num_examples if dp is not None else config.batch_size)
+        source = BatchSource(
+            images, labels, plan, num_examples if dp is not None else config.batch_size
+        )
         train_loss, steps = _run_epochs(
             model, source, config, seed, stop, max_batches, hooks, plan, dp
         )
@@ -295,9 +297,7 @@ def _stepping(
     """Yield the function that takes one optimizer step: plain SGD, or DP-SGD's."""
     if dp is None:
         scaler = plan.grad_scaler()
-        yield functools.partial(
-            _step, model, optimizer, hooks=hooks, plan=plan, scaler=scaler
-        )
+        yield functools.partial(_step, model, optimizer, hooks=hooks, plan=plan, scaler=scaler)
         return
     from client_worker.dp_sgd import private_steps
 

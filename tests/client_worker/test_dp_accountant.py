@@ -58,7 +58,8 @@ def test_epsilon_grows_with_the_rounds_as_the_rdp_analysis_says(tmp_path: Path) 
         expected = _epsilon(q=BATCH / N, sigma=1.0, steps=steps * round_index, delta=DP.delta)
         assert metrics["dp_epsilon"] == pytest.approx(expected, rel=1e-12)
         spent.append(metrics["dp_epsilon"])
-    assert spent == sorted(spent) and len(set(spent)) == 5  # strictly growing
+    assert spent == sorted(spent)
+    assert len(set(spent)) == 5
     # configs/dp-sgd.yaml's comment: five rounds take a client to 7.1, below its target 8
     assert spent[-1] == pytest.approx(7.12, abs=0.01)
 
@@ -136,7 +137,8 @@ def test_declining_checks_the_data_first() -> None:
 def test_the_dp_sgd_config_stays_within_its_target() -> None:
     config = load_config(Path(__file__).parents[2] / "configs" / "dp-sgd.yaml")
     section = config.dp_sgd
-    assert section is not None and section.target_epsilon is not None
+    assert section is not None
+    assert section.target_epsilon is not None
     n = 4000 // config.num_partitions  # mnist5k's training split, IID
     steps = steps_per_round(n, config.batch_size, config.local_epochs) * config.num_rounds
     q = config.batch_size / n

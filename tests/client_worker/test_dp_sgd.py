@@ -75,11 +75,17 @@ def _clipped_mean_gradient(
     for image, label in zip(images, labels, strict=True):
         loss = F.cross_entropy(model(image[None]), label[None])
         grads = torch.autograd.grad(loss, params)
-        norm = torch.sqrt(sum((g**2).sum() for g in grads))
+        norm = _norm(list(grads))
         scale = min(1.0, clip / (float(norm) + 1e-6))  # Opacus's factor, same epsilon
         for acc, g in zip(total, grads, strict=True):
             acc += scale * g
     return [t / len(labels) for t in total]
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of the tensors taken as one vector."""
+    norm: torch.Tensor = torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in tensors]))
+    return norm
 
 
 def test_each_example_gradient_is_clipped_as_by_hand() -> None:
@@ -88,7 +94,7 @@ def test_each_example_gradient_is_clipped_as_by_hand() -> None:
     clip = 1.0
     expected = _clipped_mean_gradient(reference, images, labels, clip)
     norms = [
-        float(torch.sqrt(sum((g**2).sum() for g in _clipped_mean_gradient(reference, x, y, 1e9))))
+        float(_norm(_clipped_mean_gradient(reference, x, y, 1e9)))
         for x, y in zip(images[:, None], labels[:, None], strict=True)
     ]
     assert min(norms) < clip < max(norms)  # some examples are clipped, some are not
@@ -117,7 +123,10 @@ def test_the_noise_has_std_sigma_times_clip_over_the_batch_size() -> None:
     _one_step(plain, images, labels, DpSgd(0.0, clip, 1e-5), seed=3)
     _one_step(noisy, images, labels, DpSgd(sigma, clip, 1e-5), seed=3)
     noise = torch.cat(
-        [(p - q).detach().reshape(-1) for p, q in zip(plain.parameters(), noisy.parameters())]
+        [
+            (p - q).detach().reshape(-1)
+            for p, q in zip(plain.parameters(), noisy.parameters(), strict=True)
+        ]
     )  # lr 1: the noise added to the mean gradient, (4290,)
     expected_std = sigma * clip / batch
     assert noise.numel() > 4000
@@ -183,7 +192,9 @@ def test_an_empty_poisson_batch_adds_noise_only() -> None:
         before = [p.detach().clone() for p in model.parameters()]
         losses = _one_step(model, images[:0], labels[:0], DpSgd(sigma, 1.0, 1e-5), batch_size=4)
         assert losses == [0.0]  # no examples, no loss (not NaN)
-        moved = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before)])
+        moved = torch.cat(
+            [(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before, strict=True)]
+        )
         assert bool(torch.isfinite(moved).all())
         assert bool((moved == 0).all()) == (sigma == 0)  # noise alone moves the weights
 
@@ -200,8 +211,9 @@ def test_fedprox_under_dp_sgd_without_noise_or_clipping_is_plain_fedprox() -> No
     optimizer = torch.optim.SGD(plain_model.parameters(), lr=1.0)
     for _ in range(3):
         optimizer.zero_grad()
-        loss = F.cross_entropy(plain_model(images), labels) + plain_prox.extra_loss(plain_model)
-        loss.backward()
+        proximal = plain_prox.extra_loss(plain_model)
+        assert proximal is not None
+        torch.autograd.backward(F.cross_entropy(plain_model(images), labels) + proximal)
         optimizer.step()
     for p, q in zip(private_model.parameters(), plain_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
@@ -227,7 +239,7 @@ def test_scaffold_under_dp_sgd_without_noise_or_clipping_is_plain_scaffold() -> 
             optimizer = torch.optim.SGD(trained.parameters(), lr=1.0)
             for _ in range(2):
                 optimizer.zero_grad()
-                F.cross_entropy(trained(images), labels).backward()
+                torch.autograd.backward(F.cross_entropy(trained(images), labels))
                 optimizer.step()
                 scaffold.after_step(trained)
         runs.append(trained)
@@ -325,7 +337,9 @@ def test_a_round_config_without_dp_sgd_trains_plainly() -> None:
 WORKER_DP = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-2, "target_epsilon": None}
 
 
-def _opacus_epsilon(steps: int, *, q: float = 0.4, sigma: float = 1.0, delta: float = 1e-2) -> float:
+def _opacus_epsilon(
+    steps: int, *, q: float = 0.4, sigma: float = 1.0, delta: float = 1e-2
+) -> float:
     accountant = RDPAccountant()
     for _ in range(steps):
         accountant.step(noise_multiplier=sigma, sample_rate=q)
@@ -353,7 +367,8 @@ def test_each_update_reports_the_clients_epsilon_which_survives_a_restart(
     tmp_path: Path,
 ) -> None:
     fake, summary = _dp_worker([1, 2], global_weights, config, dataset, tmp_path, WORKER_DP)
-    assert summary.outcome == "finished" and summary.rounds_trained == 2
+    assert summary.outcome == "finished"
+    assert summary.rounds_trained == 2
     epsilons = [post["metrics"]["dp_epsilon"] for post in fake.posts]
     assert epsilons == pytest.approx([_opacus_epsilon(6), _opacus_epsilon(12)], rel=1e-12)
     for post in fake.posts:
@@ -379,7 +394,8 @@ def test_a_client_stops_contributing_before_passing_its_target(
         fake, summary = _dp_worker([1, 2, 3, 4], global_weights, config, dataset, tmp_path, section)
     assert [post["round"] for post in fake.posts] == [1, 2]
     assert summary.outcome == "budget_spent"
-    assert summary.rounds_trained == 2 and summary.last_round == 3
+    assert summary.rounds_trained == 2
+    assert summary.last_round == 3
     assert "client 1 budget_spent" in summary.line()
     assert (
         "round 3: privacy budget spent, the client stops contributing: its 6 DP-SGD steps "
@@ -388,7 +404,8 @@ def test_a_client_stops_contributing_before_passing_its_target(
     ) in caplog.text
     # restarted, it still declines: the budget is spent for good
     fake, summary = _dp_worker([3], global_weights, config, dataset, tmp_path, section)
-    assert fake.posts == [] and summary.outcome == "budget_spent"
+    assert fake.posts == []
+    assert summary.outcome == "budget_spent"
 
 
 def test_a_client_too_small_for_its_delta_refuses_to_train(
