@@ -1,6 +1,6 @@
 """Sample-level DP-SGD: test accuracy against each client's epsilon, at several noise levels.
 
-    .venv/bin/python bench/bench_dp_sgd.py [--rounds 10] [--clients 10] [--noise 0.7 ...]
+    .venv/bin/python bench/bench_dp_sgd.py [--rounds 20] [--clients 10] [--noise 0.7 ...]
         [--clip 1.0] [--delta 1e-5] [--out docs/img/dp-sgd.png]
 
 Runs configs/dp-sgd.yaml (the 2NN on mnist5k, ten IID clients of 400 examples) with
@@ -138,7 +138,7 @@ def plot(runs: Mapping[Key, Run], out: Path, *, title: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the reference and each noise level, print the table, draw the figure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_run_arguments(parser, rounds=10, strategies=["fedavg"], timeout_s=900.0)
+    add_run_arguments(parser, rounds=20, strategies=["fedavg"], timeout_s=900.0)
     parser.set_defaults(config=REPO / "configs" / "dp-sgd.yaml")
     parser.add_argument(
         "--noise",
