@@ -5,23 +5,36 @@ client's state dir (`StateStore`, file ``dp_sgd_accountant.npz``) before each up
 posted: an update that may have left the worker is counted, whether or not the
 aggregator accepts it, and a restarted worker carries on from what it has spent. A
 round is declined when its steps would take epsilon past `target_epsilon`.
+
+The ledger also holds the client's secret key (``dp_sgd_key.npz``, 32 random bytes made
+on the first DP-SGD round), mixed into the seed of each DP-SGD training so that the
+batches and the noise cannot be regenerated from the experiment seed.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 
 import numpy as np
 from opacus.accountants import RDPAccountant
 
 from client_worker.algorithms import StateStore
-from client_worker.dp_sgd import DpSgd, steps_per_round
+from client_worker.dp_sgd import DpSgd, private_seed, steps_per_round
 from client_worker.train import TrainConfig, TrainResult
 from shared.errors import ConfigError
 
-__all__ = ["ACCOUNTANT_FILE", "PrivacyLedger", "accountant_from_state", "accountant_state"]
+__all__ = [
+    "ACCOUNTANT_FILE",
+    "KEY_FILE",
+    "PrivacyLedger",
+    "accountant_from_state",
+    "accountant_state",
+]
 
 ACCOUNTANT_FILE = "dp_sgd_accountant"  # <state dir>/<client id>/dp_sgd_accountant.npz
+KEY_FILE = "dp_sgd_key"  # <state dir>/<client id>/dp_sgd_key.npz: the seed's secret
+KEY_BYTES = 32
 _FIELDS = ("noise_multiplier", "sample_rate", "steps")
 
 
@@ -57,6 +70,13 @@ class PrivacyLedger:
         self.store = store  # None: kept in memory only (a restart starts from zero)
         state = store.load(ACCOUNTANT_FILE) if store is not None else {}
         self.accountant = accountant_from_state(state)
+        self._key: bytes | None = None  # read or made with the first training's seed
+
+    def training_seed(self, seed: int) -> int:
+        """Return the seed of a DP-SGD training: `seed` mixed with this client's secret key."""
+        if self._key is None:
+            self._key = _load_or_make_key(self.store)
+        return private_seed(seed, self._key)
 
     def epsilon(self, delta: float) -> float:
         """Return the epsilon spent so far at `delta` (0 before any step)."""
@@ -94,6 +114,20 @@ class PrivacyLedger:
         if self.store is not None:
             self.store.save(ACCOUNTANT_FILE, accountant_state(self.accountant))
         return {"dp_epsilon": self.epsilon(dp.delta), "dp_delta": dp.delta}
+
+
+def _load_or_make_key(store: StateStore | None) -> bytes:
+    """Return the client's key from its state dir, made and saved there the first time."""
+    if store is None:
+        return secrets.token_bytes(KEY_BYTES)  # this process's only
+    saved = store.load(KEY_FILE).get("key")
+    if saved is not None:
+        if saved.dtype != np.uint8 or saved.shape != (KEY_BYTES,):
+            raise ConfigError(f"the DP-SGD key in {store.path(KEY_FILE)} is not {KEY_BYTES} bytes")
+        return saved.tobytes()
+    key = secrets.token_bytes(KEY_BYTES)
+    store.save(KEY_FILE, {"key": np.frombuffer(key, np.uint8)})
+    return key
 
 
 def _step(accountant: RDPAccountant, dp: DpSgd, sample_rate: float, steps: int) -> None:

@@ -11,10 +11,13 @@ function of the weights alone: its gradient is added after the noise, as post-pr
 that costs no privacy, and is not clipped. Its gradient transform and after-step change
 act on the privatized gradients and weights, post-processing too.
 
-The noise comes from a seeded `torch.Generator`, so runs are bit-identical; Opacus's
-`secure_mode` (needs torchcsprng) is not used: the noise is not from a cryptographically
-secure generator, and floating-point attacks on Gaussian sampling
-(https://arxiv.org/abs/2107.10138) are not defended against (docs/worker.md).
+The batches and the noise come from seeded `torch.Generator`s, so a training is
+bit-identical for a given seed. The aggregator knows the experiment seed, and noise it
+could regenerate would hide nothing: the worker mixes a secret key of the client, kept in
+its state dir and never sent, into the seed of a DP-SGD training (`private_seed`). Opacus's
+`secure_mode` (needs torchcsprng) is not used: the generators are seeded with 64 bits and
+are not cryptographically secure, and floating-point attacks on Gaussian sampling
+(https://arxiv.org/abs/2107.10138) are not defended against (docs/privacy.md).
 
 Importing Opacus costs seconds: the worker imports this module only for DP-SGD rounds.
 """
@@ -28,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from opacus import GradSampleModule
@@ -36,7 +40,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from client_worker.device import DevicePlan
-from client_worker.train import TrainingHooks, derive_seed
+from client_worker.train import TrainingHooks
 from shared.errors import ConfigError
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "PrivateStep",
     "check_model",
     "poisson_batches",
+    "private_seed",
     "private_steps",
     "steps_per_round",
 ]
@@ -60,7 +65,7 @@ warnings.filterwarnings(
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 PrivateStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-_NOISE_STREAM = 1  # derive_seed(seed, 1): the noise's generator, apart from the sampling's
+_NOISE_STREAM = 1  # seed64(seed, 1): the noise's generator, apart from the sampling's
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,20 @@ class DpSgd:
                 "that large the guarantee allows leaking an example outright"
             )
         return batch_size / num_examples
+
+
+def _seed64(*entropy: int) -> int:
+    """Mix integers of any size into one 64-bit seed (what torch.Generator takes at most)."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0])
+
+
+def private_seed(seed: int, key: bytes) -> int:
+    """Return the seed of a DP-SGD training: the training seed mixed with the client's key.
+
+    Without `key` the batches and the noise would follow from the experiment seed, which
+    the aggregator sends; with it they follow from a secret only the client holds.
+    """
+    return _seed64(seed, int.from_bytes(key, "little"))
 
 
 def steps_per_round(num_examples: int, batch_size: int, local_epochs: int) -> int:
@@ -171,7 +190,7 @@ def private_steps(
         sampled = GradSampleModule(model, loss_reduction="mean")
     except NotImplementedError as exc:
         raise ConfigError(f"DP-SGD cannot train this model: {exc}") from None
-    noise = torch.Generator(device=plan.device).manual_seed(derive_seed(seed, _NOISE_STREAM))
+    noise = torch.Generator(device=plan.device).manual_seed(_seed64(seed, _NOISE_STREAM))
     private = DPOptimizer(
         optimizer,
         noise_multiplier=dp.noise_multiplier,

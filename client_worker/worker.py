@@ -214,6 +214,8 @@ class _Worker:
         crash_at = self.network.crash_point(server_round, batches * train_config.local_epochs)
         experiment_seed = int(reply.config.get("seed", self.config.seed))
         seed = derive_seed(experiment_seed, self.partition_id, server_round)
+        if dp is not None:  # batches and noise the aggregator cannot regenerate
+            seed = self._privacy_ledger().training_seed(seed)
         accepted = out_of_memory = False
         try:
             with self.model.loaded(reply, self.stop) as model:  # held until the update is posted

@@ -13,6 +13,7 @@ from opacus.accountants.analysis import rdp
 from client_worker.algorithms import StateStore
 from client_worker.dp_accountant import (
     ACCOUNTANT_FILE,
+    KEY_FILE,
     PrivacyLedger,
     accountant_from_state,
     accountant_state,
@@ -144,3 +145,25 @@ def test_the_dp_sgd_config_stays_within_its_target() -> None:
     q = config.batch_size / n
     spent = _epsilon(q=q, sigma=section.noise_multiplier, steps=steps, delta=section.delta)
     assert spent <= section.target_epsilon
+
+
+def test_the_training_seed_mixes_in_a_secret_key_kept_in_the_state_dir(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(StateStore(tmp_path, "3"))
+    assert not (tmp_path / "3").exists()  # made with the first training, not before
+    seed = ledger.training_seed(1234)
+    assert seed != 1234
+    assert 0 <= seed < 2**64
+    key = np.load(tmp_path / "3" / f"{KEY_FILE}.npz")["key"]
+    assert key.dtype == np.uint8
+    assert key.shape == (32,)
+    assert ledger.training_seed(1235) != seed  # another round, another seed
+    restarted = PrivacyLedger(StateStore(tmp_path, "3"))
+    assert restarted.training_seed(1234) == seed  # the same key after a restart
+    assert PrivacyLedger(StateStore(tmp_path, "4")).training_seed(1234) != seed  # another client
+    assert PrivacyLedger(None).training_seed(1234) != PrivacyLedger(None).training_seed(1234)
+
+
+def test_a_damaged_key_is_refused(tmp_path: Path) -> None:
+    StateStore(tmp_path, "3").save(KEY_FILE, {"key": np.zeros(4, np.uint8)})
+    with pytest.raises(ConfigError, match=r"DP-SGD key in .*dp_sgd_key\.npz is not 32 bytes"):
+        PrivacyLedger(StateStore(tmp_path, "3")).training_seed(0)

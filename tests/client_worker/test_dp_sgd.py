@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,15 @@ from torch import nn
 from client_worker.algorithms import ClientAlgorithm, FedProx, RoundContext
 from client_worker.algorithms.scaffold import SERVER_CONTROL, Scaffold
 from client_worker.device import DevicePlan
-from client_worker.dp_accountant import ACCOUNTANT_FILE
+from client_worker.dp_accountant import ACCOUNTANT_FILE, KEY_FILE
 from client_worker.dp_sgd import DpSgd, check_model, poisson_batches, private_steps
 from client_worker.train import TrainConfig, seeded_global_rng, train
 from shared.config import ExperimentConfig
 from shared.data import Dataset
 from shared.errors import ConfigError
 from shared.models import build_model, state_to_numpy
-from tests.client_worker.test_worker import FakeAggregator, _run, _State
+from shared.wire import decode_weights
+from tests.client_worker.test_worker import FakeAggregator, _run, _spec, _State
 
 
 def _data(n: int = 12, features: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -418,3 +420,22 @@ def test_a_client_too_small_for_its_delta_refuses_to_train(
     with pytest.raises(ConfigError, match=r"delta \(0.1\) must be below 1 / num_examples \(1/20"):
         _dp_worker([1], global_weights, config, dataset, tmp_path, section)
     assert not (tmp_path / "1").exists()  # nothing trained, nothing spent
+
+
+def test_the_noise_follows_the_clients_secret_key_not_the_experiment_seed(
+    config: ExperimentConfig,
+    dataset: Dataset,
+    global_weights: dict[str, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    posted = {}
+    for name in ("a", "b"):  # two fresh state dirs: two keys
+        fake, _ = _dp_worker([1], global_weights, config, dataset, tmp_path / name, WORKER_DP)
+        posted[name] = decode_weights(fake.posts[0]["weights"], spec=_spec())
+    assert any(not np.array_equal(posted["a"][k], posted["b"][k]) for k in posted["a"])
+    # with a's key (and nothing spent yet) the training is a's, bit for bit
+    (tmp_path / "c" / "1").mkdir(parents=True)
+    shutil.copy(tmp_path / "a" / "1" / f"{KEY_FILE}.npz", tmp_path / "c" / "1")
+    fake, _ = _dp_worker([1], global_weights, config, dataset, tmp_path / "c", WORKER_DP)
+    again = decode_weights(fake.posts[0]["weights"], spec=_spec())
+    assert all(np.array_equal(posted["a"][k], again[k]) for k in again)
