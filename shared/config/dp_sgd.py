@@ -3,7 +3,7 @@
 Each client clips every example's gradient to `max_grad_norm` (C) and adds Gaussian noise
 of std `noise_multiplier * C` (sigma * C) to the sum of a Poisson-sampled batch (Abadi et
 al. 2016, https://arxiv.org/abs/1607.00133); its own RDP accountant turns the steps it
-took into (epsilon, `delta`) for the examples of its partition (docs/worker.md,
+took into (epsilon, `delta`) for the examples of its partition (docs/privacy.md,
 "Sample-level DP-SGD").
 """
 
