@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,9 +24,12 @@ from aggregator_service.strategy import Strategy, build_strategy
 from shared.config import ExperimentConfig
 from shared.errors import ConfigError
 from shared.exchange import exchanged_names
-from shared.models import build_model, init_global_weights, model_spec
+from shared.models import batch_norm_layers, build_model, init_global_weights, model_spec
 from shared.schemas import Phase
 from shared.wire import spec_of
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["Federation"]
 
@@ -74,6 +77,7 @@ class Federation:
     def _load_or_init_model(self) -> tuple[int, dict[str, np.ndarray]]:
         config = self.config
         model = build_model(config.model, **config.model_args())
+        _check_dp_sgd_model(config, model)
         expected = model_spec(model)
         self.exchanged = exchanged_names(
             model, local_layers=config.local_layers, fedbn=config.fedbn, trainable=config.trainable
@@ -174,3 +178,16 @@ def _has_run(store: RunStore) -> bool:
     """Tell whether the state dir already holds a run (checkpoint files or history)."""
     checkpoints = store.state_dir / "checkpoints"
     return any(checkpoints.glob("round-*")) or bool(store.history())  # temp files start "."
+
+
+def _check_dp_sgd_model(config: ExperimentConfig, model: nn.Module) -> None:
+    """Refuse to start DP-SGD on a model with BatchNorm: every client would refuse it."""
+    norms = batch_norm_layers(model) if config.dp_sgd is not None else []
+    if norms:
+        raise ConfigError(
+            f"dp_sgd cannot train model {config.model!r}: its BatchNorm layers "
+            f"({', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}) normalize each "
+            "example by its batch, so no per-example gradient exists to clip. Use a model "
+            "without BatchNorm (mlp, mlp-128, cnn, simple-cnn) or one with GroupNorm or "
+            "LayerNorm in its place"
+        )

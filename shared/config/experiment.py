@@ -8,6 +8,7 @@ from typing import Any, TypedDict
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.config.dp_sgd import DpSgdConfig
 from shared.config.sections import (
     ByzantineProfile,
     DatasetName,
@@ -92,6 +93,9 @@ class ExperimentConfig(BaseSettings):
     close_at_threshold: bool = False  # close a round as soon as min_fit_clients reported
     round_timeout_s: float = Field(300.0, gt=0)
     server_eval: bool = True
+
+    # sample-level DP-SGD in every client's local training (shared/config/dp_sgd.py)
+    dp_sgd: DpSgdConfig | None = None
 
     network: list[NetworkProfile] = []
     byzantine: list[ByzantineProfile] = []  # for experiments: clients that send attacks
@@ -194,4 +198,6 @@ class ExperimentConfig(BaseSettings):
         keys += ["trainable"]
         config = {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
         config["mu"] = self.proximal_mu()  # strategy fedprox's own mu, when it is the strategy
+        if self.dp_sgd is not None:
+            config["dp_sgd"] = self.dp_sgd.round_config()
         return config

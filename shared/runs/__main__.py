@@ -35,7 +35,7 @@ from shared.runs.layout import (
     worker_argv,
     worker_processes,
 )
-from shared.runs.progress import LinePrinter, LiveView, traffic_lines
+from shared.runs.progress import LinePrinter, LiveView, privacy_lines, traffic_lines
 from shared.runs.report import create_run_dir, write_config, write_report
 from shared.runs.supervise import (
     Outcome,
@@ -113,7 +113,7 @@ def _finish(
     """Write the run folder's report and print how the run ended."""
     status = "finished" if outcome.code == 0 else "stopped"
     write_report(run_dir, history, title=title, status=status, message=outcome.message)
-    lines = [outcome.message, *traffic_lines(history)]
+    lines = [outcome.message, *traffic_lines(history), *privacy_lines(history)]
     final = next((r for r in reversed(history) if r.get("eval_accuracy") is not None), None)
     accuracy = f"{final['eval_accuracy']:.4f} after round {final['round']}" if final else "n/a"
     lines.append(f"run folder: {run_dir} (final accuracy {accuracy})")

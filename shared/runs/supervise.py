@@ -22,11 +22,15 @@ __all__ = [
     "launch",
     "supervise",
     "wind_down",
+    "workers_gone_message",
 ]
 
 POLL_S = 0.5  # display refresh; workers use the aggregator's long poll, not this
 HEALTH_TIMEOUT_S = 120.0  # importing torch in 11 processes on 2 cores takes a while
 WORKER_EXIT_TIMEOUT_S = 30.0  # after "finished": workers see it on their next poll and exit
+# what a worker logs when a DP-SGD client declines a round past its target_epsilon
+BUDGET_SPENT = "privacy budget spent"
+BUDGET_SCAN_LINES = 200  # of each worker's log: one line per virtual client and round
 View = LiveView | LinePrinter
 
 
@@ -126,9 +130,28 @@ def supervise(
             if dead is not None:
                 return Outcome(1, describe_exit(dead)), history
             if workers_gone:
-                return Outcome(1, "every worker exited before the run finished"), history
+                return Outcome(1, workers_gone_message(workers)), history
             if stop.event.wait(POLL_S):
                 return interrupted(stop), history
+
+
+def workers_gone_message(workers: list[Child]) -> str:
+    """Say that every worker exited early, and why when DP-SGD budgets stopped their clients."""
+    message = "every worker exited before the run finished"
+    reasons = [
+        line
+        for worker in workers
+        for line in worker.log_tail(BUDGET_SCAN_LINES).splitlines()
+        if BUDGET_SPENT in line
+    ]
+    if not reasons:
+        return message
+    example = reasons[-1].split(": ", 1)[-1]  # without the log record's time and logger
+    return (
+        f"{message}: {len(reasons)} DP-SGD clients spent their privacy budget and stopped "
+        f"contributing (dp_sgd.target_epsilon; fewer rounds, more noise or a larger "
+        f"budget let the run finish), e.g. {example}"
+    )
 
 
 def interrupted(stop: StopSignals) -> Outcome:

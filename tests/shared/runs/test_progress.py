@@ -11,6 +11,7 @@ from rich.console import Console
 from shared.runs.progress import (
     LinePrinter,
     format_elapsed,
+    privacy_lines,
     render_text,
     render_view,
     round_line,
@@ -124,6 +125,39 @@ def test_rounds_table_fits_an_80_column_terminal() -> None:
     assert "accuracy" in lines[1]
     assert "0.9234" in lines[-1]
     assert "…" not in "".join(lines)
+
+
+def test_dp_sgd_rounds_show_the_largest_client_epsilon_in_80_columns() -> None:
+    row = make_row(12, participants=[str(k) for k in range(10)], dp_sgd_epsilon_max=12.3456)
+    lines = render_text(rounds_table([row]), width=80).splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert "eps max" in lines[1]
+    assert "12.346" in lines[-1]
+    assert "…" not in "".join(lines)
+    assert "DP-SGD epsilon max 12.346" in round_line(row, num_rounds=20)
+    status = STATUS | {"last_round": row}
+    assert "DP-SGD epsilon max 12.346" in status_lines(status, elapsed_s=1)[2]
+    assert "eps max" not in render_text(rounds_table([make_row(1)]), width=80)
+    assert "epsilon" not in round_line(make_row(1), num_rounds=2)
+
+
+def _clients(**epsilons: float) -> dict[str, dict[str, float]]:
+    return {c[1:]: {"dp_epsilon": e, "dp_delta": 1e-5} for c, e in epsilons.items()}
+
+
+def test_privacy_lines_give_each_clients_epsilon_after_its_last_round() -> None:
+    history = [
+        make_row(1, clients=_clients(c10=1.0, c2=1.5, c1=1.0)),
+        make_row(2, clients=_clients(c10=2.0, c1=2.0)),  # client 2 sat this round out
+    ]
+    assert privacy_lines(history, per_line=2) == [
+        "DP-SGD epsilon per client (delta 1e-05), after its last round: "
+        "min 1.500, max 2.000 over 3 clients",
+        "  1: 2.000, 2: 1.500",
+        "  10: 2.000",
+    ]
+    assert privacy_lines([make_row(1, clients={"0": {"train_loss": 0.5}})]) == []
+    assert privacy_lines([]) == []
 
 
 def test_rounds_table_keeps_the_latest_rows() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from shared.runs.report import (
     TENSORBOARD_SCALARS,
+    client_epsilons,
     megabytes,
     plot_curves,
     summarize,
@@ -94,6 +95,16 @@ def test_summarize_final_best_and_totals() -> None:
     assert summary["total_examples"] == 2800
     assert summary["rounds_duration_s"] == pytest.approx(6.0)
     assert summary["status"] == "finished"
+    assert summary["dp_sgd_epsilon_by_client"] is None  # no DP-SGD
+
+
+def test_summarize_keeps_each_dp_sgd_clients_last_epsilon() -> None:
+    history = make_history()
+    history[0]["clients"] = {"b": {"dp_epsilon": 1.0}, "a": {"dp_epsilon": 1.0}}
+    history[1]["clients"] = {"a": {"dp_epsilon": 2.0}, "3": {"dp_epsilon": 0.5}}
+    assert client_epsilons(history) == {"3": 0.5, "a": 2.0, "b": 1.0}
+    assert list(client_epsilons(history)) == ["3", "a", "b"]  # numbers first
+    assert summarize(history)["dp_sgd_epsilon_by_client"] == {"3": 0.5, "a": 2.0, "b": 1.0}
 
 
 def test_summarize_without_server_evaluation_or_rounds() -> None:
@@ -160,7 +171,7 @@ def test_tensorboard_event_file_holds_every_scalar(tmp_path: Path) -> None:
     event_file = write_tensorboard(tmp_path / "tb", make_history())
     assert event_file.name.startswith("events.out.tfevents.")
     scalars = read_scalars(event_file)
-    assert set(scalars) == set(TENSORBOARD_SCALARS)
+    assert set(scalars) == set(TENSORBOARD_SCALARS) - {"dp_sgd_epsilon_max"}  # no DP-SGD here
     steps, values = zip(*scalars["eval_accuracy"], strict=True)
     assert steps == (1, 2, 3)
     assert values == pytest.approx((0.6, 0.85, 0.8))  # stored as float32

@@ -134,6 +134,28 @@ def test_supervise_notices_that_every_worker_left(setup: Setup) -> None:
     assert outcome.message == "every worker exited before the run finished"
 
 
+def test_supervise_says_when_dp_sgd_budgets_stopped_the_workers(setup: Setup) -> None:
+    setup.set_state(aggregator_state("training", 1))
+    aggregator = setup.start_aggregator()
+    line = (
+        "2026-01-01 00:00:00,000 INFO client_worker.worker: client {k}: round 2: privacy "
+        "budget spent, the client stops contributing: its 26 DP-SGD steps would take "
+        "epsilon from 7.118 to 7.73, past target_epsilon 7.5 (delta 1e-05)"
+    )
+    workers = [setup.start_worker(k, f"print({line.format(k=k)!r})") for k in range(2)]
+    outcome, _ = setup.supervise(aggregator, workers)
+    assert outcome.code == 1
+    assert outcome.message.startswith(
+        "every worker exited before the run finished: 2 DP-SGD clients spent their privacy "
+        "budget and stopped contributing (dp_sgd.target_epsilon;"
+    )
+    assert outcome.message.endswith(
+        "e.g. client 1: round 2: privacy budget spent, the client stops contributing: its 26 "
+        "DP-SGD steps would take epsilon from 7.118 to 7.73, past target_epsilon 7.5 "
+        "(delta 1e-05)"
+    )
+
+
 def test_interrupted_exit_codes() -> None:
     stop = StopSignals()
     assert interrupted(stop).code == 130  # no signal recorded: as for Ctrl-C
