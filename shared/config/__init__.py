@@ -22,6 +22,7 @@ from shared.config.sections import (
     SyntheticConfig,
 )
 from shared.config.strategies import (
+    DPFedAvgConfig,
     FedAdagradConfig,
     FedAdamConfig,
     FedAvgConfig,
@@ -38,6 +39,7 @@ from shared.config.strategies import (
 __all__ = [
     "ENV_PREFIX",
     "ByzantineProfile",
+    "DPFedAvgConfig",
     "DatasetName",
     "ExperimentConfig",
     "FedAdagradConfig",
