@@ -98,10 +98,14 @@ def epsilon_after(
             "the PLD accountant cannot model sampling m of N clients without replacement "
             "(dp_accounting has no such PLD event); use accountant: rdp, or fraction_fit: 1"
         )
+    # The events' multiplier is already std over the replace-one sensitivity 2C. RDP needs
+    # the replace-one relation for sampling without replacement (its Gaussian event is the
+    # same under any relation); PLD's replace-one would double the sensitivity once more,
+    # so PLD, which gets unsampled rounds only, composes plain Gaussians of multiplier z / 2.
     tracker = (
         RdpAccountant(neighboring_relation=_REPLACE_ONE)
         if accountant == "rdp"
-        else PLDAccountant(neighboring_relation=_REPLACE_ONE)
+        else PLDAccountant(neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
     )
     for sampling, count in counts.items():
         tracker.compose(round_event(noise_multiplier, sampling), count)
