@@ -31,6 +31,7 @@ from shared.runs.launch import LOOPBACK, Fleet, LaunchError, StopSignals, free_p
 from shared.runs.layout import (
     aggregator_argv,
     child_env,
+    default_worker_processes,
     describe_layout,
     worker_argv,
     worker_processes,
@@ -73,7 +74,7 @@ def _run(config: ExperimentConfig, run_dir: Path, args: argparse.Namespace) -> i
         config_path,
         url=f"http://{LOOPBACK}:{port}",
         num_clients=config.num_partitions,
-        num_processes=args.worker_processes,
+        num_processes=args.worker_processes or default_worker_processes(config.num_partitions),
         train_slots=args.train_slots,
     )
     console.print(f"run folder: {run_dir}", markup=False, highlight=False)
