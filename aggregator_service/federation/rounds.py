@@ -358,6 +358,7 @@ def _budget_meta(done: int, check: BudgetCheck) -> dict[str, Any]:
         "epsilon": _finite(check.epsilon),
         "next_epsilon": _finite(check.next_epsilon),
         "target_epsilon": check.target_epsilon,
+        "message": check.message(done),
     }
 
 

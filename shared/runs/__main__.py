@@ -117,6 +117,12 @@ def _finish(
     lines = [outcome.message, *traffic_lines(history)]
     final = next((r for r in reversed(history) if r.get("eval_accuracy") is not None), None)
     accuracy = f"{final['eval_accuracy']:.4f} after round {final['round']}" if final else "n/a"
+    private = next((r for r in reversed(history) if r.get("epsilon") is not None), None)
+    if private is not None:  # DP-FedAvg: the privacy spent, as of the last round
+        lines.append(
+            f"privacy: epsilon {private['epsilon']:.4g} at delta {private['delta']:g} "
+            f"after round {private['round']}"
+        )
     lines.append(f"run folder: {run_dir} (final accuracy {accuracy})")
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)

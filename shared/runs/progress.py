@@ -25,6 +25,7 @@ __all__ = [
     "LinePrinter",
     "LiveView",
     "format_elapsed",
+    "privacy_lines",
     "render_text",
     "render_view",
     "round_line",
@@ -60,7 +61,24 @@ def status_lines(status: Row | None, *, elapsed_s: float) -> list[str]:
         f"registered {status.get('registered_clients', 0)}",
         f"last round: accuracy {_number(last.get('eval_accuracy'))}, "
         f"loss {_number(last.get('eval_loss'))}",
+        *privacy_lines(status.get("privacy")),
     ]
+
+
+def privacy_lines(privacy: Row | None) -> list[str]:
+    """Return DP-FedAvg's line: epsilon so far at delta, the target, the clip norm C."""
+    if not privacy:
+        return []
+    target = privacy.get("target_epsilon")
+    budget = f" of target {target:g}" if target is not None else ""
+    clip = privacy.get("clip_norm")
+    line = (
+        f"privacy: epsilon {_number(privacy.get('epsilon'), '.4g')}{budget} at delta "
+        f"{privacy.get('delta'):g} after {privacy.get('rounds_accounted', 0)} rounds"
+        + (f", clip norm {clip:.4g}" if clip is not None else "")
+    )
+    stop = privacy.get("budget_stop")
+    return [line, f"stopped: {stop['message']}"] if stop and stop.get("message") else [line]
 
 
 def round_line(row: Row, *, num_rounds: int) -> str:
@@ -74,6 +92,7 @@ def round_line(row: Row, *, num_rounds: int) -> str:
         f"{megabytes(row.get('bytes_in') or 0):.2f} MB in / "
         f"{megabytes(row.get('bytes_out') or 0):.2f} MB out, "
         f"{_number(row.get('duration_s'), '.1f')} s"
+        + (f", epsilon {_number(row['epsilon'], '.4g')}" if "epsilon" in row else "")
     )
 
 
@@ -107,8 +126,11 @@ def rounds_table(history: Sequence[Row], *, max_rows: int = MAX_TABLE_ROWS) -> T
         table.add_column(name, justify="right", no_wrap=True)
     for name in ("MB in", "MB out", "time s"):
         table.add_column(name, justify="right", no_wrap=True)
+    private = any("epsilon" in row for row in shown)  # DP-FedAvg: epsilon after each round
+    if private:
+        table.add_column("epsilon", justify="right", no_wrap=True)
     for row in shown:
-        table.add_row(
+        cells = [
             str(row["round"]),
             str(len(row.get("participants") or [])),
             _number(row.get("train_loss")),
@@ -117,7 +139,8 @@ def rounds_table(history: Sequence[Row], *, max_rows: int = MAX_TABLE_ROWS) -> T
             f"{megabytes(row.get('bytes_in') or 0):.2f}",
             f"{megabytes(row.get('bytes_out') or 0):.2f}",
             _number(row.get("duration_s"), ".1f"),
-        )
+        ]
+        table.add_row(*cells, *([_number(row.get("epsilon"), ".4g")] if private else []))
     return table
 
 

@@ -2,11 +2,12 @@
 
 The report is what a run leaves behind, computed from the aggregator's /history rows:
 
-    metrics.csv     one row per round (the /history fields, MB in/out, participant count)
+    metrics.csv     one row per round (the /history fields, MB in/out, participant count;
+                    DP-FedAvg's epsilon after the round, empty for other strategies)
     metrics.json    {"summary": {...}, "rounds": [the /history rows]}
     curves.png      accuracy and loss versus round
     tensorboard/    one event file: eval_accuracy, eval_loss, train_loss, bytes_in,
-                    bytes_out, duration_s per round (`tensorboard --logdir runs`)
+                    bytes_out, duration_s (and epsilon) per round (`tensorboard --logdir runs`)
 
 matplotlib and TensorBoard are imported inside their writers: the runner starts fast and
 only pays for them once, at the end.
@@ -55,6 +56,7 @@ CSV_FIELDS = (
     "train_loss",
     "eval_loss",
     "eval_accuracy",
+    "epsilon",
     "bytes_in",
     "bytes_out",
     "mb_in",
@@ -71,6 +73,7 @@ TENSORBOARD_SCALARS = (
     "bytes_in",
     "bytes_out",
     "duration_s",
+    "epsilon",  # DP-FedAvg's runs only (docs/privacy.md)
 )
 
 
@@ -144,6 +147,7 @@ def summarize(history: Sequence[Row], **extra: Any) -> dict[str, Any]:
         "final_accuracy": _last_value(history, "eval_accuracy"),
         "final_eval_loss": _last_value(history, "eval_loss"),
         "final_train_loss": _last_value(history, "train_loss"),
+        "final_epsilon": _last_value(history, "epsilon"),  # DP-FedAvg; None otherwise
         "best_accuracy": best,
         "best_round": best_round,
         "total_examples": sum(row.get("num_examples") or 0 for row in history),

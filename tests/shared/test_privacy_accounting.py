@@ -49,12 +49,14 @@ def test_epsilon_grows_with_rounds_and_with_the_sampled_share() -> None:
         planned_epsilon(k, RoundSampling(100, 10), noise_multiplier=z, delta=DELTA)
         for k in (1, 5, 25)
     ]
-    assert by_rounds == sorted(by_rounds) and len(set(by_rounds)) == 3
+    assert by_rounds == sorted(by_rounds)
+    assert len(set(by_rounds)) == 3
     by_share = [
         planned_epsilon(5, RoundSampling(100, m), noise_multiplier=z, delta=DELTA)
         for m in (5, 20, 100)
     ]
-    assert by_share == sorted(by_share) and len(set(by_share)) == 3
+    assert by_share == sorted(by_share)
+    assert len(set(by_share)) == 3
     by_noise = [
         planned_epsilon(5, RoundSampling(100, 10), noise_multiplier=s, delta=DELTA)
         for s in (1.0, 2.0, 4.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,10 @@ def _nudged(weights: dict[str, np.ndarray], size: float) -> dict[str, np.ndarray
     return moved
 
 
+def _training(status: dict[str, Any], *, server_round: int) -> bool:
+    return bool(status["round"] == server_round and status["phase"] == "training")
+
+
 def _train_round(client: Any, server_round: int, size: float = 0.1) -> None:
     _, weights = global_model(client)
     for client_id in ("a", "b"):
@@ -50,7 +55,7 @@ def test_each_round_reports_epsilon_and_the_budget_stops_the_run(start_app: AppF
     client = start_app(experiment(num_rounds=5, **_dp(target_epsilon=target)))
     register(client, "a", "b")
     for server_round in (1, 2):
-        wait_for(client, lambda s, r=server_round: s["round"] == r and s["phase"] == "training")
+        wait_for(client, functools.partial(_training, server_round=server_round))
         _train_round(client, server_round)
     status = wait_for(client, lambda s: s["phase"] == "finished")
     assert status["round"] == 2
@@ -65,6 +70,8 @@ def test_each_round_reports_epsilon_and_the_budget_stops_the_run(start_app: AppF
     stop = privacy["budget_stop"]
     assert stop["reason"] == "privacy budget"
     assert (stop["round"], stop["epsilon"], stop["next_epsilon"]) == (2, after[1], after[2])
+    assert stop["message"].startswith(f"privacy budget: epsilon would reach {after[2]:.4g} after")
+    assert stop["message"].endswith(f"finishes after round 2 at epsilon {after[1]:.4g}")
     rows = client.get("/history").json()
     assert [row["epsilon"] for row in rows] == after[:2]
     assert {row["delta"] for row in rows} == {DELTA}
@@ -82,7 +89,8 @@ def test_a_client_clipped_delta_over_c_is_refused_at_ingest(start_app: AppFactor
     assert refused.status_code == 422
     body = refused.json()
     assert body["error"] == "norm_over_clip"
-    assert "L2 norm 0.6" in body["detail"] and "C=0.5" in body["detail"]
+    assert "L2 norm 0.6" in body["detail"]
+    assert "C=0.5" in body["detail"]
     assert client.get("/status").json()["received"] == 0  # nothing was kept
     within = update_body("a", 1, _nudged(weights, 0.5))
     assert client.post("/receive", content=within, headers=MSGPACK).status_code == 200
