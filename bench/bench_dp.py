@@ -76,6 +76,7 @@ BASE: dict[str, Any] = {
     "lr": 0.1,
     "momentum": 0.0,
     "server_eval": True,
+    "data_dir": str(REPO / "data"),  # wherever the script is started from
 }
 NOISE = [1.0, 2.0, 4.0]
 NO_DP = "no DP (FedAvg)"

@@ -142,6 +142,11 @@ class Federation:
             privacy.budget_stop = stopped
         clip_norm = self.strategy.clip_norm if isinstance(self.strategy, DPFedAvg) else None
         self.state.privacy = privacy.status(clip_norm)
+        if isinstance(self.strategy, DPFedAvg) and self.strategy.noise_seed is not None:
+            log.warning(
+                "dpfedavg: noise_seed is set, so the noise can be recomputed from the config: "
+                "the reported epsilon holds only while the seed stays secret (docs/privacy.md)"
+            )
         return privacy
 
     def _resume_round(self) -> None:
