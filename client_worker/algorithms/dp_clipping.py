@@ -10,6 +10,7 @@ norm of what arrives and adds the noise; a client never adds noise of its own.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,10 +85,10 @@ def _exchanged_floating(model: nn.Module, config: Mapping[str, Any]) -> list[str
 def _clip_norm(config: Mapping[str, Any]) -> float:
     """Return the round config's clip_norm, refusing anything but a finite number > 0."""
     value = config.get("clip_norm")
-    try:
-        clip_norm = float(value)
-    except (TypeError, ValueError):
-        clip_norm = float("nan")
+    clip_norm = float("nan")
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):
+            clip_norm = float(value)
     if not 0 < clip_norm < float("inf"):
         raise ConfigError(f"the round config's clip_norm {value!r} is not a finite number > 0")
     return clip_norm

@@ -10,7 +10,10 @@ from aggregator_service.strategy.fedavg import FedAvg
 
 
 def test_the_step_is_the_weighted_mean_delta() -> None:
-    current = {"w": np.array([1.0, 2.0], np.float32), "n": np.array(4, np.int64)}
+    current: dict[str, np.ndarray] = {
+        "w": np.array([1.0, 2.0], np.float32),
+        "n": np.array(4, np.int64),
+    }
     # clients weighted 1 and 2 with deltas (1, 2) and (1, 2): sum (3, 6), total weight 3
     summed = SummedDeltas(2, 3.0, {"w": np.array([3.0, 6.0])})
     result = FedAvg().aggregate_sum(1, current, summed)
