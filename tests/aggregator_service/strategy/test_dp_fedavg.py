@@ -137,6 +137,21 @@ def test_aggregate_sum_adds_the_noise_to_the_clients_sum() -> None:
     assert int(result["steps"]) == 3  # integer tensors stay as they are
 
 
+def test_the_sums_path_gives_the_model_the_updates_path_gives() -> None:
+    # client-clipped updates (norms 0.5 and 1.0, within C = 1) and adaptive C: the sum of
+    # their deltas and bits, as secure aggregation hands it over, takes the same step
+    params = {"clipping": "client", "noise_multiplier": 0.5, "target_quantile": 0.5}
+    params |= {"clipped_count_stddev": 1.0, "clients_per_round": 2, "noise_seed": 9}
+    updates = [_update("a", [0.3, 0.4], bit=1.0), _update("b", [-0.6, 0.8], bit=0.0)]
+    by_updates, by_sum = _strategy(**params), _strategy(**params)
+    expected = by_updates.aggregate(2, _model(), updates)
+    bits = {CLIP_BITS: {UNCLIPPED: np.array(1.0, np.float32)}}
+    summed = SummedDeltas(2, 2.0, {"w": np.array([0.3, 0.4]) + np.array([-0.6, 0.8])}, bits)
+    result = by_sum.aggregate_sum(2, _model(), summed)
+    np.testing.assert_array_equal(result["w"], expected["w"])
+    assert by_sum.clip_norm == by_updates.clip_norm != 1.0
+
+
 def test_aggregate_sum_reads_the_summed_bits() -> None:
     strategy = _strategy(clipping="client", target_quantile=0.5, clipped_count_stddev=1.0)
     summed = SummedDeltas(
