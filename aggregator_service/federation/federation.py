@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aggregator_service.federation.ingest import decode_update
+from aggregator_service.federation.privacy import BUDGET_REASON, RunPrivacy
 from aggregator_service.federation.publish import Publications, publish_round
 from aggregator_service.federation.rounds import Evaluator, RoundLoop
 from aggregator_service.federation.state import (
@@ -20,7 +21,7 @@ from aggregator_service.federation.state import (
 )
 from aggregator_service.settings import AggregatorSettings
 from aggregator_service.store.run_store import RunStore, StoreError, split_server_state
-from aggregator_service.strategy import Strategy, build_strategy
+from aggregator_service.strategy import DPFedAvg, Strategy, build_strategy
 from shared.config import ExperimentConfig
 from shared.errors import ConfigError
 from shared.exchange import exchanged_names
@@ -62,6 +63,7 @@ class Federation:
             publications=self.publications,
             evaluator=evaluator,
             on_finished=on_finished,
+            privacy=self._run_privacy(),
         )
         self._resume_round()
 
@@ -134,6 +136,23 @@ class Federation:
             )
         return state
 
+    def _run_privacy(self) -> RunPrivacy | None:
+        """Return DP-FedAvg's accountant, its ledger rebuilt from the history, or None."""
+        privacy = RunPrivacy.of(self.config, self.state.history)
+        if privacy is None:
+            return None
+        stopped = self.store.get_meta("stopped")
+        if isinstance(stopped, dict) and stopped.get("reason") == BUDGET_REASON:
+            privacy.budget_stop = stopped
+        clip_norm = self.strategy.clip_norm if isinstance(self.strategy, DPFedAvg) else None
+        self.state.privacy = privacy.status(clip_norm)
+        if isinstance(self.strategy, DPFedAvg) and self.strategy.noise_seed is not None:
+            log.warning(
+                "dpfedavg: noise_seed is set, so the noise can be recomputed from the config: "
+                "the reported epsilon holds only while the seed stays secret (docs/privacy.md)"
+            )
+        return privacy
+
     def _resume_round(self) -> None:
         """Re-open an interrupted round with its selection and its acknowledged updates."""
         state = self.state
@@ -146,6 +165,7 @@ class Federation:
             "training",
             attempt=saved["attempt"],
             selected=frozenset(saved["selected"]),
+            drawn_from=saved.get("drawn_from"),  # absent: accounted as a round without sampling
             deadline=time.monotonic() + self.config.round_timeout_s,
         )
         for client_id, num_examples, body in self.store.updates.pending(current.server_round):

@@ -7,8 +7,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from aggregator_service.strategy.base import AggregationError, BaseStrategy, ClientUpdate
-from aggregator_service.strategy.mean import WeightedMean
+from aggregator_service.strategy.base import (
+    AggregationError,
+    BaseStrategy,
+    ClientUpdate,
+    SummedDeltas,
+)
+from aggregator_service.strategy.mean import WeightedMean, is_floating
 
 __all__ = ["FedAvg", "fold_mean"]
 
@@ -39,3 +44,16 @@ class FedAvg(BaseStrategy):
     ) -> dict[str, np.ndarray]:
         """Return the weighted mean of `updates`."""
         return fold_mean(server_round, current, updates)
+
+    def aggregate_sum(
+        self, server_round: int, current: Mapping[str, np.ndarray], summed: SummedDeltas
+    ) -> dict[str, np.ndarray]:
+        """Return x + delta_sum / total_weight; integer and bool tensors stay as they are."""
+        if summed.num_clients < 1 or summed.total_weight <= 0:
+            raise AggregationError(f"round {server_round}: no update to aggregate")
+        return {
+            name: (x + np.asarray(summed.delta_sum[name]) / summed.total_weight).astype(x.dtype)
+            if is_floating(x.dtype)
+            else np.array(x)
+            for name, x in current.items()
+        }

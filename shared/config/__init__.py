@@ -24,6 +24,7 @@ from shared.config.sections import (
     SyntheticConfig,
 )
 from shared.config.strategies import (
+    DPFedAvgConfig,
     FedAdagradConfig,
     FedAdamConfig,
     FedAvgConfig,
@@ -40,6 +41,7 @@ from shared.config.strategies import (
 __all__ = [
     "ENV_PREFIX",
     "ByzantineProfile",
+    "DPFedAvgConfig",
     "DatasetName",
     "DpSgdConfig",
     "ExperimentConfig",

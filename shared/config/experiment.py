@@ -9,6 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config.dp_sgd import DpSgdConfig
+from shared.config.privacy import check_dp_fedavg, with_dp_counts
 from shared.config.sections import (
     ByzantineProfile,
     DatasetName,
@@ -17,6 +18,7 @@ from shared.config.sections import (
     SyntheticConfig,
 )
 from shared.config.strategies import (
+    DPFedAvgConfig,
     FedAvgConfig,
     FedProxConfig,
     KrumConfig,
@@ -85,11 +87,12 @@ class ExperimentConfig(BaseSettings):
     local_test_fraction: float = Field(0.0, ge=0, lt=1)
 
     # federation (Flower's names)
-    strategy: StrategyConfig = FedAvgConfig()  # name and typed parameters
     num_rounds: int = Field(10, ge=1)
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_clients: int = Field(2, ge=1)
     min_available_clients: int = Field(2, ge=1)
+    # after the counts, which its validator reads (DP-FedAvg's m is drawn as selection does)
+    strategy: StrategyConfig = FedAvgConfig()  # name and typed parameters
     close_at_threshold: bool = False  # close a round as soon as min_fit_clients reported
     round_timeout_s: float = Field(300.0, gt=0)
     server_eval: bool = True
@@ -107,7 +110,15 @@ class ExperimentConfig(BaseSettings):
         if isinstance(value, ScaffoldConfig) and value.num_clients is None:
             num_partitions = info.data.get("num_partitions")  # absent when itself invalid
             return value.model_copy(update={"num_clients": num_partitions})
+        if isinstance(value, DPFedAvgConfig):
+            return with_dp_counts(value, info.data)
         return value
+
+    @model_validator(mode="after")
+    def _check_dp_fedavg(self) -> ExperimentConfig:
+        if isinstance(self.strategy, DPFedAvgConfig):
+            check_dp_fedavg(self.strategy, mu=self.mu)
+        return self
 
     @model_validator(mode="after")
     def _check_counts(self) -> ExperimentConfig:

@@ -24,6 +24,7 @@ from shared.runs.report import client_epsilons, megabytes, traffic
 __all__ = [
     "LinePrinter",
     "LiveView",
+    "dp_sgd_lines",
     "format_elapsed",
     "privacy_lines",
     "render_text",
@@ -61,6 +62,7 @@ def status_lines(status: Row | None, *, elapsed_s: float) -> list[str]:
         f"registered {status.get('registered_clients', 0)}",
         f"last round: accuracy {_number(last.get('eval_accuracy'))}, "
         f"loss {_number(last.get('eval_loss'))}{_epsilon_text(last)}",
+        *privacy_lines(status.get("privacy")),
     ]
 
 
@@ -68,6 +70,22 @@ def _epsilon_text(row: Row) -> str:
     """Return ", DP-SGD epsilon max E" for a round of DP-SGD clients ("" otherwise)."""
     epsilon = row.get("dp_sgd_epsilon_max")
     return f", DP-SGD epsilon max {epsilon:.3f}" if epsilon is not None else ""
+
+
+def privacy_lines(privacy: Row | None) -> list[str]:
+    """Return DP-FedAvg's line: epsilon so far at delta, the target, the clip norm C."""
+    if not privacy:
+        return []
+    target = privacy.get("target_epsilon")
+    budget = f" of target {target:g}" if target is not None else ""
+    clip = privacy.get("clip_norm")
+    line = (
+        f"privacy: epsilon {_number(privacy.get('epsilon'), '.4g')}{budget} at delta "
+        f"{privacy.get('delta'):g} after {privacy.get('rounds_accounted', 0)} rounds"
+        + (f", clip norm {clip:.4g}" if clip is not None else "")
+    )
+    stop = privacy.get("budget_stop")
+    return [line, f"stopped: {stop['message']}"] if stop and stop.get("message") else [line]
 
 
 def round_line(row: Row, *, num_rounds: int) -> str:
@@ -81,6 +99,7 @@ def round_line(row: Row, *, num_rounds: int) -> str:
         f"{megabytes(row.get('bytes_in') or 0):.2f} MB in / "
         f"{megabytes(row.get('bytes_out') or 0):.2f} MB out, "
         f"{_number(row.get('duration_s'), '.1f')} s"
+        + (f", epsilon {_number(row['epsilon'], '.4g')}" if "epsilon" in row else "")
     )
 
 
@@ -97,7 +116,7 @@ def traffic_lines(history: Sequence[Row]) -> list[str]:
     ]
 
 
-def privacy_lines(history: Sequence[Row], *, per_line: int = 8) -> list[str]:
+def dp_sgd_lines(history: Sequence[Row], *, per_line: int = 8) -> list[str]:
     """Return each DP-SGD client's epsilon after its last round ([] without DP-SGD)."""
     spent = client_epsilons(history)
     if not spent:
@@ -134,16 +153,19 @@ def rounds_table(history: Sequence[Row], *, max_rows: int = MAX_TABLE_ROWS) -> T
         padding=(0, 0, 0, 1),
     )
     # DP-SGD runs add the largest client epsilon so far (the column is absent otherwise)
-    private = any(row.get("dp_sgd_epsilon_max") is not None for row in shown)
+    sample_level = any(row.get("dp_sgd_epsilon_max") is not None for row in shown)
     for name in ("round", "clients", "train loss", "eval loss", "accuracy"):
         table.add_column(name, justify="right", no_wrap=True)
-    if private:
+    if sample_level:
         table.add_column("eps max", justify="right", no_wrap=True)
     for name in ("MB in", "MB out", "time s"):
         table.add_column(name, justify="right", no_wrap=True)
+    private = any("epsilon" in row for row in shown)  # DP-FedAvg: epsilon after each round
+    if private:
+        table.add_column("epsilon", justify="right", no_wrap=True)
     for row in shown:
-        epsilon = [_number(row.get("dp_sgd_epsilon_max"), ".3f")] if private else []
-        table.add_row(
+        epsilon = [_number(row.get("dp_sgd_epsilon_max"), ".3f")] if sample_level else []
+        cells = [
             str(row["round"]),
             str(len(row.get("participants") or [])),
             _number(row.get("train_loss")),
@@ -153,7 +175,8 @@ def rounds_table(history: Sequence[Row], *, max_rows: int = MAX_TABLE_ROWS) -> T
             f"{megabytes(row.get('bytes_in') or 0):.2f}",
             f"{megabytes(row.get('bytes_out') or 0):.2f}",
             _number(row.get("duration_s"), ".1f"),
-        )
+        ]
+        table.add_row(*cells, *([_number(row.get("epsilon"), ".4g")] if private else []))
     return table
 
 

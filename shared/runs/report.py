@@ -3,12 +3,13 @@
 The report is what a run leaves behind, computed from the aggregator's /history rows:
 
     metrics.csv     one row per round (the /history fields, MB in/out, participant count;
-                    dp_sgd_epsilon_max: the largest DP-SGD epsilon of the round's clients)
+                    dp_sgd_epsilon_max: the largest DP-SGD epsilon of the round's clients;
+                    epsilon: DP-FedAvg's epsilon after the round, empty otherwise)
     metrics.json    {"summary": {...}, "rounds": [the /history rows]}; a DP-SGD run's
                     summary has each client's epsilon after its last round
     curves.png      accuracy and loss versus round
     tensorboard/    one event file: eval_accuracy, eval_loss, train_loss,
-                    dp_sgd_epsilon_max, bytes_in, bytes_out, duration_s per round
+                    dp_sgd_epsilon_max, epsilon, bytes_in, bytes_out, duration_s per round
                     (`tensorboard --logdir runs`)
 
 matplotlib and TensorBoard are imported inside their writers: the runner starts fast and
@@ -60,6 +61,7 @@ CSV_FIELDS = (
     "eval_loss",
     "eval_accuracy",
     "dp_sgd_epsilon_max",
+    "epsilon",
     "bytes_in",
     "bytes_out",
     "mb_in",
@@ -77,6 +79,7 @@ TENSORBOARD_SCALARS = (
     "bytes_in",
     "bytes_out",
     "duration_s",
+    "epsilon",  # DP-FedAvg's runs only (docs/privacy.md)
 )
 
 
@@ -168,6 +171,7 @@ def summarize(history: Sequence[Row], **extra: Any) -> dict[str, Any]:
         "final_accuracy": _last_value(history, "eval_accuracy"),
         "final_eval_loss": _last_value(history, "eval_loss"),
         "final_train_loss": _last_value(history, "train_loss"),
+        "final_epsilon": _last_value(history, "epsilon"),  # DP-FedAvg; None otherwise
         "best_accuracy": best,
         "best_round": best_round,
         "final_dp_sgd_epsilon_max": _last_value(history, "dp_sgd_epsilon_max"),

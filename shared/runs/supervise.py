@@ -18,6 +18,7 @@ __all__ = [
     "Outcome",
     "View",
     "describe_exit",
+    "finished_message",
     "interrupted",
     "launch",
     "supervise",
@@ -95,11 +96,25 @@ def _history_changed(status: Any, history: list[dict[str, Any]]) -> bool:
 
 
 def _finished(status: Any, history: list[dict[str, Any]]) -> bool:
+    """Tell whether the aggregator finished and `history` holds its last round.
+
+    A run stopped early (by its privacy budget, or the admin) finishes at the round it
+    reached, not at num_rounds: /status then names that round.
+    """
     return (
         isinstance(status, dict)
         and status.get("phase") == "finished"
-        and len(history) >= status["num_rounds"]
+        and (history[-1]["round"] if history else 0) >= status["round"]
     )
+
+
+def finished_message(status: Any) -> str:
+    """Return how a finished run ended: normally, or stopped by its privacy budget."""
+    privacy = status.get("privacy") if isinstance(status, dict) else None
+    stop = (privacy or {}).get("budget_stop")
+    if isinstance(stop, dict) and stop.get("message"):
+        return f"the run finished early: {stop['message']}"
+    return "the run finished"
 
 
 def supervise(
@@ -126,7 +141,7 @@ def supervise(
                 history = rows if isinstance(rows, list) else history
             view.update(status, history, elapsed_s=time.monotonic() - started)
             if _finished(status, history):
-                return Outcome(0, "the run finished"), history
+                return Outcome(0, finished_message(status)), history
             if dead is not None:
                 return Outcome(1, describe_exit(dead)), history
             if workers_gone:

@@ -171,7 +171,8 @@ def test_tensorboard_event_file_holds_every_scalar(tmp_path: Path) -> None:
     event_file = write_tensorboard(tmp_path / "tb", make_history())
     assert event_file.name.startswith("events.out.tfevents.")
     scalars = read_scalars(event_file)
-    assert set(scalars) == set(TENSORBOARD_SCALARS) - {"dp_sgd_epsilon_max"}  # no DP-SGD here
+    no_dp = {"dp_sgd_epsilon_max", "epsilon"}  # a run without DP
+    assert set(scalars) == set(TENSORBOARD_SCALARS) - no_dp
     steps, values = zip(*scalars["eval_accuracy"], strict=True)
     assert steps == (1, 2, 3)
     assert values == pytest.approx((0.6, 0.85, 0.8))  # stored as float32
@@ -194,3 +195,19 @@ def test_write_report_leaves_every_artifact(tmp_path: Path) -> None:
     summary = json.loads(paths.metrics_json.read_text())["summary"]
     assert summary["status"] == "finished"
     assert summary["total_mb_in"] == pytest.approx(6.0)
+
+
+def test_dp_fedavg_epsilon_is_in_the_csv_the_summary_and_tensorboard(tmp_path: Path) -> None:
+    history = [dict(row, epsilon=0.5 * row["round"], delta=1e-5) for row in make_history()]
+    with write_metrics_csv(tmp_path / "metrics.csv", history).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(row["epsilon"]) for row in rows] == [0.5, 1.0, 1.5]
+    assert summarize(history)["final_epsilon"] == 1.5
+    scalars = read_scalars(write_tensorboard(tmp_path / "tb", history))
+    assert scalars["epsilon"] == [(1, 0.5), (2, 1.0), (3, 1.5)]
+
+
+def test_without_dp_the_epsilon_cells_are_empty(tmp_path: Path) -> None:
+    with write_metrics_csv(tmp_path / "metrics.csv", make_history()).open(newline="") as f:
+        assert {row["epsilon"] for row in csv.DictReader(f)} == {""}
+    assert summarize(make_history())["final_epsilon"] is None

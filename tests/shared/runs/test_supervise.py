@@ -102,6 +102,19 @@ def test_supervise_returns_when_the_run_finished(setup: Setup) -> None:
     assert [line.split(":")[0] for line in lines] == ["round 1/2", "round 2/2"]
 
 
+def test_a_run_stopped_by_its_privacy_budget_finishes_before_num_rounds(setup: Setup) -> None:
+    state = aggregator_state("finished", 2, num_rounds=5)
+    message = "privacy budget: epsilon would reach 9.1 after round 3, above target_epsilon 8"
+    privacy = {"epsilon": 7.5, "budget_stop": {"reason": "privacy budget", "message": message}}
+    state["status"] |= {"round": 2, "privacy": privacy}
+    setup.set_state(state)
+    aggregator = setup.start_aggregator()
+    outcome, history = setup.supervise(aggregator, [setup.start_worker(0)])
+    assert outcome.code == 0
+    assert outcome.message == f"the run finished early: {message}"
+    assert [row["round"] for row in history] == [1, 2]
+
+
 def test_supervise_reports_a_worker_that_died(setup: Setup) -> None:
     setup.set_state(aggregator_state("training", 1))
     aggregator = setup.start_aggregator()
