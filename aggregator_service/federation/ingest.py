@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from aggregator_service.federation.deltas import RebuiltWeights, check_deltas
 from aggregator_service.federation.state import FederationState
 from aggregator_service.store.journal_stream import StreamedBody
 from aggregator_service.store.run_store import RunStore
@@ -27,6 +28,7 @@ from shared.wire import (
     decode_groups,
     decode_message,
     decode_weights,
+    spec_of,
 )
 
 __all__ = ["decode_update", "ingest_update", "round_updates"]
@@ -68,7 +70,10 @@ def ingest_update(
     with state.claim(header, len(body)) as claim:
         if claim.duplicate:
             return claim.answer
-        decode_weights(raw_weights, spec=state.spec)  # names, shapes, dtypes, finite values
+        if header.delta:  # names, shapes, dtypes, encodings, finite values
+            claim.raw_nbytes = len(body) + _check_deltas(raw_weights, state)
+        else:
+            decode_weights(raw_weights, spec=state.spec)  # names, shapes, dtypes, finite values
         decode_groups(_expected_groups(header, state.group_specs), spec=state.group_specs)
         store.updates.save(
             header.round, header.client_id, header.num_examples, body, streamed, durable=durable
@@ -76,17 +81,37 @@ def ingest_update(
     return claim.answer
 
 
-def round_updates(store: RunStore, server_round: int) -> Iterator[ClientUpdate]:
+def round_updates(
+    store: RunStore, server_round: int, current: Mapping[str, Any]
+) -> Iterator[ClientUpdate]:
     """Yield the round's journalled updates in client-id order, decoded from memory maps.
 
     They were checked when they arrived, and the journal's checksum vouches that these are
-    the same bytes: they are decoded here without checking their tensors again.
+    the same bytes: they are decoded here without checking their tensors again. A delta
+    update comes as its raw maps and as global + delta (`current`: the round's global
+    weights of the tensors updates carry).
     """
+    spec = spec_of(current)
     for client_id, num_examples, body in store.updates.pending(server_round):
         header, raw_weights = decode_update(body)
-        weights = decode_weights(raw_weights, allow_nonfinite=True)
         groups = decode_groups(header.groups, allow_nonfinite=True)
-        yield ClientUpdate(client_id, num_examples, weights, groups)
+        if header.delta:
+            rebuilt = RebuiltWeights(raw_weights, spec, current)
+            yield ClientUpdate(client_id, num_examples, rebuilt, groups, deltas=raw_weights)
+        else:
+            weights = decode_weights(raw_weights, allow_nonfinite=True)
+            yield ClientUpdate(client_id, num_examples, weights, groups)
+
+
+def _check_deltas(raw_weights: Mapping[str, Any], state: FederationState) -> int:
+    """Check a delta update against the round's model; return its extra plain-equivalent bytes."""
+    if state.config.compression is None:
+        raise InvalidUpdate(
+            "invalid_update",
+            "this run takes full weights: a 'delta' update needs the compression section "
+            "in the experiment config (the round config announces none)",
+        )
+    return check_deltas(raw_weights, state.spec)
 
 
 def _expected_groups(

@@ -4,11 +4,13 @@ Values come, lowest priority first, from the defaults, a YAML file, environment 
 (``TRIBUTARY_NUM_ROUNDS=5``, nested with ``__``: ``TRIBUTARY_PARTITION__ALPHA``) and
 command-line overrides (``--set num_rounds=5``). Unknown keys are an error that names the
 key. The modules: ``experiment.py`` (`ExperimentConfig`, its cross-checks and what derives
-from it), ``sections.py`` (partition, synthetic data, network, byzantine), ``strategies.py``
-(the `StrategyConfig` union, one class per server rule) and ``loading.py`` (`load_config`).
+from it), ``sections.py`` (partition, synthetic data, network, byzantine),
+``compression.py`` (updates as encoded deltas), ``strategies.py`` (the `StrategyConfig`
+union, one class per server rule) and ``loading.py`` (`load_config`).
 Import every name from here.
 """
 
+from shared.config.compression import CompressionConfig
 from shared.config.experiment import ENV_PREFIX, ExperimentConfig, ModelArgs, ModelInitArgs
 from shared.config.loading import config_source, load_config, parse_overrides
 from shared.config.sections import (
@@ -38,6 +40,7 @@ from shared.config.strategies import (
 __all__ = [
     "ENV_PREFIX",
     "ByzantineProfile",
+    "CompressionConfig",
     "DatasetName",
     "ExperimentConfig",
     "FedAdagradConfig",

@@ -8,6 +8,7 @@ from typing import Any, TypedDict
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.config.compression import CompressionConfig
 from shared.config.sections import (
     ByzantineProfile,
     DatasetName,
@@ -17,7 +18,9 @@ from shared.config.sections import (
 )
 from shared.config.strategies import (
     FedAvgConfig,
+    FedMedianConfig,
     FedProxConfig,
+    FedTrimmedAvgConfig,
     KrumConfig,
     ScaffoldConfig,
     StrategyConfig,
@@ -93,6 +96,9 @@ class ExperimentConfig(BaseSettings):
     round_timeout_s: float = Field(300.0, gt=0)
     server_eval: bool = True
 
+    # updates as encoded deltas (shared/config/compression.py); None: full float weights
+    compression: CompressionConfig | None = None
+
     network: list[NetworkProfile] = []
     byzantine: list[ByzantineProfile] = []  # for experiments: clients that send attacks
 
@@ -162,6 +168,23 @@ class ExperimentConfig(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_compression(self) -> ExperimentConfig:
+        compression, strategy = self.compression, self.strategy
+        robust = (FedMedianConfig, FedTrimmedAvgConfig, KrumConfig)
+        if compression is not None and isinstance(strategy, robust):
+            how = "sparse (every coordinate not sent is zero-filled)"
+            how = how if compression.encoding == "topk" else "lossy (quantized)"
+            raise ValueError(
+                f"compression.encoding {compression.encoding!r} cannot be used with strategy "
+                f"{strategy.name!r}: the updates would be {how}, and a byzantine-robust "
+                "rule's guarantees are about honest clients' full updates, so its ranking "
+                "of the updates would judge the encoding's error, not the clients; use a "
+                "mean-based strategy (fedavg, fedprox, fedavgm, fedadam, scaffold, ...) or "
+                "remove compression"
+            )
+        return self
+
     def proximal_mu(self) -> float:
         """Return the FedProx weight the clients use: strategy fedprox's, else the top-level mu."""
         return self.strategy.mu if isinstance(self.strategy, FedProxConfig) else self.mu
@@ -194,4 +217,6 @@ class ExperimentConfig(BaseSettings):
         keys += ["trainable"]
         config = {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
         config["mu"] = self.proximal_mu()  # strategy fedprox's own mu, when it is the strategy
+        if self.compression is not None:
+            config["compression"] = self.compression.announced()
         return config
