@@ -2,8 +2,9 @@
 
 An update is checked here, once: its header fields (pydantic), the sender against its
 token's client id, its round and slot (the state), and its tensors against the model's
-names, shapes and dtypes (the wire codec). It is then written to the round's journal and
-acknowledged; nothing is folded yet. When the round closes, the round loop reads the
+names, shapes and dtypes (the wire codec; for a delta update, deltas.py and the
+compression codec). It is then written to the round's journal and acknowledged; nothing
+is folded yet. When the round closes, the round loop reads the
 journal in client-id order (`round_updates`), so the aggregate does not depend on the
 order in which uploads arrived.
 """
