@@ -74,8 +74,11 @@ def _per_round(rows: Sequence[Mapping[str, Any]], key: str) -> float:
 
 
 def _ratio(rows: Sequence[Mapping[str, Any]], direction: str) -> float | None:
-    sent = sum(row.get(f"bytes_{direction}") or 0 for row in rows)
-    raw = sum(row.get(f"raw_bytes_{direction}") or 0 for row in rows)
+    """Return raw / sent bytes over the run; a row without its raw figure counts as sent."""
+    sent = raw = 0
+    for row in rows:
+        sent += row.get(f"bytes_{direction}") or 0
+        raw += row.get(f"raw_bytes_{direction}", row.get(f"bytes_{direction}")) or 0
     return raw / sent if sent else None
 
 
