@@ -137,15 +137,18 @@ class AggregatorClient:
         self,
         server_round: int,
         num_examples: int,
-        weights: Mapping[str, np.ndarray],
+        weights: Mapping[str, Any],
         metrics: Mapping[str, float],
         groups: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+        *,
+        delta: bool = False,
     ) -> dict[str, Any]:
         """Send this round's trained weights; a duplicate re-post counts as success.
 
-        With tensor `groups` the message is protocol 2, else protocol 1 as always. The
-        body is streamed from the arrays (`UploadBody`): they must not change until this
-        returns.
+        With tensor `groups` the message is protocol 2, else protocol 1 as always. With
+        `delta`, `weights` are trained - global, float32 ones possibly compressed maps
+        (client_worker.compress). The body is streamed from the arrays (`UploadBody`):
+        they must not change until this returns.
         """
         message: dict[str, Any] = {
             "protocol": protocol_for(groups or {}),
@@ -157,6 +160,8 @@ class AggregatorClient:
         }
         if groups:
             message["groups"] = {name: dict(tensors) for name, tensors in groups.items()}
+        if delta:
+            message["delta"] = True
         content = UploadBody(message)
         headers = {"Content-Type": MSGPACK, "Content-Length": str(content.nbytes)}
         response, _ = self._request("POST", "/receive", content=content, headers=headers)

@@ -29,6 +29,7 @@ import torch
 from client_worker.algorithms import RoundContext
 from client_worker.algorithms.local_round import LocalUpdate, train_round
 from client_worker.attack import attacked_update, describe_attack
+from client_worker.compress import UpdateEncoder
 from client_worker.device import GpuGate, free_device_memory
 from client_worker.errors import StopRequested, UpdateRejected
 from client_worker.feed import ModelFeed
@@ -115,6 +116,7 @@ class _Worker:
         self.partition_id = settings.resolved_partition_id()
         self.data, self.network, self.attack = own.data, own.network, own.attack
         self.client, self.model, self.algorithms = own.client, own.model, own.algorithms
+        self.encoder = UpdateEncoder(self.client_id, settings.state_dir)
         self.summary = WorkerSummary(self.client_id, self.partition_id, len(self.data.labels))
         self.last_done = 0  # the last round trained, skipped, crashed or rejected
         self.etag: str | None = None
@@ -249,17 +251,27 @@ class _Worker:
                 if dp is not None:  # counted before it leaves, whether accepted or not
                     spent = self._privacy_ledger().spend(dp, update.result, train_config.batch_size)
                     update = dataclasses.replace(update, privacy=spent)
-                accepted = self._post(server_round, update, train_config.local_epochs)
+                encoded = self.encoder.encode(
+                    reply.config,
+                    update.weights,
+                    self.model.global_weights,
+                    seed=experiment_seed,
+                    server_round=server_round,
+                    client_index=self.partition_id,
+                )
+                accepted = self._post(server_round, update, train_config.local_epochs, encoded)
         except TrainingInterrupted as exc:
             self._interrupted(server_round, exc)
         except torch.cuda.OutOfMemoryError as exc:
             out_of_memory = True
             self._out_of_memory(server_round, exc)
-        finally:  # the algorithm's state counts only with an accepted update
+        finally:  # the algorithm's state and residuals count only with an accepted update
             if accepted:
                 self.algorithms.commit()
+                self.encoder.commit()
             else:
                 self.algorithms.discard()
+                self.encoder.discard()
         if out_of_memory:  # the exception and the frames holding its tensors are gone
             free_device_memory(self.gate.plan.device)
 
@@ -279,8 +291,14 @@ class _Worker:
             reason,
         )
 
-    def _post(self, server_round: int, update: LocalUpdate, local_epochs: int) -> bool:
-        """Post the update; tell whether the aggregator took it (a duplicate counts)."""
+    def _post(
+        self,
+        server_round: int,
+        update: LocalUpdate,
+        local_epochs: int,
+        encoded: dict[str, Any] | None = None,
+    ) -> bool:
+        """Post the update (`encoded`: as deltas); tell whether the aggregator took it."""
         result, measured = update.result, update.metrics()
         # The aggregator refuses non-finite metrics (a diverged loss); leave them out.
         metrics = {name: value for name, value in measured.items() if math.isfinite(value)}
@@ -288,7 +306,12 @@ class _Worker:
             self._log("round %d: non-finite metrics left out: %s", server_round, measured)
         try:
             answer = self.client.post_update(
-                server_round, result.num_examples, update.weights, metrics, update.groups
+                server_round,
+                result.num_examples,
+                update.weights if encoded is None else encoded,
+                metrics,
+                update.groups,
+                delta=encoded is not None,
             )
         except UpdateRejected as exc:
             self.summary.rounds_rejected += 1

@@ -48,6 +48,8 @@ class UpdateHeader(BaseModel):
     metrics: Annotated[dict[MetricName, MetricValue], Field(max_length=MAX_METRICS)] = {}
     # Protocol 2 only: group name -> raw weights-like map (decoded by `wire.decode_groups`).
     groups: Annotated[dict[GroupName, dict[str, Any]], Field(max_length=MAX_GROUPS)] = {}
+    # Compression: the weights are trained - global, float32 ones possibly encoded maps.
+    delta: bool = False
 
     @model_validator(mode="after")
     def _groups_need_protocol_2(self) -> UpdateHeader:

@@ -10,7 +10,7 @@ from typing import Any
 from aggregator_service.federation.state import RoundState, UpdateRecord
 from shared.evaluation import EvalResult
 
-__all__ = ["brief", "history_row", "metric_summary"]
+__all__ = ["brief", "compression_ratio", "history_row", "metric_summary"]
 
 
 def history_row(
@@ -25,6 +25,8 @@ def history_row(
     train_loss = metrics.get("train_loss", {}).get("mean")
     # DP-SGD: each client's epsilon so far; the weighted mean would hide the worst-off client
     dp_sgd_epsilon_max = metrics.get("dp_epsilon", {}).get("max")
+    bytes_in = sum(r.nbytes for r in records)
+    raw_bytes_in = sum(r.nbytes if r.raw_nbytes is None else r.raw_nbytes for r in records)
     return {
         "round": current.server_round,
         "attempts": current.attempt + 1,
@@ -34,8 +36,13 @@ def history_row(
         "eval_loss": evaluation.loss if evaluation else None,
         "eval_accuracy": evaluation.accuracy if evaluation else None,
         "dp_sgd_epsilon_max": dp_sgd_epsilon_max,
-        "bytes_in": sum(r.nbytes for r in records),
+        "bytes_in": bytes_in,
         "bytes_out": current.bytes_out,
+        # the same traffic as plain float tensors, and how many times smaller it went
+        "raw_bytes_in": raw_bytes_in,
+        "raw_bytes_out": current.raw_bytes_out,
+        "compression_in": compression_ratio(raw_bytes_in, bytes_in),
+        "compression_out": compression_ratio(current.raw_bytes_out, current.bytes_out),
         "duration_s": round(time.monotonic() - current.started_at, 4),
         "finished_at": time.time(),
         "model_sha256": model_sha256,
@@ -45,6 +52,11 @@ def history_row(
             for r in sorted(records, key=lambda r: r.client_id)
         },
     }
+
+
+def compression_ratio(raw_bytes: int, sent_bytes: int) -> float | None:
+    """Return uncompressed-equivalent bytes / bytes sent; None when nothing was sent."""
+    return round(raw_bytes / sent_bytes, 4) if sent_bytes else None
 
 
 def metric_summary(records: list[UpdateRecord]) -> dict[str, dict[str, float]]:

@@ -2,8 +2,9 @@
 
 An update is checked here, once: its header fields (pydantic), the sender against its
 token's client id, its round and slot (the state), and its tensors against the model's
-names, shapes and dtypes (the wire codec). It is then written to the round's journal and
-acknowledged; nothing is folded yet. When the round closes, the round loop reads the
+names, shapes and dtypes (the wire codec; for a delta update, deltas.py and the
+compression codec). It is then written to the round's journal and acknowledged; nothing
+is folded yet. When the round closes, the round loop reads the
 journal in client-id order (`round_updates`), so the aggregate does not depend on the
 order in which uploads arrived.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from aggregator_service.federation.deltas import RebuiltWeights, check_deltas
 from aggregator_service.federation.state import FederationState
 from aggregator_service.store.journal_stream import StreamedBody
 from aggregator_service.store.run_store import RunStore
@@ -27,6 +29,7 @@ from shared.wire import (
     decode_groups,
     decode_message,
     decode_weights,
+    spec_of,
 )
 
 __all__ = ["decode_update", "ingest_update", "round_updates"]
@@ -71,12 +74,20 @@ def ingest_update(
     with state.claim(header, len(body)) as claim:
         if claim.duplicate:
             return claim.answer
-        weights = decode_weights(raw_weights, spec=state.spec)  # names, shapes, dtypes, finite
+        if header.delta:  # names, shapes, dtypes, encodings, finite values
+            claim.raw_nbytes = len(body) + _check_deltas(raw_weights, state)
+        else:
+            decode_weights(raw_weights, spec=state.spec)  # names, shapes, dtypes, finite values
         groups = decode_groups(_expected_groups(header, state.group_specs), spec=state.group_specs)
         if strategy is not None:
             with state.lock:
                 model = state.global_weights
             current = {name: model[name] for name in state.spec}
+            weights: Mapping[str, Any] = (
+                RebuiltWeights(raw_weights, state.spec, current)
+                if header.delta
+                else decode_weights(raw_weights, allow_nonfinite=True)
+            )
             update = ClientUpdate(header.client_id, header.num_examples, weights, groups)
             strategy.check_update(current, update)
         store.updates.save(
@@ -85,17 +96,37 @@ def ingest_update(
     return claim.answer
 
 
-def round_updates(store: RunStore, server_round: int) -> Iterator[ClientUpdate]:
+def round_updates(
+    store: RunStore, server_round: int, current: Mapping[str, Any]
+) -> Iterator[ClientUpdate]:
     """Yield the round's journalled updates in client-id order, decoded from memory maps.
 
     They were checked when they arrived, and the journal's checksum vouches that these are
-    the same bytes: they are decoded here without checking their tensors again.
+    the same bytes: they are decoded here without checking their tensors again. A delta
+    update comes as its raw maps and as global + delta (`current`: the round's global
+    weights of the tensors updates carry).
     """
+    spec = spec_of(current)
     for client_id, num_examples, body in store.updates.pending(server_round):
         header, raw_weights = decode_update(body)
-        weights = decode_weights(raw_weights, allow_nonfinite=True)
         groups = decode_groups(header.groups, allow_nonfinite=True)
-        yield ClientUpdate(client_id, num_examples, weights, groups)
+        if header.delta:
+            rebuilt = RebuiltWeights(raw_weights, spec, current)
+            yield ClientUpdate(client_id, num_examples, rebuilt, groups, deltas=raw_weights)
+        else:
+            weights = decode_weights(raw_weights, allow_nonfinite=True)
+            yield ClientUpdate(client_id, num_examples, weights, groups)
+
+
+def _check_deltas(raw_weights: Mapping[str, Any], state: FederationState) -> int:
+    """Check a delta update against the round's model; return its extra plain-equivalent bytes."""
+    if state.config.compression is None:
+        raise InvalidUpdate(
+            "invalid_update",
+            "this run takes full weights: a 'delta' update needs the compression section "
+            "in the experiment config (the round config announces none)",
+        )
+    return check_deltas(raw_weights, state.spec)
 
 
 def _expected_groups(

@@ -225,6 +225,7 @@ class RoundLoop:
                 in_flight=current.in_flight,
                 started_at=current.started_at,
                 bytes_out=current.bytes_out,
+                raw_bytes_out=current.raw_bytes_out,
             )
             weights = self.state.global_weights
         log.warning(
@@ -246,9 +247,9 @@ class RoundLoop:
             weights = self.state.global_weights
         server_round = current.server_round
         read: set[str] = set()
-        updates = _noting(round_updates(self.store, server_round), read)
-        started = time.perf_counter()
         exchanged = {name: weights[name] for name in self.state.spec}  # not clients' own
+        updates = _noting(round_updates(self.store, server_round, exchanged), read)
+        started = time.perf_counter()
         new_weights = {**weights, **self.strategy.aggregate(server_round, exchanged, updates)}
         aggregate_s = time.perf_counter() - started
         if lost := sorted({r.client_id for r in records} - read):  # damaged on disk since

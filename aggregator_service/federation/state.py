@@ -33,6 +33,7 @@ class Claim:
 
     duplicate: bool
     reply: ReceiveReply | None
+    raw_nbytes: int | None = None  # the body as plain tensors would be (compressed updates)
 
     @property
     def answer(self) -> ReceiveReply:
@@ -58,6 +59,7 @@ class UpdateRecord:
     num_examples: int
     metrics: dict[str, float]
     nbytes: int
+    raw_nbytes: int | None = None  # as plain float tensors (compression); None: nbytes
 
 
 @dataclass
@@ -74,6 +76,7 @@ class RoundState:
     started_at: float = field(default_factory=time.monotonic)
     deadline: float = float("inf")
     bytes_out: int = 0
+    raw_bytes_out: int = 0  # bytes_out as full float models (download compression)
 
 
 @dataclass
@@ -174,7 +177,7 @@ class FederationState:
         except BaseException:
             self._release(header.client_id)
             raise
-        claim.reply = self._commit(header, nbytes)
+        claim.reply = self._commit(header, nbytes, claim.raw_nbytes)
 
     def _reserve(self, header: UpdateHeader) -> ReceiveReply | None:
         """Take the (client, round) slot, or answer a duplicate; raise if refused."""
@@ -233,13 +236,13 @@ class FederationState:
             self.round.in_flight.discard(client_id)
             self.changed.notify_all()
 
-    def _commit(self, header: UpdateHeader, nbytes: int) -> ReceiveReply:
+    def _commit(self, header: UpdateHeader, nbytes: int, raw_nbytes: int | None) -> ReceiveReply:
         """Record an accumulated update and wake the round loop."""
         with self.changed:
             current = self.round
             current.in_flight.discard(header.client_id)
             current.received[header.client_id] = UpdateRecord(
-                header.client_id, header.num_examples, dict(header.metrics), nbytes
+                header.client_id, header.num_examples, dict(header.metrics), nbytes, raw_nbytes
             )
             self.counters.updates_accepted += 1
             self.counters.bytes_in += nbytes
@@ -251,11 +254,12 @@ class FederationState:
         with self.lock:
             self.counters.rejected[code] = self.counters.rejected.get(code, 0) + 1
 
-    def count_bytes_out(self, nbytes: int) -> None:
-        """Count bytes of model payload sent."""
+    def count_bytes_out(self, nbytes: int, raw_nbytes: int | None = None) -> None:
+        """Count bytes of model payload sent (`raw_nbytes`: as the full model; None: nbytes)."""
         with self.lock:
             self.counters.bytes_out += nbytes
             self.round.bytes_out += nbytes
+            self.round.raw_bytes_out += nbytes if raw_nbytes is None else raw_nbytes
 
     def needed(self) -> int:
         """Return how many updates close the current round at the earliest (under the lock)."""

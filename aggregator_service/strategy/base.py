@@ -30,12 +30,18 @@ class AggregationError(TributaryError):
 
 @dataclass(frozen=True)
 class ClientUpdate:
-    """One client's accepted update; `weights` and `groups` are read-only and checked."""
+    """One client's accepted update; `weights` and `groups` are read-only and checked.
+
+    An update sent as deltas (compression) also has `deltas`: its checked raw tensor maps
+    of trained - current, which a folding rule adds without decoding them whole; its
+    `weights` are then current + delta, decoded on each read.
+    """
 
     client_id: str
     num_examples: int
     weights: Mapping[str, np.ndarray]
     groups: Groups = field(default_factory=dict)  # protocol 2: e.g. control variates
+    deltas: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,10 @@ def fold_mean(
     mean = WeightedMean()
     mean.begin_round(server_round, current)
     for update in updates:
-        mean.accumulate(update.weights, update.num_examples)
+        if update.deltas is not None:
+            mean.accumulate_delta(update.deltas, update.num_examples)
+        else:
+            mean.accumulate(update.weights, update.num_examples)
     if mean.num_updates == 0:
         raise AggregationError(f"round {server_round}: no update to aggregate")
     return mean.finalize()

@@ -14,6 +14,10 @@ Rules of the aggregate:
   as floats: their aggregate is the element-wise maximum over the round's updates (for
   bool, a logical or). ``num_batches_tracked`` counts optimizer steps, so the maximum is
   the most-trained client's count.
+- Delta updates (compression): an update of trained - global adds num_examples * global
+  and then num_examples * delta to the sums; a compressed tensor map is added piece by
+  piece, decoded into float64 (`shared.compression.accumulate_into`), with no float32
+  copy of the tensor.
 
 Updates are read, never written: they may be read-only views of journal files. Their
 names, shapes and dtypes were checked once, when they were received
@@ -27,11 +31,13 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from aggregator_service.strategy.base import AggregationError
+from shared.compression import accumulate_into, decode_tensor, is_compressed
+from shared.wire import TensorSpec
 
 __all__ = ["WeightedMean", "is_floating"]
 
@@ -55,6 +61,7 @@ class WeightedMean:
         self._server_round: int | None = None
         self._open = False
         self._slots: dict[str, _Slot] = {}
+        self._global: Mapping[str, np.ndarray] = {}  # what delta updates are relative to
         self._sums: dict[str, np.ndarray] = {}  # float64 running sums of w * n
         self._maxima: dict[str, np.ndarray] = {}  # integer/bool tensors: element-wise max
         self._scratch = np.empty(0, dtype=np.float64)  # reused for every w * n product
@@ -86,6 +93,7 @@ class WeightedMean:
         with self._lock:
             self._server_round = server_round
             self._slots = slots
+            self._global = global_weights
             self._sums = self._zeroed_sums(slots)
             self._maxima = {}
             self._scratch = np.empty(min(largest, _BLOCK), dtype=np.float64)
@@ -95,6 +103,13 @@ class WeightedMean:
 
     def accumulate(self, weights: Mapping[str, np.ndarray], num_examples: int) -> None:
         """Fold one update into the running sums; its tensors are only read."""
+        self._fold(weights, num_examples, delta=False)
+
+    def accumulate_delta(self, deltas: Mapping[str, Any], num_examples: int) -> None:
+        """Fold one update sent as checked raw tensor maps of trained - global."""
+        self._fold(deltas, num_examples, delta=True)
+
+    def _fold(self, update: Mapping[str, Any], num_examples: int, *, delta: bool) -> None:
         if not self._open:  # checked again under the lock; this gives the clearer error early
             raise AggregationError(self._closed_message("accumulate"))
         slots = self._slots
@@ -108,10 +123,12 @@ class WeightedMean:
                     "the update belongs to an earlier round"
                 )
             for name, slot in slots.items():
-                if slot.floating:
-                    self._fold_floating(name, weights[name], num_examples)
+                if delta:
+                    self._fold_delta(name, update[name], slot, num_examples)
+                elif slot.floating:
+                    self._fold_floating(name, update[name], num_examples)
                 else:
-                    self._fold_integer(name, weights[name], slot.dtype)
+                    self._fold_integer(name, update[name], slot.dtype)
             self._num_updates += 1
             self._total_examples += int(num_examples)
 
@@ -135,6 +152,7 @@ class WeightedMean:
                     result[name] = self._maxima[name]
             self._open = False
             self._maxima = {}
+            self._global = {}
             self._scratch = np.empty(0, dtype=np.float64)
             return result
 
@@ -166,6 +184,18 @@ class WeightedMean:
             np.copyto(scratch, flat[start:stop])
             np.multiply(scratch, num_examples, out=scratch)
             np.add(total[start:stop], scratch, out=total[start:stop])
+
+    def _fold_delta(self, name: str, raw: Any, slot: _Slot, num_examples: int) -> None:
+        """Add num_examples * (global + delta) of one raw tensor map to the tensor's sum."""
+        expected = TensorSpec(slot.shape, slot.dtype.name)
+        if not slot.floating:  # integer and bool tensors travel as their values
+            self._fold_integer(name, decode_tensor(name, raw, expected), slot.dtype)
+            return
+        self._fold_floating(name, self._global[name], num_examples)
+        if is_compressed(raw):
+            accumulate_into(self._sums[name], raw, num_examples, name=name)
+        else:
+            self._fold_floating(name, decode_tensor(name, raw, expected), num_examples)
 
     def _fold_integer(self, name: str, update: np.ndarray, dtype: np.dtype[np.generic]) -> None:
         current = self._maxima.get(name)

@@ -20,12 +20,14 @@ piece by piece. Seeded generators make stochastic rounding reproducible byte for
 
 from shared.compression.codec import (
     accumulate_into,
+    check_update,
     decode_tensor,
     decode_update,
     encode_tensor,
     encode_update,
     is_compressed,
     iter_decoded,
+    wire_nbytes,
 )
 from shared.compression.errors import EncodingError, UnknownEncoding
 from shared.compression.feedback import ErrorFeedback, with_feedback
@@ -38,6 +40,7 @@ __all__ = [
     "ErrorFeedback",
     "UnknownEncoding",
     "accumulate_into",
+    "check_update",
     "decode_tensor",
     "decode_update",
     "encode_tensor",
@@ -45,5 +48,6 @@ __all__ = [
     "is_compressed",
     "iter_decoded",
     "plan",
+    "wire_nbytes",
     "with_feedback",
 ]

@@ -28,6 +28,7 @@ from shared.wire_tensors import decode_tensor as decode_plain
 
 __all__ = [
     "accumulate_into",
+    "check_update",
     "decode_tensor",
     "decode_update",
     "encode_tensor",
@@ -35,6 +36,7 @@ __all__ = [
     "is_compressed",
     "iter_decoded",
     "parse",
+    "wire_nbytes",
 ]
 
 Rng = np.random.Generator | None
@@ -158,6 +160,19 @@ def decode_tensor(name: str, obj: Any, expected: TensorSpec) -> np.ndarray:
 
 def decode_update(obj: Any, spec: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
     """Decode a map of tensor name to tensor map, its names exactly the spec's."""
+    maps = _tensor_maps(obj, spec)
+    return {name: decode_tensor(name, maps[name], expected) for name, expected in spec.items()}
+
+
+def check_update(obj: Any, spec: Mapping[str, TensorSpec]) -> None:
+    """Validate a map of tensor name to tensor map against the spec, decoding nothing whole."""
+    maps = _tensor_maps(obj, spec)
+    for name, expected in spec.items():
+        parse(name, maps[name], expected)
+
+
+def _tensor_maps(obj: Any, spec: Mapping[str, TensorSpec]) -> dict[str, Any]:
+    """Return `obj` once it is a map whose names are exactly the spec's."""
     if not isinstance(obj, dict):
         raise MalformedMessage(f"an update must be a map of name to tensor, got {kind_of(obj)}")
     for name in spec:
@@ -166,7 +181,18 @@ def decode_update(obj: Any, spec: Mapping[str, TensorSpec]) -> dict[str, np.ndar
     for name in obj:
         if name not in spec:
             raise SpecMismatch(str(name)[:200], "is not a tensor of this model")
-    return {name: decode_tensor(name, obj[name], expected) for name, expected in spec.items()}
+    return obj
+
+
+def wire_nbytes(obj: Mapping[str, Any]) -> int:
+    """Return the bytes of a tensor map's bin fields, nested maps included (its payload)."""
+    total = 0
+    for value in obj.values():
+        if isinstance(value, bytes | bytearray | memoryview):
+            total += memoryview(value).nbytes
+        elif isinstance(value, Mapping):
+            total += wire_nbytes(value)
+    return total
 
 
 def iter_decoded(name: str, obj: Any, expected: TensorSpec) -> Iterator[tuple[Where, np.ndarray]]:

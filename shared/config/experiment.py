@@ -8,6 +8,7 @@ from typing import Any, TypedDict
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.config.compression import CompressionConfig
 from shared.config.dp_sgd import DpSgdConfig
 from shared.config.privacy import check_dp_fedavg, with_dp_counts
 from shared.config.sections import (
@@ -20,7 +21,9 @@ from shared.config.sections import (
 from shared.config.strategies import (
     DPFedAvgConfig,
     FedAvgConfig,
+    FedMedianConfig,
     FedProxConfig,
+    FedTrimmedAvgConfig,
     KrumConfig,
     ScaffoldConfig,
     StrategyConfig,
@@ -97,6 +100,8 @@ class ExperimentConfig(BaseSettings):
     round_timeout_s: float = Field(300.0, gt=0)
     server_eval: bool = True
 
+    # updates as encoded deltas (shared/config/compression.py); None: full float weights
+    compression: CompressionConfig | None = None
     # sample-level DP-SGD in every client's local training (shared/config/dp_sgd.py)
     dp_sgd: DpSgdConfig | None = None
 
@@ -177,6 +182,34 @@ class ExperimentConfig(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_compression(self) -> ExperimentConfig:
+        compression, strategy = self.compression, self.strategy
+        robust = (FedMedianConfig, FedTrimmedAvgConfig, KrumConfig)
+        if compression is not None and isinstance(strategy, robust):
+            how = "sparse (every coordinate not sent is zero-filled)"
+            how = how if compression.encoding == "topk" else "lossy (quantized)"
+            raise ValueError(
+                f"compression.encoding {compression.encoding!r} cannot be used with strategy "
+                f"{strategy.name!r}: the updates would be {how}, and a byzantine-robust "
+                "rule's guarantees are about honest clients' full updates, so its ranking "
+                "of the updates would judge the encoding's error, not the clients; use a "
+                "mean-based strategy (fedavg, fedprox, fedavgm, fedadam, scaffold, ...) or "
+                "remove compression"
+            )
+        if (
+            compression is not None
+            and isinstance(strategy, DPFedAvgConfig)
+            and strategy.clipping == "client"
+        ):
+            raise ValueError(
+                f"compression.encoding {compression.encoding!r} cannot be used with "
+                "dpfedavg's clipping: client: the encoded delta (quantized, or top-k of the "
+                "delta plus the error-feedback residual) can have a norm past clip_norm, "
+                "which the aggregator refuses; use clipping: server"
+            )
+        return self
+
     def proximal_mu(self) -> float:
         """Return the FedProx weight the clients use: strategy fedprox's, else the top-level mu."""
         return self.strategy.mu if isinstance(self.strategy, FedProxConfig) else self.mu
@@ -209,6 +242,8 @@ class ExperimentConfig(BaseSettings):
         keys += ["trainable"]
         config = {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
         config["mu"] = self.proximal_mu()  # strategy fedprox's own mu, when it is the strategy
+        if self.compression is not None:
+            config["compression"] = self.compression.announced()
         if self.dp_sgd is not None:
             config["dp_sgd"] = self.dp_sgd.round_config()
         return config

@@ -88,6 +88,11 @@ def privacy_lines(privacy: Row | None) -> list[str]:
     return [line, f"stopped: {stop['message']}"] if stop and stop.get("message") else [line]
 
 
+def _times(ratio: Any) -> str:
+    """Return a compression ratio as " (12.3x smaller)"; "" when there is none."""
+    return f" ({ratio:.1f}x smaller)" if ratio is not None and ratio != 1 else ""
+
+
 def round_line(row: Row, *, num_rounds: int) -> str:
     """Return the line printed when a round finished (no live view)."""
     participants = row.get("participants") or []
@@ -96,8 +101,8 @@ def round_line(row: Row, *, num_rounds: int) -> str:
         f"{row.get('num_examples', 0)} examples, accuracy {_number(row.get('eval_accuracy'))}, "
         f"eval loss {_number(row.get('eval_loss'))}, "
         f"train loss {_number(row.get('train_loss'))}{_epsilon_text(row)}, "
-        f"{megabytes(row.get('bytes_in') or 0):.2f} MB in / "
-        f"{megabytes(row.get('bytes_out') or 0):.2f} MB out, "
+        f"{megabytes(row.get('bytes_in') or 0):.2f} MB in{_times(row.get('compression_in'))} / "
+        f"{megabytes(row.get('bytes_out') or 0):.2f} MB out{_times(row.get('compression_out'))}, "
         f"{_number(row.get('duration_s'), '.1f')} s"
         + (f", epsilon {_number(row['epsilon'], '.4g')}" if "epsilon" in row else "")
     )
@@ -108,12 +113,20 @@ def traffic_lines(history: Sequence[Row]) -> list[str]:
     if not history:
         return ["traffic: no round finished"]
     flow = traffic(history)
-    return [
+    lines = [
         f"traffic per round: {flow['mean_mb_in_per_round']:.2f} MB in (client updates), "
         f"{flow['mean_mb_out_per_round']:.2f} MB out (global model) on average",
         f"traffic in total: {flow['total_mb_in']:.2f} MB in, {flow['total_mb_out']:.2f} MB out "
         f"over {len(history)} rounds",
     ]
+    ratios = (flow["compression_in"], flow["compression_out"])
+    if any(ratio is not None and ratio != 1 for ratio in ratios):
+        lines.append(
+            f"compression: {flow['total_raw_mb_in']:.2f} MB in, {flow['total_raw_mb_out']:.2f} "
+            f"MB out as plain float tensors; sent {_number(ratios[0], '.1f')}x and "
+            f"{_number(ratios[1], '.1f')}x smaller"
+        )
+    return lines
 
 
 def dp_sgd_lines(history: Sequence[Row], *, per_line: int = 8) -> list[str]:
@@ -158,13 +171,15 @@ def rounds_table(history: Sequence[Row], *, max_rows: int = MAX_TABLE_ROWS) -> T
         table.add_column(name, justify="right", no_wrap=True)
     if sample_level:
         table.add_column("eps max", justify="right", no_wrap=True)
-    for name in ("MB in", "MB out", "time s"):
+    compressed = any(_times(row.get("compression_in")) for row in shown)
+    for name in ("MB in", *(["x in"] if compressed else []), "MB out", "time s"):
         table.add_column(name, justify="right", no_wrap=True)
     private = any("epsilon" in row for row in shown)  # DP-FedAvg: epsilon after each round
     if private:
         table.add_column("epsilon", justify="right", no_wrap=True)
     for row in shown:
         epsilon = [_number(row.get("dp_sgd_epsilon_max"), ".3f")] if sample_level else []
+        ratio = [_number(row.get("compression_in"), ".1f")] if compressed else []
         cells = [
             str(row["round"]),
             str(len(row.get("participants") or [])),
@@ -173,6 +188,7 @@ def rounds_table(history: Sequence[Row], *, max_rows: int = MAX_TABLE_ROWS) -> T
             _number(row.get("eval_accuracy")),
             *epsilon,
             f"{megabytes(row.get('bytes_in') or 0):.2f}",
+            *ratio,
             f"{megabytes(row.get('bytes_out') or 0):.2f}",
             _number(row.get("duration_s"), ".1f"),
         ]
@@ -186,7 +202,7 @@ def render_view(
     """Return the live view: the status block above the per-round table."""
     lines = status_lines(status, elapsed_s=elapsed_s)
     if history:
-        lines.append(traffic_lines(history)[1])
+        lines += traffic_lines(history)[1:]  # the totals, and the compression if any
     header = Panel(Text("\n".join(lines)), title=title, expand=False)
     return Group(header, rounds_table(history)) if history else header
 

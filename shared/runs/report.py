@@ -3,6 +3,7 @@
 The report is what a run leaves behind, computed from the aggregator's /history rows:
 
     metrics.csv     one row per round (the /history fields, MB in/out, participant count;
+                    bytes as plain float tensors and the compression ratios;
                     dp_sgd_epsilon_max: the largest DP-SGD epsilon of the round's clients;
                     epsilon: DP-FedAvg's epsilon after the round, empty otherwise)
     metrics.json    {"summary": {...}, "rounds": [the /history rows]}; a DP-SGD run's
@@ -66,6 +67,10 @@ CSV_FIELDS = (
     "bytes_out",
     "mb_in",
     "mb_out",
+    "raw_bytes_in",
+    "raw_bytes_out",
+    "compression_in",
+    "compression_out",
     "duration_s",
     "attempts",
     "finished_at",
@@ -112,24 +117,34 @@ def megabytes(num_bytes: float) -> float:
 
 
 def traffic(history: Sequence[Row]) -> dict[str, Any]:
-    """Return MB in and out per round, in total, and per round on average."""
+    """Return MB in and out per round, in total, per round on average, and as compressed.
+
+    The `raw` figures are the same traffic as plain float tensors (the rows' raw_bytes_in
+    and raw_bytes_out; rows without them count as sent), `compression_*` the ratio of raw
+    to sent bytes over the run (None when nothing was sent).
+    """
     per_round = [
         {
             "round": row["round"],
             "mb_in": megabytes(row.get("bytes_in") or 0),
             "mb_out": megabytes(row.get("bytes_out") or 0),
+            "raw_mb_in": megabytes(_raw(row, "in")),
+            "raw_mb_out": megabytes(_raw(row, "out")),
         }
         for row in history
     ]
-    total_in = sum(r["mb_in"] for r in per_round)
-    total_out = sum(r["mb_out"] for r in per_round)
+    totals = {key: sum(r[key] for r in per_round) for key in _TRAFFIC}
     count = max(len(per_round), 1)
     return {
         "per_round": per_round,
-        "total_mb_in": total_in,
-        "total_mb_out": total_out,
-        "mean_mb_in_per_round": total_in / count,
-        "mean_mb_out_per_round": total_out / count,
+        "total_mb_in": totals["mb_in"],
+        "total_mb_out": totals["mb_out"],
+        "mean_mb_in_per_round": totals["mb_in"] / count,
+        "mean_mb_out_per_round": totals["mb_out"] / count,
+        "total_raw_mb_in": totals["raw_mb_in"],
+        "total_raw_mb_out": totals["raw_mb_out"],
+        "compression_in": _ratio(totals["raw_mb_in"], totals["mb_in"]),
+        "compression_out": _ratio(totals["raw_mb_out"], totals["mb_out"]),
     }
 
 
@@ -149,6 +164,19 @@ def client_epsilons(history: Sequence[Row]) -> dict[str, float]:
 
 def _client_order(client: str) -> tuple[int, int, str]:
     return (0, int(client), "") if client.isdigit() else (1, 0, client)
+
+
+_TRAFFIC = ("mb_in", "mb_out", "raw_mb_in", "raw_mb_out")
+
+
+def _raw(row: Row, direction: str) -> float:
+    """Return a row's bytes in or out as plain float tensors (as sent when not recorded)."""
+    raw = row.get(f"raw_bytes_{direction}")
+    return float(raw if raw is not None else row.get(f"bytes_{direction}") or 0)
+
+
+def _ratio(raw: float, sent: float) -> float | None:
+    return round(raw / sent, 4) if sent else None
 
 
 def _last_value(history: Sequence[Row], key: str) -> Any:
@@ -181,6 +209,10 @@ def summarize(history: Sequence[Row], **extra: Any) -> dict[str, Any]:
         "total_mb_out": flow["total_mb_out"],
         "mean_mb_in_per_round": flow["mean_mb_in_per_round"],
         "mean_mb_out_per_round": flow["mean_mb_out_per_round"],
+        "total_raw_mb_in": flow["total_raw_mb_in"],
+        "total_raw_mb_out": flow["total_raw_mb_out"],
+        "compression_in": flow["compression_in"],
+        "compression_out": flow["compression_out"],
         "rounds_duration_s": sum(row.get("duration_s") or 0.0 for row in history),
         **extra,
     }

@@ -112,11 +112,11 @@ def global_model(client: httpx.Client) -> tuple[dict[str, Any], dict[str, np.nda
 def update_body(
     client_id: str,
     server_round: int,
-    weights: Mapping[str, np.ndarray],
+    weights: Mapping[str, Any],
     num_examples: int = 10,
     **fields: Any,
 ) -> bytes:
-    """Encode a POST /receive body."""
+    """Encode a POST /receive body (tensors as arrays, or as compressed tensor maps)."""
     message = {
         "protocol": 1,
         "client_id": client_id,

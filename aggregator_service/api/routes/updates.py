@@ -34,6 +34,11 @@ _UPDATE_SCHEMA: dict[str, Any] = {
         "weights": {"type": "object"},
         "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
         "groups": {"type": "object", "description": "protocol 2 only: name -> tensors"},
+        "delta": {
+            "type": "boolean",
+            "description": "weights are trained - global, float32 ones possibly compressed "
+            "maps; only when the round config has compression",
+        },
     },
 }
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -220,3 +220,28 @@ def test_dp_rounds_show_epsilon_in_the_line_and_the_table() -> None:
     assert lines[1].rstrip().endswith("epsilon")
     assert lines[-1].rstrip().endswith("123.5")
     assert "epsilon" not in render_text(rounds_table([make_row(1)]), width=80)
+
+
+def test_compressed_rounds_show_how_much_smaller_the_updates_went() -> None:
+    rows = [
+        make_row(r, raw_bytes_in=25_000_000, raw_bytes_out=5_000_000, compression_in=10.0)
+        for r in (1, 2)
+    ]
+    line = round_line(rows[0], num_rounds=2)
+    assert "2.50 MB in (10.0x smaller) / 5.00 MB out," in line
+    lines = traffic_lines(rows)
+    assert lines[2] == (
+        "compression: 50.00 MB in, 10.00 MB out as plain float tensors; sent 10.0x and 1.0x "
+        "smaller"
+    )
+    table = render_text(rounds_table(rows), width=80)
+    assert "x in" in table
+    assert "…" not in table
+    assert max(len(line.rstrip()) for line in table.splitlines()) <= 80
+
+
+def test_uncompressed_rounds_say_nothing_of_compression() -> None:
+    rows = [make_row(1, raw_bytes_in=2_500_000, compression_in=1.0)]
+    assert "smaller" not in round_line(rows[0], num_rounds=1)
+    assert len(traffic_lines(rows)) == 2
+    assert "x in" not in render_text(rounds_table(rows), width=80)

@@ -211,3 +211,23 @@ def test_without_dp_the_epsilon_cells_are_empty(tmp_path: Path) -> None:
     with write_metrics_csv(tmp_path / "metrics.csv", make_history()).open(newline="") as f:
         assert {row["epsilon"] for row in csv.DictReader(f)} == {""}
     assert summarize(make_history())["final_epsilon"] is None
+
+
+def test_traffic_counts_plain_equivalent_bytes_and_the_ratios() -> None:
+    history = make_history()
+    history[0] |= {"raw_bytes_in": 15_000_000, "raw_bytes_out": 4_000_000}
+    flow = traffic(history)
+    assert flow["total_raw_mb_in"] == pytest.approx(15.0 + 2.5 + 2.0)
+    assert flow["total_raw_mb_out"] == pytest.approx(4.0 + 3.0 + 1.0)
+    assert flow["compression_in"] == pytest.approx(19.5 / 6.0, abs=1e-4)
+    assert flow["compression_out"] == pytest.approx(8.0 / 6.0, abs=1e-4)
+    assert summarize(history)["compression_in"] == flow["compression_in"]
+    assert traffic([])["compression_in"] is None
+
+
+def test_metrics_csv_has_the_compression_columns(tmp_path: Path) -> None:
+    history = make_history()
+    history[0] |= {"raw_bytes_in": 15_000_000, "compression_in": 10.0}
+    with write_metrics_csv(tmp_path / "metrics.csv", history).open() as file:
+        first = next(csv.DictReader(file))
+    assert (first["raw_bytes_in"], first["compression_in"]) == ("15000000", "10.0")
