@@ -33,6 +33,7 @@ __all__ = [
     "DTYPES",
     "MAX_NDIM",
     "TensorSpec",
+    "conform",
     "decode_tensor",
     "decode_weights",
     "encode_tensor",
@@ -194,7 +195,7 @@ def decode_weights(
         if not isinstance(name, str):
             raise MalformedMessage(f"tensor names must be strings, got {name!r}")
         array = decode_tensor(name, obj[name], allow_nonfinite=allow_nonfinite)
-        weights[name] = array if spec is None else _conform(name, array, spec[name])
+        weights[name] = array if spec is None else conform(name, array, spec[name])
     return weights
 
 
@@ -218,7 +219,8 @@ def _check_names(obj: Mapping[Any, Any], spec: Mapping[str, TensorSpec]) -> None
         raise SpecMismatch(str(unexpected[0]), "is not a tensor of this model")
 
 
-def _conform(name: str, array: np.ndarray, expected: TensorSpec) -> np.ndarray:
+def conform(name: str, array: np.ndarray, expected: TensorSpec) -> np.ndarray:
+    """Check a tensor against the model's; float16 widens to float32 (lossy transport)."""
     if array.shape != tuple(expected.shape):
         raise SpecMismatch(
             name, f"shape {list(array.shape)} does not match the model's {list(expected.shape)}"

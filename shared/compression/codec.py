@@ -23,7 +23,7 @@ from shared.compression.halves import encode_bf16, encode_f16, parse_bf16, parse
 from shared.compression.spec import ENCODINGS, CompressionSpec, plan
 from shared.compression.topk import parse_topk, sparsify
 from shared.errors import MalformedMessage, NonFiniteTensor, SpecMismatch, UnsupportedDtype
-from shared.wire_tensors import TensorSpec, kind_of, spec_of
+from shared.wire_tensors import TensorSpec, conform, kind_of, spec_of
 from shared.wire_tensors import decode_tensor as decode_plain
 
 __all__ = [
@@ -139,7 +139,7 @@ class _Plain(Dense):
 def parse(name: str, obj: Any, expected: TensorSpec) -> Decoded:
     """Validate a tensor map, compressed or plain, against the expected tensor."""
     if not is_compressed(obj):
-        return _Plain(_conform(name, decode_plain(name, obj), expected))
+        return _Plain(conform(name, decode_plain(name, obj), expected))
     encoding = obj["encoding"]
     if not isinstance(encoding, str) or encoding not in _PARSERS:
         known = ", ".join(ENCODINGS)
@@ -154,7 +154,7 @@ def parse(name: str, obj: Any, expected: TensorSpec) -> Decoded:
 def decode_tensor(name: str, obj: Any, expected: TensorSpec) -> np.ndarray:
     """Return a tensor map's array: a plain map's (read-only view), or a compressed one's."""
     if not is_compressed(obj):
-        return _conform(name, decode_plain(name, obj), expected)
+        return conform(name, decode_plain(name, obj), expected)
     return parse(name, obj, expected).to_float32().reshape(expected.shape)
 
 
@@ -211,18 +211,3 @@ def accumulate_into(sum_f64: np.ndarray, obj: Any, weight: float, *, name: str) 
     for where, values in iter_decoded(name, obj, TensorSpec(sum_f64.shape, "float32")):
         values *= weight
         flat[where] += values
-
-
-def _conform(name: str, array: np.ndarray, expected: TensorSpec) -> np.ndarray:
-    """Check a plain tensor against the expected one; float16 widens to float32."""
-    if array.shape != tuple(expected.shape):
-        raise SpecMismatch(
-            name, f"shape {list(array.shape)} does not match the model's {list(expected.shape)}"
-        )
-    if array.dtype.name == expected.dtype:
-        return array
-    if array.dtype == np.float16 and expected.dtype == "float32":
-        return array.astype(np.float32)
-    raise SpecMismatch(
-        name, f"dtype {array.dtype.name} does not match the model's {expected.dtype}"
-    )
