@@ -20,6 +20,7 @@ with the last aggregated model, dropping the open round's updates.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -31,10 +32,18 @@ import numpy as np
 from aggregator_service.federation.history import brief, history_row
 from aggregator_service.federation.ingest import round_updates
 from aggregator_service.federation.publish import Publications, model_digest, publish_round
+from aggregator_service.federation.secagg_loop import (
+    StageNews,
+    advance_stage,
+    stage_decision,
+    summed_deltas,
+)
+from aggregator_service.federation.secagg_round import SecAggRound
 from aggregator_service.federation.selection import select_clients
-from aggregator_service.federation.state import FederationState, RoundState
+from aggregator_service.federation.state import FederationState, RoundState, UpdateRecord
 from aggregator_service.store.run_store import RunStore
 from aggregator_service.strategy import ClientUpdate, Strategy
+from shared.errors import SecAggError
 from shared.evaluation import EvalResult
 
 __all__ = ["Evaluator", "RoundLoop", "close_decision"]
@@ -77,8 +86,10 @@ class RoundLoop:
         publications: Publications,
         evaluator: Evaluator | None = None,
         on_finished: Callable[[], None] = lambda: None,
+        stage_news: StageNews | None = None,
     ) -> None:
         self.publications = publications
+        self.stage_news = stage_news if stage_news is not None else StageNews()
         self.state = state
         self.strategy = strategy
         self.store = store
@@ -155,6 +166,11 @@ class RoundLoop:
                 continue
             if self._skip_round != current.server_round:
                 self._skip_round = None  # asked for a round that has closed since
+            if current.secagg is not None:
+                step = self._secagg_step(current, current.secagg, now)
+                if step is not None:
+                    return step
+                continue
             decision = close_decision(
                 selected=len(current.selected),
                 received=len(current.received),
@@ -172,6 +188,43 @@ class RoundLoop:
             if decision == "retry":
                 return self._retry_round
             self.state.changed.wait(timeout=max(current.deadline - now, 0.0))
+        return None
+
+    def _secagg_step(
+        self, current: RoundState, secagg: SecAggRound, now: float
+    ) -> Callable[[], None] | None:
+        """Advance a secure-aggregation stage, or return the close or retry; None: look again.
+
+        Called holding the condition; waits on it when nothing is due.
+        """
+        config = self.state.config
+        skip = self._skip_round is not None
+        decision, reason = stage_decision(
+            secagg,
+            selected=len(current.selected),
+            min_fit_clients=config.min_fit_clients,
+            close_at_threshold=config.close_at_threshold,
+            deadline_passed=now >= secagg.deadline or skip,
+        )
+        if decision == "advance":
+            self._skip_round = None
+            advance_stage(secagg, config, current.server_round, current.attempt)
+            log.info(
+                "round %d attempt %d: secure aggregation stage %s",
+                current.server_round,
+                current.attempt,
+                secagg.stage,
+            )
+            self.stage_news.announce()
+            return None
+        if decision == "close":
+            self._skip_round = None
+            current.phase = "aggregating"
+            return self._close_secagg_round
+        if decision == "retry":
+            self._skip_round = None
+            return functools.partial(self._retry_secagg_round, reason)
+        self.state.changed.wait(timeout=max(secagg.deadline - now, 0.0))
         return None
 
     # ------------------------------------------------------------------ transitions
@@ -193,8 +246,69 @@ class RoundLoop:
             min_fit_clients=config.min_fit_clients,
             seed=config.seed,
         )
-        self._install(RoundState(server_round, "training", selected=frozenset(selected)), weights)
+        opened = RoundState(server_round, "training", selected=frozenset(selected))
+        opened.secagg = self._new_secagg()
+        self._install(opened, weights)
         log.info("round %d opened: %d clients selected", server_round, len(selected))
+
+    def _new_secagg(self) -> SecAggRound | None:
+        """Return the first stage of a secure-aggregation attempt (None without secagg)."""
+        options = self.state.config.secagg
+        if not options.enabled:
+            return None
+        return SecAggRound(deadline=time.monotonic() + options.stage_timeout_s)
+
+    def _retry_secagg_round(self, reason: str) -> None:
+        """Start the round again from its keys, as a new attempt; the old one's sum is dropped."""
+        with self.state.lock:
+            current = self.state.round
+            invited = set(current.selected) | set(self.state.active_clients(time.monotonic()))
+            retried = RoundState(
+                current.server_round,
+                "training",
+                attempt=current.attempt + 1,
+                selected=frozenset(invited),
+                started_at=current.started_at,
+                bytes_out=current.bytes_out,
+                secagg=self._new_secagg(),
+            )
+            weights = self.state.global_weights
+        log.warning(
+            "round %d attempt %d: %s; retrying from the keys as attempt %d with %d clients",
+            retried.server_round,
+            current.attempt,
+            reason,
+            retried.attempt,
+            len(invited),
+        )
+        self._install(retried, weights)
+
+    def _close_secagg_round(self) -> None:
+        """Rebuild the round's sum from the masked sum and the revealed shares, and go on."""
+        with self.state.lock:
+            current = self.state.round
+            records = list(current.received.values())
+            weights = self.state.global_weights
+        assert current.secagg is not None
+        started = time.perf_counter()
+        exchanged = {name: weights[name] for name in self.state.spec}
+        try:
+            summed = summed_deltas(
+                current.secagg,
+                self.state.config,
+                self.state.spec,
+                server_round=current.server_round,
+                attempt=current.attempt,
+            )
+        except SecAggError as exc:
+            log.error("round %d attempt %d: %s", current.server_round, current.attempt, exc)
+            self._retry_secagg_round(f"the sum could not be rebuilt ({exc})")
+            return
+        aggregated = self.strategy.aggregate_sum(current.server_round, exchanged, summed)
+        new_weights = {**weights, **aggregated}
+        survivors = set(current.secagg.survivors)
+        records = [r for r in records if r.client_id in survivors]
+        self._conclude(current, records, new_weights, time.perf_counter() - started)
 
     def _retry_round(self) -> None:
         """Invite every active client to a round that missed its deadline with too few."""
@@ -237,6 +351,17 @@ class RoundLoop:
         if lost := sorted({r.client_id for r in records} - read):  # damaged on disk since
             log.error("round %d: the journalled updates of %s were unreadable", server_round, lost)
             records = [r for r in records if r.client_id in read]
+        self._conclude(current, records, new_weights, aggregate_s)
+
+    def _conclude(
+        self,
+        current: RoundState,
+        records: list[UpdateRecord],
+        new_weights: dict[str, np.ndarray],
+        aggregate_s: float,
+    ) -> None:
+        """Evaluate, record and checkpoint a closed round's new model, then go on."""
+        server_round = current.server_round
         evaluation = self.evaluator(new_weights) if self.evaluator is not None else None
         row = history_row(current, records, evaluation, model_sha256=model_digest(new_weights))
         row["aggregate_s"] = round(aggregate_s, 4)

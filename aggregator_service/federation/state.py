@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from aggregator_service.federation.publish import PublishedModel
+from aggregator_service.federation.secagg_round import SecAggRound
 from shared.config import ExperimentConfig
 from shared.errors import Conflict, Unavailable
 from shared.schemas import Phase, ReceiveReply, RegisterReply, UpdateHeader
@@ -73,6 +74,7 @@ class RoundState:
     started_at: float = field(default_factory=time.monotonic)
     deadline: float = float("inf")
     bytes_out: int = 0
+    secagg: SecAggRound | None = None  # the stages of a secure-aggregation round
 
 
 @dataclass
@@ -191,6 +193,13 @@ class FederationState:
             if client_id in current.received:
                 self.counters.updates_duplicate += 1
                 return self._reply(duplicate=True)
+            if self.config.secagg.enabled:
+                raise Conflict(
+                    "secagg_required",
+                    "this run uses secure aggregation: post the masked update to "
+                    "/secagg/masked (docs/protocol.md)",
+                    round=current.server_round,
+                )
             if client_id in current.in_flight:
                 raise Unavailable(
                     "in_progress",

@@ -5,12 +5,14 @@ Values come, lowest priority first, from the defaults, a YAML file, environment 
 command-line overrides (``--set num_rounds=5``). Unknown keys are an error that names the
 key. The modules: ``experiment.py`` (`ExperimentConfig`, its cross-checks and what derives
 from it), ``sections.py`` (partition, synthetic data, network, byzantine), ``strategies.py``
-(the `StrategyConfig` union, one class per server rule) and ``loading.py`` (`load_config`).
+(the `StrategyConfig` union, one class per server rule), ``secagg.py`` (secure
+aggregation) and ``loading.py`` (`load_config`).
 Import every name from here.
 """
 
 from shared.config.experiment import ENV_PREFIX, ExperimentConfig, ModelArgs, ModelInitArgs
 from shared.config.loading import config_source, load_config, parse_overrides
+from shared.config.secagg import SecAggConfig, round_threshold
 from shared.config.sections import (
     ByzantineProfile,
     DatasetName,
@@ -56,10 +58,12 @@ __all__ = [
     "PartitionConfig",
     "PartitionName",
     "ScaffoldConfig",
+    "SecAggConfig",
     "SignFlipAttack",
     "StrategyConfig",
     "SyntheticConfig",
     "config_source",
     "load_config",
     "parse_overrides",
+    "round_threshold",
 ]

@@ -8,6 +8,7 @@ from typing import Any, TypedDict
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.config.secagg import SecAggConfig
 from shared.config.sections import (
     ByzantineProfile,
     DatasetName,
@@ -93,6 +94,8 @@ class ExperimentConfig(BaseSettings):
     round_timeout_s: float = Field(300.0, gt=0)
     server_eval: bool = True
 
+    secagg: SecAggConfig = SecAggConfig()  # secure aggregation (docs/privacy.md)
+
     network: list[NetworkProfile] = []
     byzantine: list[ByzantineProfile] = []  # for experiments: clients that send attacks
 
@@ -162,6 +165,30 @@ class ExperimentConfig(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_secagg(self) -> ExperimentConfig:
+        secagg = self.secagg
+        if not secagg.enabled:
+            return self
+        if self.min_fit_clients < 2:
+            raise ValueError(
+                "secure aggregation needs min_fit_clients >= 2: the sum of one update is the update"
+            )
+        holders = secagg.holders(self.min_fit_clients)
+        if secagg.threshold is not None and secagg.threshold > holders:
+            raise ValueError(
+                f"secagg.threshold ({secagg.threshold}) exceeds the {holders} clients holding "
+                f"shares of each client's secrets in a round of min_fit_clients "
+                f"({self.min_fit_clients})"
+            )
+        if self.num_partitions > secagg.max_clients():
+            raise ValueError(
+                f"num_partitions ({self.num_partitions}) clients of secagg.quantization_range "
+                f"({secagg.quantization_range}) levels could sum past the modulus 2^32: at "
+                f"most {secagg.max_clients()} clients; lower quantization_range"
+            )
+        return self
+
     def proximal_mu(self) -> float:
         """Return the FedProx weight the clients use: strategy fedprox's, else the top-level mu."""
         return self.strategy.mu if isinstance(self.strategy, FedProxConfig) else self.mu
@@ -194,4 +221,6 @@ class ExperimentConfig(BaseSettings):
         keys += ["trainable"]
         config = {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
         config["mu"] = self.proximal_mu()  # strategy fedprox's own mu, when it is the strategy
+        if self.secagg.enabled:
+            config["secagg"] = self.secagg.model_dump(exclude={"enabled"})
         return config
