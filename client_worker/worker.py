@@ -21,6 +21,7 @@ import math
 import threading
 
 import httpx
+import numpy as np
 import torch
 
 from client_worker.algorithms import RoundContext
@@ -32,6 +33,8 @@ from client_worker.feed import ModelFeed
 from client_worker.local_model import ModelPool
 from client_worker.network import Sleep, event_sleep
 from client_worker.parts import OwnParts, SharedParts
+from client_worker.secagg_part import SecAggPart, update_delta
+from client_worker.secagg_session import SecAggSession
 from client_worker.settings import WorkerSettings
 from client_worker.slots import TrainingSlots
 from client_worker.summary import Activity, WorkerSummary
@@ -115,6 +118,9 @@ class _Worker:
         self.slots = shared.slots
         self.feed = shared.feed
         self.gate = shared.gate
+        self.secagg = SecAggPart(
+            self.client, self.client_id, wait_s=settings.long_poll_wait_s, stop=stop
+        )
         shared.activity.track(self.summary)
 
     # ---------------------------------------------------------------- loop
@@ -170,11 +176,15 @@ class _Worker:
         if reply.phase == "finished":
             self.summary.outcome = "finished"
         elif (
-            reply.phase == "training" and reply.is_selected and reply.server_round > self.last_done
+            reply.phase == "training"
+            and reply.is_selected
+            and reply.server_round > self.last_done
+            and self.secagg.untried(reply)
         ):
             with self.activity.busy():
                 self._take_part(reply)
-            self.last_done = reply.server_round
+            if not self.secagg.applies(reply):  # a secagg round may be retried: see SecAggPart
+                self.last_done = reply.server_round
             max_rounds = self.settings.max_rounds
             if max_rounds is not None and self.summary.rounds_trained >= max_rounds:
                 self.summary.outcome = "max_rounds"
@@ -200,6 +210,9 @@ class _Worker:
         crash_at = self.network.crash_point(server_round, batches * train_config.local_epochs)
         experiment_seed = int(reply.config.get("seed", self.config.seed))
         seed = derive_seed(experiment_seed, self.partition_id, server_round)
+        session = self.secagg.join(reply) if self.secagg.applies(reply) else None
+        if self.secagg.applies(reply) and session is None:
+            return
         accepted = out_of_memory = False
         try:
             with self.model.loaded(reply, self.stop) as model:  # held until the update is posted
@@ -229,7 +242,13 @@ class _Worker:
                     seed=experiment_seed,
                     client_index=self.partition_id,
                 )
-                accepted = self._post(server_round, update, train_config.local_epochs)
+                if session is None:
+                    accepted = self._post(server_round, update, train_config.local_epochs)
+                else:  # the trained weights are released before waiting for the others
+                    delta = update_delta(update.weights, self.model.global_weights)
+            if session is not None:
+                masking = (session, delta, derive_seed(seed, session.attempt))
+                accepted = self._post(server_round, update, train_config.local_epochs, masking)
         except TrainingInterrupted as exc:
             self._interrupted(server_round, exc)
         except torch.cuda.OutOfMemoryError as exc:
@@ -243,17 +262,30 @@ class _Worker:
         if out_of_memory:  # the exception and the frames holding its tensors are gone
             free_device_memory(self.gate.plan.device)
 
-    def _post(self, server_round: int, update: LocalUpdate, local_epochs: int) -> bool:
-        """Post the update; tell whether the aggregator took it (a duplicate counts)."""
+    def _post(
+        self,
+        server_round: int,
+        update: LocalUpdate,
+        local_epochs: int,
+        masking: tuple[SecAggSession, np.ndarray, int] | None = None,
+    ) -> bool:
+        """Post the update, or mask and post its delta; tell whether the aggregator took it."""
         result, measured = update.result, update.metrics()
         # The aggregator refuses non-finite metrics (a diverged loss); leave them out.
         metrics = {name: value for name, value in measured.items() if math.isfinite(value)}
         if len(metrics) < len(measured):
             self._log("round %d: non-finite metrics left out: %s", server_round, measured)
         try:
-            answer = self.client.post_update(
-                server_round, result.num_examples, update.weights, metrics, update.groups
-            )
+            if masking is not None:
+                session, delta, seed = masking
+                masked = self.secagg.deliver(session, delta, result.num_examples, metrics, seed)
+                if masked is None:
+                    raise UpdateRejected("secagg", server_round, "the masked update was refused")
+                answer = masked
+            else:
+                answer = self.client.post_update(
+                    server_round, result.num_examples, update.weights, metrics, update.groups
+                )
         except UpdateRejected as exc:
             self.summary.rounds_rejected += 1
             self._log("round %d: update dropped: %s", server_round, exc)
