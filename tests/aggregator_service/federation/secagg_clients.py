@@ -92,7 +92,9 @@ def run_clients(
     sessions = [
         SecAggSession(channel, p.client_id, server_round, round_config, wait_s=5.0) for p in plans
     ]
-    masked_done = threading.Barrier(sum(1 for p in plans if not p.drop_before_masked))
+    masked_done = threading.Barrier(  # `before_unmask` runs before any client goes on
+        sum(1 for p in plans if not p.drop_before_masked), action=before_unmask
+    )
 
     def one(plan: ClientPlan, session: SecAggSession) -> None:
         try:
@@ -101,8 +103,7 @@ def run_clients(
                 return
             rng = np.random.default_rng([9, int(plan.client_id.removeprefix("c"))])
             session.submit(known_delta(plan.client_id, length), plan.num_examples, {}, rng)
-            if masked_done.wait(timeout=30) == 0 and before_unmask is not None:
-                before_unmask()
+            masked_done.wait(timeout=30)
             if plan.drop_before_unmask:
                 return
             session.finish()
