@@ -42,7 +42,6 @@ from shared.secagg.messages import (
     StageReply,
     UnmaskRequest,
 )
-from shared.secagg.quantize import Quantizer
 from shared.secagg.shamir import SHARE_BYTES, decode_share, encode_share, split
 
 __all__ = ["AttemptEnded", "SecAggChannel", "SecAggSession", "options_of"]
@@ -146,7 +145,7 @@ class SecAggSession:
                     f"{options.max_num_examples}"
                 )
             weight = num_examples / options.max_num_examples
-        quantizer = Quantizer(options.clipping_range, options.quantization_range)
+        quantizer = options.quantizer()
         clipped = np.clip(delta, -options.clipping_range, options.clipping_range)
         quantized = quantizer.quantize(clipped * weight, rng)
         assert self.view is not None
@@ -158,6 +157,7 @@ class SecAggSession:
             s_pair=self.s_pair,
             peers=peers,
             context=self.context,
+            modulus=options.modulus,
         )
         self.crypto_seconds += time.perf_counter() - started
         message = {

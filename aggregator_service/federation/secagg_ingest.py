@@ -44,6 +44,11 @@ def ingest_masked(
         )
     expected = {"masked": TensorSpec((vector_length(spec),), "uint32")}
     masked = decode_weights({"masked": header.masked}, spec=expected)["masked"]
+    if masked.size and int(masked.max()) >= options.modulus:
+        raise InvalidUpdate(
+            "invalid_secagg",
+            f"a masked value is {int(masked.max())}, outside the ring of modulus {options.modulus}",
+        )
     weight = client_weight(options, header.num_examples)
     return desk.fold_masked(header, masked, weight, len(body))
 

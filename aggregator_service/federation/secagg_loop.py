@@ -23,7 +23,6 @@ from shared.errors import SecAggError
 from shared.secagg.graph import holders, neighbours, share_positions
 from shared.secagg.keys import KeyPair, commit_seed, round_context
 from shared.secagg.masks import unmask_sum
-from shared.secagg.quantize import Quantizer
 from shared.secagg.shamir import combine
 from shared.secagg.vector import split_vector
 from shared.wire import TensorSpec
@@ -181,9 +180,9 @@ def summed_deltas(
         public_keys={c: k.s_pk for c, k in secagg.keys.items()},
         neighbours=secagg.graph,
         context=round_context(server_round, attempt),
+        modulus=config.secagg.modulus,
     )
-    quantizer = Quantizer(config.secagg.clipping_range, config.secagg.quantization_range)
-    values = quantizer.dequantize_sum(total, len(survivors))
+    values = config.secagg.quantizer().dequantize_sum(total, len(survivors))
     return SummedDeltas(
         num_clients=len(survivors),
         total_weight=float(sum(secagg.weights[u] for u in sorted(survivors))),

@@ -184,8 +184,9 @@ class ExperimentConfig(BaseSettings):
         if self.num_partitions > secagg.max_clients():
             raise ValueError(
                 f"num_partitions ({self.num_partitions}) clients of secagg.quantization_range "
-                f"({secagg.quantization_range}) levels could sum past the modulus 2^32: at "
-                f"most {secagg.max_clients()} clients; lower quantization_range"
+                f"({secagg.quantization_range}) levels could sum past the modulus "
+                f"({secagg.modulus}): at most {secagg.max_clients()} clients; lower "
+                "quantization_range or raise the modulus"
             )
         return self
 

@@ -8,10 +8,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from shared.config.sections import Section
+from shared.secagg.quantize import MODULUS, Quantizer, check_modulus
 
 __all__ = ["SecAggConfig", "round_threshold"]
-
-MODULUS = 1 << 32
 
 
 class SecAggConfig(Section):
@@ -24,7 +23,7 @@ class SecAggConfig(Section):
     num_neighbours: int | None = Field(None, ge=2)
     clipping_range: float = Field(8.0, gt=0)  # each delta value is clipped to [-c, c]
     quantization_range: int = Field(1 << 22, ge=2, le=MODULUS)  # levels per value
-    modulus: Literal[4294967296] = 4294967296  # the ring Z_2^32: masked vectors are uint32
+    modulus: int = MODULUS  # the ring Z_m, m a power of two up to 2^32 (uint32 on the wire)
     # uniform: every client counts 1; num_examples: client i weighs n_i / max_num_examples
     weighting: Literal["uniform", "num_examples"] = "uniform"
     max_num_examples: int | None = Field(None, ge=1)
@@ -32,6 +31,12 @@ class SecAggConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> SecAggConfig:
+        check_modulus(self.modulus)
+        if self.quantization_range > self.modulus:
+            raise ValueError(
+                f"quantization_range ({self.quantization_range}) exceeds the modulus "
+                f"({self.modulus}): a level must be a value of the ring"
+            )
         if self.num_neighbours is not None and self.num_neighbours % 2:
             raise ValueError(
                 f"num_neighbours ({self.num_neighbours}) must be even: each client links "
@@ -50,9 +55,13 @@ class SecAggConfig(Section):
             return participants
         return min(self.num_neighbours, participants - 1) + 1
 
+    def quantizer(self) -> Quantizer:
+        """Return the fixed-point map of these options."""
+        return Quantizer(self.clipping_range, self.quantization_range, self.modulus)
+
     def max_clients(self) -> int:
         """Return the most clients whose quantized values sum below the modulus."""
-        return (MODULUS - 1) // (self.quantization_range - 1)
+        return (self.modulus - 1) // (self.quantization_range - 1)
 
 
 def round_threshold(config: SecAggConfig, participants: int) -> int:

@@ -5,7 +5,9 @@ the 128-bit block incremented big-endian), read as little-endian uint32. Client 
 y_i = q_i + PRG(b_i) + sum over neighbours j of sign(i, j) * PRG(s_ij) (mod 2^32), with
 sign +1 when i's id sorts before j's and -1 after: each pairwise mask cancels in the sum.
 The server subtracts the survivors' self masks and, for each dropped client d, the
-survivors' pairwise masks with d, rebuilt from d's reconstructed key.
+survivors' pairwise masks with d, rebuilt from d's reconstructed key. With a modulus m
+below 2^32 (a power of two) the client sends y_i mod m and the server reduces the unmasked
+sum mod m: reduction mod m commutes with every sum and difference taken mod 2^32.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from shared.secagg.keys import KeyPair, mask_seed
+from shared.secagg.quantize import MODULUS
 
-__all__ = ["add_mask", "expand", "mask_update", "pair_sign", "unmask_sum"]
+__all__ = ["add_mask", "expand", "mask_update", "pair_sign", "reduce", "unmask_sum"]
 
 _ZERO_COUNTER = bytes(16)
 
@@ -51,13 +54,21 @@ def mask_update(
     s_pair: KeyPair,
     peers: Mapping[str, bytes],
     context: bytes,
+    modulus: int = MODULUS,
 ) -> np.ndarray:
     """Return the masked copy of a quantized update; `peers` maps neighbour ids to their s_pk."""
     masked = np.array(quantized, dtype=np.uint32)
     add_mask(masked, self_seed, 1)
     for peer, public in peers.items():
         add_mask(masked, mask_seed(s_pair, public, context), pair_sign(client_id, peer))
-    return masked
+    return reduce(masked, modulus)
+
+
+def reduce(vector: np.ndarray, modulus: int) -> np.ndarray:
+    """Return the uint32 `vector` reduced modulo a power of two `modulus` (in place)."""
+    if modulus < MODULUS:
+        np.bitwise_and(vector, np.uint32(modulus - 1), out=vector)
+    return vector
 
 
 def unmask_sum(
@@ -68,6 +79,7 @@ def unmask_sum(
     public_keys: Mapping[str, bytes],
     neighbours: Mapping[str, Collection[str]],
     context: bytes,
+    modulus: int = MODULUS,
 ) -> np.ndarray:
     """Return the sum of the survivors' quantized updates from the sum of their masked ones.
 
@@ -82,4 +94,4 @@ def unmask_sum(
         for survivor in sorted(set(neighbours[dropped]) & set(self_seeds)):
             seed = mask_seed(pair, public_keys[survivor], context)
             add_mask(total, seed, -pair_sign(survivor, dropped))
-    return total
+    return reduce(total, modulus)

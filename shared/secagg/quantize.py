@@ -3,8 +3,9 @@
 A value x is clipped to [-c, c] and mapped to a level in [0, q - 1] by
 ``(x + c) * (q - 1) / (2c)``, rounded stochastically (unbiased: up with probability the
 fractional part) with a seeded generator, or to nearest without one. The sum of n levels
-lies in [0, n(q - 1)], which must stay below the modulus 2^32 so the ring sum is the
-integer sum; dequantizing it removes the n offsets c. Defaults follow Flower's SecAgg+.
+lies in [0, n(q - 1)], which must stay below the modulus m (a power of two, at most 2^32,
+default 2^32) so the ring sum is the integer sum; dequantizing it removes the n offsets c.
+Defaults follow Flower's SecAgg+.
 """
 
 from __future__ import annotations
@@ -18,11 +19,18 @@ __all__ = [
     "DEFAULT_QUANTIZATION_RANGE",
     "MODULUS",
     "Quantizer",
+    "check_modulus",
 ]
 
 DEFAULT_CLIPPING_RANGE = 8.0
 DEFAULT_QUANTIZATION_RANGE = 1 << 22
-MODULUS = 1 << 32  # masked vectors are uint32: arithmetic wraps modulo 2^32
+MODULUS = 1 << 32  # the default and largest modulus: masked vectors are uint32
+
+
+def check_modulus(modulus: int) -> None:
+    """Raise ValueError unless `modulus` is a power of two in [2, 2^32]."""
+    if not 2 <= modulus <= MODULUS or modulus & (modulus - 1):
+        raise ValueError(f"the modulus must be a power of two in [2, 2^32], got {modulus}")
 
 
 @dataclass(frozen=True)
@@ -31,13 +39,16 @@ class Quantizer:
 
     clipping_range: float = DEFAULT_CLIPPING_RANGE
     quantization_range: int = DEFAULT_QUANTIZATION_RANGE
+    modulus: int = MODULUS
 
     def __post_init__(self) -> None:
         if not self.clipping_range > 0:
             raise ValueError(f"clipping_range must be positive, got {self.clipping_range}")
-        if not 2 <= self.quantization_range <= MODULUS:
+        check_modulus(self.modulus)
+        if not 2 <= self.quantization_range <= self.modulus:
             raise ValueError(
-                f"quantization_range must be in [2, 2^32], got {self.quantization_range}"
+                f"quantization_range must be in [2, modulus {self.modulus}], got "
+                f"{self.quantization_range}"
             )
 
     @property
@@ -47,15 +58,15 @@ class Quantizer:
 
     def max_summands(self) -> int:
         """Return the most values whose levels sum below the modulus."""
-        return (MODULUS - 1) // (self.quantization_range - 1)
+        return (self.modulus - 1) // (self.quantization_range - 1)
 
     def check_summands(self, count: int) -> None:
         """Raise ValueError unless `count` quantized values sum without wrapping."""
         if count > self.max_summands():
             raise ValueError(
                 f"{count} values of {self.quantization_range} levels can reach "
-                f"{count * (self.quantization_range - 1)}, past the modulus 2^32; at most "
-                f"{self.max_summands()} clients per round with this quantization_range"
+                f"{count * (self.quantization_range - 1)}, past the modulus {self.modulus}; at "
+                f"most {self.max_summands()} clients per round with this quantization_range"
             )
 
     def quantize(self, values: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:

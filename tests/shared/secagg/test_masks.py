@@ -57,15 +57,18 @@ def test_sealed_shares_are_bound_to_sender_and_receiver() -> None:
 @given(
     st.integers(3, 9),
     st.sampled_from([None, 2, 4]),
+    st.sampled_from([1 << 32, 1 << 24, 1 << 16]),
     st.data(),
 )
-def test_masked_sum_unmasks_to_the_plain_sum(n: int, k: int | None, data: st.DataObject) -> None:
+def test_masked_sum_unmasks_to_the_plain_sum(
+    n: int, k: int | None, modulus: int, data: st.DataObject
+) -> None:
     ids = [f"c{i}" for i in range(n)]
     graph = neighbours(ids, k, seed=0, server_round=3, attempt=1)
     pairs = {c: KeyPair() for c in ids}
     seeds = {c: bytes([i]) * 32 for i, c in enumerate(ids)}
     rng = np.random.default_rng(n)
-    quantized = {c: rng.integers(0, 1 << 22, 50, dtype=np.uint32) for c in ids}
+    quantized = {c: rng.integers(0, min(1 << 22, modulus), 50, dtype=np.uint32) for c in ids}
     dropped = set(data.draw(st.lists(st.sampled_from(ids), max_size=n - 1, unique=True)))
     survivors = [c for c in ids if c not in dropped]
     total = np.zeros(50, np.uint32)
@@ -78,8 +81,10 @@ def test_masked_sum_unmasks_to_the_plain_sum(n: int, k: int | None, data: st.Dat
             s_pair=pairs[c],
             peers=peers,
             context=CONTEXT,
+            modulus=modulus,
         )
         assert not np.array_equal(masked, quantized[c])
+        assert int(masked.max()) < modulus
         np.add(total, masked, out=total)
     plain = np.zeros(50, np.uint64)
     for c in survivors:
@@ -91,8 +96,9 @@ def test_masked_sum_unmasks_to_the_plain_sum(n: int, k: int | None, data: st.Dat
         public_keys={c: pairs[c].public for c in ids},
         neighbours=graph,
         context=CONTEXT,
+        modulus=modulus,
     )
-    assert np.array_equal(unmasked, (plain % (1 << 32)).astype(np.uint32))
+    assert np.array_equal(unmasked, (plain % modulus).astype(np.uint32))
 
 
 @settings(max_examples=30, deadline=None)
