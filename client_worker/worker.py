@@ -294,15 +294,13 @@ class _Worker:
         self.summary.examples_trained += result.num_examples * local_epochs
         self.summary.train_seconds += result.train_seconds
         self._log(
-            "round %d: trained %d examples in %.2f s (%.2f s CPU), loss %.4f; "
-            "posted (%s/%s received%s)",
+            "round %d: trained %d examples in %.2f s (%.2f s CPU), loss %.4f; posted (%s%s)",
             server_round,
             result.num_examples,
             result.train_seconds,
             result.train_cpu_seconds,
             result.train_loss,
-            answer.get("received"),
-            answer.get("needed"),
+            "masked" if masking else f"{answer.get('received')}/{answer.get('needed')} received",
             ", duplicate" if answer.get("duplicate") else "",
         )
         return True
