@@ -6,7 +6,9 @@ stages (docs/protocol.md, "Secure aggregation") run around the training: `prepar
 advertises keys, seals shares for the neighbours and opens those sent to this client;
 `submit` quantizes, weights and masks the update and posts it; `finish` reveals, for each
 client whose shares it holds, the share of b (a survivor) or of s_sk (dropped) — never
-both for the same client: asked for both, it refuses (the protocol's safety rule).
+both for the same client: asked for both, it refuses (the protocol's safety rule). Shares
+that do not open (a sender that sealed garbage) are left out: this client reveals nothing
+for that sender, whose secrets the other holders' shares must rebuild.
 """
 
 from __future__ import annotations
@@ -110,6 +112,12 @@ class SecAggSession:
 
     def prepare(self) -> None:
         """Advertise keys, send sealed shares to the neighbours, open those addressed here."""
+        self.advertise()
+        self.share()
+        self.collect()
+
+    def advertise(self) -> None:
+        """Post this attempt's public keys and the commitment to the self-mask seed."""
         keys = KeysRequest(
             client_id=self.client_id,
             round=self.server_round,
@@ -119,8 +127,13 @@ class SecAggSession:
             b_commit=commit_seed(self.self_seed),
         )
         self.channel.secagg_post("keys", keys.model_dump(mode="json"))
-        view = self._await("shares")
-        self._send_shares(view)
+
+    def share(self) -> None:
+        """Wait for stage `shares`; seal and post the shares of b and s_sk for the neighbours."""
+        self._send_shares(self._await("shares"))
+
+    def collect(self) -> None:
+        """Wait for stage `masked`; fetch and open the shares the neighbours sealed for us."""
         view = self._await("masked")
         if self.client_id not in view.masking:
             raise AttemptEnded("the shares stage closed without this client's shares")
@@ -264,8 +277,14 @@ class SecAggSession:
             try:
                 plain = open_shares(key, sealed, share_aad(self.context, sender, self.client_id))
                 pair = decode_share(plain[:SHARE_BYTES]), decode_share(plain[SHARE_BYTES:])
-            except ValueError as exc:
-                raise AttemptEnded(f"the shares from {sender!r} are invalid: {exc}") from None
+            except ValueError as exc:  # the sender's secrets are rebuilt from other holders
+                _log.warning(
+                    "client %s: the shares from %s are invalid, left out: %s",
+                    self.client_id,
+                    sender,
+                    exc,
+                )
+                continue
             self.held[sender] = pair
         self.crypto_seconds += time.perf_counter() - started
 

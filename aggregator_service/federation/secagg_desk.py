@@ -53,8 +53,13 @@ class SecAggDesk:
             if known is not None:
                 return self._repeat(current, known == keys, "its keys")
             self._expect(secagg, "keys")
-            if len({keys.c_pk, keys.s_pk}) != 2:
-                raise InvalidUpdate("invalid_secagg", "c_pk and s_pk must be different keys")
+            taken = {k for other in secagg.keys.values() for k in (other.c_pk, other.s_pk)}
+            if keys.c_pk == keys.s_pk or {keys.c_pk, keys.s_pk} & taken:
+                raise InvalidUpdate(
+                    "invalid_secagg",
+                    "c_pk and s_pk must be two keys of this client's own, advertised by no one "
+                    "else in this round attempt",
+                )
             secagg.keys[request.client_id] = keys
             self.state.changed.notify_all()
             return self._accepted(current)
@@ -114,6 +119,7 @@ class SecAggDesk:
             if client_id in secagg.masked_digests:
                 same = secagg.masked_digests[client_id] == digest
                 return self._repeat(current, same, "its masked vector")
+            self._expect(secagg, "masked")
             if client_id not in secagg.masking:
                 raise Conflict(
                     "not_participant",
@@ -121,7 +127,6 @@ class SecAggDesk:
                     f"attempt {current.attempt}: its masked vector cannot be unmasked",
                     round=current.server_round,
                 )
-            self._expect(secagg, "masked")
             if secagg.masked_sum is None:
                 secagg.masked_sum = np.zeros(masked.size, np.uint32)
             np.add(secagg.masked_sum, masked, out=secagg.masked_sum)
@@ -156,11 +161,11 @@ class SecAggDesk:
                 ("b_shares", request.b_shares, wanted_b),
                 ("sk_shares", request.sk_shares, wanted_sk),
             ):
-                if set(got) != wanted:
+                if extra := sorted(set(got) - wanted):
                     raise InvalidUpdate(
                         "invalid_secagg",
-                        f"{kind} must hold exactly the shares of {sorted(wanted)[:8]} "
-                        f"({len(wanted)} clients), got {sorted(got)[:8]} ({len(got)})",
+                        f"{kind} may hold only shares of {sorted(wanted)[:8]} ({len(wanted)} "
+                        f"clients), not of {extra[:8]} ({len(extra)})",
                     )
             try:
                 b = {o: decode_share(s) for o, s in request.b_shares.items()}

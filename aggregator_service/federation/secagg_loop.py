@@ -11,9 +11,11 @@ dequantizes: the round is known by its sum alone.
 
 from __future__ import annotations
 
+import itertools
+import random
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Literal
 
 from aggregator_service.federation.secagg_round import SecAggRound
@@ -27,9 +29,10 @@ from shared.secagg.shamir import combine
 from shared.secagg.vector import split_vector
 from shared.wire import TensorSpec
 
-__all__ = ["StageNews", "advance_stage", "stage_decision", "summed_deltas"]
+__all__ = ["StageNews", "advance_stage", "rebuild_secrets", "stage_decision", "summed_deltas"]
 
 StageDecision = Literal["wait", "advance", "close", "retry"]
+MAX_TRIES = 64  # sets of t shares tried per secret when some revealed share is wrong
 
 
 class StageNews:
@@ -85,9 +88,18 @@ def stage_decision(
 
 
 def _unmask_decision(secagg: SecAggRound, deadline_passed: bool) -> tuple[StageDecision, str]:
+    """Close once every needed secret is rebuilt and checked; wait for more shares while a
+    wrong one spoils a rebuild and some survivors have not revealed theirs yet."""
+    everyone = secagg.unmasked_by >= set(secagg.survivors)
     if unmask_complete(secagg):
+        try:
+            rebuild_secrets(secagg)
+        except SecAggError as exc:
+            if deadline_passed or everyone:
+                return "retry", str(exc)
+            return "wait", ""
         return "close", ""
-    if deadline_passed or secagg.unmasked_by >= set(secagg.survivors):
+    if deadline_passed or everyone:
         answered = len(secagg.unmasked_by)
         return "retry", f"only {answered} survivors revealed shares: some secret has fewer than t"
     return "wait", ""
@@ -145,6 +157,35 @@ def advance_stage(
         secagg.sealed = {}  # delivered while the clients masked; no longer needed
 
 
+def rebuild_secrets(secagg: SecAggRound) -> None:
+    """Rebuild the survivors' self-mask seeds and the dropped clients' mask keys, each
+    checked against what its owner advertised (b against b_commit, s_sk against s_pk)."""
+    survivors = set(secagg.survivors)
+    x = share_positions(secagg.participants)
+    t = secagg.threshold
+    secagg.self_seeds = {
+        owner: _rebuild(
+            (owner, "self-mask seed"),
+            secagg.b_shares[owner],
+            x,
+            t,
+            check=(commit_seed, secagg.keys[owner].b_commit),
+        )
+        for owner in secagg.survivors
+    }
+    secagg.dropped_keys = {
+        owner: _rebuild(
+            (owner, "mask key"),
+            secagg.sk_shares[owner],
+            x,
+            t,
+            check=(_public_of, secagg.keys[owner].s_pk),
+        )
+        for owner in secagg.dropped
+        if secagg.graph[owner] & survivors
+    }
+
+
 def summed_deltas(
     secagg: SecAggRound,
     config: ExperimentConfig,
@@ -153,47 +194,59 @@ def summed_deltas(
     server_round: int,
     attempt: int,
 ) -> SummedDeltas:
-    """Return the round's sum of weighted deltas from its masked sum; SecAggError if it fails."""
-    if secagg.masked_sum is None:
-        raise SecAggError(f"round {server_round}: no masked vector to unmask")
-    survivors = set(secagg.survivors)
-    x = share_positions(secagg.participants)
-    self_seeds = {
-        u: _rebuild(u, "self-mask seed", secagg.b_shares[u], x, secagg.threshold)
-        for u in secagg.survivors
-    }
-    for owner, seed in self_seeds.items():
-        if commit_seed(seed) != secagg.keys[owner].b_commit:
-            raise SecAggError(f"the shares of {owner!r}'s self-mask seed fail its commitment")
-    dropped_keys = {}
-    for owner in secagg.dropped:
-        if not secagg.graph[owner] & survivors:
-            continue
-        raw = _rebuild(owner, "mask key", secagg.sk_shares[owner], x, secagg.threshold)
-        if KeyPair.from_private_bytes(raw).public != secagg.keys[owner].s_pk:
-            raise SecAggError(f"the shares of {owner!r}'s mask key do not match its s_pk")
-        dropped_keys[owner] = raw
+    """Return the round's sum of weighted deltas: its masked sum minus the rebuilt masks."""
+    if secagg.masked_sum is None or secagg.self_seeds is None:
+        raise SecAggError(f"round {server_round}: no masked sum or no rebuilt secrets")
     total = unmask_sum(
         secagg.masked_sum,
-        self_seeds=self_seeds,
-        dropped_keys=dropped_keys,
+        self_seeds=secagg.self_seeds,
+        dropped_keys=secagg.dropped_keys,
         public_keys={c: k.s_pk for c, k in secagg.keys.items()},
         neighbours=secagg.graph,
         context=round_context(server_round, attempt),
         modulus=config.secagg.modulus,
     )
-    values = config.secagg.quantizer().dequantize_sum(total, len(survivors))
+    values = config.secagg.quantizer().dequantize_sum(total, len(secagg.survivors))
     return SummedDeltas(
-        num_clients=len(survivors),
-        total_weight=float(sum(secagg.weights[u] for u in sorted(survivors))),
+        num_clients=len(secagg.survivors),
+        total_weight=float(sum(secagg.weights[u] for u in secagg.survivors)),
         delta_sum=split_vector(values, spec),
     )
 
 
 def _rebuild(
-    owner: str, what: str, shares: Mapping[str, int], x: Mapping[str, int], t: int
+    secret_of: tuple[str, str],
+    shares: Mapping[str, int],
+    x: Mapping[str, int],
+    t: int,
+    *,
+    check: tuple[Callable[[bytes], bytes], bytes],
 ) -> bytes:
-    try:
-        return combine({x[holder]: y for holder, y in shares.items()}, threshold=t)
-    except ValueError as exc:
-        raise SecAggError(f"cannot rebuild {owner!r}'s {what}: {exc}") from None
+    """Return the secret s with check[0](s) == check[1] that t of `shares` rebuild.
+
+    The first t shares by x are tried, then seeded random sets of t (MAX_TRIES in all),
+    so a few wrong shares among more than t are passed over; SecAggError when no set
+    rebuilds the committed secret.
+    """
+    image, expected = check
+    points = sorted((x[holder], y) for holder, y in shares.items())
+    tries: Iterable[Sequence[tuple[int, int]]] = [points[:t]]
+    if len(points) > t:  # then random sets of t, drawn the same way every time
+        rng = random.Random(len(points))
+        tries = itertools.chain(tries, (rng.sample(points, t) for _ in range(MAX_TRIES - 1)))
+    for subset in tries:
+        try:
+            secret = combine(dict(subset), threshold=t)
+        except ValueError:
+            continue
+        if image(secret) == expected:
+            return secret
+    owner, what = secret_of
+    raise SecAggError(
+        f"no {t} of the {len(points)} revealed shares of {owner!r}'s {what} rebuild the "
+        "secret it committed to"
+    )
+
+
+def _public_of(private: bytes) -> bytes:
+    return KeyPair.from_private_bytes(private).public

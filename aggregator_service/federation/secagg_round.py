@@ -51,6 +51,8 @@ class SecAggRound:
     b_shares: dict[str, dict[str, int]] = field(default_factory=dict)  # owner -> holder -> y
     sk_shares: dict[str, dict[str, int]] = field(default_factory=dict)
     unmasked_by: set[str] = field(default_factory=set)
+    self_seeds: dict[str, bytes] | None = None  # rebuilt when the unmasking stage completes
+    dropped_keys: dict[str, bytes] = field(default_factory=dict)  # s_sk of dropped clients
 
     def owners_held_by(self, holder: str) -> list[str]:
         """Return the clients (who sent shares) of whose secrets `holder` holds shares."""

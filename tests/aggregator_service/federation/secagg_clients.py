@@ -6,6 +6,7 @@ the aggregator must find: the plain sum of the quantized deltas.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,12 +16,21 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from client_worker.replies import raise_for_status
-from client_worker.secagg_session import SecAggSession
+from client_worker.secagg_session import AttemptEnded, SecAggSession
 from shared.secagg.quantize import Quantizer
-from shared.wire import encode_message
+from shared.secagg.vector import masked_names, vector_length
+from shared.wire import decode_message, decode_weights, encode_message, spec_of
 from tests.aggregator_service.helpers import MSGPACK
 
-__all__ = ["ClientPlan", "TestChannel", "expected_model", "known_delta", "run_clients"]
+__all__ = [
+    "ClientPlan",
+    "SteppedRound",
+    "TestChannel",
+    "expected_model",
+    "known_delta",
+    "quantized_delta",
+    "run_clients",
+]
 
 
 class TestChannel:
@@ -140,3 +150,68 @@ def expected_model(
         result[name] = (array.astype(np.float64) + delta).astype(array.dtype)
         offset += size
     return result
+
+
+_STEPS = ["advertise", "share", "collect", "submit", "finish"]
+_STEPS_TO = {"keys": 0, "shares": 1, "masked": 3, "unmask": 4, "closed": 5}
+
+
+class SteppedRound:
+    """Ten honest sessions of round 1 moved stage by stage from the test's thread.
+
+    Each step is done by every client in turn, so the test can act between two stages
+    (hostile messages, inspection) and then finish the round and check its exact sum.
+    """
+
+    __test__ = False
+
+    def __init__(self, client: TestClient, ids: list[str]) -> None:
+        self.client = client
+        self.ids = ids
+        message = decode_message(client.get("/get_weights").content)
+        self.config = message["config"]
+        self.current = decode_weights(message["weights"])
+        self.spec = spec_of(self.current)
+        self.length = vector_length(self.spec)
+        channel = TestChannel(client)
+        self.sessions = {c: SecAggSession(channel, c, 1, self.config, wait_s=5.0) for c in ids}
+        self.done: list[str] = []
+
+    def to(self, stage: str) -> None:
+        """Do every client's steps (those not done yet) until the attempt is in `stage`."""
+        for name in _STEPS[: _STEPS_TO[stage]]:
+            if name not in self.done:
+                for session in self.sessions.values():
+                    self._step(name, session)
+                self.done.append(name)
+
+    def _step(self, name: str, session: SecAggSession) -> None:
+        if name == "advertise":
+            session.advertise()
+        elif name == "share":
+            session.share()
+        elif name == "collect":
+            session.collect()
+        elif name == "submit":
+            self._submit(session)
+        else:
+            self._finish(session)
+
+    def _submit(self, session: SecAggSession) -> None:
+        rng = np.random.default_rng([9, int(session.client_id.removeprefix("c"))])
+        session.submit(known_delta(session.client_id, self.length), 10, {}, rng)
+
+    @staticmethod
+    def _finish(session: SecAggSession) -> None:
+        with contextlib.suppress(AttemptEnded):  # the sum was rebuilt before this client's turn
+            session.finish()
+
+    def expected(self, quantizer: Quantizer) -> dict[str, np.ndarray]:
+        """Return the model the round must reach: the mean of the ten quantized deltas."""
+        plain = np.zeros(self.length, np.uint64)
+        for c in self.ids:
+            plain += quantized_delta(c, self.length, 1.0, quantizer)
+        count = len(self.ids)
+        return expected_model(
+            self.current, masked_names(self.spec), plain, float(count), count, quantizer
+        )
