@@ -30,7 +30,7 @@ def ingest_masked(
 ) -> PostReply:
     """Fold one client's masked vector into the round's sum, or raise why not."""
     message = decode_message(body)
-    check_protocol(message)
+    check_protocol(message, supported=(1,))  # the masked vector alone: no tensor groups
     try:
         header = MaskedHeader.model_validate(message)
     except ValidationError as exc:
