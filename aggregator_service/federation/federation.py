@@ -50,9 +50,9 @@ class Federation:
     ) -> None:
         self.settings = settings
         self.config = config
-        self.store = RunStore(settings.state_dir)
         self.strategy: Strategy = build_strategy(config.strategy)
         _check_runs_on_sums(config, self.strategy)
+        self.store = RunStore(settings.state_dir)
         self.publications = Publications()
         self.stage_news = StageNews()  # secure aggregation's stage changes
         self.exchanged: list[str] = []  # the tensors updates carry (not the clients' own)
