@@ -12,6 +12,9 @@ same round and global model, the updates already accepted are kept, every active
 is invited, and the deadline starts again. Updates still being ingested always finish
 before a round closes.
 
+A secure-aggregation round (`secagg.enabled`) goes through its stages instead, with its
+own closes and retries (`secagg_steps.py`).
+
 Two operator actions (POST /admin/...) are flags that the loop handles in its thread:
 `request_skip` closes the open round now with the updates it has (even fewer than
 `min_fit_clients`), or retries it when it has none; `request_stop` finishes the run now
@@ -20,7 +23,6 @@ with the last aggregated model, dropping the open round's updates.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -32,18 +34,12 @@ import numpy as np
 from aggregator_service.federation.history import brief, history_row
 from aggregator_service.federation.ingest import round_updates
 from aggregator_service.federation.publish import Publications, model_digest, publish_round
-from aggregator_service.federation.secagg_loop import (
-    StageNews,
-    advance_stage,
-    stage_decision,
-    summed_deltas,
-)
-from aggregator_service.federation.secagg_round import SecAggRound
+from aggregator_service.federation.secagg_loop import StageNews
+from aggregator_service.federation.secagg_steps import SecAggSteps
 from aggregator_service.federation.selection import select_clients
 from aggregator_service.federation.state import FederationState, RoundState, UpdateRecord
 from aggregator_service.store.run_store import RunStore
 from aggregator_service.strategy import ClientUpdate, Strategy
-from shared.errors import SecAggError
 from shared.evaluation import EvalResult
 
 __all__ = ["Evaluator", "RoundLoop", "close_decision"]
@@ -89,7 +85,6 @@ class RoundLoop:
         stage_news: StageNews | None = None,
     ) -> None:
         self.publications = publications
-        self.stage_news = stage_news if stage_news is not None else StageNews()
         self.state = state
         self.strategy = strategy
         self.store = store
@@ -99,6 +94,13 @@ class RoundLoop:
         self._stopping = False
         self._stop_requested = False  # finish the run now (admin)
         self._skip_round: int | None = None  # close or retry this round now (admin)
+        self.secagg = SecAggSteps(
+            state,
+            strategy,
+            stage_news if stage_news is not None else StageNews(),
+            install=self._install,
+            conclude=self._conclude,
+        )
         self._thread = threading.Thread(target=self._run, name="round-loop", daemon=True)
 
     def start(self) -> None:
@@ -167,7 +169,10 @@ class RoundLoop:
             if self._skip_round != current.server_round:
                 self._skip_round = None  # asked for a round that has closed since
             if current.secagg is not None:
-                step = self._secagg_step(current, current.secagg, now)
+                skip = self._skip_round is not None
+                step, decided = self.secagg.step(current, current.secagg, now, skip=skip)
+                if decided:
+                    self._skip_round = None
                 if step is not None:
                     return step
                 continue
@@ -190,43 +195,6 @@ class RoundLoop:
             self.state.changed.wait(timeout=max(current.deadline - now, 0.0))
         return None
 
-    def _secagg_step(
-        self, current: RoundState, secagg: SecAggRound, now: float
-    ) -> Callable[[], None] | None:
-        """Advance a secure-aggregation stage, or return the close or retry; None: look again.
-
-        Called holding the condition; waits on it when nothing is due.
-        """
-        config = self.state.config
-        skip = self._skip_round is not None
-        decision, reason = stage_decision(
-            secagg,
-            selected=len(current.selected),
-            min_fit_clients=config.min_fit_clients,
-            close_at_threshold=config.close_at_threshold,
-            deadline_passed=now >= secagg.deadline or skip,
-        )
-        if decision == "advance":
-            self._skip_round = None
-            advance_stage(secagg, config, current.server_round, current.attempt)
-            log.info(
-                "round %d attempt %d: secure aggregation stage %s",
-                current.server_round,
-                current.attempt,
-                secagg.stage,
-            )
-            self.stage_news.announce()
-            return None
-        if decision == "close":
-            self._skip_round = None
-            current.phase = "aggregating"
-            return self._close_secagg_round
-        if decision == "retry":
-            self._skip_round = None
-            return functools.partial(self._retry_secagg_round, reason)
-        self.state.changed.wait(timeout=max(secagg.deadline - now, 0.0))
-        return None
-
     # ------------------------------------------------------------------ transitions
 
     def _open_round(self, server_round: int | None = None) -> None:
@@ -247,68 +215,9 @@ class RoundLoop:
             seed=config.seed,
         )
         opened = RoundState(server_round, "training", selected=frozenset(selected))
-        opened.secagg = self._new_secagg()
+        opened.secagg = self.secagg.first_stage()
         self._install(opened, weights)
         log.info("round %d opened: %d clients selected", server_round, len(selected))
-
-    def _new_secagg(self) -> SecAggRound | None:
-        """Return the first stage of a secure-aggregation attempt (None without secagg)."""
-        options = self.state.config.secagg
-        if not options.enabled:
-            return None
-        return SecAggRound(deadline=time.monotonic() + options.stage_timeout_s)
-
-    def _retry_secagg_round(self, reason: str) -> None:
-        """Start the round again from its keys, as a new attempt; the old one's sum is dropped."""
-        with self.state.lock:
-            current = self.state.round
-            invited = set(current.selected) | set(self.state.active_clients(time.monotonic()))
-            retried = RoundState(
-                current.server_round,
-                "training",
-                attempt=current.attempt + 1,
-                selected=frozenset(invited),
-                started_at=current.started_at,
-                bytes_out=current.bytes_out,
-                secagg=self._new_secagg(),
-            )
-            weights = self.state.global_weights
-        log.warning(
-            "round %d attempt %d: %s; retrying from the keys as attempt %d with %d clients",
-            retried.server_round,
-            current.attempt,
-            reason,
-            retried.attempt,
-            len(invited),
-        )
-        self._install(retried, weights)
-
-    def _close_secagg_round(self) -> None:
-        """Rebuild the round's sum from the masked sum and the revealed shares, and go on."""
-        with self.state.lock:
-            current = self.state.round
-            records = list(current.received.values())
-            weights = self.state.global_weights
-        assert current.secagg is not None
-        started = time.perf_counter()
-        exchanged = {name: weights[name] for name in self.state.spec}
-        try:
-            summed = summed_deltas(
-                current.secagg,
-                self.state.config,
-                self.state.spec,
-                server_round=current.server_round,
-                attempt=current.attempt,
-            )
-        except SecAggError as exc:
-            log.error("round %d attempt %d: %s", current.server_round, current.attempt, exc)
-            self._retry_secagg_round(f"the sum could not be rebuilt ({exc})")
-            return
-        aggregated = self.strategy.aggregate_sum(current.server_round, exchanged, summed)
-        new_weights = {**weights, **aggregated}
-        survivors = set(current.secagg.survivors)
-        records = [r for r in records if r.client_id in survivors]
-        self._conclude(current, records, new_weights, time.perf_counter() - started)
 
     def _retry_round(self) -> None:
         """Invite every active client to a round that missed its deadline with too few."""
