@@ -183,6 +183,13 @@ class FederationState:
             current = self.round
             if client_id in self.clients:
                 self.clients[client_id].last_seen = time.monotonic()
+            if self.config.secagg.enabled:
+                raise Conflict(
+                    "secagg_required",
+                    "this run uses secure aggregation: post the masked update to "
+                    "/secagg/masked (docs/protocol.md)",
+                    round=current.server_round,
+                )
             if header.round != current.server_round:
                 raise Conflict(
                     "stale_round",
@@ -193,13 +200,6 @@ class FederationState:
             if client_id in current.received:
                 self.counters.updates_duplicate += 1
                 return self._reply(duplicate=True)
-            if self.config.secagg.enabled:
-                raise Conflict(
-                    "secagg_required",
-                    "this run uses secure aggregation: post the masked update to "
-                    "/secagg/masked (docs/protocol.md)",
-                    round=current.server_round,
-                )
             if client_id in current.in_flight:
                 raise Unavailable(
                     "in_progress",
@@ -224,10 +224,13 @@ class FederationState:
     def surely_refused(self, client_id: str, server_round: int) -> bool:
         """Whether an update of `client_id` for `server_round` can never be accepted now.
 
-        True for a past round, a client already received (a duplicate) and a round being
-        aggregated or finished: refusals no later state lifts (early_refusal.py). Not for a
-        client outside the selection: a retried round may invite it.
+        True for a past round, a client already received (a duplicate), a round being
+        aggregated or finished, and any plain update of a secure-aggregation run: refusals
+        no later state lifts (early_refusal.py). Not for a client outside the selection: a
+        retried round may invite it.
         """
+        if self.config.secagg.enabled:
+            return True
         with self.lock:
             current = self.round
             if server_round != current.server_round:

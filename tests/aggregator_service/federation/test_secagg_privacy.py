@@ -179,3 +179,24 @@ def test_the_search_finds_a_plain_rounds_updates_in_the_journal(
     journal = hits(files_bytes(tmp_path / "state"), wanted)
     assert set(journal) == set(ids[:2]), journal
     assert all(count >= PIECES for count in journal.values())  # the trained weights, whole
+
+
+def test_a_plain_update_sent_to_a_secagg_run_is_refused_unwritten(
+    start_app: AppFactory, tmp_path: Path
+) -> None:
+    client = start_app(secagg_experiment(), state_dir=tmp_path / "state")
+    register(client, *IDS)
+    wait_for(client, lambda s: s["phase"] == "training")
+    _, current = global_model(client)
+    spec = spec_of(current)
+    length = vector_length(spec)
+    delta = split_vector(known_delta("c0", length), spec)
+    weights = {
+        n: (a.astype(np.float64) + delta[n]).astype(a.dtype) if n in delta else a
+        for n, a in current.items()
+    }
+    for _ in range(2):  # a retry is refused the same way: no "duplicate"
+        reply = client.post("/receive", content=update_body("c0", 1, weights), headers=MSGPACK)
+        assert (reply.status_code, reply.json()["error"]) == (409, "secagg_required")
+    wanted = {"c0": needles("c0", length, current, spec)}
+    assert hits(files_bytes(tmp_path / "state"), wanted) == {}
