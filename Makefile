@@ -18,8 +18,8 @@ ALPHA ?=
 # Aggregation strategy by name (fedavg, fedavgm, fedmedian, fedadam, ...: README's Strategies);
 # parameters with --set in a config
 STRATEGY ?=
-# Worker processes (empty = one per client); fewer run the clients as virtual clients,
-# one training per core overall: `make demo PROCESSES=2`
+# Worker processes (empty = one per client up to 32 clients, one per core beyond); fewer run
+# the clients as virtual clients, one training per core overall: `make demo PROCESSES=2`
 PROCESSES ?=
 # `make demo` ends with the transfer-learning scenario (`make transfer`); TRANSFER=0 skips it.
 # Only the default config's demo does: `make demo CONFIG=...` runs that config alone.

@@ -27,7 +27,7 @@ class WorkerSummary:
     bytes_up: int = 0
     bytes_down: int = 0
     last_round: int = 0  # the last server round seen
-    outcome: str = "running"  # "finished" | "max_rounds" | "stopped"
+    outcome: str = "running"  # "finished" | "max_rounds" | "stopped" | "budget_spent"
 
     def line(self) -> str:
         """Return the one-line summary printed when the worker ends."""

@@ -6,17 +6,20 @@ a seeded `torch.Generator`, and a model that draws from torch's process-wide gen
 as it was. A client algorithm (client_worker.algorithms: FedProx, ...) joins the loop
 through `TrainingHooks`: a term added to each step's loss and a transform of the gradients
 before the optimizer step. A `DevicePlan` (client_worker.device) says where and in which
-precision it trains; on the CPU in fp32 (the default) the loop is the plain one.
+precision it trains; on the CPU in fp32 (the default) the loop is the plain one. With a
+`DpSgd` (client_worker.dp_sgd) the batches are Poisson-sampled and each step clips and
+noises every example's gradient.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -27,6 +30,9 @@ from client_worker.batches import BatchSource
 from client_worker.device import DevicePlan
 from shared.batches import Images
 from shared.models import freeze_norm_statistics, set_trainable
+
+if TYPE_CHECKING:  # Opacus takes seconds to import: only DP-SGD rounds load it
+    from client_worker.dp_sgd import DpSgd
 
 __all__ = [
     "TrainConfig",
@@ -50,6 +56,7 @@ _GLOBAL_RNG_MODULES = (
 # torch has one process-wide CPU generator: threads (virtual clients) that fork and seed
 # it must take turns, or one thread's draws would land in another's stream.
 _GLOBAL_RNG_LOCK = threading.Lock()
+Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, labels) -> batch loss
 
 
 class TrainingInterrupted(Exception):
@@ -171,11 +178,13 @@ def train(
     max_batches: int | None = None,
     hooks: TrainingHooks | None = None,
     plan: DevicePlan | None = None,
+    dp: DpSgd | None = None,
 ) -> TrainResult:
     """Train `model` in place for E local epochs; deterministic for a given seed.
 
     `hooks` (a client algorithm) add a loss term and transform the gradients at each step.
     `plan` (default: CPU, fp32) moves the model to its device and sets the precision.
+    `dp` trains with DP-SGD: Poisson-sampled batches, each example's gradient clipped, noise.
     `stop` set, or `max_batches` SGD steps done, abandons training between two batches
     with `TrainingInterrupted` (the model is then partly trained and should be discarded).
     """
@@ -189,8 +198,13 @@ def train(
     start, start_cpu = time.perf_counter(), time.thread_time()
     hooks = hooks if hooks is not None else _NO_HOOKS
     with guard:
-        source = BatchSource(images, labels, plan, config.batch_size)
-        train_loss, steps = _run_epochs(model, source, config, seed, stop, max_batches, hooks, plan)
+        # a Poisson-sampled batch may hold up to every example
+        source = BatchSource(
+            images, labels, plan, num_examples if dp is not None else config.batch_size
+        )
+        train_loss, steps = _run_epochs(
+            model, source, config, seed, stop, max_batches, hooks, plan, dp
+        )
     seconds = time.perf_counter() - start
     cpu_seconds = time.thread_time() - start_cpu  # this thread only: not other clients'
     seen = num_examples * config.local_epochs
@@ -225,6 +239,7 @@ def _run_epochs(
     max_batches: int | None,
     hooks: TrainingHooks,
     plan: DevicePlan,
+    dp: DpSgd | None,
 ) -> tuple[float, int]:
     """Run the SGD epochs; return the mean loss of the last one and the steps taken."""
     generator = torch.Generator().manual_seed(seed)
@@ -233,27 +248,64 @@ def _run_epochs(
     optimizer = torch.optim.SGD(
         trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    scaler = plan.grad_scaler()
     num_examples = source.labels.shape[0]
     batches_done = 0
-    epoch_loss = torch.zeros((), device=plan.device)
+    epoch_loss, epoch_examples = torch.zeros((), device=plan.device), 0
     model.train()
     if config.trainable:  # frozen BatchNorm layers keep their statistics too
         freeze_norm_statistics(model, trains)
     try:
-        for _epoch in range(config.local_epochs):
-            order = torch.randperm(num_examples, generator=generator)
-            epoch_loss = torch.zeros((), device=plan.device)
-            for first in range(0, num_examples, config.batch_size):
-                if (stop is not None and stop.is_set()) or batches_done == max_batches:
-                    raise TrainingInterrupted(batches_done)
-                batch = order[first : first + config.batch_size]
-                loss = _step(model, optimizer, *source.batch(batch), hooks, plan, scaler)
-                epoch_loss += loss * batch.numel()
-                batches_done += 1
+        with _stepping(model, optimizer, config, hooks, plan, dp, seed) as step:
+            for _epoch in range(config.local_epochs):
+                epoch_loss, epoch_examples = torch.zeros((), device=plan.device), 0
+                for batch in _epoch_batches(num_examples, config.batch_size, generator, dp):
+                    if (stop is not None and stop.is_set()) or batches_done == max_batches:
+                        raise TrainingInterrupted(batches_done)
+                    loss = step(*source.batch(batch))
+                    epoch_loss += loss * batch.numel()
+                    epoch_examples += batch.numel()
+                    batches_done += 1
     finally:
         optimizer.zero_grad(set_to_none=True)  # gradients, as large as the model, are not kept
-    return float(epoch_loss) / num_examples, batches_done
+    return float(epoch_loss) / max(epoch_examples, 1), batches_done
+
+
+def _epoch_batches(
+    num_examples: int, batch_size: int, generator: torch.Generator, dp: DpSgd | None
+) -> Iterator[torch.Tensor]:
+    """Yield one epoch's batches of example ids: a shuffle cut in B, or Poisson samples."""
+    if dp is not None:
+        from client_worker.dp_sgd import poisson_batches
+
+        yield from poisson_batches(num_examples, batch_size, generator)
+        return
+    order = torch.randperm(num_examples, generator=generator)
+    for first in range(0, num_examples, batch_size):
+        yield order[first : first + batch_size]
+
+
+@contextlib.contextmanager
+def _stepping(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    hooks: TrainingHooks,
+    plan: DevicePlan,
+    dp: DpSgd | None,
+    seed: int,
+) -> Iterator[Step]:
+    """Yield the function that takes one optimizer step: plain SGD, or DP-SGD's."""
+    if dp is None:
+        scaler = plan.grad_scaler()
+        yield functools.partial(_step, model, optimizer, hooks=hooks, plan=plan, scaler=scaler)
+        return
+    from client_worker.dp_sgd import private_steps
+
+    steps = private_steps(
+        model, optimizer, dp, batch_size=config.batch_size, hooks=hooks, plan=plan, seed=seed
+    )
+    with steps as step:
+        yield step
 
 
 def _step(
@@ -261,6 +313,7 @@ def _step(
     optimizer: torch.optim.Optimizer,
     images: torch.Tensor,  # (B, C, H, W)
     labels: torch.Tensor,  # (B,)
+    *,
     hooks: TrainingHooks,
     plan: DevicePlan,
     scaler: torch.amp.GradScaler | None,

@@ -15,10 +15,13 @@ says what a client shares and what it has of its own).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
 import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -43,6 +46,10 @@ from client_worker.transport import WeightsReply
 from shared.config import ExperimentConfig
 from shared.data import Dataset, dataset_from_config
 from shared.errors import ConfigError
+
+if TYPE_CHECKING:  # Opacus takes seconds to import: only workers given DP-SGD load it
+    from client_worker.dp_accountant import PrivacyLedger
+    from client_worker.dp_sgd import DpSgd
 
 __all__ = ["run_worker"]
 
@@ -121,6 +128,7 @@ class _Worker:
         self.secagg = SecAggPart(
             self.client, self.client_id, wait_s=settings.long_poll_wait_s, stop=stop
         )
+        self.ledger: PrivacyLedger | None = None  # DP-SGD's accountant, loaded when first needed
         shared.activity.track(self.summary)
 
     # ---------------------------------------------------------------- loop
@@ -205,11 +213,19 @@ class _Worker:
             train_config = TrainConfig.from_round_config(reply.config)
         except ValueError as exc:
             raise ConfigError(f"round {server_round}: unusable training config: {exc}") from None
+        dp = _round_dp_sgd(reply.config)
+        if dp is not None:
+            reason = self._privacy_ledger().declines(dp, len(self.data.labels), train_config)
+            if reason is not None:
+                self._budget_spent(server_round, reason)
+                return
         algorithm = self.algorithms.for_round(reply.config)
         batches = math.ceil(len(self.data.labels) / train_config.batch_size)
         crash_at = self.network.crash_point(server_round, batches * train_config.local_epochs)
         experiment_seed = int(reply.config.get("seed", self.config.seed))
         seed = derive_seed(experiment_seed, self.partition_id, server_round)
+        if dp is not None:  # batches and noise the aggregator cannot regenerate
+            seed = self._privacy_ledger().training_seed(seed)
         session = self.secagg.join(reply) if self.secagg.applies(reply) else None
         if self.secagg.applies(reply) and session is None:
             return
@@ -232,6 +248,7 @@ class _Worker:
                     max_batches=crash_at,
                     plan=self.gate.plan,
                     local_test=self.data.local_test,
+                    dp=dp,
                 )
                 # The waits for a slot and for the GPU are not in train_seconds.
                 update = self.slots.run(functools.partial(self.gate.run, work), self.stop)
@@ -242,6 +259,9 @@ class _Worker:
                     seed=experiment_seed,
                     client_index=self.partition_id,
                 )
+                if dp is not None:  # counted before it leaves, whether accepted or not
+                    spent = self._privacy_ledger().spend(dp, update.result, train_config.batch_size)
+                    update = dataclasses.replace(update, privacy=spent)
                 if session is None:
                     accepted = self._post(server_round, update, train_config.local_epochs)
                 else:  # the trained weights are released before waiting for the others
@@ -261,6 +281,22 @@ class _Worker:
                 self.algorithms.discard()
         if out_of_memory:  # the exception and the frames holding its tensors are gone
             free_device_memory(self.gate.plan.device)
+
+    def _privacy_ledger(self) -> PrivacyLedger:
+        """Return this client's DP-SGD accountant, read from its state dir the first time."""
+        if self.ledger is None:
+            from client_worker.dp_accountant import PrivacyLedger
+
+            self.ledger = PrivacyLedger(self.algorithms.store)
+        return self.ledger
+
+    def _budget_spent(self, server_round: int, reason: str) -> None:
+        self.summary.outcome = "budget_spent"
+        self._log(
+            "round %d: privacy budget spent, the client stops contributing: %s",
+            server_round,
+            reason,
+        )
 
     def _post(
         self,
@@ -342,3 +378,12 @@ class _Worker:
 
     def _log(self, message: str, *args: object) -> None:
         _log.info("client %s: " + message, self.client_id, *args)
+
+
+def _round_dp_sgd(config: Mapping[str, Any]) -> DpSgd | None:
+    """Return the round's DP-SGD settings (None without "dp_sgd"), importing Opacus then."""
+    if config.get("dp_sgd") is None:
+        return None
+    from client_worker.dp_sgd import DpSgd
+
+    return DpSgd.from_round_config(config)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from aggregator_service.federation.ingest import decode_update
+from aggregator_service.federation.privacy import BUDGET_REASON, RunPrivacy
 from aggregator_service.federation.publish import Publications, publish_round
 from aggregator_service.federation.rounds import Evaluator, RoundLoop
 from aggregator_service.federation.secagg_desk import SecAggDesk
@@ -23,14 +24,17 @@ from aggregator_service.federation.state import (
 )
 from aggregator_service.settings import AggregatorSettings
 from aggregator_service.store.run_store import RunStore, StoreError, split_server_state
-from aggregator_service.strategy import STRATEGIES, Strategy, build_strategy
+from aggregator_service.strategy import STRATEGIES, DPFedAvg, Strategy, build_strategy
 from aggregator_service.strategy.base import BaseStrategy
 from shared.config import ExperimentConfig
 from shared.errors import ConfigError
 from shared.exchange import exchanged_names
-from shared.models import build_model, init_global_weights, model_spec
+from shared.models import batch_norm_layers, build_model, init_global_weights, model_spec
 from shared.schemas import Phase
 from shared.wire import spec_of
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["Federation"]
 
@@ -66,6 +70,7 @@ class Federation:
             evaluator=evaluator,
             on_finished=on_finished,
             stage_news=self.stage_news,
+            privacy=self._run_privacy(),
         )
         self.secagg = SecAggDesk(self.state)
         self._resume_round()
@@ -82,6 +87,7 @@ class Federation:
     def _load_or_init_model(self) -> tuple[int, dict[str, np.ndarray]]:
         config = self.config
         model = build_model(config.model, **config.model_args())
+        _check_dp_sgd_model(config, model)
         expected = model_spec(model)
         self.exchanged = exchanged_names(
             model, local_layers=config.local_layers, fedbn=config.fedbn, trainable=config.trainable
@@ -138,6 +144,23 @@ class Federation:
             )
         return state
 
+    def _run_privacy(self) -> RunPrivacy | None:
+        """Return DP-FedAvg's accountant, its ledger rebuilt from the history, or None."""
+        privacy = RunPrivacy.of(self.config, self.state.history)
+        if privacy is None:
+            return None
+        stopped = self.store.get_meta("stopped")
+        if isinstance(stopped, dict) and stopped.get("reason") == BUDGET_REASON:
+            privacy.budget_stop = stopped
+        clip_norm = self.strategy.clip_norm if isinstance(self.strategy, DPFedAvg) else None
+        self.state.privacy = privacy.status(clip_norm)
+        if isinstance(self.strategy, DPFedAvg) and self.strategy.noise_seed is not None:
+            log.warning(
+                "dpfedavg: noise_seed is set, so the noise can be recomputed from the config: "
+                "the reported epsilon holds only while the seed stays secret (docs/privacy.md)"
+            )
+        return privacy
+
     def _resume_round(self) -> None:
         """Re-open an interrupted round with its selection and its acknowledged updates."""
         state = self.state
@@ -150,6 +173,7 @@ class Federation:
             "training",
             attempt=saved["attempt"],
             selected=frozenset(saved["selected"]),
+            drawn_from=saved.get("drawn_from"),  # absent: accounted as a round without sampling
             deadline=time.monotonic() + self.config.round_timeout_s,
         )
         if self.config.secagg.enabled:
@@ -223,3 +247,16 @@ def _has_run(store: RunStore) -> bool:
     """Tell whether the state dir already holds a run (checkpoint files or history)."""
     checkpoints = store.state_dir / "checkpoints"
     return any(checkpoints.glob("round-*")) or bool(store.history())  # temp files start "."
+
+
+def _check_dp_sgd_model(config: ExperimentConfig, model: nn.Module) -> None:
+    """Refuse to start DP-SGD on a model with BatchNorm: every client would refuse it."""
+    norms = batch_norm_layers(model) if config.dp_sgd is not None else []
+    if norms:
+        raise ConfigError(
+            f"dp_sgd cannot train model {config.model!r}: its BatchNorm layers "
+            f"({', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}) normalize each "
+            "example by its batch, so no per-example gradient exists to clip. Use a model "
+            "without BatchNorm (mlp, mlp-128, cnn, simple-cnn) or one with GroupNorm or "
+            "LayerNorm in its place"
+        )

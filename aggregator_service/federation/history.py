@@ -23,6 +23,8 @@ def history_row(
     """Summarise a closed round for /history (`model_sha256`: of the new global model)."""
     metrics = metric_summary(records)
     train_loss = metrics.get("train_loss", {}).get("mean")
+    # DP-SGD: each client's epsilon so far; the weighted mean would hide the worst-off client
+    dp_sgd_epsilon_max = metrics.get("dp_epsilon", {}).get("max")
     return {
         "round": current.server_round,
         "attempts": current.attempt + 1,
@@ -31,6 +33,7 @@ def history_row(
         "train_loss": train_loss,
         "eval_loss": evaluation.loss if evaluation else None,
         "eval_accuracy": evaluation.accuracy if evaluation else None,
+        "dp_sgd_epsilon_max": dp_sgd_epsilon_max,
         "bytes_in": sum(r.nbytes for r in records),
         "bytes_out": current.bytes_out,
         "duration_s": round(time.monotonic() - current.started_at, 4),

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from aggregator_service.federation.state import FederationState
 from aggregator_service.store.journal_stream import StreamedBody
 from aggregator_service.store.run_store import RunStore
-from aggregator_service.strategy import ClientUpdate
+from aggregator_service.strategy import ClientUpdate, Strategy
 from shared.errors import Forbidden, InvalidUpdate
 from shared.schemas import ReceiveReply, UpdateHeader
 from shared.wire import (
@@ -53,12 +53,15 @@ def ingest_update(
     durable: bool,
     sender: str | None = None,
     streamed: StreamedBody | None = None,
+    strategy: Strategy | None = None,
 ) -> ReceiveReply:
     """Accept one update into the current round, or raise why not; state changes only on success.
 
     `sender` is the client id of the caller's token (None without authentication): the
     update must be that client's. `streamed` is what the store wrote of the body while it
-    arrived (journal_stream.py); `durable` fsyncs the update before the reply.
+    arrived (journal_stream.py); `durable` fsyncs the update before the reply. `strategy`
+    checks what only the rule can (DP-FedAvg's client-clipped norm), against the model the
+    round trains.
     """
     header, raw_weights = decode_update(body)
     if sender is not None and header.client_id != sender:
@@ -68,8 +71,14 @@ def ingest_update(
     with state.claim(header, len(body)) as claim:
         if claim.duplicate:
             return claim.answer
-        decode_weights(raw_weights, spec=state.spec)  # names, shapes, dtypes, finite values
-        decode_groups(_expected_groups(header, state.group_specs), spec=state.group_specs)
+        weights = decode_weights(raw_weights, spec=state.spec)  # names, shapes, dtypes, finite
+        groups = decode_groups(_expected_groups(header, state.group_specs), spec=state.group_specs)
+        if strategy is not None:
+            with state.lock:
+                model = state.global_weights
+            current = {name: model[name] for name in state.spec}
+            update = ClientUpdate(header.client_id, header.num_examples, weights, groups)
+            strategy.check_update(current, update)
         store.updates.save(
             header.round, header.client_id, header.num_examples, body, streamed, durable=durable
         )

@@ -141,10 +141,11 @@ def publish_round(
 ) -> PublishedModel:
     """Encode `round_state` with the global model, the round config and the strategy's groups.
 
-    The round config names the strategy and, when it wants tensor groups in every update,
-    lists them as `update_groups`. `exchanged` is the spec of the tensors updates carry.
+    The round config names the strategy, holds its own entries (`client_config`, e.g. the
+    clip norm) and, when it wants tensor groups in every update, lists them as
+    `update_groups`. `exchanged` is the spec of the tensors updates carry.
     """
-    round_config = config.round_config()
+    round_config = config.round_config() | strategy.client_config()
     if "secagg" in round_config:  # the attempt names the keys and masks of this try
         round_config["secagg"] = {**round_config["secagg"], "attempt": round_state.attempt}
     update_groups = sorted(strategy.update_groups(exchanged))

@@ -24,22 +24,29 @@ with the last aggregated model, dropping the open round's updates.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from aggregator_service.federation.history import brief, history_row
 from aggregator_service.federation.ingest import round_updates
+from aggregator_service.federation.privacy import (
+    BUDGET_REASON,
+    BudgetCheck,
+    RunPrivacy,
+    round_sampling,
+)
 from aggregator_service.federation.publish import Publications, model_digest, publish_round
 from aggregator_service.federation.secagg_loop import StageNews
 from aggregator_service.federation.secagg_steps import SecAggSteps
 from aggregator_service.federation.selection import select_clients
 from aggregator_service.federation.state import FederationState, RoundState, UpdateRecord
 from aggregator_service.store.run_store import RunStore
-from aggregator_service.strategy import ClientUpdate, Strategy
+from aggregator_service.strategy import ClientUpdate, DPFedAvg, Strategy
 from shared.evaluation import EvalResult
 
 __all__ = ["Evaluator", "RoundLoop", "close_decision"]
@@ -83,8 +90,10 @@ class RoundLoop:
         evaluator: Evaluator | None = None,
         on_finished: Callable[[], None] = lambda: None,
         stage_news: StageNews | None = None,
+        privacy: RunPrivacy | None = None,
     ) -> None:
         self.publications = publications
+        self.privacy = privacy  # DP-FedAvg's accountant: epsilon per round, the budget stop
         self.state = state
         self.strategy = strategy
         self.store = store
@@ -98,7 +107,7 @@ class RoundLoop:
             state,
             strategy,
             stage_news if stage_news is not None else StageNews(),
-            install=self._install,
+            install=self._install_retry,
             conclude=self._conclude,
         )
         self._thread = threading.Thread(target=self._run, name="round-loop", daemon=True)
@@ -214,8 +223,12 @@ class RoundLoop:
             min_fit_clients=config.min_fit_clients,
             seed=config.seed,
         )
-        opened = RoundState(server_round, "training", selected=frozenset(selected))
+        opened = RoundState(
+            server_round, "training", selected=frozenset(selected), drawn_from=len(candidates)
+        )
         opened.secagg = self.secagg.first_stage()
+        if self._stopped_by_budget(opened, weights):
+            return
         self._install(opened, weights)
         log.info("round %d opened: %d clients selected", server_round, len(selected))
 
@@ -229,6 +242,7 @@ class RoundLoop:
                 "training",
                 attempt=current.attempt + 1,
                 selected=frozenset(invited),
+                drawn_from=current.drawn_from,
                 received=current.received,
                 in_flight=current.in_flight,
                 started_at=current.started_at,
@@ -242,7 +256,14 @@ class RoundLoop:
             self.state.config.min_fit_clients,
             len(invited),
         )
+        if self._stopped_by_budget(retried, weights):
+            return
         self._install(retried, weights)
+
+    def _install_retry(self, retried: RoundState, weights: Mapping[str, np.ndarray]) -> None:
+        """Publish a retried round, unless running it would exceed the privacy budget."""
+        if not self._stopped_by_budget(retried, dict(weights)):
+            self._install(retried, weights)
 
     def _close_round(self) -> None:
         """Aggregate the journalled updates in client-id order, evaluate, checkpoint, go on."""
@@ -274,6 +295,8 @@ class RoundLoop:
         evaluation = self.evaluator(new_weights) if self.evaluator is not None else None
         row = history_row(current, records, evaluation, model_sha256=model_digest(new_weights))
         row["aggregate_s"] = round(aggregate_s, 4)
+        if self.privacy is not None:
+            row |= self.privacy.close_round(current)
         # History first: a row without its checkpoint is dropped again on restart.
         self.store.append_history(row)
         self.store.save_checkpoint(server_round, new_weights, self.strategy.state())
@@ -284,6 +307,7 @@ class RoundLoop:
                 *(r for r in self.state.history if r["round"] != server_round),
                 row,
             ]
+        self._show_privacy()
         log.info("round %d closed: %s", server_round, brief(row))
         if server_round >= self.state.config.num_rounds:
             self._finish(server_round, new_weights)
@@ -310,6 +334,31 @@ class RoundLoop:
         log.warning("run stopped by the admin after %d rounds", done)
         self._finish(done, weights)
 
+    def _stopped_by_budget(self, round_state: RoundState, weights: dict[str, np.ndarray]) -> bool:
+        """Finish the run instead of running `round_state` if it would exceed the budget."""
+        if self.privacy is None:
+            return False
+        check = self.privacy.check(round_sampling(round_state))
+        if not check.exceeded:
+            return False
+        done = round_state.server_round - 1
+        self.store.updates.drop(round_state.server_round)  # a retried round's, unreleased
+        self.privacy.budget_stop = _budget_meta(done, check)
+        self.store.set_meta("stopped", self.privacy.budget_stop)
+        log.warning("%s", check.message(done))
+        self._show_privacy()
+        self._finish(done, weights)
+        return True
+
+    def _show_privacy(self) -> None:
+        """Put the accountant's figures, and the clip norm of the next round, on /status."""
+        if self.privacy is None:
+            return
+        clip_norm = self.strategy.clip_norm if isinstance(self.strategy, DPFedAvg) else None
+        shown = self.privacy.status(clip_norm)
+        with self.state.lock:
+            self.state.privacy = shown
+
     def _finish(self, server_round: int, weights: dict[str, np.ndarray]) -> None:
         self.store.set_meta("finished", True)
         self._install(RoundState(server_round, "finished"), weights)
@@ -327,6 +376,7 @@ class RoundLoop:
                     "round": round_state.server_round,
                     "attempt": round_state.attempt,
                     "selected": sorted(round_state.selected),
+                    "drawn_from": round_state.drawn_from,
                 },
             )
         published = publish_round(config, self.strategy, round_state, weights, self.state.spec)
@@ -335,6 +385,24 @@ class RoundLoop:
             self.state.published = published
             self.state.changed.notify_all()
         self.publications.announce(published)
+
+
+def _budget_meta(done: int, check: BudgetCheck) -> dict[str, Any]:
+    """Return the `stopped` record of a run finished by its privacy budget."""
+    return {
+        "round": done,
+        "at": time.time(),
+        "reason": BUDGET_REASON,
+        "epsilon": _finite(check.epsilon),
+        "next_epsilon": _finite(check.next_epsilon),
+        "target_epsilon": check.target_epsilon,
+        "message": check.message(done),
+    }
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an infinite epsilon is null."""
+    return value if math.isfinite(value) else None
 
 
 def _noting(updates: Iterator[ClientUpdate], read: set[str]) -> Iterator[ClientUpdate]:

@@ -106,6 +106,7 @@ class SecAggSteps:
                 "training",
                 attempt=current.attempt + 1,
                 selected=frozenset(invited),
+                drawn_from=current.drawn_from,
                 started_at=current.started_at,
                 bytes_out=current.bytes_out,
                 secagg=self.first_stage(),

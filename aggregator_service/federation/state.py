@@ -69,6 +69,7 @@ class RoundState:
     phase: Phase
     attempt: int = 0
     selected: frozenset[str] = frozenset()
+    drawn_from: int | None = None  # how many clients `selected` was drawn from (privacy)
     received: dict[str, UpdateRecord] = field(default_factory=dict)
     in_flight: set[str] = field(default_factory=set)
     started_at: float = field(default_factory=time.monotonic)
@@ -112,6 +113,7 @@ class FederationState:
         self.published = published
         self.clients: dict[str, ClientInfo] = {}
         self.history: list[dict[str, Any]] = []
+        self.privacy: dict[str, Any] | None = None  # DP-FedAvg's accountant, for /status
         self.counters = Counters()
         self.client_timeout_s = client_timeout_s
         self.started_at = time.time()
@@ -298,7 +300,7 @@ class FederationState:
                 "last_round": self.history[-1] if self.history else None,
                 "model": self.config.model,
                 "uptime_s": round(time.time() - self.started_at, 3),
-            }
+            } | ({"privacy": dict(self.privacy)} if self.privacy is not None else {})
 
     def _reply(self, *, duplicate: bool) -> ReceiveReply:
         return ReceiveReply(

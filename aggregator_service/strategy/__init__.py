@@ -16,6 +16,7 @@ from aggregator_service.strategy.base import (
     Strategy,
     SummedDeltas,
 )
+from aggregator_service.strategy.dp_fedavg import DPFedAvg
 from aggregator_service.strategy.fedavg import FedAvg
 from aggregator_service.strategy.fedavgm import FedAvgM
 from aggregator_service.strategy.fedmedian import FedMedian
@@ -30,6 +31,7 @@ __all__ = [
     "STRATEGIES",
     "AggregationError",
     "ClientUpdate",
+    "DPFedAvg",
     "Groups",
     "Strategy",
     "SummedDeltas",
@@ -47,6 +49,7 @@ STRATEGIES: Mapping[str, type[Strategy]] = {
     "fedyogi": FedYogi,
     "fedtrimmedavg": FedTrimmedAvg,
     "krum": Krum,
+    "dpfedavg": DPFedAvg,
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -81,6 +81,14 @@ class Strategy(Protocol):
         """
         ...
 
+    def check_update(self, current: Mapping[str, np.ndarray], update: ClientUpdate) -> None:
+        """Raise InvalidUpdate if the rule cannot take `update` (checked once, at ingest)."""
+        ...
+
+    def client_config(self) -> dict[str, Any]:
+        """Return the strategy's own entries of this round's config (sent to the clients)."""
+        ...
+
     def state(self) -> dict[str, np.ndarray]:
         """Return the state carried across rounds (saved in every checkpoint)."""
         ...
@@ -114,6 +122,13 @@ class BaseStrategy:
             f"strategy {self.name!r} needs each client's update; under secure aggregation "
             "the aggregator has only their sum"
         )
+
+    def check_update(self, current: Mapping[str, np.ndarray], update: ClientUpdate) -> None:
+        """Take every update the wire codec accepted."""
+
+    def client_config(self) -> dict[str, Any]:
+        """Add nothing to the round config."""
+        return {}
 
     def state(self) -> dict[str, np.ndarray]:
         """Keep nothing across rounds."""

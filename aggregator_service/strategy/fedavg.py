@@ -15,7 +15,7 @@ from aggregator_service.strategy.base import (
 )
 from aggregator_service.strategy.mean import WeightedMean, is_floating
 
-__all__ = ["FedAvg", "fold_mean", "mean_from_sum"]
+__all__ = ["FedAvg", "fold_mean"]
 
 
 def fold_mean(
@@ -29,31 +29,6 @@ def fold_mean(
     if mean.num_updates == 0:
         raise AggregationError(f"round {server_round}: no update to aggregate")
     return mean.finalize()
-
-
-def mean_from_sum(
-    server_round: int, current: Mapping[str, np.ndarray], summed: SummedDeltas
-) -> dict[str, np.ndarray]:
-    """Return x + delta_sum / total_weight for floating tensors; others stay as in `current`.
-
-    Integer and bool tensors (BatchNorm's counters) are not summed under secure
-    aggregation: they keep the global model's values.
-    """
-    if summed.num_clients < 1 or not summed.total_weight > 0:
-        raise AggregationError(
-            f"round {server_round}: a sum of {summed.num_clients} updates of total weight "
-            f"{summed.total_weight} cannot be averaged"
-        )
-    if summed.group_sums:
-        raise AggregationError(f"round {server_round}: FedAvg takes no update groups")
-    result: dict[str, np.ndarray] = {}
-    for name, weights in current.items():
-        if not is_floating(weights.dtype):
-            result[name] = np.array(weights)
-            continue
-        mean_delta = np.asarray(summed.delta_sum[name], np.float64) / summed.total_weight
-        result[name] = (weights.astype(np.float64) + mean_delta).astype(weights.dtype)
-    return result
 
 
 class FedAvg(BaseStrategy):
@@ -73,5 +48,12 @@ class FedAvg(BaseStrategy):
     def aggregate_sum(
         self, server_round: int, current: Mapping[str, np.ndarray], summed: SummedDeltas
     ) -> dict[str, np.ndarray]:
-        """Return the weighted mean known from the round's sum (secure aggregation)."""
-        return mean_from_sum(server_round, current, summed)
+        """Return x + delta_sum / total_weight; integer and bool tensors stay as they are."""
+        if summed.num_clients < 1 or summed.total_weight <= 0:
+            raise AggregationError(f"round {server_round}: no update to aggregate")
+        return {
+            name: (x + np.asarray(summed.delta_sum[name]) / summed.total_weight).astype(x.dtype)
+            if is_floating(x.dtype)
+            else np.array(x)
+            for name, x in current.items()
+        }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,6 +18,9 @@ from shared.errors import ConfigError
 from shared.evaluation import EvalResult, evaluate
 from shared.models import state_to_numpy, trainable_names
 
+if TYPE_CHECKING:  # Opacus takes seconds to import: only DP-SGD rounds load it
+    from client_worker.dp_sgd import DpSgd
+
 __all__ = ["LocalUpdate", "check_update_groups", "train_round"]
 
 
@@ -27,9 +32,14 @@ class LocalUpdate:
     weights: Weights
     groups: Groups
     local_test: EvalResult | None = None  # the model at the round's start, held-out data
+    privacy: Mapping[str, float] = field(default_factory=dict)  # DP-SGD: dp_epsilon, dp_delta
 
     def metrics(self) -> dict[str, float]:
-        """Return what the update reports of its round: training measures, local test."""
+        """Return what the update reports of its round: training measures, local test.
+
+        A DP-SGD update reports its epsilon and delta instead of its training loss, a
+        plain average over the very examples the noise protects.
+        """
         result = self.result
         measured = {
             "train_loss": result.train_loss,
@@ -42,7 +52,9 @@ class LocalUpdate:
         if self.local_test is not None:
             measured["local_accuracy"] = self.local_test.accuracy
             measured["local_loss"] = self.local_test.loss
-        return measured
+        if self.privacy:  # DP-SGD: the loss on the training examples is outside the guarantee
+            del measured["train_loss"]
+        return measured | dict(self.privacy)
 
 
 def train_round(
@@ -58,11 +70,13 @@ def train_round(
     max_batches: int | None = None,
     plan: DevicePlan | None = None,
     local_test: tuple[Images, torch.Tensor] | None = None,
+    dp: DpSgd | None = None,
 ) -> LocalUpdate:
     """Train `model` (holding the global weights) through `algorithm`'s hooks on `plan`'s device.
 
     The weights sent are copied back to host memory when the model trained on a GPU.
     With `local_test`, the model as it stands before training is evaluated on it first.
+    With `dp`, training is DP-SGD (the model is unwrapped after it: the names do not change).
     """
     if plan is not None and plan.is_cuda:
         model.to(plan.device)  # before the hooks, which may keep copies of the weights
@@ -79,6 +93,7 @@ def train_round(
         max_batches=max_batches,
         hooks=algorithm,
         plan=plan,
+        dp=dp,
     )
     weights = algorithm.after_training(state_to_numpy(model), result)
     if config.trainable:  # frozen tensors are not sent: the server keeps them as they were

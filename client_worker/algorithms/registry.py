@@ -3,7 +3,8 @@
 A strategy that lives only on the server (FedAvgM, FedMedian: they change how updates
 are combined, not how a client trains) maps to the plain `ClientAlgorithm`. As before
 the registry existed, a round config with "mu" > 0 runs FedProx whatever the strategy,
-unless the strategy has a client algorithm of its own.
+unless the strategy has a client algorithm of its own. DP-FedAvg's clipping client runs
+only when the round config sends a `clip_norm` (clipping: client).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from client_worker.algorithms.base import ClientAlgorithm
+from client_worker.algorithms.dp_clipping import ClientClipping
 from client_worker.algorithms.fedprox import FedProx
 from client_worker.algorithms.scaffold import Scaffold
 from shared.errors import ConfigError
@@ -32,6 +34,7 @@ ALGORITHMS: Mapping[str, type[ClientAlgorithm]] = {
     "krum": ClientAlgorithm,
     "fedprox": FedProx,
     "scaffold": Scaffold,
+    "dpfedavg": ClientClipping,  # a plain client when the server clips (no clip_norm sent)
 }
 
 
@@ -48,6 +51,8 @@ def algorithm_class(config: Mapping[str, Any]) -> type[ClientAlgorithm]:
             f"known: {', '.join(sorted(ALGORITHMS))}"
         )
     chosen = ALGORITHMS[name]
+    if chosen is ClientClipping and "clip_norm" not in config:
+        chosen = ClientAlgorithm  # dpfedavg with clipping: server
     if chosen is ClientAlgorithm and _mu(config) > 0:
         return FedProx
     return chosen

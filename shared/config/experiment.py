@@ -8,6 +8,8 @@ from typing import Any, TypedDict
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.config.dp_sgd import DpSgdConfig
+from shared.config.privacy import check_dp_fedavg, with_dp_counts
 from shared.config.secagg import SecAggConfig
 from shared.config.sections import (
     ByzantineProfile,
@@ -17,6 +19,7 @@ from shared.config.sections import (
     SyntheticConfig,
 )
 from shared.config.strategies import (
+    DPFedAvgConfig,
     FedAvgConfig,
     FedProxConfig,
     KrumConfig,
@@ -85,15 +88,18 @@ class ExperimentConfig(BaseSettings):
     local_test_fraction: float = Field(0.0, ge=0, lt=1)
 
     # federation (Flower's names)
-    strategy: StrategyConfig = FedAvgConfig()  # name and typed parameters
     num_rounds: int = Field(10, ge=1)
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_clients: int = Field(2, ge=1)
     min_available_clients: int = Field(2, ge=1)
+    # after the counts, which its validator reads (DP-FedAvg's m is drawn as selection does)
+    strategy: StrategyConfig = FedAvgConfig()  # name and typed parameters
     close_at_threshold: bool = False  # close a round as soon as min_fit_clients reported
     round_timeout_s: float = Field(300.0, gt=0)
     server_eval: bool = True
 
+    # sample-level DP-SGD in every client's local training (shared/config/dp_sgd.py)
+    dp_sgd: DpSgdConfig | None = None
     secagg: SecAggConfig = SecAggConfig()  # secure aggregation (docs/privacy.md)
 
     network: list[NetworkProfile] = []
@@ -106,7 +112,15 @@ class ExperimentConfig(BaseSettings):
         if isinstance(value, ScaffoldConfig) and value.num_clients is None:
             num_partitions = info.data.get("num_partitions")  # absent when itself invalid
             return value.model_copy(update={"num_clients": num_partitions})
+        if isinstance(value, DPFedAvgConfig):
+            return with_dp_counts(value, info.data)
         return value
+
+    @model_validator(mode="after")
+    def _check_dp_fedavg(self) -> ExperimentConfig:
+        if isinstance(self.strategy, DPFedAvgConfig):
+            check_dp_fedavg(self.strategy, mu=self.mu)
+        return self
 
     @model_validator(mode="after")
     def _check_counts(self) -> ExperimentConfig:
@@ -222,6 +236,8 @@ class ExperimentConfig(BaseSettings):
         keys += ["trainable"]
         config = {key: getattr(self, key) for key in keys} | {"strategy": self.strategy.name}
         config["mu"] = self.proximal_mu()  # strategy fedprox's own mu, when it is the strategy
+        if self.dp_sgd is not None:
+            config["dp_sgd"] = self.dp_sgd.round_config()
         if self.secagg.enabled:
             config["secagg"] = self.secagg.model_dump(exclude={"enabled"})
         return config

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, field_validator
 
 from shared.config.sections import Section
 
 __all__ = [
+    "DPFedAvgConfig",
     "FedAdagradConfig",
     "FedAdamConfig",
     "FedAvgConfig",
@@ -105,6 +106,35 @@ class KrumConfig(Section):
     num_clients_to_keep: int = Field(1, ge=1)  # m: 1 = Krum, more = multi-Krum's mean of m
 
 
+class DPFedAvgConfig(Section):
+    """DP-FedAvg (McMahan et al. 2018; Andrew et al. 2021): clipped deltas, Gaussian noise."""
+
+    name: Literal["dpfedavg"] = "dpfedavg"
+    clip_norm: float = 1.0  # C: each client's delta is clipped to this L2 norm (adaptive: C_0)
+    noise_multiplier: float = Field(1.0, ge=0, allow_inf_nan=False)  # z: std z*C on the sum
+    clipping: Literal["server", "client"] = "server"  # who clips: trusted server or each client
+    target_quantile: float | None = Field(None, gt=0, lt=1)  # gamma; None: C stays fixed
+    clip_lr: float = Field(0.2, gt=0, allow_inf_nan=False)  # eta_C of the geometric update
+    clipped_count_stddev: float | None = Field(None, gt=0, allow_inf_nan=False)  # sigma_b; m/20
+    server_lr: float = Field(1.0, gt=0, allow_inf_nan=False)  # eta: x += eta * noised mean
+    noise_seed: int | None = None  # None: fresh OS entropy each round (a known seed voids DP)
+    num_clients: int | None = Field(None, ge=1)  # N; None: num_partitions
+    clients_per_round: int | None = Field(None, ge=1)  # m; None: as selection draws it of N
+    target_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False)  # stop before it
+    delta: float = Field(1e-5, gt=0, lt=1)  # the delta epsilon is reported at
+    accountant: Literal["rdp", "pld"] = "rdp"
+
+    @field_validator("clip_norm")
+    @classmethod
+    def _finite_clip_norm(cls, value: float) -> float:
+        if not (value > 0 and value != float("inf")):
+            raise ValueError(
+                f"clip_norm C must be a finite number above 0, got {value}: the noise z*C is "
+                "calibrated to it, and noise on unclipped deltas bounds nothing"
+            )
+        return value
+
+
 def _named(value: Any) -> Any:
     """Let `strategy: fedavgm` stand for `strategy: {name: fedavgm}`."""
     return {"name": value} if isinstance(value, str) else value
@@ -120,7 +150,8 @@ StrategyConfig = Annotated[
     | FedAdamConfig
     | FedYogiConfig
     | FedTrimmedAvgConfig
-    | KrumConfig,
+    | KrumConfig
+    | DPFedAvgConfig,
     Field(discriminator="name"),
     BeforeValidator(_named),
 ]

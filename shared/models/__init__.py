@@ -11,7 +11,12 @@ state.py        a model's full state as the numpy dict that the wire carries
 
 from __future__ import annotations
 
-from shared.models.freezing import freeze_norm_statistics, set_trainable, trainable_names
+from shared.models.freezing import (
+    batch_norm_layers,
+    freeze_norm_statistics,
+    set_trainable,
+    trainable_names,
+)
 from shared.models.pretrained import load_pretrained
 from shared.models.registry import MODEL_NAMES, build_model, init_global_weights
 from shared.models.state import (
@@ -24,6 +29,7 @@ from shared.models.state import (
 
 __all__ = [
     "MODEL_NAMES",
+    "batch_norm_layers",
     "build_model",
     "count_parameters",
     "freeze_norm_statistics",

@@ -15,9 +15,18 @@ from torch import nn
 
 from shared.errors import ModelError
 
-__all__ = ["freeze_norm_statistics", "set_trainable", "trainable_names"]
+__all__ = ["batch_norm_layers", "freeze_norm_statistics", "set_trainable", "trainable_names"]
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def batch_norm_layers(model: nn.Module) -> list[str]:
+    """Return "name (kind)" of each BatchNorm layer, e.g. ["1 (BatchNorm2d)"], in order."""
+    return [
+        f"{name} ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if isinstance(module, _NORMS)
+    ]
 
 
 def trainable_names(

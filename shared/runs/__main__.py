@@ -31,11 +31,12 @@ from shared.runs.launch import LOOPBACK, Fleet, LaunchError, StopSignals, free_p
 from shared.runs.layout import (
     aggregator_argv,
     child_env,
+    default_worker_processes,
     describe_layout,
     worker_argv,
     worker_processes,
 )
-from shared.runs.progress import LinePrinter, LiveView, traffic_lines
+from shared.runs.progress import LinePrinter, LiveView, dp_sgd_lines, traffic_lines
 from shared.runs.report import create_run_dir, write_config, write_report
 from shared.runs.supervise import (
     Outcome,
@@ -73,7 +74,7 @@ def _run(config: ExperimentConfig, run_dir: Path, args: argparse.Namespace) -> i
         config_path,
         url=f"http://{LOOPBACK}:{port}",
         num_clients=config.num_partitions,
-        num_processes=args.worker_processes,
+        num_processes=args.worker_processes or default_worker_processes(config.num_partitions),
         train_slots=args.train_slots,
     )
     console.print(f"run folder: {run_dir}", markup=False, highlight=False)
@@ -113,9 +114,15 @@ def _finish(
     """Write the run folder's report and print how the run ended."""
     status = "finished" if outcome.code == 0 else "stopped"
     write_report(run_dir, history, title=title, status=status, message=outcome.message)
-    lines = [outcome.message, *traffic_lines(history)]
+    lines = [outcome.message, *traffic_lines(history), *dp_sgd_lines(history)]
     final = next((r for r in reversed(history) if r.get("eval_accuracy") is not None), None)
     accuracy = f"{final['eval_accuracy']:.4f} after round {final['round']}" if final else "n/a"
+    private = next((r for r in reversed(history) if r.get("epsilon") is not None), None)
+    if private is not None:  # DP-FedAvg: the privacy spent, as of the last round
+        lines.append(
+            f"privacy: epsilon {private['epsilon']:.4g} at delta {private['delta']:g} "
+            f"after round {private['round']}"
+        )
     lines.append(f"run folder: {run_dir} (final accuracy {accuracy})")
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)

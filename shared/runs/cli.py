@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="N",
         help="run the clients as virtual clients of N worker processes (default: one process "
-        "per client)",
+        "per client up to 32 clients, one per core beyond)",
     )
     parser.add_argument(
         "--train-slots",

@@ -21,11 +21,13 @@ from shared.errors import ConfigError
 from shared.runs.launch import LOOPBACK
 
 __all__ = [
+    "MAX_PROCESSES_PER_CLIENT",
     "WorkerProcess",
     "aggregator_argv",
     "child_env",
     "client_ranges",
     "default_train_slots",
+    "default_worker_processes",
     "describe_layout",
     "usable_cores",
     "virtual_worker_argv",
@@ -125,6 +127,19 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+MAX_PROCESSES_PER_CLIENT = 32  # beyond this many clients, virtual clients by default
+
+
+def default_worker_processes(num_clients: int, *, cores: int | None = None) -> int | None:
+    """Return None (one process per client) up to 32 clients, else one process per core.
+
+    A hundred processes each importing torch would take minutes on a small machine.
+    """
+    if num_clients <= MAX_PROCESSES_PER_CLIENT:
+        return None
+    return cores if cores is not None else usable_cores()
 
 
 def default_train_slots(num_processes: int, *, cores: int | None = None) -> int:

@@ -19,12 +19,14 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from shared.runs.report import megabytes, traffic
+from shared.runs.report import client_epsilons, megabytes, traffic
 
 __all__ = [
     "LinePrinter",
     "LiveView",
+    "dp_sgd_lines",
     "format_elapsed",
+    "privacy_lines",
     "render_text",
     "render_view",
     "round_line",
@@ -59,8 +61,31 @@ def status_lines(status: Row | None, *, elapsed_s: float) -> list[str]:
         f"clients: reported {status.get('received', 0)}/{status.get('needed', 0)}, "
         f"registered {status.get('registered_clients', 0)}",
         f"last round: accuracy {_number(last.get('eval_accuracy'))}, "
-        f"loss {_number(last.get('eval_loss'))}",
+        f"loss {_number(last.get('eval_loss'))}{_epsilon_text(last)}",
+        *privacy_lines(status.get("privacy")),
     ]
+
+
+def _epsilon_text(row: Row) -> str:
+    """Return ", DP-SGD epsilon max E" for a round of DP-SGD clients ("" otherwise)."""
+    epsilon = row.get("dp_sgd_epsilon_max")
+    return f", DP-SGD epsilon max {epsilon:.3f}" if epsilon is not None else ""
+
+
+def privacy_lines(privacy: Row | None) -> list[str]:
+    """Return DP-FedAvg's line: epsilon so far at delta, the target, the clip norm C."""
+    if not privacy:
+        return []
+    target = privacy.get("target_epsilon")
+    budget = f" of target {target:g}" if target is not None else ""
+    clip = privacy.get("clip_norm")
+    line = (
+        f"privacy: epsilon {_number(privacy.get('epsilon'), '.4g')}{budget} at delta "
+        f"{privacy.get('delta'):g} after {privacy.get('rounds_accounted', 0)} rounds"
+        + (f", clip norm {clip:.4g}" if clip is not None else "")
+    )
+    stop = privacy.get("budget_stop")
+    return [line, f"stopped: {stop['message']}"] if stop and stop.get("message") else [line]
 
 
 def round_line(row: Row, *, num_rounds: int) -> str:
@@ -70,10 +95,11 @@ def round_line(row: Row, *, num_rounds: int) -> str:
         f"round {row['round']}/{num_rounds}: {len(participants)} clients, "
         f"{row.get('num_examples', 0)} examples, accuracy {_number(row.get('eval_accuracy'))}, "
         f"eval loss {_number(row.get('eval_loss'))}, "
-        f"train loss {_number(row.get('train_loss'))}, "
+        f"train loss {_number(row.get('train_loss'))}{_epsilon_text(row)}, "
         f"{megabytes(row.get('bytes_in') or 0):.2f} MB in / "
         f"{megabytes(row.get('bytes_out') or 0):.2f} MB out, "
         f"{_number(row.get('duration_s'), '.1f')} s"
+        + (f", epsilon {_number(row['epsilon'], '.4g')}" if "epsilon" in row else "")
     )
 
 
@@ -90,6 +116,29 @@ def traffic_lines(history: Sequence[Row]) -> list[str]:
     ]
 
 
+def dp_sgd_lines(history: Sequence[Row], *, per_line: int = 8) -> list[str]:
+    """Return each DP-SGD client's epsilon after its last round ([] without DP-SGD)."""
+    spent = client_epsilons(history)
+    if not spent:
+        return []
+    deltas = {
+        measured.get("dp_delta")
+        for row in history
+        for measured in (row.get("clients") or {}).values()
+        if (measured or {}).get("dp_delta") is not None
+    }
+    delta = f"delta {deltas.pop():g}" if len(deltas) == 1 else "deltas as set"
+    values = list(spent.values())
+    lines = [
+        f"DP-SGD epsilon per client ({delta}), after its last round: "
+        f"min {min(values):.3f}, max {max(values):.3f} over {len(values)} clients"
+    ]
+    pairs = [f"{client}: {epsilon:.3f}" for client, epsilon in spent.items()]
+    for first in range(0, len(pairs), per_line):
+        lines.append("  " + ", ".join(pairs[first : first + per_line]))
+    return lines
+
+
 def rounds_table(history: Sequence[Row], *, max_rows: int = MAX_TABLE_ROWS) -> Table:
     """Return a table of the latest `max_rows` finished rounds."""
     shown = list(history)[-max_rows:]
@@ -103,21 +152,31 @@ def rounds_table(history: Sequence[Row], *, max_rows: int = MAX_TABLE_ROWS) -> T
         show_edge=False,
         padding=(0, 0, 0, 1),
     )
+    # DP-SGD runs add the largest client epsilon so far (the column is absent otherwise)
+    sample_level = any(row.get("dp_sgd_epsilon_max") is not None for row in shown)
     for name in ("round", "clients", "train loss", "eval loss", "accuracy"):
         table.add_column(name, justify="right", no_wrap=True)
+    if sample_level:
+        table.add_column("eps max", justify="right", no_wrap=True)
     for name in ("MB in", "MB out", "time s"):
         table.add_column(name, justify="right", no_wrap=True)
+    private = any("epsilon" in row for row in shown)  # DP-FedAvg: epsilon after each round
+    if private:
+        table.add_column("epsilon", justify="right", no_wrap=True)
     for row in shown:
-        table.add_row(
+        epsilon = [_number(row.get("dp_sgd_epsilon_max"), ".3f")] if sample_level else []
+        cells = [
             str(row["round"]),
             str(len(row.get("participants") or [])),
             _number(row.get("train_loss")),
             _number(row.get("eval_loss")),
             _number(row.get("eval_accuracy")),
+            *epsilon,
             f"{megabytes(row.get('bytes_in') or 0):.2f}",
             f"{megabytes(row.get('bytes_out') or 0):.2f}",
             _number(row.get("duration_s"), ".1f"),
-        )
+        ]
+        table.add_row(*cells, *([_number(row.get("epsilon"), ".4g")] if private else []))
     return table
 
 

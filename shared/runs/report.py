@@ -2,11 +2,15 @@
 
 The report is what a run leaves behind, computed from the aggregator's /history rows:
 
-    metrics.csv     one row per round (the /history fields, MB in/out, participant count)
-    metrics.json    {"summary": {...}, "rounds": [the /history rows]}
+    metrics.csv     one row per round (the /history fields, MB in/out, participant count;
+                    dp_sgd_epsilon_max: the largest DP-SGD epsilon of the round's clients;
+                    epsilon: DP-FedAvg's epsilon after the round, empty otherwise)
+    metrics.json    {"summary": {...}, "rounds": [the /history rows]}; a DP-SGD run's
+                    summary has each client's epsilon after its last round
     curves.png      accuracy and loss versus round
-    tensorboard/    one event file: eval_accuracy, eval_loss, train_loss, bytes_in,
-                    bytes_out, duration_s per round (`tensorboard --logdir runs`)
+    tensorboard/    one event file: eval_accuracy, eval_loss, train_loss,
+                    dp_sgd_epsilon_max, epsilon, bytes_in, bytes_out, duration_s per round
+                    (`tensorboard --logdir runs`)
 
 matplotlib and TensorBoard are imported inside their writers: the runner starts fast and
 only pays for them once, at the end.
@@ -32,6 +36,7 @@ __all__ = [
     "CSV_FIELDS",
     "TENSORBOARD_SCALARS",
     "ReportPaths",
+    "client_epsilons",
     "create_run_dir",
     "megabytes",
     "plot_curves",
@@ -55,6 +60,8 @@ CSV_FIELDS = (
     "train_loss",
     "eval_loss",
     "eval_accuracy",
+    "dp_sgd_epsilon_max",
+    "epsilon",
     "bytes_in",
     "bytes_out",
     "mb_in",
@@ -68,9 +75,11 @@ TENSORBOARD_SCALARS = (
     "eval_accuracy",
     "eval_loss",
     "train_loss",
+    "dp_sgd_epsilon_max",
     "bytes_in",
     "bytes_out",
     "duration_s",
+    "epsilon",  # DP-FedAvg's runs only (docs/privacy.md)
 )
 
 
@@ -124,6 +133,24 @@ def traffic(history: Sequence[Row]) -> dict[str, Any]:
     }
 
 
+def client_epsilons(history: Sequence[Row]) -> dict[str, float]:
+    """Return each DP-SGD client's epsilon after the last round it took part in, by client id.
+
+    Clients are in numeric order of their ids where they are numbers; none without DP-SGD.
+    """
+    latest: dict[str, float] = {}
+    for row in history:
+        for client, measured in (row.get("clients") or {}).items():
+            epsilon = (measured or {}).get("dp_epsilon")
+            if epsilon is not None:
+                latest[str(client)] = float(epsilon)
+    return dict(sorted(latest.items(), key=lambda item: _client_order(item[0])))
+
+
+def _client_order(client: str) -> tuple[int, int, str]:
+    return (0, int(client), "") if client.isdigit() else (1, 0, client)
+
+
 def _last_value(history: Sequence[Row], key: str) -> Any:
     values = [row.get(key) for row in history if row.get(key) is not None]
     return values[-1] if values else None
@@ -144,8 +171,11 @@ def summarize(history: Sequence[Row], **extra: Any) -> dict[str, Any]:
         "final_accuracy": _last_value(history, "eval_accuracy"),
         "final_eval_loss": _last_value(history, "eval_loss"),
         "final_train_loss": _last_value(history, "train_loss"),
+        "final_epsilon": _last_value(history, "epsilon"),  # DP-FedAvg; None otherwise
         "best_accuracy": best,
         "best_round": best_round,
+        "final_dp_sgd_epsilon_max": _last_value(history, "dp_sgd_epsilon_max"),
+        "dp_sgd_epsilon_by_client": client_epsilons(history) or None,
         "total_examples": sum(row.get("num_examples") or 0 for row in history),
         "total_mb_in": flow["total_mb_in"],
         "total_mb_out": flow["total_mb_out"],

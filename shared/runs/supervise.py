@@ -18,15 +18,20 @@ __all__ = [
     "Outcome",
     "View",
     "describe_exit",
+    "finished_message",
     "interrupted",
     "launch",
     "supervise",
     "wind_down",
+    "workers_gone_message",
 ]
 
 POLL_S = 0.5  # display refresh; workers use the aggregator's long poll, not this
 HEALTH_TIMEOUT_S = 120.0  # importing torch in 11 processes on 2 cores takes a while
 WORKER_EXIT_TIMEOUT_S = 30.0  # after "finished": workers see it on their next poll and exit
+# what a worker logs when a DP-SGD client declines a round past its target_epsilon
+BUDGET_SPENT = "privacy budget spent"
+BUDGET_SCAN_LINES = 200  # of each worker's log: one line per virtual client and round
 View = LiveView | LinePrinter
 
 
@@ -91,11 +96,25 @@ def _history_changed(status: Any, history: list[dict[str, Any]]) -> bool:
 
 
 def _finished(status: Any, history: list[dict[str, Any]]) -> bool:
+    """Tell whether the aggregator finished and `history` holds its last round.
+
+    A run stopped early (by its privacy budget, or the admin) finishes at the round it
+    reached, not at num_rounds: /status then names that round.
+    """
     return (
         isinstance(status, dict)
         and status.get("phase") == "finished"
-        and len(history) >= status["num_rounds"]
+        and (history[-1]["round"] if history else 0) >= status["round"]
     )
+
+
+def finished_message(status: Any) -> str:
+    """Return how a finished run ended: normally, or stopped by its privacy budget."""
+    privacy = status.get("privacy") if isinstance(status, dict) else None
+    stop = (privacy or {}).get("budget_stop")
+    if isinstance(stop, dict) and stop.get("message"):
+        return f"the run finished early: {stop['message']}"
+    return "the run finished"
 
 
 def supervise(
@@ -122,13 +141,32 @@ def supervise(
                 history = rows if isinstance(rows, list) else history
             view.update(status, history, elapsed_s=time.monotonic() - started)
             if _finished(status, history):
-                return Outcome(0, "the run finished"), history
+                return Outcome(0, finished_message(status)), history
             if dead is not None:
                 return Outcome(1, describe_exit(dead)), history
             if workers_gone:
-                return Outcome(1, "every worker exited before the run finished"), history
+                return Outcome(1, workers_gone_message(workers)), history
             if stop.event.wait(POLL_S):
                 return interrupted(stop), history
+
+
+def workers_gone_message(workers: list[Child]) -> str:
+    """Say that every worker exited early, and why when DP-SGD budgets stopped their clients."""
+    message = "every worker exited before the run finished"
+    reasons = [
+        line
+        for worker in workers
+        for line in worker.log_tail(BUDGET_SCAN_LINES).splitlines()
+        if BUDGET_SPENT in line
+    ]
+    if not reasons:
+        return message
+    example = reasons[-1].split(": ", 1)[-1]  # without the log record's time and logger
+    return (
+        f"{message}: {len(reasons)} DP-SGD clients spent their privacy budget and stopped "
+        f"contributing (dp_sgd.target_epsilon; fewer rounds, more noise or a larger "
+        f"budget let the run finish), e.g. {example}"
+    )
 
 
 def interrupted(stop: StopSignals) -> Outcome:

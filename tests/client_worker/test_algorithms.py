@@ -198,7 +198,7 @@ def test_state_files_hold_no_pickle(tmp_path: Path) -> None:
 
 
 def test_registry_errors_name_the_unknown_algorithm_and_list_the_known() -> None:
-    with pytest.raises(UnknownAlgorithm, match=r"'dpsgd'.*known: fedadagrad, .*fedavgm"):
+    with pytest.raises(UnknownAlgorithm, match=r"'dpsgd'.*known: dpfedavg, fedadagrad, .*fedavgm"):
         algorithm_class({"strategy": "dpsgd"})
     with pytest.raises(ConfigError, match="fedprox"):
         algorithm_class({"strategy": 3})

@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from shared.config import FedProxConfig, ScaffoldConfig, load_config
+from shared.config import (
+    DPFedAvgConfig,
+    ExperimentConfig,
+    FedProxConfig,
+    ScaffoldConfig,
+    load_config,
+)
 from shared.errors import ConfigError
 
 
@@ -72,3 +78,41 @@ def test_scaffold_runs_with_momentum_only_when_allowed() -> None:
         None, {"momentum": 0.9, "strategy": {"name": "scaffold", "allow_momentum": True}}
     )
     assert config.round_config()["momentum"] == 0.9
+
+
+# ---------------------------------------------------------------------- DP-FedAvg
+
+
+def _dp(strategy: dict[str, Any], **top: Any) -> ExperimentConfig:
+    return load_config(None, {"strategy": {"name": "dpfedavg", **strategy}, **top})
+
+
+def test_dpfedavg_derives_n_and_m_as_selection_does() -> None:
+    config = _dp({}, num_partitions=100, fraction_fit=0.1, min_fit_clients=2)
+    assert isinstance(config.strategy, DPFedAvgConfig)
+    assert (config.strategy.num_clients, config.strategy.clients_per_round) == (100, 10)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "top", "message"),
+    [
+        ({"clip_norm": 0}, {}, "clip_norm C must be a finite number above 0"),
+        ({"clip_norm": "inf"}, {}, "clip_norm C must be a finite number above 0"),
+        ({"noise_multiplier": 0, "target_epsilon": 3}, {}, "without noise epsilon is infinite"),
+        ({"target_quantile": 0.5}, {}, r"default m/20.*2 \* clipped_count_stddev \(1\)"),
+        ({"accountant": "pld"}, {"num_partitions": 10, "fraction_fit": 0.3}, "pld cannot model"),
+        ({"target_epsilon": 0.5}, {}, "below the epsilon of the first round alone"),
+        ({"clients_per_round": 3}, {}, "not what selection draws"),
+        ({"clipping": "client"}, {"mu": 0.1}, "does not run FedProx"),
+    ],
+)
+def test_dpfedavg_refuses_meaningless_configs(
+    strategy: dict[str, Any], top: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _dp(strategy, **top)
+
+
+def test_dpfedavg_with_pld_and_everyone_each_round_is_taken() -> None:
+    config = _dp({"accountant": "pld", "target_epsilon": 200}, fraction_fit=1.0)
+    assert isinstance(config.strategy, DPFedAvgConfig)

@@ -119,6 +119,7 @@ async def receive(
                 durable=settings.persist_updates,
                 sender=caller.client_id,
                 streamed=streamed,
+                strategy=federation.strategy,
             )
         finally:
             if streamed.following:  # the update was not saved

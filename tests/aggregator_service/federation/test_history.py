@@ -56,3 +56,15 @@ def test_a_round_without_metrics_has_an_empty_summary() -> None:
     )
     assert row["metrics"] == {}
     assert row["train_loss"] is None
+    assert row["dp_sgd_epsilon_max"] is None
+
+
+def test_a_row_names_the_largest_dp_sgd_epsilon_of_its_clients() -> None:
+    records = [
+        UpdateRecord("a", 90, {"dp_epsilon": 1.0, "dp_delta": 1e-5}, 10),
+        UpdateRecord("b", 10, {"dp_epsilon": 3.0, "dp_delta": 1e-5}, 10),
+    ]
+    row = history_row(RoundState(2, "aggregating"), records, None, model_sha256="00" * 32)
+    assert row["dp_sgd_epsilon_max"] == 3.0  # the small client spent the most
+    assert row["metrics"]["dp_epsilon"]["mean"] == pytest.approx(1.2)  # the weighted mean
+    assert row["clients"]["b"]["dp_epsilon"] == 3.0

@@ -26,6 +26,9 @@ from tests.aggregator_service.helpers import (
 
 CLIENTS = ("c0", "c1", "c2", "c3")
 ROUNDS = 3
+# DP-FedAvg draws its noise from OS entropy unless a seed is set: with one, reruns and
+# restarts give the same noise, so the same models
+PARAMETERS: dict[str, dict[str, Any]] = {"dpfedavg": {"noise_seed": 11}}
 
 
 def _update(
@@ -64,7 +67,10 @@ def _play(
 ) -> list[str]:
     """Run ROUNDS rounds posting in the given orders; restart after round 1 if asked."""
     config = experiment(
-        num_rounds=ROUNDS, min_fit_clients=4, min_available_clients=4, strategy=strategy
+        num_rounds=ROUNDS,
+        min_fit_clients=4,
+        min_available_clients=4,
+        strategy={"name": strategy, **PARAMETERS.get(strategy, {})},
     )
     app = start_app(config, state_dir=state_dir)
     register(app, *CLIENTS)

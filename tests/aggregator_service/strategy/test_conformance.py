@@ -62,9 +62,14 @@ def _round_updates(
     return updates
 
 
+# a known noise seed makes DP-FedAvg's noise, and so its reruns, reproducible
+_PARAMETERS = {"dpfedavg": {"noise_seed": 7}}
+
+
 def _fresh(name: str) -> Strategy:
     rounds_of_5 = {"min_fit_clients": 5, "min_available_clients": 5}  # as _round_updates
-    return build_strategy(load_config(None, {"strategy": name} | rounds_of_5).strategy)
+    strategy = {"name": name, **_PARAMETERS.get(name, {})}
+    return build_strategy(load_config(None, {"strategy": strategy} | rounds_of_5).strategy)
 
 
 def _flat(groups: Mapping[str, Mapping[str, np.ndarray]]) -> Weights:

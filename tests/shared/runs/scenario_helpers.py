@@ -71,6 +71,7 @@ class ScenarioRun:
     history: list[dict[str, Any]]
     stored_history: list[dict[str, Any]]
     logs: str
+    status: dict[str, Any]  # /status once the worker exited
 
 
 def write_tiny_cifar10(root: Path, *, per_class: int, test_size: int) -> Path:
@@ -120,11 +121,13 @@ def run_scenario(
     wait_healthy(aggregator, timeout=HEALTH_TIMEOUT_S)
     worker_code = _wait_exit(worker, timeout_s=timeout_s, procs=procs)
     history: list[dict[str, Any]] = get_json(aggregator.url, "/history")
+    status: dict[str, Any] = get_json(aggregator.url, "/status")
     os.kill(aggregator.pid, signal.SIGTERM)
     aggregator_code = _wait_exit(aggregator, timeout_s=AGGREGATOR_EXIT_TIMEOUT_S, procs=procs)
     with RunStore(state_dir) as store:
         stored_history = store.history()
-    return ScenarioRun(config, worker_code, aggregator_code, history, stored_history, procs.logs())
+    logs = procs.logs()
+    return ScenarioRun(config, worker_code, aggregator_code, history, stored_history, logs, status)
 
 
 def _start_aggregator(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ExperimentConfig, load_config
+from shared.config import DPFedAvgConfig, ExperimentConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 EXPECTED = {
@@ -16,6 +16,7 @@ EXPECTED = {
     "cifar10-resnet18-classes.yaml",
     "synthetic-resnet18-classes.yaml",
     "flower-knobs.yaml",
+    "dp-fedavg.yaml",
 }
 
 
@@ -109,3 +110,22 @@ def test_niid_bench_covers_the_issue_runs() -> None:
     runs = ["fedavg-iid", "fedavg-dir0.5", "fedavg-c2", "fedavg-c3"]
     runs += ["fedprox-dir0.5", "scaffold-dir0.5"]
     assert names == {f"fmnist-{run}" for run in runs}
+
+
+def test_dp_fedavg_samples_50_of_100_clients_and_stops_at_its_budget() -> None:
+    from shared.privacy.accounting import RoundSampling, planned_epsilon
+
+    config = load("dp-fedavg.yaml")
+    strategy = config.strategy
+    assert isinstance(strategy, DPFedAvgConfig)
+    assert (strategy.num_clients, strategy.clients_per_round) == (100, 50)
+    assert (strategy.clipping, strategy.accountant, strategy.delta) == ("server", "rdp", 1e-5)
+    assert strategy.noise_seed is None  # fresh OS entropy: the demo's noise is private
+    assert strategy.target_epsilon is not None
+    every_round = planned_epsilon(
+        config.num_rounds,
+        RoundSampling(100, 50),
+        noise_multiplier=strategy.noise_multiplier,
+        delta=strategy.delta,
+    )
+    assert every_round > strategy.target_epsilon  # the demo shows the budget stop

@@ -14,6 +14,7 @@ from shared.runs.cli import build_parser
 from shared.runs.layout import (
     client_ranges,
     default_train_slots,
+    default_worker_processes,
     describe_layout,
     usable_cores,
     virtual_worker_argv,
@@ -71,6 +72,13 @@ def test_by_default_every_client_is_its_own_process() -> None:
     # as many processes as clients (or more) is the same layout
     assert worker_processes(CONFIG, url=URL, num_clients=3, num_processes=3) == layout
     assert worker_processes(CONFIG, url=URL, num_clients=3, num_processes=7) == layout
+
+
+def test_beyond_32_clients_the_default_is_one_process_per_core() -> None:
+    assert default_worker_processes(32, cores=2) is None  # one process per client
+    assert default_worker_processes(33, cores=2) == 2
+    assert default_worker_processes(100, cores=8) == 8
+    assert default_worker_processes(100) == usable_cores()
 
 
 def test_grouped_processes_run_client_ranges_as_virtual_clients() -> None:

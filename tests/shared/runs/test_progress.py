@@ -11,6 +11,8 @@ from rich.console import Console
 from shared.runs.progress import (
     LinePrinter,
     format_elapsed,
+    dp_sgd_lines,
+    privacy_lines,
     render_text,
     render_view,
     round_line,
@@ -126,6 +128,39 @@ def test_rounds_table_fits_an_80_column_terminal() -> None:
     assert "…" not in "".join(lines)
 
 
+def test_dp_sgd_rounds_show_the_largest_client_epsilon_in_80_columns() -> None:
+    row = make_row(12, participants=[str(k) for k in range(10)], dp_sgd_epsilon_max=12.3456)
+    lines = render_text(rounds_table([row]), width=80).splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert "eps max" in lines[1]
+    assert "12.346" in lines[-1]
+    assert "…" not in "".join(lines)
+    assert "DP-SGD epsilon max 12.346" in round_line(row, num_rounds=20)
+    status = STATUS | {"last_round": row}
+    assert "DP-SGD epsilon max 12.346" in status_lines(status, elapsed_s=1)[2]
+    assert "eps max" not in render_text(rounds_table([make_row(1)]), width=80)
+    assert "epsilon" not in round_line(make_row(1), num_rounds=2)
+
+
+def _clients(**epsilons: float) -> dict[str, dict[str, float]]:
+    return {c[1:]: {"dp_epsilon": e, "dp_delta": 1e-5} for c, e in epsilons.items()}
+
+
+def test_dp_sgd_lines_give_each_clients_epsilon_after_its_last_round() -> None:
+    history = [
+        make_row(1, clients=_clients(c10=1.0, c2=1.5, c1=1.0)),
+        make_row(2, clients=_clients(c10=2.0, c1=2.0)),  # client 2 sat this round out
+    ]
+    assert dp_sgd_lines(history, per_line=2) == [
+        "DP-SGD epsilon per client (delta 1e-05), after its last round: "
+        "min 1.500, max 2.000 over 3 clients",
+        "  1: 2.000, 2: 1.500",
+        "  10: 2.000",
+    ]
+    assert dp_sgd_lines([make_row(1, clients={"0": {"train_loss": 0.5}})]) == []
+    assert dp_sgd_lines([]) == []
+
+
 def test_rounds_table_keeps_the_latest_rows() -> None:
     history = [make_row(r, eval_accuracy=r / 100) for r in range(1, 21)]
     text = render_text(rounds_table(history, max_rows=5), width=140)
@@ -144,3 +179,44 @@ def test_line_printer_prints_each_finished_round_once() -> None:
     printer.update(status, [make_row(1), make_row(2)], elapsed_s=3)
     lines = sink.getvalue().splitlines()
     assert [line.split(":")[0] for line in lines] == ["round 1/3", "round 2/3"]
+
+
+PRIVACY = {
+    "epsilon": 3.14159,
+    "delta": 1e-5,
+    "target_epsilon": 8.0,
+    "accountant": "rdp",
+    "noise_multiplier": 1.0,
+    "clip_norm": 0.75,
+    "rounds_accounted": 4,
+    "budget_stop": None,
+}
+
+
+def test_status_lines_show_epsilon_of_the_target_and_the_clip_norm() -> None:
+    lines = status_lines(STATUS | {"privacy": PRIVACY}, elapsed_s=1)
+    assert lines[-1] == (
+        "privacy: epsilon 3.142 of target 8 at delta 1e-05 after 4 rounds, clip norm 0.75"
+    )
+    assert not any("privacy" in line for line in status_lines(STATUS, elapsed_s=1))
+
+
+def test_privacy_lines_name_the_budget_stop() -> None:
+    stop = {"reason": "privacy budget", "message": "privacy budget: epsilon would reach 9"}
+    untargeted = PRIVACY | {"target_epsilon": None, "budget_stop": stop}
+    line, stopped = privacy_lines(untargeted)
+    assert line.startswith("privacy: epsilon 3.142 at delta 1e-05")
+    assert stopped == "stopped: privacy budget: epsilon would reach 9"
+    assert privacy_lines(None) == []
+
+
+def test_dp_rounds_show_epsilon_in_the_line_and_the_table() -> None:
+    line = round_line(make_row(4, epsilon=1.23456, delta=1e-5), num_rounds=20)
+    assert line.endswith("1.2 s, epsilon 1.235")
+    assert "epsilon" not in round_line(make_row(4), num_rounds=20)
+    row = make_row(12, participants=[str(k) for k in range(100)], epsilon=123.456)
+    lines = render_text(rounds_table([row]), width=80).splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert lines[1].rstrip().endswith("epsilon")
+    assert lines[-1].rstrip().endswith("123.5")
+    assert "epsilon" not in render_text(rounds_table([make_row(1)]), width=80)

@@ -11,6 +11,7 @@ import pytest
 
 from shared.runs.report import (
     TENSORBOARD_SCALARS,
+    client_epsilons,
     megabytes,
     plot_curves,
     summarize,
@@ -94,6 +95,16 @@ def test_summarize_final_best_and_totals() -> None:
     assert summary["total_examples"] == 2800
     assert summary["rounds_duration_s"] == pytest.approx(6.0)
     assert summary["status"] == "finished"
+    assert summary["dp_sgd_epsilon_by_client"] is None  # no DP-SGD
+
+
+def test_summarize_keeps_each_dp_sgd_clients_last_epsilon() -> None:
+    history = make_history()
+    history[0]["clients"] = {"b": {"dp_epsilon": 1.0}, "a": {"dp_epsilon": 1.0}}
+    history[1]["clients"] = {"a": {"dp_epsilon": 2.0}, "3": {"dp_epsilon": 0.5}}
+    assert client_epsilons(history) == {"3": 0.5, "a": 2.0, "b": 1.0}
+    assert list(client_epsilons(history)) == ["3", "a", "b"]  # numbers first
+    assert summarize(history)["dp_sgd_epsilon_by_client"] == {"3": 0.5, "a": 2.0, "b": 1.0}
 
 
 def test_summarize_without_server_evaluation_or_rounds() -> None:
@@ -160,7 +171,8 @@ def test_tensorboard_event_file_holds_every_scalar(tmp_path: Path) -> None:
     event_file = write_tensorboard(tmp_path / "tb", make_history())
     assert event_file.name.startswith("events.out.tfevents.")
     scalars = read_scalars(event_file)
-    assert set(scalars) == set(TENSORBOARD_SCALARS)
+    no_dp = {"dp_sgd_epsilon_max", "epsilon"}  # a run without DP
+    assert set(scalars) == set(TENSORBOARD_SCALARS) - no_dp
     steps, values = zip(*scalars["eval_accuracy"], strict=True)
     assert steps == (1, 2, 3)
     assert values == pytest.approx((0.6, 0.85, 0.8))  # stored as float32
@@ -183,3 +195,19 @@ def test_write_report_leaves_every_artifact(tmp_path: Path) -> None:
     summary = json.loads(paths.metrics_json.read_text())["summary"]
     assert summary["status"] == "finished"
     assert summary["total_mb_in"] == pytest.approx(6.0)
+
+
+def test_dp_fedavg_epsilon_is_in_the_csv_the_summary_and_tensorboard(tmp_path: Path) -> None:
+    history = [dict(row, epsilon=0.5 * row["round"], delta=1e-5) for row in make_history()]
+    with write_metrics_csv(tmp_path / "metrics.csv", history).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(row["epsilon"]) for row in rows] == [0.5, 1.0, 1.5]
+    assert summarize(history)["final_epsilon"] == 1.5
+    scalars = read_scalars(write_tensorboard(tmp_path / "tb", history))
+    assert scalars["epsilon"] == [(1, 0.5), (2, 1.0), (3, 1.5)]
+
+
+def test_without_dp_the_epsilon_cells_are_empty(tmp_path: Path) -> None:
+    with write_metrics_csv(tmp_path / "metrics.csv", make_history()).open(newline="") as f:
+        assert {row["epsilon"] for row in csv.DictReader(f)} == {""}
+    assert summarize(make_history())["final_epsilon"] is None

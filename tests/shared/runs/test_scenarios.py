@@ -71,6 +71,9 @@ SCENARIOS = [
         2 * SYNTHETIC_PER_CLASS,
     ),
     Scenario("cifar10-resnet18-classes", ("num_rounds=1",), 1, 3, 3, 2 * CIFAR_PER_CLASS),
+    # 50 of the 100 clients each round (fraction_fit 0.5), 40 digits each; two rounds stay
+    # well under the budget (tests/shared/runs/test_dp_e2e.py runs into it)
+    Scenario("dp-fedavg", ("num_rounds=2",), 2, 50, 50, MNIST5K_PER_CLIENT // 10),
     # The head alone trains; the pretrained file is made by `make transfer` (its own
     # end-to-end test, tests/shared/runs/test_e2e.py, makes one), so not loaded here.
     Scenario(

@@ -102,6 +102,19 @@ def test_supervise_returns_when_the_run_finished(setup: Setup) -> None:
     assert [line.split(":")[0] for line in lines] == ["round 1/2", "round 2/2"]
 
 
+def test_a_run_stopped_by_its_privacy_budget_finishes_before_num_rounds(setup: Setup) -> None:
+    state = aggregator_state("finished", 2, num_rounds=5)
+    message = "privacy budget: epsilon would reach 9.1 after round 3, above target_epsilon 8"
+    privacy = {"epsilon": 7.5, "budget_stop": {"reason": "privacy budget", "message": message}}
+    state["status"] |= {"round": 2, "privacy": privacy}
+    setup.set_state(state)
+    aggregator = setup.start_aggregator()
+    outcome, history = setup.supervise(aggregator, [setup.start_worker(0)])
+    assert outcome.code == 0
+    assert outcome.message == f"the run finished early: {message}"
+    assert [row["round"] for row in history] == [1, 2]
+
+
 def test_supervise_reports_a_worker_that_died(setup: Setup) -> None:
     setup.set_state(aggregator_state("training", 1))
     aggregator = setup.start_aggregator()
@@ -132,6 +145,28 @@ def test_supervise_notices_that_every_worker_left(setup: Setup) -> None:
     outcome, _ = setup.supervise(aggregator, workers)
     assert outcome.code == 1
     assert outcome.message == "every worker exited before the run finished"
+
+
+def test_supervise_says_when_dp_sgd_budgets_stopped_the_workers(setup: Setup) -> None:
+    setup.set_state(aggregator_state("training", 1))
+    aggregator = setup.start_aggregator()
+    line = (
+        "2026-01-01 00:00:00,000 INFO client_worker.worker: client {k}: round 2: privacy "
+        "budget spent, the client stops contributing: its 26 DP-SGD steps would take "
+        "epsilon from 7.118 to 7.73, past target_epsilon 7.5 (delta 1e-05)"
+    )
+    workers = [setup.start_worker(k, f"print({line.format(k=k)!r})") for k in range(2)]
+    outcome, _ = setup.supervise(aggregator, workers)
+    assert outcome.code == 1
+    assert outcome.message.startswith(
+        "every worker exited before the run finished: 2 DP-SGD clients spent their privacy "
+        "budget and stopped contributing (dp_sgd.target_epsilon;"
+    )
+    assert outcome.message.endswith(
+        "e.g. client 1: round 2: privacy budget spent, the client stops contributing: its 26 "
+        "DP-SGD steps would take epsilon from 7.118 to 7.73, past target_epsilon 7.5 "
+        "(delta 1e-05)"
+    )
 
 
 def test_interrupted_exit_codes() -> None:
