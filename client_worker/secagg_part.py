@@ -20,7 +20,7 @@ from client_worker.errors import UpdateRejected
 from client_worker.replies import WeightsReply
 from client_worker.secagg_session import AttemptEnded, SecAggSession, options_of
 from client_worker.transport import AggregatorClient
-from shared.secagg.vector import update_vector
+from shared.secagg.vector import group_values, update_vector
 from shared.wire import spec_of
 
 __all__ = ["SecAggPart", "TransportChannel", "update_delta"]
@@ -47,10 +47,14 @@ class TransportChannel:
         return self.client.post_message("/secagg/masked", message)
 
 
-def update_delta(trained: Mapping[str, np.ndarray], start: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Return the flat float64 y - x the client masks, tensors in the global model's order."""
+def update_delta(
+    trained: Mapping[str, np.ndarray],
+    start: Mapping[str, np.ndarray],
+    groups: Mapping[str, Mapping[str, np.ndarray]],
+) -> np.ndarray:
+    """Return the float64 vector a client masks: y - x, then its update groups' values."""
     spec = spec_of({name: trained[name] for name in start if name in trained})
-    return update_vector(trained, start, spec)
+    return np.concatenate([update_vector(trained, start, spec), group_values(groups)])
 
 
 class SecAggPart:

@@ -265,7 +265,7 @@ class _Worker:
                 if session is None:
                     accepted = self._post(server_round, update, train_config.local_epochs)
                 else:  # the trained weights are released before waiting for the others
-                    delta = update_delta(update.weights, self.model.global_weights)
+                    delta = update_delta(update.weights, self.model.global_weights, update.groups)
             if session is not None:
                 masking = (session, delta, derive_seed(seed, session.attempt))
                 accepted = self._post(server_round, update, train_config.local_epochs, masking)

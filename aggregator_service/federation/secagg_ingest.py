@@ -2,7 +2,8 @@
 
 The body is a msgpack message (docs/protocol.md, "Secure aggregation"): its fields are
 checked by `MaskedHeader`, the vector by the wire codec against the one spec it may have
-(uint32, shape [L] with L the model's floating values), and the client's weight against
+(uint32, shape [L] with L the floating values of the model and of the update groups the
+strategy asks for), and the client's weight against
 the round's weighting rule, all before the state's lock is taken to fold it.
 """
 
@@ -25,6 +26,7 @@ def ingest_masked(
     *,
     desk: SecAggDesk,
     spec: dict[str, TensorSpec],
+    group_specs: dict[str, dict[str, TensorSpec]],
     options: SecAggConfig,
     sender: str | None = None,
 ) -> PostReply:
@@ -42,7 +44,7 @@ def ingest_masked(
         raise Forbidden(
             "wrong_client", f"the bearer token does not belong to client_id {header.client_id!r}"
         )
-    expected = {"masked": TensorSpec((vector_length(spec),), "uint32")}
+    expected = {"masked": TensorSpec((vector_length(spec, group_specs),), "uint32")}
     masked = decode_weights({"masked": header.masked}, spec=expected)["masked"]
     if masked.size and int(masked.max()) >= options.modulus:
         raise InvalidUpdate(

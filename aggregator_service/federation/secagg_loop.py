@@ -26,7 +26,7 @@ from shared.secagg.graph import holders, neighbours, share_positions
 from shared.secagg.keys import KeyPair, commit_seed, round_context
 from shared.secagg.masks import unmask_sum
 from shared.secagg.shamir import combine
-from shared.secagg.vector import split_vector
+from shared.secagg.vector import split_sum
 from shared.wire import TensorSpec
 
 __all__ = ["StageNews", "advance_stage", "rebuild_secrets", "stage_decision", "summed_deltas"]
@@ -190,6 +190,7 @@ def summed_deltas(
     secagg: SecAggRound,
     config: ExperimentConfig,
     spec: Mapping[str, TensorSpec],
+    group_specs: Mapping[str, Mapping[str, TensorSpec]],
     *,
     server_round: int,
     attempt: int,
@@ -207,10 +208,12 @@ def summed_deltas(
         modulus=config.secagg.modulus,
     )
     values = config.secagg.quantizer().dequantize_sum(total, len(secagg.survivors))
+    delta_sum, group_sums = split_sum(values, spec, group_specs)
     return SummedDeltas(
         num_clients=len(secagg.survivors),
         total_weight=float(sum(secagg.weights[u] for u in secagg.survivors)),
-        delta_sum=split_vector(values, spec),
+        delta_sum=delta_sum,
+        group_sums=group_sums,
     )
 
 

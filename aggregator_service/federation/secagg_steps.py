@@ -136,6 +136,7 @@ class SecAggSteps:
                 current.secagg,
                 self.state.config,
                 self.state.spec,
+                self.state.group_specs,
                 server_round=current.server_round,
                 attempt=current.attempt,
             )

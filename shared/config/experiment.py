@@ -188,6 +188,15 @@ class ExperimentConfig(BaseSettings):
             raise ValueError(
                 "secure aggregation needs min_fit_clients >= 2: the sum of one update is the update"
             )
+        if isinstance(self.strategy, DPFedAvgConfig) and self.strategy.clipping != "client":
+            raise ValueError(
+                "strategy dpfedavg under secure aggregation needs strategy.clipping: client: "
+                "the aggregator sees only the sum, so it cannot clip each update"
+            )
+        if isinstance(self.strategy, DPFedAvgConfig) and secagg.weighting != "uniform":
+            raise ValueError(
+                "strategy dpfedavg weighs every client 1: secagg.weighting must be uniform"
+            )
         holders = secagg.holders(self.min_fit_clients)
         if secagg.threshold is not None and secagg.threshold > holders:
             raise ValueError(

@@ -2,7 +2,10 @@
 
 Tensors are taken in the order of the exchanged model's spec (`state_dict` order, the
 clients' own and frozen tensors left out), floating ones only, each flattened in C order,
-and concatenated. Integer and bool tensors are not aggregated under secure aggregation.
+and concatenated: the delta y - x. Then, when the strategy asks every update for tensor
+groups (`update_groups`), each group's floating tensors as sent (their values, not
+differences), groups sorted by name and tensors by name within a group. Integer and bool
+tensors are not aggregated under secure aggregation.
 """
 
 from __future__ import annotations
@@ -11,9 +14,19 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from shared.wire import TensorSpec
+from shared.wire import TensorSpec, spec_of
 
-__all__ = ["masked_names", "split_vector", "update_vector", "vector_length"]
+__all__ = [
+    "group_values",
+    "masked_group_names",
+    "masked_names",
+    "split_sum",
+    "split_vector",
+    "update_vector",
+    "vector_length",
+]
+
+GroupSpecs = Mapping[str, Mapping[str, TensorSpec]]
 
 
 def masked_names(spec: Mapping[str, TensorSpec]) -> list[str]:
@@ -21,9 +34,23 @@ def masked_names(spec: Mapping[str, TensorSpec]) -> list[str]:
     return [name for name, s in spec.items() if np.dtype(s.dtype).kind == "f"]
 
 
-def vector_length(spec: Mapping[str, TensorSpec]) -> int:
-    """Return how many values the masked vector holds."""
-    return sum(int(np.prod(spec[name].shape, dtype=np.int64)) for name in masked_names(spec))
+def masked_group_names(group_specs: GroupSpecs) -> list[tuple[str, str]]:
+    """Return the (group, tensor) names of the floating group tensors, in the vector's order."""
+    return [
+        (group, name)
+        for group in sorted(group_specs)
+        for name in sorted(group_specs[group])
+        if np.dtype(group_specs[group][name].dtype).kind == "f"
+    ]
+
+
+def vector_length(spec: Mapping[str, TensorSpec], group_specs: GroupSpecs | None = None) -> int:
+    """Return how many values the masked vector holds (the model's, then the groups')."""
+    specs = group_specs or {}
+    size = sum(int(np.prod(spec[name].shape, dtype=np.int64)) for name in masked_names(spec))
+    for group, name in masked_group_names(specs):
+        size += int(np.prod(specs[group][name].shape, dtype=np.int64))
+    return size
 
 
 def update_vector(
@@ -38,6 +65,33 @@ def update_vector(
         for name in masked_names(spec)
     ]
     return np.concatenate(parts) if parts else np.zeros(0, np.float64)
+
+
+def group_values(groups: Mapping[str, Mapping[str, np.ndarray]]) -> np.ndarray:
+    """Return an update's floating group tensors, flattened in the vector's order, float64."""
+    specs = {group: spec_of(tensors) for group, tensors in groups.items()}
+    parts = [
+        np.asarray(groups[group][name], np.float64).reshape(-1)
+        for group, name in masked_group_names(specs)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float64)
+
+
+def split_sum(
+    vector: np.ndarray, spec: Mapping[str, TensorSpec], group_specs: GroupSpecs
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """Return a summed vector's model tensors and group tensors, by the specs' names and shapes."""
+    model_size = vector_length(spec)
+    groups: dict[str, dict[str, np.ndarray]] = {group: {} for group in group_specs}
+    offset = model_size
+    for group, name in masked_group_names(group_specs):
+        shape = tuple(group_specs[group][name].shape)
+        size = int(np.prod(shape, dtype=np.int64))
+        groups[group][name] = vector[offset : offset + size].reshape(shape)
+        offset += size
+    if offset != vector.size:
+        raise ValueError(f"a vector of {vector.size} values for specs of {offset}")
+    return split_vector(vector[:model_size], spec), groups
 
 
 def split_vector(vector: np.ndarray, spec: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:

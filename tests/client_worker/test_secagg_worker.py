@@ -64,3 +64,22 @@ def test_masked_rounds_reach_fedavgs_model(tmp_path: Path) -> None:
     assert all(row["metrics"]["secagg_seconds"]["mean"] > 0 for row in history), history[0]
     for name, array in plain.items():
         np.testing.assert_allclose(masked[name], array, atol=5e-5, err_msg=name)
+
+
+def test_dp_fedavg_with_adaptive_clipping_steps_alike_on_masked_sums(tmp_path: Path) -> None:
+    """Client clipping with adaptive C: the clip bits travel masked too (an update group)."""
+    strategy = {
+        "name": "dpfedavg",
+        "clipping": "client",
+        "clip_norm": 0.05,
+        "noise_multiplier": 0.3,
+        "target_quantile": 0.5,
+        "noise_seed": 7,  # the same noise in both runs (a known seed voids the guarantee)
+    }
+    secagg = {"enabled": True, "stage_timeout_s": 10.0}
+    masked, history = _federate(tmp_path / "masked", _experiment(strategy=strategy, secagg=secagg))
+    plain, plain_history = _federate(tmp_path / "plain", _experiment(strategy=strategy))
+    assert [row["participants"] for row in history] == [["0", "1", "2", "3"]] * 2
+    assert [row["epsilon"] for row in history] == [row["epsilon"] for row in plain_history]
+    for name, array in plain.items():
+        np.testing.assert_allclose(masked[name], array, atol=5e-5, err_msg=name)

@@ -141,6 +141,7 @@ async def post_masked(
             body,
             desk=federation.secagg,
             spec=federation.state.spec,
+            group_specs=federation.state.group_specs,
             options=federation.config.secagg,
             sender=caller.client_id,
         )

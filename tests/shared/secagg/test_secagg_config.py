@@ -37,6 +37,26 @@ def test_unusable_sections_are_refused_with_their_reason(
         secagg(**section)
 
 
+@pytest.mark.parametrize(
+    ("strategy", "section", "message"),
+    [
+        ({"name": "dpfedavg"}, {}, "clipping: client"),
+        (
+            {"name": "dpfedavg", "clipping": "client"},
+            {"weighting": "num_examples", "max_num_examples": 400},
+            "weighting must be uniform",
+        ),
+    ],
+)
+def test_dp_fedavg_under_secagg_needs_client_clipping_and_uniform_weights(
+    strategy: dict[str, Any], section: dict[str, Any], message: str
+) -> None:
+    base = {"num_partitions": 10, "min_fit_clients": 5, "min_available_clients": 10}
+    overrides = {**base, "strategy": strategy, "secagg": {"enabled": True, **section}}
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+
+
 def test_a_round_of_one_client_is_refused() -> None:
     with pytest.raises(ConfigError, match="min_fit_clients >= 2"):
         load_config(overrides={"min_fit_clients": 1, "secagg": {"enabled": True}})
