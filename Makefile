@@ -21,8 +21,9 @@ STRATEGY ?=
 # Worker processes (empty = one per client up to 32 clients, one per core beyond); fewer run
 # the clients as virtual clients, one training per core overall: `make demo PROCESSES=2`
 PROCESSES ?=
-# `make demo` ends with the transfer-learning scenario (`make transfer`); TRANSFER=0 skips it
-TRANSFER ?= 1
+# `make demo` ends with the transfer-learning scenario (`make transfer`); TRANSFER=0 skips it.
+# Only the default config's demo does: `make demo CONFIG=...` runs that config alone.
+TRANSFER ?= $(if $(filter configs/demo.yaml,$(CONFIG)),1,0)
 PRETRAINED := data/pretrained/mlp-digits-0-4.pt
 # Single parts on machines of their own: `make run-aggregator`, `make run-worker ID=3 SERVER=...`
 SERVER ?= http://127.0.0.1:8000

@@ -31,7 +31,10 @@ __all__ = [
     "weights_reply",
 ]
 
-_REJECTIONS = frozenset({"stale_round", "not_selected", "round_closed"})
+_REJECTIONS = frozenset(
+    {"stale_round", "not_selected", "round_closed"}
+    | {"stale_attempt", "wrong_stage", "not_participant", "not_survivor", "already_posted"}
+)
 
 
 @dataclass(frozen=True)

@@ -162,9 +162,25 @@ class AggregatorClient:
             message["groups"] = {name: dict(tensors) for name, tensors in groups.items()}
         if delta:
             message["delta"] = True
+        return self.post_message("/receive", message)
+
+    def post_message(self, path: str, message: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a msgpack message, streamed from its arrays; return the JSON answer."""
         content = UploadBody(message)
         headers = {"Content-Type": MSGPACK, "Content-Length": str(content.nbytes)}
-        response, _ = self._request("POST", "/receive", content=content, headers=headers)
+        response, _ = self._request("POST", path, content=content, headers=headers)
+        return json_object(response)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str | int | float] | None = None,
+    ) -> dict[str, Any]:
+        """Send a JSON request (with retries) and return the JSON answer."""
+        response, _ = self._request(method, path, json_body=json_body, params=params)
         return json_object(response)
 
     def healthy(self) -> bool:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import numpy as np
 import torch
 
 from client_worker.algorithms import RoundContext
@@ -36,6 +37,8 @@ from client_worker.feed import ModelFeed
 from client_worker.local_model import ModelPool
 from client_worker.network import Sleep, event_sleep
 from client_worker.parts import OwnParts, SharedParts
+from client_worker.secagg_part import SecAggPart, update_delta
+from client_worker.secagg_session import SecAggSession
 from client_worker.settings import WorkerSettings
 from client_worker.slots import TrainingSlots
 from client_worker.summary import Activity, WorkerSummary
@@ -124,6 +127,9 @@ class _Worker:
         self.slots = shared.slots
         self.feed = shared.feed
         self.gate = shared.gate
+        self.secagg = SecAggPart(
+            self.client, self.client_id, wait_s=settings.long_poll_wait_s, stop=stop
+        )
         self.ledger: PrivacyLedger | None = None  # DP-SGD's accountant, loaded when first needed
         shared.activity.track(self.summary)
 
@@ -180,11 +186,15 @@ class _Worker:
         if reply.phase == "finished":
             self.summary.outcome = "finished"
         elif (
-            reply.phase == "training" and reply.is_selected and reply.server_round > self.last_done
+            reply.phase == "training"
+            and reply.is_selected
+            and reply.server_round > self.last_done
+            and self.secagg.untried(reply)
         ):
             with self.activity.busy():
                 self._take_part(reply)
-            self.last_done = reply.server_round
+            if not self.secagg.applies(reply):  # a secagg round may be retried: see SecAggPart
+                self.last_done = reply.server_round
             max_rounds = self.settings.max_rounds
             if max_rounds is not None and self.summary.rounds_trained >= max_rounds:
                 self.summary.outcome = "max_rounds"
@@ -218,6 +228,9 @@ class _Worker:
         seed = derive_seed(experiment_seed, self.partition_id, server_round)
         if dp is not None:  # batches and noise the aggregator cannot regenerate
             seed = self._privacy_ledger().training_seed(seed)
+        session = self.secagg.join(reply) if self.secagg.applies(reply) else None
+        if self.secagg.applies(reply) and session is None:
+            return
         accepted = out_of_memory = False
         try:
             with self.model.loaded(reply, self.stop) as model:  # held until the update is posted
@@ -251,15 +264,25 @@ class _Worker:
                 if dp is not None:  # counted before it leaves, whether accepted or not
                     spent = self._privacy_ledger().spend(dp, update.result, train_config.batch_size)
                     update = dataclasses.replace(update, privacy=spent)
-                encoded = self.encoder.encode(
-                    reply.config,
-                    update.weights,
-                    self.model.global_weights,
-                    seed=experiment_seed,
-                    server_round=server_round,
-                    client_index=self.partition_id,
+                if session is None:
+                    encoded = self.encoder.encode(
+                        reply.config,
+                        update.weights,
+                        self.model.global_weights,
+                        seed=experiment_seed,
+                        server_round=server_round,
+                        client_index=self.partition_id,
+                    )
+                    accepted = self._post(
+                        server_round, update, train_config.local_epochs, encoded=encoded
+                    )
+                else:  # the trained weights are released before waiting for the others
+                    delta = update_delta(update.weights, self.model.global_weights, update.groups)
+            if session is not None:
+                masking = (session, delta, derive_seed(seed, session.attempt))
+                accepted = self._post(
+                    server_round, update, train_config.local_epochs, masking=masking
                 )
-                accepted = self._post(server_round, update, train_config.local_epochs, encoded)
         except TrainingInterrupted as exc:
             self._interrupted(server_round, exc)
         except torch.cuda.OutOfMemoryError as exc:
@@ -296,23 +319,32 @@ class _Worker:
         server_round: int,
         update: LocalUpdate,
         local_epochs: int,
+        *,
         encoded: dict[str, Any] | None = None,
+        masking: tuple[SecAggSession, np.ndarray, int] | None = None,
     ) -> bool:
-        """Post the update (`encoded`: as deltas); tell whether the aggregator took it."""
+        """Post the update (`encoded`: as deltas), or mask and post its delta; tell if taken."""
         result, measured = update.result, update.metrics()
         # The aggregator refuses non-finite metrics (a diverged loss); leave them out.
         metrics = {name: value for name, value in measured.items() if math.isfinite(value)}
         if len(metrics) < len(measured):
             self._log("round %d: non-finite metrics left out: %s", server_round, measured)
         try:
-            answer = self.client.post_update(
-                server_round,
-                result.num_examples,
-                update.weights if encoded is None else encoded,
-                metrics,
-                update.groups,
-                delta=encoded is not None,
-            )
+            if masking is not None:
+                session, delta, seed = masking
+                masked = self.secagg.deliver(session, delta, result.num_examples, metrics, seed)
+                if masked is None:
+                    raise UpdateRejected("secagg", server_round, "the masked update was refused")
+                answer = masked
+            else:
+                answer = self.client.post_update(
+                    server_round,
+                    result.num_examples,
+                    update.weights if encoded is None else encoded,
+                    metrics,
+                    update.groups,
+                    delta=encoded is not None,
+                )
         except UpdateRejected as exc:
             self.summary.rounds_rejected += 1
             self._log("round %d: update dropped: %s", server_round, exc)
@@ -321,15 +353,13 @@ class _Worker:
         self.summary.examples_trained += result.num_examples * local_epochs
         self.summary.train_seconds += result.train_seconds
         self._log(
-            "round %d: trained %d examples in %.2f s (%.2f s CPU), loss %.4f; "
-            "posted (%s/%s received%s)",
+            "round %d: trained %d examples in %.2f s (%.2f s CPU), loss %.4f; posted (%s%s)",
             server_round,
             result.num_examples,
             result.train_seconds,
             result.train_cpu_seconds,
             result.train_loss,
-            answer.get("received"),
-            answer.get("needed"),
+            "masked" if masking else f"{answer.get('received')}/{answer.get('needed')} received",
             ", duplicate" if answer.get("duplicate") else "",
         )
         return True

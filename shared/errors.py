@@ -22,6 +22,7 @@
     │   └── Unavailable            the aggregator cannot take it now: retry later   (HTTP 503)
     ├── StoreError                 run state that cannot be written or read         (HTTP 503)
     ├── AggregationError           a strategy used out of order (strategy/fedavg.py)
+    ├── SecAggError                a secure-aggregation round whose sum cannot be rebuilt
     ├── ConfigError                an experiment config that cannot be used
     ├── DatasetError               a dataset that cannot be loaded (missing files, bad name)
     └── ModelError                 an unknown model name or a state that does not fit
@@ -50,6 +51,7 @@ __all__ = [
     "RateLimited",
     "Refused",
     "RequestTimeout",
+    "SecAggError",
     "SpecMismatch",
     "StoreError",
     "TensorError",
@@ -171,6 +173,10 @@ class Unavailable(Refused):
 
 class StoreError(TributaryError):
     """Run state that cannot be written or read (directory, database or file)."""
+
+
+class SecAggError(TributaryError):
+    """A secure-aggregation round whose sum cannot be rebuilt (too few or inconsistent shares)."""
 
 
 class ConfigError(TributaryError):

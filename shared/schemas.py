@@ -14,6 +14,8 @@ __all__ = [
     "ClientId",
     "ErrorBody",
     "GroupName",
+    "MetricName",
+    "MetricValue",
     "Phase",
     "ReceiveReply",
     "RegisterReply",

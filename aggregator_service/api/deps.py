@@ -20,6 +20,7 @@ __all__ = [
     "LongPollGateDep",
     "ReceiveLimiterDep",
     "SettingsDep",
+    "StageWatchDep",
     "UploadGateDep",
     "WatchDep",
 ]
@@ -40,6 +41,12 @@ async def get_settings(request: Request) -> AggregatorSettings:
 async def get_watch(request: Request) -> ModelWatch:
     """Return the watch that wakes long polls."""
     watch: ModelWatch = request.app.state.watch
+    return watch
+
+
+async def get_stage_watch(request: Request) -> ModelWatch:
+    """Return the watch that wakes long polls of GET /secagg/state."""
+    watch: ModelWatch = request.app.state.stage_watch
     return watch
 
 
@@ -64,6 +71,7 @@ async def get_receive_limiter(request: Request) -> RateLimiter:
 FederationDep = Annotated[Federation, Depends(get_federation)]
 SettingsDep = Annotated[AggregatorSettings, Depends(get_settings)]
 WatchDep = Annotated[ModelWatch, Depends(get_watch)]
+StageWatchDep = Annotated[ModelWatch, Depends(get_stage_watch)]
 UploadGateDep = Annotated[UploadGate, Depends(get_upload_gate)]
 LongPollGateDep = Annotated[LongPollGate, Depends(get_long_poll_gate)]
 ReceiveLimiterDep = Annotated[RateLimiter, Depends(get_receive_limiter)]

@@ -13,6 +13,9 @@ from aggregator_service.federation.ingest import decode_update
 from aggregator_service.federation.privacy import BUDGET_REASON, RunPrivacy
 from aggregator_service.federation.publish import Publications, publish_round
 from aggregator_service.federation.rounds import Evaluator, RoundLoop
+from aggregator_service.federation.secagg_desk import SecAggDesk
+from aggregator_service.federation.secagg_loop import StageNews
+from aggregator_service.federation.secagg_round import SecAggRound
 from aggregator_service.federation.state import (
     ClientInfo,
     FederationState,
@@ -21,7 +24,8 @@ from aggregator_service.federation.state import (
 )
 from aggregator_service.settings import AggregatorSettings
 from aggregator_service.store.run_store import RunStore, StoreError, split_server_state
-from aggregator_service.strategy import DPFedAvg, Strategy, build_strategy
+from aggregator_service.strategy import STRATEGIES, DPFedAvg, Strategy, build_strategy
+from aggregator_service.strategy.base import BaseStrategy
 from shared.config import ExperimentConfig
 from shared.errors import ConfigError
 from shared.exchange import exchanged_names
@@ -50,9 +54,11 @@ class Federation:
     ) -> None:
         self.settings = settings
         self.config = config
-        self.store = RunStore(settings.state_dir)
         self.strategy: Strategy = build_strategy(config.strategy)
+        _check_runs_on_sums(config, self.strategy)
+        self.store = RunStore(settings.state_dir)
         self.publications = Publications()
+        self.stage_news = StageNews()  # secure aggregation's stage changes
         self.exchanged: list[str] = []  # the tensors updates carry (not the clients' own)
         done_rounds, weights = self._load_or_init_model()
         self.state = self._build_state(done_rounds, weights)
@@ -63,8 +69,10 @@ class Federation:
             publications=self.publications,
             evaluator=evaluator,
             on_finished=on_finished,
+            stage_news=self.stage_news,
             privacy=self._run_privacy(),
         )
+        self.secagg = SecAggDesk(self.state)
         self._resume_round()
 
     def start(self) -> None:
@@ -168,6 +176,9 @@ class Federation:
             drawn_from=saved.get("drawn_from"),  # absent: accounted as a round without sampling
             deadline=time.monotonic() + self.config.round_timeout_s,
         )
+        if self.config.secagg.enabled:
+            self._restart_secagg_round(resumed, saved)
+            return
         for client_id, num_examples, body in self.store.updates.pending(current.server_round):
             header, _ = decode_update(body)
             resumed.received[client_id] = UpdateRecord(
@@ -183,6 +194,26 @@ class Federation:
             len(resumed.received),
         )
 
+    def _restart_secagg_round(self, resumed: RoundState, saved: dict[str, Any]) -> None:
+        """Re-open an interrupted secure-aggregation round as a new attempt, from its keys.
+
+        The clients' keys and the masked sum lived in memory only: what the old attempt
+        gathered is gone, and its clients' messages are refused as stale.
+        """
+        resumed.attempt += 1
+        resumed.secagg = SecAggRound(deadline=time.monotonic() + self.config.secagg.stage_timeout_s)
+        self.store.set_meta("round_state", {**saved, "attempt": resumed.attempt})
+        self.store.updates.drop(resumed.server_round)
+        self.state.round = resumed
+        self.state.published = publish_round(
+            self.config, self.strategy, resumed, self.state.global_weights, self.state.spec
+        )
+        log.info(
+            "round %d restarts from key advertisement as attempt %d (secure aggregation)",
+            resumed.server_round,
+            resumed.attempt,
+        )
+
     def remember_client(self, client_id: str, num_examples: int | None) -> None:
         """Persist the registered clients so a restarted aggregator knows them."""
         with self.state.lock:
@@ -192,6 +223,24 @@ class Federation:
             }
         clients.setdefault(client_id, {"num_examples": num_examples, "registered_at": time.time()})
         self.store.set_meta("clients", clients)
+
+
+def _check_runs_on_sums(config: ExperimentConfig, strategy: Strategy) -> None:
+    """Refuse secure aggregation with a strategy that has no rule for a round's sum."""
+    if not config.secagg.enabled or _runs_on_sums(type(strategy)):
+        return
+    able = ", ".join(sorted(name for name, cls in STRATEGIES.items() if _runs_on_sums(cls)))
+    raise ConfigError(
+        f"strategy {strategy.name!r} needs each client's update, but under secure aggregation "
+        f"(secagg.enabled) the aggregator learns only the round's sum; strategies that run "
+        f"on the sum: {able}"
+    )
+
+
+def _runs_on_sums(cls: type[Strategy]) -> bool:
+    """Whether a strategy class has its own aggregate_sum (BaseStrategy's refuses)."""
+    own_rule: object = cls.aggregate_sum
+    return own_rule is not BaseStrategy.aggregate_sum
 
 
 def _has_run(store: RunStore) -> bool:

@@ -127,6 +127,10 @@ class RoundView(Protocol):
     def selected(self) -> frozenset[str]:
         """The clients invited to train in it."""
 
+    @property
+    def attempt(self) -> int:
+        """How many times the round was retried before this attempt."""
+
 
 def publish_round(
     config: ExperimentConfig,
@@ -142,6 +146,8 @@ def publish_round(
     `update_groups`. `exchanged` is the spec of the tensors updates carry.
     """
     round_config = config.round_config() | strategy.client_config()
+    if "secagg" in round_config:  # the attempt names the keys and masks of this try
+        round_config["secagg"] = {**round_config["secagg"], "attempt": round_state.attempt}
     update_groups = sorted(strategy.update_groups(exchanged))
     if update_groups:
         round_config["update_groups"] = update_groups

@@ -12,6 +12,9 @@ same round and global model, the updates already accepted are kept, every active
 is invited, and the deadline starts again. Updates still being ingested always finish
 before a round closes.
 
+A secure-aggregation round (`secagg.enabled`) goes through its stages instead, with its
+own closes and retries (`secagg_steps.py`).
+
 Two operator actions (POST /admin/...) are flags that the loop handles in its thread:
 `request_skip` closes the open round now with the updates it has (even fewer than
 `min_fit_clients`), or retries it when it has none; `request_stop` finishes the run now
@@ -38,8 +41,10 @@ from aggregator_service.federation.privacy import (
     round_sampling,
 )
 from aggregator_service.federation.publish import Publications, model_digest, publish_round
+from aggregator_service.federation.secagg_loop import StageNews
+from aggregator_service.federation.secagg_steps import SecAggSteps
 from aggregator_service.federation.selection import select_clients
-from aggregator_service.federation.state import FederationState, RoundState
+from aggregator_service.federation.state import FederationState, RoundState, UpdateRecord
 from aggregator_service.store.run_store import RunStore
 from aggregator_service.strategy import ClientUpdate, DPFedAvg, Strategy
 from shared.evaluation import EvalResult
@@ -84,6 +89,7 @@ class RoundLoop:
         publications: Publications,
         evaluator: Evaluator | None = None,
         on_finished: Callable[[], None] = lambda: None,
+        stage_news: StageNews | None = None,
         privacy: RunPrivacy | None = None,
     ) -> None:
         self.publications = publications
@@ -97,6 +103,13 @@ class RoundLoop:
         self._stopping = False
         self._stop_requested = False  # finish the run now (admin)
         self._skip_round: int | None = None  # close or retry this round now (admin)
+        self.secagg = SecAggSteps(
+            state,
+            strategy,
+            stage_news if stage_news is not None else StageNews(),
+            install=self._install_retry,
+            conclude=self._conclude,
+        )
         self._thread = threading.Thread(target=self._run, name="round-loop", daemon=True)
 
     def start(self) -> None:
@@ -164,6 +177,14 @@ class RoundLoop:
                 continue
             if self._skip_round != current.server_round:
                 self._skip_round = None  # asked for a round that has closed since
+            if current.secagg is not None:
+                skip = self._skip_round is not None
+                step, decided = self.secagg.step(current, current.secagg, now, skip=skip)
+                if decided:
+                    self._skip_round = None
+                if step is not None:
+                    return step
+                continue
             decision = close_decision(
                 selected=len(current.selected),
                 received=len(current.received),
@@ -205,6 +226,7 @@ class RoundLoop:
         opened = RoundState(
             server_round, "training", selected=frozenset(selected), drawn_from=len(candidates)
         )
+        opened.secagg = self.secagg.first_stage()
         if self._stopped_by_budget(opened, weights):
             return
         self._install(opened, weights)
@@ -239,6 +261,11 @@ class RoundLoop:
             return
         self._install(retried, weights)
 
+    def _install_retry(self, retried: RoundState, weights: Mapping[str, np.ndarray]) -> None:
+        """Publish a retried round, unless running it would exceed the privacy budget."""
+        if not self._stopped_by_budget(retried, dict(weights)):
+            self._install(retried, weights)
+
     def _close_round(self) -> None:
         """Aggregate the journalled updates in client-id order, evaluate, checkpoint, go on."""
         with self.state.lock:
@@ -255,6 +282,17 @@ class RoundLoop:
         if lost := sorted({r.client_id for r in records} - read):  # damaged on disk since
             log.error("round %d: the journalled updates of %s were unreadable", server_round, lost)
             records = [r for r in records if r.client_id in read]
+        self._conclude(current, records, new_weights, aggregate_s)
+
+    def _conclude(
+        self,
+        current: RoundState,
+        records: list[UpdateRecord],
+        new_weights: dict[str, np.ndarray],
+        aggregate_s: float,
+    ) -> None:
+        """Evaluate, record and checkpoint a closed round's new model, then go on."""
+        server_round = current.server_round
         evaluation = self.evaluator(new_weights) if self.evaluator is not None else None
         row = history_row(current, records, evaluation, model_sha256=model_digest(new_weights))
         row["aggregate_s"] = round(aggregate_s, 4)

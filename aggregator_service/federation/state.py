@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from aggregator_service.federation.publish import PublishedModel
+from aggregator_service.federation.secagg_round import SecAggRound
 from shared.config import ExperimentConfig
 from shared.errors import Conflict, Unavailable
 from shared.schemas import Phase, ReceiveReply, RegisterReply, UpdateHeader
@@ -77,6 +78,7 @@ class RoundState:
     deadline: float = float("inf")
     bytes_out: int = 0
     raw_bytes_out: int = 0  # bytes_out as full float models (download compression)
+    secagg: SecAggRound | None = None  # the stages of a secure-aggregation round
 
 
 @dataclass
@@ -186,6 +188,13 @@ class FederationState:
             current = self.round
             if client_id in self.clients:
                 self.clients[client_id].last_seen = time.monotonic()
+            if self.config.secagg.enabled:
+                raise Conflict(
+                    "secagg_required",
+                    "this run uses secure aggregation: post the masked update to "
+                    "/secagg/masked (docs/protocol.md)",
+                    round=current.server_round,
+                )
             if header.round != current.server_round:
                 raise Conflict(
                     "stale_round",
@@ -220,10 +229,13 @@ class FederationState:
     def surely_refused(self, client_id: str, server_round: int) -> bool:
         """Whether an update of `client_id` for `server_round` can never be accepted now.
 
-        True for a past round, a client already received (a duplicate) and a round being
-        aggregated or finished: refusals no later state lifts (early_refusal.py). Not for a
-        client outside the selection: a retried round may invite it.
+        True for a past round, a client already received (a duplicate), a round being
+        aggregated or finished, and any plain update of a secure-aggregation run: refusals
+        no later state lifts (early_refusal.py). Not for a client outside the selection: a
+        retried round may invite it.
         """
+        if self.config.secagg.enabled:
+            return True
         with self.lock:
             current = self.round
             if server_round != current.server_round:

@@ -6,7 +6,8 @@ command-line overrides (``--set num_rounds=5``). Unknown keys are an error that 
 key. The modules: ``experiment.py`` (`ExperimentConfig`, its cross-checks and what derives
 from it), ``sections.py`` (partition, synthetic data, network, byzantine), ``dp_sgd.py``
 (DP-SGD on the clients), ``compression.py`` (updates as encoded deltas), ``strategies.py``
-(the `StrategyConfig` union, one class per server rule) and ``loading.py`` (`load_config`).
+(the `StrategyConfig` union, one class per server rule), ``secagg.py`` (secure
+aggregation) and ``loading.py`` (`load_config`).
 Import every name from here.
 """
 
@@ -14,6 +15,7 @@ from shared.config.compression import CompressionConfig
 from shared.config.dp_sgd import DpSgdConfig
 from shared.config.experiment import ENV_PREFIX, ExperimentConfig, ModelArgs, ModelInitArgs
 from shared.config.loading import config_source, load_config, parse_overrides
+from shared.config.secagg import SecAggConfig, round_threshold
 from shared.config.sections import (
     ByzantineProfile,
     DatasetName,
@@ -63,10 +65,12 @@ __all__ = [
     "PartitionConfig",
     "PartitionName",
     "ScaffoldConfig",
+    "SecAggConfig",
     "SignFlipAttack",
     "StrategyConfig",
     "SyntheticConfig",
     "config_source",
     "load_config",
     "parse_overrides",
+    "round_threshold",
 ]

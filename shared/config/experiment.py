@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.config.compression import CompressionConfig
 from shared.config.dp_sgd import DpSgdConfig
 from shared.config.privacy import check_dp_fedavg, with_dp_counts
+from shared.config.secagg import SecAggConfig
 from shared.config.sections import (
     ByzantineProfile,
     DatasetName,
@@ -104,6 +105,7 @@ class ExperimentConfig(BaseSettings):
     compression: CompressionConfig | None = None
     # sample-level DP-SGD in every client's local training (shared/config/dp_sgd.py)
     dp_sgd: DpSgdConfig | None = None
+    secagg: SecAggConfig = SecAggConfig()  # secure aggregation (docs/privacy.md)
 
     network: list[NetworkProfile] = []
     byzantine: list[ByzantineProfile] = []  # for experiments: clients that send attacks
@@ -208,6 +210,46 @@ class ExperimentConfig(BaseSettings):
                 "delta plus the error-feedback residual) can have a norm past clip_norm, "
                 "which the aggregator refuses; use clipping: server"
             )
+        if compression is not None and self.secagg.enabled:
+            raise ValueError(
+                f"compression.encoding {compression.encoding!r} cannot be used with secure "
+                "aggregation: a masked update is a vector of the ring Z_2^32 that the "
+                "aggregator can only add up, not an encoded delta it can decode; remove one"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_secagg(self) -> ExperimentConfig:
+        secagg = self.secagg
+        if not secagg.enabled:
+            return self
+        if self.min_fit_clients < 2:
+            raise ValueError(
+                "secure aggregation needs min_fit_clients >= 2: the sum of one update is the update"
+            )
+        if isinstance(self.strategy, DPFedAvgConfig) and self.strategy.clipping != "client":
+            raise ValueError(
+                "strategy dpfedavg under secure aggregation needs strategy.clipping: client: "
+                "the aggregator sees only the sum, so it cannot clip each update"
+            )
+        if isinstance(self.strategy, DPFedAvgConfig) and secagg.weighting != "uniform":
+            raise ValueError(
+                "strategy dpfedavg weighs every client 1: secagg.weighting must be uniform"
+            )
+        holders = secagg.holders(self.min_fit_clients)
+        if secagg.threshold is not None and secagg.threshold > holders:
+            raise ValueError(
+                f"secagg.threshold ({secagg.threshold}) exceeds the {holders} clients holding "
+                f"shares of each client's secrets in a round of min_fit_clients "
+                f"({self.min_fit_clients})"
+            )
+        if self.num_partitions > secagg.max_clients():
+            raise ValueError(
+                f"num_partitions ({self.num_partitions}) clients of secagg.quantization_range "
+                f"({secagg.quantization_range}) levels could sum past the modulus "
+                f"({secagg.modulus}): at most {secagg.max_clients()} clients; lower "
+                "quantization_range or raise the modulus"
+            )
         return self
 
     def proximal_mu(self) -> float:
@@ -246,4 +288,6 @@ class ExperimentConfig(BaseSettings):
             config["compression"] = self.compression.announced()
         if self.dp_sgd is not None:
             config["dp_sgd"] = self.dp_sgd.round_config()
+        if self.secagg.enabled:
+            config["secagg"] = self.secagg.model_dump(exclude={"enabled"})
         return config

@@ -99,3 +99,8 @@ def test_dp_fedavg_with_client_clipping_refuses_compression(section: dict[str, A
         load_config(None, client)
     server = {**client, "strategy": {**strategy, "clipping": "server"}}
     assert load_config(None, server).compression is not None  # the server clips what it decoded
+
+
+def test_secure_aggregation_refuses_compression() -> None:
+    with pytest.raises(ConfigError, match="cannot be used with secure aggregation"):
+        load_config(None, {"compression": {"encoding": "q8"}, "secagg": {"enabled": True}})
