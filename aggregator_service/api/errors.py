@@ -114,6 +114,7 @@ async def handle(request: Request, exc: Exception) -> JSONResponse:
     elif isinstance(exc, HTTPException):
         status, detail = exc.status_code, str(exc.detail)
         raw = exc.detail if status in (404, 405) else "http_error"
+        raw = "body_too_large" if status == 413 else raw  # a JSON route's max_body_size
         code = str(raw).lower().replace(" ", "_")
         headers.update(exc.headers or {})
     elif isinstance(exc, RequestValidationError):

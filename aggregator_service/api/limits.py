@@ -31,8 +31,18 @@ from contextlib import asynccontextmanager, contextmanager
 from aggregator_service.api.body import MAPPED_FROM, BodyPool, faulted_mapping
 from shared.errors import RateLimited, Unavailable
 
-__all__ = ["BUSY_RETRY_AFTER_S", "LongPollGate", "RateLimiter", "UploadGate", "UploadSlot"]
+__all__ = [
+    "BUSY_RETRY_AFTER_S",
+    "JSON_BODY_LIMIT",
+    "LongPollGate",
+    "RateLimiter",
+    "UploadGate",
+    "UploadSlot",
+]
 
+# A JSON request body (register, secure aggregation's keys, shares and reveals) is read
+# whole before it is parsed: beyond this it is refused with 413 while it arrives.
+JSON_BODY_LIMIT = 8 << 20
 BUSY_RETRY_AFTER_S = 2  # Retry-After of a 503 for a full upload queue or long-poll cap
 UPDATE_HEADROOM = 1 << 16  # an update's header and metrics beyond the model's weights
 MAX_KEYS = 100_000  # buckets remembered; the least recently used go first

@@ -23,6 +23,7 @@ from aggregator_service.api.deps import (
     StageWatchDep,
     UploadGateDep,
 )
+from aggregator_service.api.limits import JSON_BODY_LIMIT
 from aggregator_service.federation.secagg_ingest import ingest_masked
 from shared.errors import UnsupportedMediaType
 from shared.secagg.messages import (
@@ -68,7 +69,7 @@ _Attempt = Annotated[int, Query(ge=0)]
 _ClientId = Annotated[str, Query(min_length=1, max_length=64)]
 
 
-@router.post("/keys", responses=_RESPONSES)
+@router.post("/keys", max_body_size=JSON_BODY_LIMIT, responses=_RESPONSES)
 async def post_keys(
     body: KeysRequest, federation: FederationDep, caller: ClientCaller
 ) -> PostReply:
@@ -77,7 +78,7 @@ async def post_keys(
     return federation.secagg.advertise(body)
 
 
-@router.post("/shares", responses=_RESPONSES)
+@router.post("/shares", max_body_size=JSON_BODY_LIMIT, responses=_RESPONSES)
 async def post_shares(
     body: SharesRequest, federation: FederationDep, caller: ClientCaller
 ) -> PostReply:
@@ -147,7 +148,7 @@ async def post_masked(
         )
 
 
-@router.post("/unmask", responses=_RESPONSES)
+@router.post("/unmask", max_body_size=JSON_BODY_LIMIT, responses=_RESPONSES)
 async def post_unmask(
     body: UnmaskRequest, federation: FederationDep, caller: ClientCaller
 ) -> PostReply:

@@ -12,6 +12,7 @@ from aggregator_service.api.auth import ClientCaller, check_client
 from aggregator_service.api.body import Pace, read_body
 from aggregator_service.api.deps import FederationDep, ReceiveLimiterDep, SettingsDep, UploadGateDep
 from aggregator_service.api.early_refusal import EarlyRefusal
+from aggregator_service.api.limits import JSON_BODY_LIMIT
 from aggregator_service.federation.ingest import ingest_update
 from aggregator_service.settings import AggregatorSettings
 from aggregator_service.store.journal_stream import StreamedBody
@@ -47,7 +48,7 @@ _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/register", responses=_AUTH_RESPONSES)
+@router.post("/register", max_body_size=JSON_BODY_LIMIT, responses=_AUTH_RESPONSES)
 async def register(
     body: RegisterRequest, request: Request, federation: FederationDep, caller: ClientCaller
 ) -> RegisterReply:

@@ -13,6 +13,7 @@ from fastapi import Request
 from fastapi.testclient import TestClient
 
 from aggregator_service.api.body import BodyPool, Pace, faulted_mapping, read_body
+from aggregator_service.api.limits import JSON_BODY_LIMIT
 from shared.errors import RequestTimeout
 from tests.aggregator_service.helpers import (
     MSGPACK,
@@ -234,3 +235,22 @@ def test_a_body_slower_than_the_minimum_rate_after_its_grace_is_refused_with_408
     assert 0.3 <= asyncio.run(read()) < 2  # the grace, then 0.3 s + 1 s per 1000 bytes in
     steady = _dripping_request(b"\x00" * 100, 0.05, 10)  # 2000 bytes/s, after the grace too
     assert len(asyncio.run(read_body(steady, 1 << 20, pace=pace))) == 1000
+
+
+@pytest.mark.parametrize("path", ["/register", "/secagg/keys", "/secagg/shares", "/secagg/unmask"])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_json_bodies_over_their_limit_are_refused_while_they_arrive(
+    training: tuple[TestClient, dict[str, np.ndarray]], path: str, chunked: bool
+) -> None:
+    client, _ = training
+    huge = b'{"client_id": "a", "padding": "' + b"x" * JSON_BODY_LIMIT + b'"}'
+    content = _chunks(huge, 1 << 16) if chunked else huge
+    reply = client.post(path, content=content, headers={"Content-Type": "application/json"})
+    assert reply.status_code == 413
+    # FastAPI's max_body_size answers: plain text when Content-Length tells it at once,
+    # the error table's body while streaming
+    assert reply.text in (
+        "Content Too Large",
+        '{"error":"body_too_large","detail":"Content Too Large"}',
+    )
+    assert client.get("/status").json()["registered_clients"] == 2  # nothing changed
