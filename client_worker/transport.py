@@ -140,9 +140,13 @@ class AggregatorClient:
             if held is None or reply.delta_base != held.etag:
                 raise MalformedMessage(f"a delta against {reply.delta_base}, not the model held")
             reply = dataclasses.replace(reply, base=held.full_weights)
-        # download compression: keep this model, the base of the next answer's steps
-        self._held = reply if "download_compression" in reply.config else None
+        self.hold(reply)
         return reply
+
+    def hold(self, reply: WeightsReply | None) -> None:
+        """Name `reply`'s model in the next polls if its round config has download compression."""
+        announced = reply is not None and "download_compression" in reply.config
+        self._held = reply if announced else None
 
     def simulate_download(self, nbytes: int) -> None:
         """Spend the simulated network's time for a download this client did not make."""
