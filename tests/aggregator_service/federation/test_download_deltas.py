@@ -2,12 +2,13 @@
 
 After round 1 a worker naming the model it holds gets the round's q8 step instead of the
 weights; adding it to its model gives the aggregator's global model bit for bit, the
-model delta updates are added to. An unknown base gets full weights, a malformed one a
-400, and /history counts the bytes sent beside the full model's.
+model delta updates are added to. An unknown base (another process start, say) gets full
+weights, a malformed one a 400, and /history counts the bytes sent beside the full model's.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,3 +148,23 @@ def test_the_worker_resolves_steps_onto_the_model_it_holds(start_app: AppFactory
     assert third.delta_base == second.etag
     assert same_bits(third.weights(spec), server_model(client))
     worker.close()
+
+
+def test_after_a_restart_an_old_base_gets_the_checkpointed_chain_in_full(
+    start_app: AppFactory, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "restart"
+    config = experiment(download_compression=DOWNLOAD, num_rounds=3)
+    client = start_app(config, state_dir=state_dir, receive_rate=0)
+    register(client, "a", "b")
+    wait_for(client, lambda s: s["phase"] == "training")
+    first = client.get("/get_weights")
+    close_round(client, 1, decode_weights(decode_message(first.content)["weights"]))
+    chained = server_model(client)
+    client.__exit__(None, None, None)
+
+    again = start_app(config, state_dir=state_dir, receive_rate=0)
+    reply = again.get("/get_weights", headers={"X-Tributary-Base": first.headers["ETag"]})
+    message = decode_message(reply.content)
+    assert "delta_base" not in message
+    assert same_bits(decode_weights(message["weights"]), chained)
