@@ -9,9 +9,9 @@ error answer is read tolerantly (any body) and raised as the error the worker ac
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import httpx
@@ -53,27 +53,30 @@ class WeightsReply:
     raw_groups: Any = None  # protocol 2: group name -> raw tensors; None: no groups
     delta_base: str | None = None  # download compression: the ETag the steps start from
     raw_deltas: Any = None  # the steps, raw, when `delta_base` is set
-    base: Mapping[str, np.ndarray] | None = None  # the weights of `delta_base`, held
+    resolved: Mapping[str, np.ndarray] | None = None  # the model they lead to (`resolve`)
 
     def weights(self, spec: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
         """Decode the global weights, checking names, shapes and dtypes against `spec`."""
         if self.delta_base is None:
             return _decode_weights(self.raw_weights, spec=spec)
-        return _checked(self.full_weights, spec)
+        return _checked(self.full_weights(), spec)
 
-    @cached_property
     def full_weights(self) -> dict[str, np.ndarray]:
-        """The global weights as sent, or the held base plus the steps (checked against it)."""
+        """Return the global weights: decoded as sent, or the model the steps lead to."""
         if self.delta_base is None:
             return _decode_weights(self.raw_weights)
-        if self.base is None:
-            raise MalformedMessage(f"a delta against {self.delta_base} without its base")
+        if self.resolved is None:
+            raise MalformedMessage(f"steps from {self.delta_base} not resolved onto its model")
+        return dict(self.resolved)
+
+    def resolve(self, held: Mapping[str, np.ndarray]) -> WeightsReply:
+        """Return this reply with its steps added to `held`, the model of `delta_base`."""
         if not isinstance(self.raw_deltas, list):
             raise MalformedMessage("GET /get_weights: 'deltas' must be a list of steps")
-        weights = dict(self.base)
+        weights = dict(held)
         for step in self.raw_deltas:
             weights = apply_step(weights, step)
-        return weights
+        return dataclasses.replace(self, resolved=weights)
 
     def groups(self) -> dict[str, dict[str, np.ndarray]]:
         """Decode the tensor groups the aggregator published (empty under protocol 1)."""

@@ -20,7 +20,6 @@ errors typed, in `client_worker.replies`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import ssl
@@ -139,7 +138,7 @@ class AggregatorClient:
         if reply.delta_base is not None:
             if held is None or reply.delta_base != held.etag:
                 raise MalformedMessage(f"a delta against {reply.delta_base}, not the model held")
-            reply = dataclasses.replace(reply, base=held.full_weights)
+            reply = reply.resolve(held.full_weights())
         self.hold(reply)
         return reply
 
