@@ -54,7 +54,7 @@ class DownloadChain:
         self._lock = threading.Lock()
         self._versions: deque[_Version] = deque()
         self._etags: dict[str, _Version] = {}
-        self._answers: dict[str, bytes | None] = {}  # base ETag -> answer, for `_target`
+        self._answers: dict[str, bytes | None] = {}  # known base ETag -> answer to `_target`
         self._target = ""  # the ETag of the model `_answers` answer
 
     def chain(
@@ -92,6 +92,8 @@ class DownloadChain:
     def answer(self, published: PublishedModel, base: str) -> bytes | None:
         """Return the delta message of `published` against the version `base` names, or None."""
         with self._lock:
+            if base not in self._etags:  # not cached: any string may come
+                return None
             if self._target != published.etag:
                 self._answers, self._target = {}, published.etag
             if base not in self._answers:
