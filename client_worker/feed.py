@@ -8,6 +8,8 @@ GET carrying that model's ETag and wait=0: the server answers 304 without a body
 this client's own `X-Tributary-Selected` header, and counts the client as seen. If the
 server has moved on meanwhile, that GET brings the newer model, which goes into the feed.
 A client's simulated network still spends the time of the download it did not make.
+With download compression, each client names the feed's model as the one it holds, so
+whichever client asks gets the steps since that model.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class ModelFeed:
                     latest = None  # nothing new here: ask the server (it also sees us)
                     break
                 self._changed.wait(min(remaining, STOP_CHECK_S))
+        client.hold(self._latest)  # the base of steps (download compression), for everyone
         if latest is None:
             return self._receive(client.poll_weights(min_round, etag, 0.0))
         return self._confirm(client, latest, min_round)
@@ -63,6 +66,7 @@ class ModelFeed:
         self, client: AggregatorClient, min_round: int, etag: str | None, wait: float
     ) -> WeightsReply | None:
         """Hold the long poll for every client of the feed (called with the lock held)."""
+        client.hold(self._latest)
         self._changed.release()
         reply = None
         try:

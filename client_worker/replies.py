@@ -9,6 +9,7 @@ error answer is read tolerantly (any body) and raised as the error the worker ac
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,9 @@ import httpx
 import numpy as np
 
 from client_worker.errors import HINTS, FatalServerError, UpdateRejected
-from shared.errors import MalformedMessage
-from shared.wire import TensorSpec, check_protocol, decode_groups, decode_message
+from shared.compression import apply_step
+from shared.errors import MalformedMessage, SpecMismatch
+from shared.wire import TensorSpec, check_protocol, decode_groups, decode_message, spec_of
 from shared.wire import decode_weights as _decode_weights
 
 __all__ = [
@@ -52,10 +54,32 @@ class WeightsReply:
     nbytes: int
     protocol: int = 1
     raw_groups: Any = None  # protocol 2: group name -> raw tensors; None: no groups
+    delta_base: str | None = None  # download compression: the ETag the steps start from
+    raw_deltas: Any = None  # the steps, raw, when `delta_base` is set
+    resolved: Mapping[str, np.ndarray] | None = None  # the model they lead to (`resolve`)
 
     def weights(self, spec: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
         """Decode the global weights, checking names, shapes and dtypes against `spec`."""
-        return _decode_weights(self.raw_weights, spec=spec)
+        if self.delta_base is None:
+            return _decode_weights(self.raw_weights, spec=spec)
+        return _checked(self.full_weights(), spec)
+
+    def full_weights(self) -> dict[str, np.ndarray]:
+        """Return the global weights: decoded as sent, or the model the steps lead to."""
+        if self.delta_base is None:
+            return _decode_weights(self.raw_weights)
+        if self.resolved is None:
+            raise MalformedMessage(f"steps from {self.delta_base} not resolved onto its model")
+        return dict(self.resolved)
+
+    def resolve(self, held: Mapping[str, np.ndarray]) -> WeightsReply:
+        """Return this reply with its steps added to `held`, the model of `delta_base`."""
+        if not isinstance(self.raw_deltas, list):
+            raise MalformedMessage("GET /get_weights: 'deltas' must be a list of steps")
+        weights = dict(held)
+        for step in self.raw_deltas:
+            weights = apply_step(weights, step)
+        return dataclasses.replace(self, resolved=weights)
 
     def groups(self) -> dict[str, dict[str, np.ndarray]]:
         """Decode the tensor groups the aggregator published (empty under protocol 1)."""
@@ -143,4 +167,25 @@ def weights_reply(response: httpx.Response, body: memoryview, client_id: str) ->
         nbytes=len(body),
         protocol=protocol,
         raw_groups=message.get("groups"),
+        delta_base=_delta_base(message),
+        raw_deltas=message.get("deltas"),
     )
+
+
+def _delta_base(message: Mapping[str, Any]) -> str | None:
+    """Return a delta answer's base ETag; None for full weights."""
+    base = message.get("delta_base")
+    if base is not None and not isinstance(base, str):
+        raise MalformedMessage(f"GET /get_weights: 'delta_base' must be a string, got {base!r:.80}")
+    return base
+
+
+def _checked(
+    weights: dict[str, np.ndarray], spec: Mapping[str, TensorSpec]
+) -> dict[str, np.ndarray]:
+    """Return `weights` once their names, shapes and dtypes are exactly `spec`'s."""
+    held = spec_of(weights)
+    for name in held.keys() | spec.keys():
+        if held.get(name) != spec.get(name):
+            raise SpecMismatch(name, f"is {held.get(name)} in the model, {spec.get(name)} expected")
+    return weights

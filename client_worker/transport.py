@@ -8,7 +8,9 @@ an overall time limit. Client errors that a retry cannot heal (400, 401, 403, 40
 
 The global model is streamed into one buffer sized from its Content-Length
 (`client_worker.download`); a body shorter or longer than declared is a broken transfer
-and retried like a dropped connection.
+and retried like a dropped connection. When the round config announces download
+compression, the client keeps the last model it received and names it in
+X-Tributary-Base; an answer of steps against it is resolved onto it (`WeightsReply`).
 
 With a token, every request carries ``Authorization: Bearer <token>``. A server
 certificate that does not verify (against `verify`: the system's CAs or a CA bundle)
@@ -48,6 +50,7 @@ from client_worker.replies import (
 )
 from client_worker.retry import Backoff, retry_after, retryable
 from client_worker.upload import UploadBody
+from shared.errors import MalformedMessage
 from shared.wire import protocol_for
 
 __all__ = ["MAX_BODY_BYTES", "AggregatorClient", "WeightsReply"]
@@ -96,6 +99,7 @@ class AggregatorClient:
         self._rng = np.random.default_rng([seed, 0x7E7])
         self.bytes_up = 0
         self.bytes_down = 0
+        self._held: WeightsReply | None = None  # the model held, with download compression
 
     # ---------------------------------------------------------------- protocol
 
@@ -122,12 +126,26 @@ class AggregatorClient:
             "wait": wait,
         }
         headers = {"If-None-Match": etag} if etag is not None else {}
+        held = self._held
+        if held is not None and held.etag is not None:
+            headers["X-Tributary-Base"] = held.etag
         response, body = self._request(
             "GET", "/get_weights", params=params, headers=headers, into_buffer=True
         )
         if response.status_code == 304:
             return not_modified(response)
-        return weights_reply(response, body, self.client_id)
+        reply = weights_reply(response, body, self.client_id)
+        if reply.delta_base is not None:
+            if held is None or reply.delta_base != held.etag:
+                raise MalformedMessage(f"a delta against {reply.delta_base}, not the model held")
+            reply = reply.resolve(held.full_weights())
+        self.hold(reply)
+        return reply
+
+    def hold(self, reply: WeightsReply | None) -> None:
+        """Name `reply`'s model in the next polls if its round config has download compression."""
+        announced = reply is not None and "download_compression" in reply.config
+        self._held = reply if announced else None
 
     def simulate_download(self, nbytes: int) -> None:
         """Spend the simulated network's time for a download this client did not make."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from aggregator_service.federation.downlink import DownloadChain
 from aggregator_service.federation.ingest import decode_update
 from aggregator_service.federation.privacy import BUDGET_REASON, RunPrivacy
 from aggregator_service.federation.publish import Publications, publish_round
@@ -62,6 +63,8 @@ class Federation:
         self.exchanged: list[str] = []  # the tensors updates carry (not the clients' own)
         done_rounds, weights = self._load_or_init_model()
         self.state = self._build_state(done_rounds, weights)
+        section = config.download_compression
+        self.downlink = DownloadChain(section, config.seed) if section is not None else None
         self.loop = RoundLoop(
             state=self.state,
             strategy=self.strategy,
@@ -71,9 +74,13 @@ class Federation:
             on_finished=on_finished,
             stage_news=self.stage_news,
             privacy=self._run_privacy(),
+            downlink=self.downlink,
         )
         self.secagg = SecAggDesk(self.state)
         self._resume_round()
+        if self.downlink is not None:
+            self.downlink.note(self.state.published)
+            self.publications.subscribe(self.downlink.note)
 
     def start(self) -> None:
         """Start the round loop."""

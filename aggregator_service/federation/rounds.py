@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from aggregator_service.federation.downlink import DownloadChain
 from aggregator_service.federation.history import brief, history_row
 from aggregator_service.federation.ingest import round_updates
 from aggregator_service.federation.privacy import (
@@ -91,8 +92,10 @@ class RoundLoop:
         on_finished: Callable[[], None] = lambda: None,
         stage_news: StageNews | None = None,
         privacy: RunPrivacy | None = None,
+        downlink: DownloadChain | None = None,
     ) -> None:
         self.publications = publications
+        self.downlink = downlink  # download compression: each new model joins the chain
         self.privacy = privacy  # DP-FedAvg's accountant: epsilon per round, the budget stop
         self.state = state
         self.strategy = strategy
@@ -279,6 +282,8 @@ class RoundLoop:
         started = time.perf_counter()
         new_weights = {**weights, **self.strategy.aggregate(server_round, exchanged, updates)}
         aggregate_s = time.perf_counter() - started
+        if self.downlink is not None:  # the model every worker will hold, bit for bit
+            new_weights = self.downlink.chain(server_round, weights, new_weights)
         if lost := sorted({r.client_id for r in records} - read):  # damaged on disk since
             log.error("round %d: the journalled updates of %s were unreadable", server_round, lost)
             records = [r for r in records if r.client_id in read]

@@ -10,6 +10,7 @@ torch), with its byte layout in docs/protocol.md (*Update encodings*):
     spec.py                      CompressionSpec, and `plan`: which tensors stay plain
     codec.py                     encode, decode, and accumulate any tensor map
     feedback.py                  error feedback: residuals kept by a client
+    steps.py                     steps between model versions (download deltas)
     fields.py, decoded.py        reading a map's fields; a validated tensor, whole or in pieces
     errors.py                    EncodingError and UnknownEncoding
 
@@ -32,6 +33,7 @@ from shared.compression.codec import (
 from shared.compression.errors import EncodingError, UnknownEncoding
 from shared.compression.feedback import ErrorFeedback, with_feedback
 from shared.compression.spec import ENCODINGS, CompressionSpec, plan
+from shared.compression.steps import apply_step, step_between
 
 __all__ = [
     "ENCODINGS",
@@ -40,6 +42,7 @@ __all__ = [
     "ErrorFeedback",
     "UnknownEncoding",
     "accumulate_into",
+    "apply_step",
     "check_update",
     "decode_tensor",
     "decode_update",
@@ -48,6 +51,7 @@ __all__ = [
     "is_compressed",
     "iter_decoded",
     "plan",
+    "step_between",
     "wire_nbytes",
     "with_feedback",
 ]

@@ -5,13 +5,14 @@ Values come, lowest priority first, from the defaults, a YAML file, environment 
 command-line overrides (``--set num_rounds=5``). Unknown keys are an error that names the
 key. The modules: ``experiment.py`` (`ExperimentConfig`, its cross-checks and what derives
 from it), ``sections.py`` (partition, synthetic data, network, byzantine), ``dp_sgd.py``
-(DP-SGD on the clients), ``compression.py`` (updates as encoded deltas), ``strategies.py``
-(the `StrategyConfig` union, one class per server rule), ``secagg.py`` (secure
-aggregation) and ``loading.py`` (`load_config`).
+(DP-SGD on the clients), ``compression.py`` (updates as encoded deltas), ``download.py``
+(the global model as encoded steps), ``strategies.py`` (the `StrategyConfig` union, one
+class per server rule), ``secagg.py`` (secure aggregation) and ``loading.py`` (`load_config`).
 Import every name from here.
 """
 
 from shared.config.compression import CompressionConfig
+from shared.config.download import DownloadCompressionConfig
 from shared.config.dp_sgd import DpSgdConfig
 from shared.config.experiment import ENV_PREFIX, ExperimentConfig, ModelArgs, ModelInitArgs
 from shared.config.loading import config_source, load_config, parse_overrides
@@ -47,6 +48,7 @@ __all__ = [
     "CompressionConfig",
     "DPFedAvgConfig",
     "DatasetName",
+    "DownloadCompressionConfig",
     "DpSgdConfig",
     "ExperimentConfig",
     "FedAdagradConfig",

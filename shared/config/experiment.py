@@ -9,6 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config.compression import CompressionConfig
+from shared.config.download import DownloadCompressionConfig
 from shared.config.dp_sgd import DpSgdConfig
 from shared.config.privacy import check_dp_fedavg, with_dp_counts
 from shared.config.secagg import SecAggConfig
@@ -103,6 +104,8 @@ class ExperimentConfig(BaseSettings):
 
     # updates as encoded deltas (shared/config/compression.py); None: full float weights
     compression: CompressionConfig | None = None
+    # the global model sent as encoded steps (shared/config/download.py); None: full weights
+    download_compression: DownloadCompressionConfig | None = None
     # sample-level DP-SGD in every client's local training (shared/config/dp_sgd.py)
     dp_sgd: DpSgdConfig | None = None
     secagg: SecAggConfig = SecAggConfig()  # secure aggregation (docs/privacy.md)
@@ -286,6 +289,8 @@ class ExperimentConfig(BaseSettings):
         config["mu"] = self.proximal_mu()  # strategy fedprox's own mu, when it is the strategy
         if self.compression is not None:
             config["compression"] = self.compression.announced()
+        if self.download_compression is not None:
+            config["download_compression"] = self.download_compression.announced()
         if self.dp_sgd is not None:
             config["dp_sgd"] = self.dp_sgd.round_config()
         if self.secagg.enabled:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -15,19 +16,24 @@ from aggregator_service.api.limits import LongPollGate
 from aggregator_service.api.watch import ModelWatch
 from aggregator_service.federation.publish import PublishedModel
 from aggregator_service.federation.state import FederationState
+from shared.errors import BadRequest
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["model"])
 
 MSGPACK = "application/msgpack"
+MAX_ETAG_CHARS = 128
+_ETAG = re.compile(rf'"[\x21\x23-\x7e]{{1,{MAX_ETAG_CHARS}}}"')
 _WEIGHTS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The global model as a msgpack message (see docs/protocol.md); "
+        "description": "The global model as a msgpack message (see docs/protocol.md), or "
+        "its steps since the version X-Tributary-Base names (download compression); "
         "a JSON summary instead when the request accepts only application/json.",
         "content": {MSGPACK: {}, "application/json": {}},
     },
     304: {"description": "Not modified: the ETag in If-None-Match is still current."},
+    400: {"description": "X-Tributary-Base is not one ETag (`bad_base`)"},
     401: {"description": "missing or invalid bearer token (when tokens are configured)"},
     403: {"description": "`client_id` is not the client of the token (`wrong_client`)"},
     503: {"description": "too many long polls held open (`too_many_polls`); see Retry-After"},
@@ -46,9 +52,13 @@ async def get_weights(
     min_round: Annotated[int, Query(ge=0)] = 0,
     wait: Annotated[float, Query(ge=0, description="long-poll seconds")] = 0.0,
     if_none_match: Annotated[str | None, Header()] = None,
+    x_tributary_base: Annotated[
+        str | None, Header(description="the ETag of the model the caller holds")
+    ] = None,
 ) -> Response:
     """Serve the global model; hold the request up to `wait` s until something new exists."""
     state = federation.state
+    base = _base_etag(x_tributary_base)
     if client_id is not None:
         check_client(caller, client_id)
         state.touch(client_id)
@@ -67,8 +77,14 @@ async def get_weights(
     if _wants_json(request):
         summary = await run_in_threadpool(lambda: published.summary)  # hashes 45 MB once
         return JSONResponse(summary, headers=headers)
-    state.count_bytes_out(len(published.payload))
-    return Response(published.payload, media_type=MSGPACK, headers=headers)
+    payload = published.payload
+    if base is not None and federation.downlink is not None:
+        delta = await run_in_threadpool(federation.downlink.answer, published, base)
+        if delta is not None:  # else the full weights: the base is unknown or too old
+            payload = delta
+            headers["X-Tributary-Delta-Base"] = base
+    state.count_bytes_out(len(payload), len(published.payload))
+    return Response(payload, media_type=MSGPACK, headers=headers)
 
 
 @router.get("/model", dependencies=[Depends(reader_caller)])
@@ -102,6 +118,18 @@ async def _await_new(
             published = state.published
             if _answer_now(published, min_round, etag) or loop.time() >= deadline:
                 return published
+
+
+def _base_etag(header: str | None) -> str | None:
+    """Return the ETag an X-Tributary-Base header names; a malformed one is a 400."""
+    if header is None or _ETAG.fullmatch(header):
+        return header
+    raise BadRequest(
+        "bad_base",
+        "X-Tributary-Base must be one ETag as GET /get_weights sent it (a quoted string "
+        f"of at most {MAX_ETAG_CHARS} printable characters, no quote inside), got "
+        f"{header[:80]!r}",
+    )
 
 
 def _answer_now(published: PublishedModel, min_round: int, etag: str | None) -> bool:

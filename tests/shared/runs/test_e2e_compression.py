@@ -2,8 +2,12 @@
 
 Three clients, two rounds of real processes: the workers send top-k deltas with 8-bit
 values (stochastically rounded here) and keep their error-feedback residuals in the run's
-worker-state folder; the aggregator's /history rows, and so metrics.json and metrics.csv,
-count the bytes saved; a rerun as virtual clients of one process gives the same models.
+worker-state folder, and get the global model as q8 steps against the one they hold; the
+aggregator's /history rows, and so metrics.json and metrics.csv, count the bytes saved
+both ways; a rerun as virtual clients of one process gives the same models. The updates
+are deltas against the model each worker holds, added by the aggregator to its own: any
+worker off the chain would change the models, and the rerun, whose clients share one
+download, would differ.
 """
 
 from __future__ import annotations
@@ -54,8 +58,11 @@ def test_a_compressed_federation_saves_uplink_bytes_and_reruns_bit_identical(
         # top-k 10% of the large tensors, 8-bit values with varint gaps: over 10x smaller
         assert row["raw_bytes_in"] > 10 * row["bytes_in"], row
         assert row["compression_in"] == pytest.approx(row["raw_bytes_in"] / row["bytes_in"], 1e-3)
+    for row in rounds[1:]:  # after round 1 the workers get q8 steps against their model
+        assert row["raw_bytes_out"] > 3 * row["bytes_out"], row
     summary = document["summary"]
     assert summary["compression_in"] > 10
+    assert summary["compression_out"] > 2
     assert summary["total_raw_mb_in"] > 10 * summary["total_mb_in"]
     with (run_dir / "metrics.csv").open() as file:
         assert float(next(csv.DictReader(file))["compression_in"]) > 10
