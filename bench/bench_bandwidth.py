@@ -6,10 +6,11 @@
 Runs the demo federation (configs/demo.yaml: the 2NN on mnist5k, IID, 10 clients) with
 every client's link capped at each `--bandwidth-mbit` (the worker's simulated network:
 each request and response sleeps its bytes at that rate, plus an exponential delay of
-mean `--jitter-ms`), once per encoding of ENCODINGS. One worker process per client by
+mean `--jitter-ms`), once per setting of ENCODINGS (the uplink `compression` and the
+downlink `download_compression` sections). One worker process per client by
 default, so each client has its own link. A round's wall time is its /history
 `duration_s` (from the round's opening to its close); the table gives, per run, the mean
-round time, the uplink MB per round, the final accuracy, and the wall time until the
+round time, the MB up and down per round, the final accuracy, and the wall time until the
 server's test accuracy first reached `--target`. The figure draws test accuracy against
 the accumulated wall time, one panel per bandwidth.
 """
@@ -37,11 +38,20 @@ from _experiments import (
 __all__ = ["ENCODINGS", "main", "planned_runs", "summary_rows", "time_to", "wall_times"]
 
 NONE = "none"
-ENCODINGS: dict[str, dict[str, Any] | None] = {
-    NONE: None,
-    "q8": {"encoding": "q8"},
-    "top-k 0.1 + EF": {"encoding": "topk", "fraction": 0.1, "values": "q8"},
-    "top-k 0.01 + EF": {"encoding": "topk", "fraction": 0.01, "values": "q8"},
+Q8_DOWN = {"download_compression": {"encoding": "q8"}}
+# Each setting's config sections: uplink `compression`, downlink `download_compression`.
+ENCODINGS: dict[str, dict[str, Any]] = {
+    NONE: {},
+    "q8 up": {"compression": {"encoding": "q8"}},
+    "q8 up, q8 down": {"compression": {"encoding": "q8"}} | Q8_DOWN,
+    "top-k 0.1 + EF up, q8 down": {
+        "compression": {"encoding": "topk", "fraction": 0.1, "values": "q8"}
+    }
+    | Q8_DOWN,
+    "top-k 0.01 + EF up, q8 down": {
+        "compression": {"encoding": "topk", "fraction": 0.01, "values": "q8"}
+    }
+    | Q8_DOWN,
 }
 BYTES_PER_MB = 1_000_000
 
@@ -58,10 +68,8 @@ def planned_runs(args: argparse.Namespace) -> dict[Key, dict[str, Any]]:
         if args.jitter_ms > 0:
             link |= {"jitter": "exponential", "jitter_ms": args.jitter_ms}
         base = {"num_partitions": args.clients, "num_rounds": args.rounds, "network": [link]}
-        for label, compression in ENCODINGS.items():
-            plan[(_label(mbit), label)] = base | (
-                {"compression": compression} if compression is not None else {}
-            )
+        for label, sections in ENCODINGS.items():
+            plan[(_label(mbit), label)] = base | sections
     return plan
 
 
@@ -83,23 +91,25 @@ def time_to(rows: Sequence[Mapping[str, Any]], target: float) -> float | None:
 
 
 def summary_rows(runs: Mapping[Key, Run], *, target: float) -> list[list[str]]:
-    """Return per run: bandwidth, encoding, round time, uplink MB, accuracy, time to target."""
+    """Return per run: link, encodings, round time, MB up and down, accuracy, time to target."""
     rows = []
     for (link, label), run in runs.items():
         scores = accuracies(run.rows)
         if not scores:
-            rows.append([link, label, "failed", *["-"] * 4])
+            rows.append([link, label, "failed", *["-"] * 5])
             continue
         reached = time_to(run.rows, target)
         reference = time_to(runs[(link, NONE)].rows, target) if (link, NONE) in runs else None
         speedup = f"{reference / reached:.2f}x" if reached and reference else "-"
         uplink = sum(row.get("bytes_in") or 0 for row in run.rows) / len(run.rows)
+        downlink = sum(row.get("bytes_out") or 0 for row in run.rows) / len(run.rows)
         rows.append(
             [
                 link,
                 label,
                 f"{wall_times(run.rows)[-1] / len(run.rows):.2f}",
                 f"{uplink / BYTES_PER_MB:.3f}",
+                f"{downlink / BYTES_PER_MB:.3f}",
                 f"{scores[-1]:.4f}{run.outcome()}",
                 f"{reached:.1f}" if reached is not None else "not reached",
                 speedup,
@@ -156,8 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_all(settings, args)
     title = describe(args)
     plot(results, args.out, title=title, target=args.target)
-    print(f"{title}; wall time in s; uplink MB per round (mean over all rounds)")
-    header = ["link", "encoding", "s per round", "uplink MB/round", "final"]
+    print(f"{title}; wall time in s; MB per round: the mean over all rounds")
+    header = ["link", "encodings", "s per round", "MB up/round", "MB down/round", "final"]
     header += [f"s to {args.target:g}", "speedup"]
     print(markdown_table(header, summary_rows(results, target=args.target)))
     print(f"figure: {args.out}")
