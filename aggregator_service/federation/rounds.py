@@ -240,18 +240,7 @@ class RoundLoop:
         with self.state.lock:
             current = self.state.round
             invited = set(current.received) | set(self.state.active_clients(time.monotonic()))
-            retried = RoundState(
-                current.server_round,
-                "training",
-                attempt=current.attempt + 1,
-                selected=frozenset(invited),
-                drawn_from=current.drawn_from,
-                received=current.received,
-                in_flight=current.in_flight,
-                started_at=current.started_at,
-                bytes_out=current.bytes_out,
-                raw_bytes_out=current.raw_bytes_out,
-            )
+            retried = current.next_attempt(frozenset(invited), keep_updates=True)
             weights = self.state.global_weights
         log.warning(
             "round %d: deadline passed with %d of %d updates; retrying with %d clients",

@@ -101,16 +101,8 @@ class SecAggSteps:
         with self.state.lock:
             current = self.state.round
             invited = set(current.selected) | set(self.state.active_clients(time.monotonic()))
-            retried = RoundState(
-                current.server_round,
-                "training",
-                attempt=current.attempt + 1,
-                selected=frozenset(invited),
-                drawn_from=current.drawn_from,
-                started_at=current.started_at,
-                bytes_out=current.bytes_out,
-                secagg=self.first_stage(),
-            )
+            retried = current.next_attempt(frozenset(invited), keep_updates=False)
+            retried.secagg = self.first_stage()
             weights = self.state.global_weights
         log.warning(
             "round %d attempt %d: %s; retrying from the keys as attempt %d with %d clients",

@@ -80,6 +80,21 @@ class RoundState:
     raw_bytes_out: int = 0  # bytes_out as full float models (download compression)
     secagg: SecAggRound | None = None  # the stages of a secure-aggregation round
 
+    def next_attempt(self, selected: frozenset[str], *, keep_updates: bool) -> RoundState:
+        """Return this round tried again by `selected`: same round, start and byte counts."""
+        return RoundState(
+            self.server_round,
+            "training",
+            attempt=self.attempt + 1,
+            selected=selected,
+            drawn_from=self.drawn_from,
+            received=self.received if keep_updates else {},
+            in_flight=self.in_flight if keep_updates else set(),
+            started_at=self.started_at,
+            bytes_out=self.bytes_out,
+            raw_bytes_out=self.raw_bytes_out,
+        )
+
 
 @dataclass
 class Counters:
