@@ -17,14 +17,13 @@ delta, best of `--repeats` runs, beside a plain memory copy measured in the same
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from bench_wire import time_all
 
 from shared.compression import (
     CompressionSpec,
@@ -90,21 +89,8 @@ def build_delta() -> dict[str, np.ndarray]:
 
 
 def best_seconds(operations: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Time each operation `repeats` times, interleaved, garbage collection off; keep the best."""
-    for operation in operations.values():  # warm-up
-        operation()
-    times: dict[str, list[float]] = {name: [] for name in operations}
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            for name, operation in operations.items():
-                start = time.perf_counter()
-                operation()
-                times[name].append(time.perf_counter() - start)
-    finally:
-        gc.enable()
-    return {name: min(t) for name, t in times.items()}
+    """Return each operation's best time of `repeats` (bench_wire's interleaved timing)."""
+    return {name: timing.best for name, timing in time_all(operations, repeats).items()}
 
 
 def copy_operations(delta: dict[str, np.ndarray]) -> dict[str, Callable[[], Any]]:
