@@ -31,6 +31,7 @@ def history_row(
         "round": current.server_round,
         "attempts": current.attempt + 1,
         "participants": sorted(r.client_id for r in records),
+        "selected": sorted(current.selected),
         "num_examples": sum(r.num_examples for r in records),
         "train_loss": train_loss,
         "eval_loss": evaluation.loss if evaluation else None,
@@ -44,14 +45,22 @@ def history_row(
         "compression_in": compression_ratio(raw_bytes_in, bytes_in),
         "compression_out": compression_ratio(current.raw_bytes_out, current.bytes_out),
         "duration_s": round(time.monotonic() - current.started_at, 4),
+        "started_at": current.opened_at,
         "finished_at": time.time(),
         "model_sha256": model_sha256,
         "metrics": metrics,
         "clients": {
-            r.client_id: {"num_examples": r.num_examples, **r.metrics}
+            r.client_id: {"num_examples": r.num_examples, **r.metrics, **_timing(current, r)}
             for r in sorted(records, key=lambda r: r.client_id)
         },
     }
+
+
+def _timing(current: RoundState, record: UpdateRecord) -> dict[str, float | None]:
+    """Return when an update arrived after its round opened, and how long its upload took."""
+    arrived = record.received_at
+    received_s = round(arrived - current.opened_at, 4) if arrived is not None else None
+    return {"received_s": received_s, "upload_s": record.upload_s}
 
 
 def compression_ratio(raw_bytes: int, sent_bytes: int) -> float | None:

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from aggregator_service.federation.ledger import ClientLedger, News
 from aggregator_service.federation.publish import PublishedModel
 from aggregator_service.federation.secagg_round import SecAggRound
 from shared.config import ExperimentConfig
-from shared.errors import Conflict, Unavailable
+from shared.errors import Conflict, Refused, TributaryError, Unavailable
 from shared.schemas import Phase, ReceiveReply, RegisterReply, UpdateHeader
 from shared.wire import TensorSpec
 
@@ -35,6 +36,7 @@ class Claim:
     duplicate: bool
     reply: ReceiveReply | None
     raw_nbytes: int | None = None  # the body as plain tensors would be (compressed updates)
+    started: float = field(default_factory=time.monotonic)  # when the slot was taken
 
     @property
     def answer(self) -> ReceiveReply:
@@ -61,6 +63,8 @@ class UpdateRecord:
     metrics: dict[str, float]
     nbytes: int
     raw_nbytes: int | None = None  # as plain float tensors (compression); None: nbytes
+    received_at: float | None = None  # wall clock, when recorded (None: resumed from disk)
+    upload_s: float | None = None  # from taking the slot to recording the update
 
 
 @dataclass
@@ -75,6 +79,7 @@ class RoundState:
     received: dict[str, UpdateRecord] = field(default_factory=dict)
     in_flight: set[str] = field(default_factory=set)
     started_at: float = field(default_factory=time.monotonic)
+    opened_at: float = field(default_factory=time.time)  # wall clock, for /history
     deadline: float = float("inf")
     bytes_out: int = 0
     raw_bytes_out: int = 0  # bytes_out as full float models (download compression)
@@ -91,6 +96,7 @@ class RoundState:
             received=self.received if keep_updates else {},
             in_flight=self.in_flight if keep_updates else set(),
             started_at=self.started_at,
+            opened_at=self.opened_at,
             bytes_out=self.bytes_out,
             raw_bytes_out=self.raw_bytes_out,
         )
@@ -133,6 +139,8 @@ class FederationState:
         self.history: list[dict[str, Any]] = []
         self.privacy: dict[str, Any] | None = None  # DP-FedAvg's accountant, for /status
         self.counters = Counters()
+        self.ledger = ClientLedger()  # per-client tallies for GET /clients
+        self.news = News()  # told of every change GET /clients shows
         self.client_timeout_s = client_timeout_s
         self.started_at = time.time()
 
@@ -150,6 +158,7 @@ class FederationState:
                 info.last_seen = time.monotonic()
                 info.num_examples = num_examples or info.num_examples
             self.changed.notify_all()
+            self.news.announce()
             reply = RegisterReply(
                 client_id=client_id,
                 registered=True,
@@ -184,17 +193,23 @@ class FederationState:
         the block checks and stores the update: if it ends normally the update is recorded
         (and the round loop woken), if it raises the slot is given back.
         """
-        duplicate = self._reserve(header)
+        try:
+            duplicate = self._reserve(header)
+        except TributaryError as exc:
+            self.note_refusal(header.client_id, exc)
+            raise
         if duplicate is not None:
             yield Claim(duplicate=True, reply=duplicate)
             return
         claim = Claim(duplicate=False, reply=None)
         try:
             yield claim
-        except BaseException:
+        except BaseException as exc:
             self._release(header.client_id)
+            if isinstance(exc, TributaryError):
+                self.note_refusal(header.client_id, exc)
             raise
-        claim.reply = self._commit(header, nbytes, claim.raw_nbytes)
+        claim.reply = self._commit(header, nbytes, claim)
 
     def _reserve(self, header: UpdateHeader) -> ReceiveReply | None:
         """Take the (client, round) slot, or answer a duplicate; raise if refused."""
@@ -239,6 +254,7 @@ class FederationState:
                     round=current.server_round,
                 )
             current.in_flight.add(client_id)
+            self.news.announce()
             return None
 
     def surely_refused(self, client_id: str, server_round: int) -> bool:
@@ -262,18 +278,29 @@ class FederationState:
         with self.changed:
             self.round.in_flight.discard(client_id)
             self.changed.notify_all()
+            self.news.announce()
 
-    def _commit(self, header: UpdateHeader, nbytes: int, raw_nbytes: int | None) -> ReceiveReply:
+    def _commit(self, header: UpdateHeader, nbytes: int, claim: Claim) -> ReceiveReply:
         """Record an accumulated update and wake the round loop."""
+        upload_s = round(time.monotonic() - claim.started, 4)
         with self.changed:
             current = self.round
             current.in_flight.discard(header.client_id)
+            metrics = dict(header.metrics)
             current.received[header.client_id] = UpdateRecord(
-                header.client_id, header.num_examples, dict(header.metrics), nbytes, raw_nbytes
+                header.client_id,
+                header.num_examples,
+                metrics,
+                nbytes,
+                claim.raw_nbytes,
+                received_at=time.time(),
+                upload_s=upload_s,
             )
             self.counters.updates_accepted += 1
             self.counters.bytes_in += nbytes
+            self.ledger.note_update(header.client_id, nbytes, metrics)
             self.changed.notify_all()
+            self.news.announce()
             return self._reply(duplicate=False)
 
     def count_rejection(self, code: str) -> None:
@@ -281,12 +308,26 @@ class FederationState:
         with self.lock:
             self.counters.rejected[code] = self.counters.rejected.get(code, 0) + 1
 
-    def count_bytes_out(self, nbytes: int, raw_nbytes: int | None = None) -> None:
+    def note_refusal(self, client_id: str, exc: TributaryError) -> None:
+        """Keep why a registered client's request was refused, for GET /clients."""
+        code = exc.code if isinstance(exc, Refused) else type(exc).__name__
+        message = exc.detail if isinstance(exc, Refused) else str(exc)
+        with self.lock:
+            if client_id in self.clients:
+                self.ledger.note_refusal(client_id, code, message, self.round.server_round)
+                self.news.announce()
+
+    def count_bytes_out(
+        self, nbytes: int, raw_nbytes: int | None = None, *, client_id: str | None = None
+    ) -> None:
         """Count bytes of model payload sent (`raw_nbytes`: as the full model; None: nbytes)."""
         with self.lock:
             self.counters.bytes_out += nbytes
             self.round.bytes_out += nbytes
             self.round.raw_bytes_out += nbytes if raw_nbytes is None else raw_nbytes
+            if client_id is not None and client_id in self.clients:
+                if self.ledger.note_fetch(client_id, nbytes, self.round.server_round):
+                    self.news.announce()
 
     def needed(self) -> int:
         """Return how many updates close the current round at the earliest (under the lock)."""

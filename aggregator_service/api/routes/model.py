@@ -83,7 +83,7 @@ async def get_weights(
         if delta is not None:  # else the full weights: the base is unknown or too old
             payload = delta
             headers["X-Tributary-Delta-Base"] = base
-    state.count_bytes_out(len(payload), len(published.payload))
+    state.count_bytes_out(len(payload), len(published.payload), client_id=client_id)
     return Response(payload, media_type=MSGPACK, headers=headers)
 
 

@@ -44,7 +44,23 @@ def test_a_row_carries_the_summary_the_participants_and_the_model_hash() -> None
     assert row["eval_accuracy"] == 0.91
     assert row["bytes_in"] == 600
     assert row["model_sha256"] == "ab" * 32
-    assert row["clients"]["b"] == {"num_examples": 30, "train_loss": 2.0, "local_accuracy": 0.9}
+    assert row["clients"]["b"] == {
+        "num_examples": 30,
+        "train_loss": 2.0,
+        "local_accuracy": 0.9,
+        "received_s": None,  # not recorded live (resumed from the journal)
+        "upload_s": None,
+    }
+
+
+def test_a_row_times_each_update_from_the_rounds_opening() -> None:
+    current = RoundState(2, "aggregating", selected=frozenset({"a", "b"}), opened_at=1000.0)
+    record = UpdateRecord("a", 10, {}, 100, received_at=1002.5, upload_s=0.25)
+    row = history_row(current, [record], None, model_sha256="ab" * 32)
+    assert row["started_at"] == 1000.0
+    assert row["selected"] == ["a", "b"]
+    assert row["clients"]["a"]["received_s"] == pytest.approx(2.5)
+    assert row["clients"]["a"]["upload_s"] == 0.25
 
 
 def test_a_round_without_metrics_has_an_empty_summary() -> None:
