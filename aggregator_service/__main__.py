@@ -86,6 +86,11 @@ def _add_security_args(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="file holding the admin token (or env TRIBUTARY_AGG_ADMIN_TOKEN)",
     )
+    security.add_argument(
+        "--viewer-token-file",
+        type=Path,
+        help="file holding the read-only viewer token (or env TRIBUTARY_AGG_VIEWER_TOKEN)",
+    )
     security.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this certificate")
     security.add_argument("--ssl-keyfile", type=Path, help="... and this private key")
     security.add_argument(

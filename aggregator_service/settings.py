@@ -49,6 +49,8 @@ class AggregatorSettings(BaseSettings):
     tokens_file: Path | None = None  # `client_id: token` lines (docs/security.md)
     admin_token_file: Path | None = None  # one line: the admin token
     admin_token: SecretStr | None = None  # env TRIBUTARY_AGG_ADMIN_TOKEN only, never a flag
+    viewer_token_file: Path | None = None  # one line: the read-only viewer token (dashboard)
+    viewer_token: SecretStr | None = None  # env TRIBUTARY_AGG_VIEWER_TOKEN only, never a flag
 
     # TLS: serve HTTPS when both are given.
     ssl_certfile: Path | None = None
@@ -67,6 +69,11 @@ class AggregatorSettings(BaseSettings):
             raise ValueError(
                 "the admin token is given twice (admin_token_file and TRIBUTARY_AGG_ADMIN_TOKEN); "
                 "keep one"
+            )
+        if self.viewer_token is not None and self.viewer_token_file is not None:
+            raise ValueError(
+                "the viewer token is given twice (viewer_token_file and "
+                "TRIBUTARY_AGG_VIEWER_TOKEN); keep one"
             )
         return self
 

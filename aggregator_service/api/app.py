@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from aggregator_service.api.auth import Access
 from aggregator_service.api.errors import add_error_handlers
 from aggregator_service.api.limits import LongPollGate, RateLimiter, UploadGate
-from aggregator_service.api.routes import admin, inspect, model, secagg, updates
+from aggregator_service.api.routes import admin, dashboard, events, inspect, model, secagg, updates
 from aggregator_service.api.watch import ModelWatch
 from aggregator_service.federation.federation import Federation
 from aggregator_service.federation.publish import PublishedModel
@@ -77,6 +77,7 @@ def create_app(
         loop = asyncio.get_running_loop()
         watch = ModelWatch(loop)
         stage_watch = ModelWatch(loop)  # secure aggregation's stages and attempts
+        board_watch = ModelWatch(loop)  # the dashboard's event streams
         upload_gate = UploadGate(
             slots=settings.max_concurrent_uploads,
             max_waiting=settings.max_queued_uploads,
@@ -86,14 +87,17 @@ def create_app(
         def published(model: PublishedModel) -> None:  # on the round loop's thread
             watch.notify()
             stage_watch.notify()
+            board_watch.notify()
             training = model.phase == "training"
             upload_gate.prepare(len(model.payload) if training else None, loop)
 
         running.publications.subscribe(published)
         running.stage_news.subscribe(stage_watch.notify)
+        running.state.news.subscribe(board_watch.notify)
         app.state.federation = running
         app.state.watch = watch
         app.state.stage_watch = stage_watch
+        app.state.board_watch = board_watch
         app.state.upload_gate = upload_gate
         app.state.long_poll_gate = LongPollGate(limit=settings.max_long_polls)
         app.state.receive_limiter = RateLimiter(
@@ -118,8 +122,9 @@ def create_app(
     app.state.settings = settings
     app.state.access = access
     add_error_handlers(app)
-    for router in (model.router, updates.router, secagg.router, inspect.router, admin.router):
-        app.include_router(router)
+    routers = (model, updates, secagg, inspect, events, dashboard, admin)
+    for module in routers:
+        app.include_router(module.router)
     return app
 
 

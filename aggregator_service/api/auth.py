@@ -1,4 +1,5 @@
-"""Who may call what: per-client bearer tokens, one admin token, checked in constant time.
+"""Who may call what: per-client bearer tokens, one admin token and one read-only viewer
+token, checked in constant time.
 
 The tokens file holds one ``client_id: token`` line per client (``#`` comments and blank
 lines allowed), a flat mapping that YAML tools read too. Tokens are at least 32
@@ -25,6 +26,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from aggregator_service.settings import AggregatorSettings
 from shared.errors import ConfigError, Forbidden, Unauthorized
@@ -38,6 +40,7 @@ __all__ = [
     "check_client",
     "parse_tokens",
     "read_admin_token",
+    "read_viewer_token",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,10 +54,11 @@ _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: a client (by id), the admin, or anyone (authentication off)."""
+    """Who sent a request: a client (by id), the admin, the viewer, or anyone (auth off)."""
 
     client_id: str | None = None
     admin: bool = False
+    viewer: bool = False  # may read /status, /history, /clients, /model, /events, the model
 
 
 ANYONE = Caller()
@@ -117,16 +121,24 @@ def parse_tokens(text: str, *, source: str) -> dict[str, str]:
 
 def read_admin_token(settings: AggregatorSettings) -> str | None:
     """Return the admin token from its file or TRIBUTARY_AGG_ADMIN_TOKEN, checked; None if unset."""
-    if settings.admin_token is not None:
-        token, source = settings.admin_token.get_secret_value().strip(), "TRIBUTARY_AGG_ADMIN_TOKEN"
-    elif settings.admin_token_file is not None:
-        token, source = _read_secret_file(settings.admin_token_file).strip(), "the admin token file"
-        source = f"{source} {settings.admin_token_file}"
+    return _read_role_token("admin", settings.admin_token, settings.admin_token_file)
+
+
+def read_viewer_token(settings: AggregatorSettings) -> str | None:
+    """Return the viewer token (file or TRIBUTARY_AGG_VIEWER_TOKEN), checked; None if unset."""
+    return _read_role_token("viewer", settings.viewer_token, settings.viewer_token_file)
+
+
+def _read_role_token(role: str, secret: SecretStr | None, path: Path | None) -> str | None:
+    if secret is not None:
+        token, source = secret.get_secret_value().strip(), f"TRIBUTARY_AGG_{role.upper()}_TOKEN"
+    elif path is not None:
+        token, source = _read_secret_file(path).strip(), f"the {role} token file {path}"
     else:
         return None
     problem = token_problem(token)
     if problem is not None:
-        raise ConfigError(f"the admin token in {source} {problem}; {GENERATE_HINT}")
+        raise ConfigError(f"the {role} token in {source} {problem}; {GENERATE_HINT}")
     return token
 
 
@@ -151,11 +163,21 @@ def _digest(token: str) -> bytes:
 class Access:
     """The configured tokens; `identify` maps a presented token to its caller."""
 
-    def __init__(self, client_tokens: dict[str, str], admin_token: str | None = None) -> None:
+    def __init__(
+        self,
+        client_tokens: dict[str, str],
+        admin_token: str | None = None,
+        viewer_token: str | None = None,
+    ) -> None:
         if admin_token is not None and admin_token in client_tokens.values():
             raise ConfigError("the admin token is also a client's token; give the admin its own")
+        if viewer_token is not None and viewer_token in (*client_tokens.values(), admin_token):
+            raise ConfigError(
+                "the viewer token is also a client's or the admin's token; give it its own"
+            )
         self._clients = [(client_id, _digest(token)) for client_id, token in client_tokens.items()]
         self._admin = _digest(admin_token) if admin_token is not None else None
+        self._viewer = _digest(viewer_token) if viewer_token is not None else None
 
     @classmethod
     def from_settings(cls, settings: AggregatorSettings) -> Access:
@@ -164,7 +186,7 @@ class Access:
         if settings.tokens_file is not None:
             text = _read_secret_file(settings.tokens_file)
             clients = parse_tokens(text, source=f"tokens file {settings.tokens_file}")
-        return cls(clients, read_admin_token(settings))
+        return cls(clients, read_admin_token(settings), read_viewer_token(settings))
 
     @property
     def clients_enabled(self) -> bool:
@@ -189,8 +211,11 @@ class Access:
             if hmac.compare_digest(presented, expected):
                 found = client_id
         admin = self._admin is not None and hmac.compare_digest(presented, self._admin)
+        viewer = self._viewer is not None and hmac.compare_digest(presented, self._viewer)
         if admin:
             return Caller(admin=True)
+        if viewer:
+            return Caller(viewer=True)
         return Caller(client_id=found) if found is not None else None
 
 
@@ -198,7 +223,8 @@ class Access:
 
 _bearer = HTTPBearer(
     auto_error=False,
-    description="A client's token (client endpoints) or the admin token (docs/security.md).",
+    description="A client's token (client endpoints), the admin token or the read-only viewer "
+    "token (docs/security.md).",
 )
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
@@ -237,7 +263,7 @@ async def client_caller(request: Request, credentials: Credentials) -> Caller:
 
 
 async def reader_caller(request: Request, credentials: Credentials) -> Caller:
-    """Require any client's token or the admin token when client authentication is on."""
+    """Require any client's, the admin's or the viewer's token when client auth is on."""
     if not _access(request).clients_enabled:
         return ANYONE
     return _identify(request, credentials)

@@ -16,6 +16,7 @@ from aggregator_service.federation.federation import Federation
 from aggregator_service.settings import AggregatorSettings
 
 __all__ = [
+    "BoardWatchDep",
     "FederationDep",
     "LongPollGateDep",
     "ReceiveLimiterDep",
@@ -50,6 +51,12 @@ async def get_stage_watch(request: Request) -> ModelWatch:
     return watch
 
 
+async def get_board_watch(request: Request) -> ModelWatch:
+    """Return the watch that wakes the dashboard's event streams."""
+    watch: ModelWatch = request.app.state.board_watch
+    return watch
+
+
 async def get_upload_gate(request: Request) -> UploadGate:
     """Return the gate bounding how many upload bodies are held or waiting at once."""
     gate: UploadGate = request.app.state.upload_gate
@@ -72,6 +79,7 @@ FederationDep = Annotated[Federation, Depends(get_federation)]
 SettingsDep = Annotated[AggregatorSettings, Depends(get_settings)]
 WatchDep = Annotated[ModelWatch, Depends(get_watch)]
 StageWatchDep = Annotated[ModelWatch, Depends(get_stage_watch)]
+BoardWatchDep = Annotated[ModelWatch, Depends(get_board_watch)]
 UploadGateDep = Annotated[UploadGate, Depends(get_upload_gate)]
 LongPollGateDep = Annotated[LongPollGate, Depends(get_long_poll_gate)]
 ReceiveLimiterDep = Annotated[RateLimiter, Depends(get_receive_limiter)]

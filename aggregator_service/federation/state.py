@@ -325,9 +325,9 @@ class FederationState:
             self.counters.bytes_out += nbytes
             self.round.bytes_out += nbytes
             self.round.raw_bytes_out += nbytes if raw_nbytes is None else raw_nbytes
-            if client_id is not None and client_id in self.clients:
-                if self.ledger.note_fetch(client_id, nbytes, self.round.server_round):
-                    self.news.announce()
+            known = client_id is not None and client_id in self.clients
+            if known and self.ledger.note_fetch(str(client_id), nbytes, self.round.server_round):
+                self.news.announce()
 
     def needed(self) -> int:
         """Return how many updates close the current round at the earliest (under the lock)."""

@@ -79,6 +79,7 @@ def _run(config: ExperimentConfig, run_dir: Path, args: argparse.Namespace) -> i
     )
     console.print(f"run folder: {run_dir}", markup=False, highlight=False)
     console.print(f"aggregator: http://{LOOPBACK}:{port}", markup=False, highlight=False)
+    console.print(f"dashboard: http://{LOOPBACK}:{port}/ui", markup=False, highlight=False)
     console.print(describe_layout(layout), markup=False, highlight=False)
     live = console.is_terminal and not args.no_live
     view: View = LiveView(console, title=title) if live else LinePrinter(console)

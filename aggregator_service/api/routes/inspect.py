@@ -1,4 +1,4 @@
-"""Read-only views for people and monitors: /status, /history, /metrics, /healthz.
+"""Read-only views for people and monitors: /status, /history, /clients, /metrics, /healthz.
 
 /status and /healthz answer on the event loop (a snapshot under the state's lock, held
 only briefly by anyone); /history and /metrics, which grow with the run, on the thread pool.
@@ -14,11 +14,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from aggregator_service.api.auth import reader_caller
 from aggregator_service.api.deps import FederationDep
 from aggregator_service.api.metrics import render_metrics
+from aggregator_service.federation.board import client_board
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["inspect"])
-_READERS = [Depends(reader_caller)]  # any client's token or the admin token, when configured
+_READERS = [Depends(reader_caller)]  # any client's, the admin's or the viewer's token
 
 
 @router.get("/status", dependencies=_READERS)
@@ -32,6 +33,12 @@ def history(federation: FederationDep) -> list[dict[str, Any]]:
     """Return one row per finished round."""
     with federation.state.lock:
         return list(federation.state.history)
+
+
+@router.get("/clients", dependencies=_READERS)
+async def clients(federation: FederationDep) -> dict[str, Any]:
+    """Return each registered client's state this round, last seen, bytes, loss, refusal."""
+    return client_board(federation.state)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, dependencies=_READERS)
