@@ -12,13 +12,15 @@ function svgEl(name, attrs, text) {
 }
 
 function niceTicks(lo, hi, count) {
-  if (lo === hi) { lo -= 1; hi += 1; }
+  if (lo === hi) { const pad = Math.abs(lo) * 0.1 || 1; lo -= pad; hi += pad; }
   const raw = (hi - lo) / count;
   const mag = Math.pow(10, Math.floor(Math.log10(raw)));
   const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
   const ticks = [];
-  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(t);
-  return ticks;
+  for (let t = Math.floor(lo / step) * step; ; t += step) {  // from below lo to above hi
+    ticks.push(t);
+    if (t >= hi - step * 1e-9) return ticks;
+  }
 }
 
 function shortNumber(v) {
@@ -28,6 +30,15 @@ function shortNumber(v) {
   if (a >= 1e3) return (v / 1e3).toPrecision(3) + "k";
   if (a === 0) return "0";
   return a < 0.01 ? v.toExponential(1) : String(Number(v.toPrecision(3)));
+}
+
+// A tick's label: in k/M/G like its largest neighbour, with as many decimals as the step needs.
+function tickLabel(t, ticks) {
+  const top = Math.max(...ticks.map(Math.abs));
+  const [div, unit] = top >= 1e9 ? [1e9, "G"] : top >= 1e6 ? [1e6, "M"] : top >= 1e3 ? [1e3, "k"] : [1, ""];
+  const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) / div : 1;
+  const decimals = Math.min(8, Math.max(0, -Math.floor(Math.log10(step))));
+  return (t / div).toFixed(decimals) + unit;
 }
 
 // series: [{name, points: [[round, value], ...]}]; the first solid, the second dashed.
@@ -53,7 +64,7 @@ function lineChart(key, title, series) {
   const sy = (y) => H - PAD.bottom - (y1 === y0 ? 0.5 : (y - y0) / (y1 - y0)) * (H - PAD.top - PAD.bottom);
   for (const t of yt) {
     svg.appendChild(svgEl("line", { class: "grid", x1: PAD.left, x2: W - PAD.right, y1: sy(t), y2: sy(t) }));
-    svg.appendChild(svgEl("text", { x: PAD.left - 4, y: sy(t) + 4, "text-anchor": "end" }, shortNumber(t)));
+    svg.appendChild(svgEl("text", { x: PAD.left - 4, y: sy(t) + 4, "text-anchor": "end" }, tickLabel(t, yt)));
   }
   const xt = niceTicks(x0, x1, 5).filter((t) => Number.isInteger(t) && t >= x0 && t <= x1);
   for (const t of xt) {
