@@ -21,16 +21,17 @@ def serve(
     certfile: Path | None = None,
     keyfile: Path | None = None,
     http: Any = "auto",
+    port: int = 0,
     **options: Any,
 ) -> Iterator[tuple[str, uvicorn.Server]]:
-    """Serve `app` on a free loopback port (HTTPS with a cert); yield its URL and the server.
+    """Serve `app` on a loopback port (HTTPS with a cert); yield its URL and the server.
 
-    `http` is uvicorn's HTTP protocol ("h11", "httptools" or "auto"); `options` go to
-    `uvicorn.Config` (e.g. timeout_keep_alive).
+    `port` 0 picks a free one; `http` is uvicorn's HTTP protocol ("h11", "httptools" or
+    "auto"); `options` go to `uvicorn.Config` (e.g. timeout_keep_alive).
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app,

@@ -6,8 +6,8 @@ stream answers with a `state` event (GET /status, GET /clients and the run's sum
 `rounds` event with the /history rows it has not sent yet (the first one: all rows, even
 none), and a `model` event (GET /model) when a new model is published. A comment line
 keeps idle connections open. The stream ends after `long_poll_max_s` (it counts as a long
-poll); the page reconnects and gets everything again, which is also how it recovers from an
-aggregator restart.
+poll), or after its first batch once the run is finished; the page reconnects and gets
+everything again, which is also how it recovers from an aggregator restart.
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ async def _stream(
                 sent_model = published.etag
                 summary = await run_in_threadpool(_summary, published)  # hashes it once
                 yield sse("model", summary)
+            if published.phase == "finished":  # nothing changes any more
+                return
             while not await _wait(changed, end, loop):
                 if loop.time() >= end:
                     return

@@ -60,11 +60,12 @@ async function connect() {
   try {
     await readEvents(reply.body.getReader());
   } catch (err) { /* the stream broke: reconnect below */ }
-  retry(250);
+  const finished = view.status && view.status.phase === "finished";
+  retry(finished ? 15000 : 250);  // a finished run's stream ends at once: look again slowly
 }
 
 function retry(ms) {
-  setConnection("aggregator unreachable: reconnecting…");
+  if (ms === undefined) setConnection("aggregator unreachable: reconnecting…");
   setTimeout(connect, ms === undefined ? retryMs : ms);
   retryMs = Math.min(retryMs * 2, 5000);
 }

@@ -84,6 +84,8 @@ GUARDED = [
     ("GET", "/history"),
     ("GET", "/model"),
     ("GET", "/metrics"),
+    ("GET", "/clients"),
+    ("GET", "/events"),
     ("POST", "/admin/stop"),
     ("POST", "/admin/skip_round"),
 ]
