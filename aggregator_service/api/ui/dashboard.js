@@ -49,9 +49,10 @@ async function connect() {
     return retry();
   }
   if (reply.status === 401 || reply.status === 403) {
+    const had = token() !== null;
     sessionStorage.removeItem(TOKEN_KEY);
-    return askToken(token() === null ? "This aggregator requires a token: the admin token or the read-only viewer token."
-      : "That token was refused. Enter the admin token or the read-only viewer token.");
+    return askToken(had ? "That token was refused. Enter the admin token or the read-only viewer token."
+      : "This aggregator requires a token: the admin token or the read-only viewer token.");
   }
   if (!reply.ok || !reply.body) return retry();
   view.fresh = true;

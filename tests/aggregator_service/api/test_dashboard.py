@@ -168,7 +168,7 @@ def test_the_viewer_token_reads_but_does_nothing_else(
     viewer = bearer(VIEWER)
     for path in ("/status", "/history", "/clients", "/model", "/metrics", "/get_weights"):
         assert client.get(path, headers=viewer).status_code == 200, path
-    assert [name for name, _ in events(client, **viewer)][0] == "state"
+    assert next(name for name, _ in events(client, **viewer)) == "state"
     refused = [
         client.post("/register", json={"client_id": "a"}, headers=viewer),
         client.post("/receive", content=b"x", headers={**MSGPACK, **viewer}),
@@ -184,7 +184,7 @@ def test_the_viewer_token_reads_but_does_nothing_else(
 def test_a_viewer_token_must_be_strong_single_and_its_own(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="viewer token"):
         Access({"a": "a" * 16 + "0123456789abcdef"}, ADMIN, ADMIN)
-    weak = AggregatorSettings(state_dir=tmp_path, viewer_token="short")  # type: ignore[arg-type]
+    weak = AggregatorSettings(state_dir=tmp_path, viewer_token="short")
     with pytest.raises(ConfigError, match="the viewer token in TRIBUTARY_AGG_VIEWER_TOKEN"):
         Access.from_settings(weak)
     token_file = tmp_path / "viewer.token"
@@ -194,7 +194,7 @@ def test_a_viewer_token_must_be_strong_single_and_its_own(tmp_path: Path) -> Non
         AggregatorSettings(
             state_dir=tmp_path,
             viewer_token_file=token_file,
-            viewer_token=VIEWER,  # type: ignore[arg-type]
+            viewer_token=VIEWER,
         )
     settings = AggregatorSettings(state_dir=tmp_path, viewer_token_file=token_file)
     assert Access.from_settings(settings).identify(VIEWER) is not None
