@@ -48,7 +48,7 @@ RUN_FLAGS := --config $(CONFIG) \
 	$(if $(STRATEGY),--set strategy=$(STRATEGY)) \
 	$(if $(PROCESSES),--worker-processes $(PROCESSES))
 
-.PHONY: help venv data test test-fast lint format demo transfer centralized run-aggregator run-worker \
+.PHONY: help venv data browser test test-fast lint format demo transfer centralized run-aggregator run-worker \
 	bench compare clean
 
 help:
@@ -56,6 +56,7 @@ help:
 	@echo "make test   - set up .venv if missing and run every test"
 	@echo "make transfer - pretrain a backbone on digits 0-4, fine-tune a new head federated"
 	@echo "make data   - install Fashion-MNIST from Debian's dataset-fashion-mnist where possible"
+	@echo "make browser - install Debian's chromium where possible (the dashboard's browser tests)"
 	@echo "make lint   - ruff (lint + format check), mypy and the layer contract (import-linter)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make compare - strategies on label-skewed mnist5k clients: table + docs/img/compare.png"
@@ -84,7 +85,22 @@ data:
 		echo "for fashion-mnist offline: sudo apt-get install dataset-fashion-mnist"; \
 	fi; true
 
-test: $(STAMP) data
+# Chromium for the dashboard's browser tests (Playwright drives it); never fails the build:
+# without it those tests are skipped, saying why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium (the dashboard's browser tests)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 \
+			&& apt-get install -y -q chromium >/dev/null 2>&1; } \
+		|| echo "could not install chromium: the dashboard's browser tests will be skipped"; \
+	else \
+		echo "for the dashboard's browser tests: sudo apt-get install chromium"; \
+	fi; true
+
+test: $(STAMP) data browser
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

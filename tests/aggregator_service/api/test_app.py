@@ -150,10 +150,15 @@ def test_round_aggregates_weighted_mean_and_records_history(start_app: AppFactor
     assert row["num_examples"] == 4
     assert row["train_loss"] == pytest.approx(0.5)
     assert row["bytes_in"] > 2 * sum(a.nbytes for a in weights.values())
-    assert row["clients"] == {
+    reported = {
+        cid: {key: value for key, value in fields.items() if key not in ("received_s", "upload_s")}
+        for cid, fields in row["clients"].items()
+    }
+    assert reported == {
         "a": {"num_examples": 1, "train_loss": 0.5},
         "b": {"num_examples": 3, "train_loss": 0.5},
     }
+    assert all(fields["received_s"] >= 0 for fields in row["clients"].values())
 
 
 def test_every_publish_has_its_own_etag_and_a_summary_of_its_payload(
