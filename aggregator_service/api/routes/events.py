@@ -34,6 +34,7 @@ __all__ = ["router", "sse"]
 router = APIRouter(tags=["inspect"])
 
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
+BATCH_GAP_S = 0.2  # changes closer than this go out together (a round of 1000 uploads)
 RETRY_MS = 1000  # how soon a browser's EventSource reconnects after the stream ends
 
 
@@ -92,6 +93,7 @@ async def _stream(
                 yield sse("model", summary)
             if published.phase == "finished":  # nothing changes any more
                 return
+            await asyncio.sleep(BATCH_GAP_S)  # what changes meanwhile sets `changed`
             while not await _wait(changed, end, loop):
                 if loop.time() >= end:
                     return
