@@ -30,7 +30,7 @@ HEADERS = {
 }
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def root(request: Request) -> Response:
     """Send a browser (Accept prefers text/html) to /ui; answer others 404 as before."""
     if prefers_html(request.headers.get("accept", "")):

@@ -78,6 +78,7 @@ def test_root_redirects_browsers_and_answers_others_as_before(start_app: AppFact
     plain = client.get("/", headers={"Accept": "*/*"})
     assert plain.status_code == 404
     assert plain.json()["error"] == "not_found"
+    assert client.head("/").status_code == 404
 
 
 def test_the_page_and_its_files_are_served_from_the_package(start_app: AppFactory) -> None:
