@@ -109,7 +109,8 @@ function onState(payload) {
   setConnection(`live · updated ${new Date().toLocaleTimeString()}`);
   drawRun();
   drawClients();
-  drawHeatmap();
+  const ids = payload.clients.clients.map((c) => c.client_id).join("\n");
+  if (ids !== view.heatmapIds) drawHeatmap();  // else only a closed round changes it
 }
 
 function onRounds(rows) {
@@ -227,6 +228,7 @@ function drawHeatmap() {
     }
     return tr;
   });
+  view.heatmapIds = view.clients ? view.clients.clients.map((c) => c.client_id).join("\n") : "";
   table.dataset.clients = ids.length;
   table.dataset.rounds = done.length;
   table.replaceChildren(el("thead"), el("tbody"));
