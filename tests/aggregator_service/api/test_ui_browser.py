@@ -1,9 +1,9 @@
 """The dashboard in headless Chromium: live rows and rounds, heatmap, curves, restart, tokens.
 
-One aggregator (uvicorn in a thread, tokens on) serves a module's tests; three clients
-fetch the model and post known updates over HTTP, so the test decides when each row
-changes. The page is opened once and never reloaded: everything it shows after that
-comes through its event stream.
+One aggregator (uvicorn in a thread, tokens on) serves most of the module's tests; three
+clients fetch the model and post known updates over HTTP, so the test decides when each
+row changes. The page is opened once and never reloaded: everything it shows after that
+comes through its event stream. A last test follows a short run of real worker processes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ import pytest
 
 from aggregator_service.api.app import create_app
 from aggregator_service.settings import AggregatorSettings
+from shared.config import load_config
 from shared.evaluation import EvalResult
+from shared.runs.launch import Fleet
+from shared.runs.layout import child_env, virtual_worker_argv
 from tests.aggregator_service.helpers import MSGPACK, experiment, shifted, update_body
 from tests.aggregator_service.serving import bearer, serve, write_tokens
 
@@ -181,13 +184,15 @@ def test_the_page_follows_clients_and_rounds_without_reloading(
     check_heatmap_and_curves(page, history)
 
 
-def check_heatmap_and_curves(page: Any, history: list[dict[str, Any]]) -> None:
+def check_heatmap_and_curves(
+    page: Any, history: list[dict[str, Any]], clients: tuple[str, ...] = CLIENTS
+) -> None:
     """The heatmap has a cell per client and round; each curve ends at /history's last row."""
     rounds = len(history)
-    expect(page.locator("#heatmap .heat-cell")).to_have_count(len(CLIENTS) * rounds)
+    expect(page.locator("#heatmap .heat-cell")).to_have_count(len(clients) * rounds)
     cell = page.locator("#heatmap tbody tr").first.locator(".heat-cell").last
     assert float(cell.inner_text()) == pytest.approx(
-        history[-1]["clients"]["c1"]["received_s"], abs=0.05
+        history[-1]["clients"][clients[0]]["received_s"], abs=0.05
     )
     last = history[-1]
     for chart, series, key in [
@@ -251,4 +256,41 @@ def test_the_page_works_over_tls(browser: Any, tmp_path: Path) -> None:
         secure.goto(f"{url}/ui")
         expect(secure.locator("#connection")).to_contain_text("live", timeout=START_MS)
         expect(fact(secure, "Phase")).to_have_text("waiting")
+        context.close()
+
+
+WORKERS_RUN = """
+name: dashboard-workers
+dataset: synthetic
+synthetic: {channels: 1, image_size: 8, num_classes: 4, train_size: 200, test_size: 50}
+num_partitions: 2
+model: mlp
+num_rounds: 3
+min_fit_clients: 2
+min_available_clients: 2
+local_epochs: 1
+server_eval: false
+"""
+
+
+def test_the_page_follows_real_workers(browser: Any, tmp_path: Path) -> None:
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(WORKERS_RUN)
+    config = load_config(config_path)
+    settings = AggregatorSettings(state_dir=tmp_path / "state", long_poll_max_s=20)
+    app = create_app(settings, config, evaluator=evaluate)
+    with serve(app, timeout_graceful_shutdown=1) as (url, _), Fleet() as fleet:
+        context = browser.new_context()
+        watching = context.new_page()
+        watching.goto(f"{url}/ui")
+        expect(fact(watching, "Phase")).to_have_text("waiting", timeout=START_MS)
+        argv = virtual_worker_argv(
+            config_path, url=url, first=0, last=1, num_partitions=2, train_slots=1
+        )
+        fleet.start("workers", argv, log_path=tmp_path / "workers.log", env=child_env(worker=True))
+        expect(watching.locator("#clients tr[data-client]")).to_have_count(2, timeout=60_000)
+        expect(fact(watching, "Phase")).to_have_text("finished", timeout=60_000)
+        history = httpx.get(f"{url}/history", timeout=10).json()
+        assert [r["round"] for r in history] == [1, 2, 3]
+        check_heatmap_and_curves(watching, history, clients=("0", "1"))
         context.close()
