@@ -99,8 +99,13 @@ class AsyncBook:
 
     # ------------------------------------------------------------------ updates
 
-    def check(self, client_id: str, update_round: int, current_round: int) -> bool:
-        """Return True for a duplicate of an accepted update; raise if it is refused."""
+    def check(
+        self, client_id: str, update_round: int, current_round: int, *, count: bool = True
+    ) -> bool:
+        """Return True for a duplicate of an accepted update; raise if it is refused.
+
+        A refusal as too stale is counted (`stale_refused`) unless `count` is False.
+        """
         if update_round > current_round:
             raise InvalidUpdate(
                 "future_version",
@@ -120,7 +125,7 @@ class AsyncBook:
             )
         staleness = current_round - update_round
         if staleness > self.section.max_staleness:
-            self.stale_refused += 1
+            self.stale_refused += count
             raise Conflict(
                 "too_stale",
                 f"update is for round {update_round}: {staleness} versions old, past "

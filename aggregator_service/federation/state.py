@@ -314,7 +314,9 @@ class FederationState:
             current = self.round
             if self.book is not None:  # a past round is refused only once too stale
                 try:
-                    return self.book.check(client_id, server_round, current.server_round)
+                    return self.book.check(
+                        client_id, server_round, current.server_round, count=False
+                    )
                 except (Conflict, InvalidUpdate):
                     return True
             if server_round != current.server_round:
@@ -408,7 +410,8 @@ class FederationState:
         if self.book is None:
             return {}
         return {
-            "version": self.round.server_round - 1,
+            # the version served: round - 1 while round's buffer fills; the last one at the end
+            "version": self.round.server_round - (self.round.phase != "finished"),
             "buffer_size": self.book.section.buffer,
             "training": {cid: slot.server_round for cid, slot in sorted(self.book.slots.items())},
             "stale_refused": self.book.stale_refused,
