@@ -52,8 +52,10 @@ def test_fedbuff_weighs_a_stale_step_from_its_own_base(start_app: AppFactory) ->
     client = start_app(async_experiment(buffer_size=2))
     register(client, "a", "b", "c")
     status = wait_for(client, lambda s: s["phase"] == "training")
-    assert status["mode"] == "async" and status["version"] == 0
-    assert status["selected"] == ["a", "b", "c"] and status["needed"] == 2
+    assert status["mode"] == "async"
+    assert status["version"] == 0
+    assert status["selected"] == ["a", "b", "c"]
+    assert status["needed"] == 2
     _, x0 = global_model(client)
     assert post(client, "a", 1, shifted(x0, 1.0)).json()["accepted"]
     assert post(client, "b", 1, shifted(x0, 3.0)).json()["accepted"]
@@ -70,7 +72,8 @@ def test_fedbuff_weighs_a_stale_step_from_its_own_base(start_app: AppFactory) ->
     rows = client.get("/history").json()
     assert rows[0]["staleness"] == {"mean": 0.0, "max": 0, "counts": {"0": 2}}
     assert rows[1]["staleness"]["counts"] == {"0": 1, "1": 1}
-    assert rows[1]["clients"]["c"]["staleness"] == 1 and rows[1]["version"] == 2
+    assert rows[1]["clients"]["c"]["staleness"] == 1
+    assert rows[1]["version"] == 2
 
 
 def test_fedbuff_server_lr_scales_the_step(start_app: AppFactory) -> None:
@@ -106,14 +109,17 @@ def test_refusals_name_the_version(start_app: AppFactory) -> None:
     wait_for(client, lambda s: s["phase"] == "training")
     _, x0 = global_model(client)
     future = post(client, "a", 2, x0)
-    assert future.status_code == 422 and future.json()["error"] == "future_version"
+    assert future.status_code == 422
+    assert future.json()["error"] == "future_version"
     assert post(client, "a", 1, x0).json()["accepted"]
     wait_for(client, lambda s: s["round"] == 2)
     old = post(client, "b", 1, x0)  # staleness 1 > max_staleness 0
-    assert old.status_code == 409 and old.json()["error"] == "too_stale"
+    assert old.status_code == 409
+    assert old.json()["error"] == "too_stale"
     assert old.json()["round"] == 2
     again = post(client, "a", 1, x0)  # a retry of the accepted update, after its version
-    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
     never = post(client, "zed", 2, x0)
     assert never.status_code in (403, 409)
     assert client.get("/status").json()["stale_refused"] == 1
@@ -131,7 +137,8 @@ def test_concurrency_bounds_who_trains_and_a_poll_past_the_slot_frees_it(
     (holder,) = status["selected"]
     client.get("/get_weights", params={"client_id": holder, "min_round": 2})  # it gave up
     status = wait_for(client, lambda s: s["selected"] and s["selected"] != [holder])
-    assert len(status["training"]) == 1 and holder not in status["training"]
+    assert len(status["training"]) == 1
+    assert holder not in status["training"]
 
 
 def test_a_restart_mid_buffer_keeps_the_acknowledged_updates(
@@ -149,7 +156,8 @@ def test_a_restart_mid_buffer_keeps_the_acknowledged_updates(
 
     second = start_app(config, state_dir=state_dir)
     status = second.get("/status").json()
-    assert status["round"] == 1 and status["received_from"] == ["a", "b"]
+    assert status["round"] == 1
+    assert status["received_from"] == ["a", "b"]
     assert status["training"] == {"c": 1}
     assert post(second, "a", 1, shifted(x0, 1.0)).json()["duplicate"] is True
     assert post(second, "c", 1, shifted(x0, 6.0)).json()["accepted"]
@@ -207,7 +215,8 @@ def test_every_strategy_that_composes_makes_versions(start_app: AppFactory, name
         assert post(client, client_id, 2, shifted(x1, 0.01 * (shift + 1))).status_code == 200
     status = wait_for(client, lambda s: s["phase"] == "finished")
     rows = client.get("/history").json()
-    assert [r["version"] for r in rows] == [1, 2] and status["version"] == 2
+    assert [r["version"] for r in rows] == [1, 2]
+    assert status["version"] == 2
     _, final = global_model(client)
     assert all(np.isfinite(a).all() for a in final.values())
     assert any(not np.array_equal(final[k], x1[k]) for k in x1)

@@ -49,8 +49,9 @@ def test_fedasync_rebase_mixes_with_the_current_model() -> None:
 
 
 def test_integer_tensors_pass_through_as_sent() -> None:
-    current = {"steps": np.array(5, np.int64), "w": np.zeros(2, np.float32)}
-    trained = {"steps": np.array(9, np.int64), "w": np.ones(2, np.float32)}
+    current: dict[str, np.ndarray] = {"steps": np.array(5, np.int64), "w": np.zeros(2, np.float32)}
+    trained: dict[str, np.ndarray] = {"steps": np.array(9, np.int64), "w": np.ones(2, np.float32)}
     rebased = rebase(current, trained, current, 0.25)
-    assert rebased["steps"] == 9 and rebased["steps"].dtype == np.int64
+    assert rebased["steps"] == 9
+    assert rebased["steps"].dtype == np.int64
     np.testing.assert_array_equal(rebased["w"], np.full(2, 0.25, np.float32))
