@@ -254,6 +254,9 @@ class _Worker:
                 )
                 # The waits for a slot and for the GPU are not in train_seconds.
                 update = self.slots.run(functools.partial(self.gate.run, work), self.stop)
+                self.network.slow_down(update.result.train_seconds)  # a slower device's extra
+                if self.stop.is_set():  # stopped while slowed down: abandoned as in training
+                    raise TrainingInterrupted(batches * train_config.local_epochs)
                 update = attacked_update(
                     self.attack,
                     update,

@@ -1,0 +1,63 @@
+"""Tests of simulated compute heterogeneity in the worker loop: a slowed-down client's wait."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from shared.config import ExperimentConfig, load_config
+from shared.data import Dataset
+from tests.client_worker.test_worker import FakeAggregator, _run, _Sleeps, _State
+
+
+class _StopWhileWaiting(_Sleeps):
+    """A recording sleep during which a stop arrives."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def __call__(self, seconds: float) -> None:
+        super().__call__(seconds)
+        self.stop.set()
+
+
+def _slowed(config: ExperimentConfig, clients: str, slowdown: float) -> ExperimentConfig:
+    network = {"network": [{"clients": clients, "slowdown": slowdown}]}
+    return load_config(overrides=config.model_dump(mode="json") | network)
+
+
+def test_a_slowed_client_waits_its_extra_training_time_before_posting(
+    config: ExperimentConfig, dataset: Dataset, global_weights: dict[str, np.ndarray]
+) -> None:
+    fake = FakeAggregator([_State(1, "training", ["1"]), _State(1, "finished")], global_weights)
+    sleeps = _Sleeps()
+    summary = _run(fake, _slowed(config, "1", 5.0), dataset, sleeps=sleeps)
+    (post,) = fake.posts
+    assert summary.rounds_trained == 1
+    assert sleeps.delays == pytest.approx([4 * post["metrics"]["train_seconds"]])
+
+
+def test_a_client_outside_the_profile_is_not_slowed(
+    config: ExperimentConfig, dataset: Dataset, global_weights: dict[str, np.ndarray]
+) -> None:
+    fake = FakeAggregator([_State(1, "training", ["1"]), _State(1, "finished")], global_weights)
+    sleeps = _Sleeps()
+    _run(fake, _slowed(config, "7-9", 5.0), dataset, sleeps=sleeps)
+    assert len(fake.posts) == 1
+    assert sleeps.delays == []
+
+
+def test_a_stop_during_the_slowdown_abandons_the_round(
+    config: ExperimentConfig, dataset: Dataset, global_weights: dict[str, np.ndarray]
+) -> None:
+    stop = threading.Event()
+    fake = FakeAggregator([_State(1, "training", ["1"]), _State(1, "finished")], global_weights)
+    sleeps = _StopWhileWaiting(stop)
+    summary = _run(fake, _slowed(config, "all", 3.0), dataset, stop=stop, sleeps=sleeps)
+    assert len(sleeps.delays) == 1
+    assert fake.posts == []
+    assert summary.outcome == "stopped"
+    assert summary.rounds_trained == 0
