@@ -55,6 +55,7 @@ def run_virtual_clients(
     # A slowed-down client keeps its module while it waits: one more for each of them.
     slowed = slowed_clients(config.network, client_ids)
     models = ModelPool(dataset, 2 * train_slots + slowed if train_slots is not None else None)
+    timeline = settings.timeline_file()  # one file for the process, a lane per client
     summaries: dict[int, WorkerSummary] = {}
     errors: list[BaseException] = []
 
@@ -75,6 +76,7 @@ def run_virtual_clients(
                 feed=feed,
                 models=models,
                 gate=gate,
+                timeline=timeline,
             )
         except BaseException as exc:  # handed to the caller below
             errors.append(exc)
