@@ -7,7 +7,12 @@ from typing import Literal
 import numpy as np
 import pytest
 
-from client_worker.network import NetworkSimulator, parse_clients, select_profile
+from client_worker.network import (
+    NetworkSimulator,
+    parse_clients,
+    select_profile,
+    slowed_clients,
+)
 from shared.config import NetworkProfile, load_config
 from shared.errors import ConfigError
 
@@ -150,3 +155,10 @@ def test_slowdown_is_selected_per_client_and_validated() -> None:
     assert NetworkSimulator.from_config(config, client_index=6, seed=0).slowdown_s(1.0) == 0.0
     with pytest.raises(ConfigError, match="slowdown"):
         load_config(overrides={"network": [{"clients": "all", "slowdown": 0.5}]})
+
+
+def test_slowed_clients_counts_those_whose_profile_slows_them_down() -> None:
+    profiles = [NetworkProfile(clients="7-9", slowdown=5.0), NetworkProfile(latency_ms=10)]
+    assert slowed_clients(profiles, range(6, 11)) == 3
+    assert slowed_clients(profiles, [0, 1]) == 0
+    assert slowed_clients([], [7]) == 0

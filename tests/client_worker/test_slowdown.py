@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import threading
 
+import httpx
 import numpy as np
 import pytest
 
+from client_worker import virtual
+from client_worker.local_model import ModelPool
+from client_worker.settings import WorkerSettings
 from shared.config import ExperimentConfig, load_config
 from shared.data import Dataset
 from tests.client_worker.test_worker import FakeAggregator, _run, _Sleeps, _State
@@ -61,3 +65,31 @@ def test_a_stop_during_the_slowdown_abandons_the_round(
     assert fake.posts == []
     assert summary.outcome == "stopped"
     assert summary.rounds_trained == 0
+
+
+def test_virtual_clients_get_a_module_more_per_slowed_client(
+    config: ExperimentConfig,
+    dataset: Dataset,
+    global_weights: dict[str, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sizes: list[int | None] = []
+
+    class RecordingPool(ModelPool):
+        def __init__(self, dataset: Dataset, size: int | None = 1) -> None:
+            sizes.append(size)
+            super().__init__(dataset, size)
+
+    monkeypatch.setattr(virtual, "ModelPool", RecordingPool)
+    states = [_State(1, "training", ["0", "1", "2"], wait_for_posts=True), _State(1, "finished")]
+    fake = FakeAggregator(states, global_weights)
+    virtual.run_virtual_clients(
+        [0, 1, 2],
+        WorkerSettings(server_url="http://agg.test", train_slots=1),
+        _slowed(config, "1-2", 2.0),
+        dataset=dataset,
+        transport=httpx.MockTransport(fake.handler),
+        sleep=_Sleeps(),
+    )
+    assert sizes == [2 * 1 + 2]
+    assert sorted(post["client_id"] for post in fake.posts) == ["0", "1", "2"]
