@@ -44,13 +44,13 @@ __all__ = [
 Row = Mapping[str, Any]
 
 TIMELINE_CSV_FIELDS = tuple(field.name for field in fields(ClientTotals))
-# (face colour, hatch): dark, middle, light and white in grey too, and hatched while the
+# (face colour, hatch): dark, middle, light and lighter in grey too, and hatched while the
 # bars are few enough to be drawn fast (hatching is slow in Agg) and wide enough to show it.
 PHASE_STYLES: dict[Phase, tuple[str, str]] = {
     "training": ("#1f4e99", ""),
     "uploading": ("#ff7f0e", "////"),
-    "waiting": ("#d9d9d9", "...."),
-    "idle": ("#ffffff", ""),
+    "waiting": ("#bdbdbd", "...."),
+    "idle": ("#eeeeee", ""),  # lighter than waiting, darker than the gaps between phases
 }
 MAX_LABELS = 40  # lane and round labels shown at most; more are thinned out
 MAX_HATCHED_SPANS = 2000  # beyond, the phases are told apart by their shades alone
