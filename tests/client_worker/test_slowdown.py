@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -13,6 +15,7 @@ from client_worker.local_model import ModelPool
 from client_worker.settings import WorkerSettings
 from shared.config import ExperimentConfig, load_config
 from shared.data import Dataset
+from shared.timeline import read_spans
 from tests.client_worker.test_worker import FakeAggregator, _run, _Sleeps, _State
 
 
@@ -93,3 +96,31 @@ def test_virtual_clients_get_a_module_more_per_slowed_client(
     )
     assert sizes == [2 * 1 + 2]
     assert sorted(post["client_id"] for post in fake.posts) == ["0", "1", "2"]
+
+
+class _StampedSleeps(_Sleeps):
+    """A recording sleep that also notes the wall-clock time of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamps: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        super().__call__(seconds)
+        self.stamps.append(time.time())
+
+
+def test_the_slowdown_is_part_of_the_training_phase(
+    tmp_path: Path,
+    config: ExperimentConfig,
+    dataset: Dataset,
+    global_weights: dict[str, np.ndarray],
+) -> None:
+    fake = FakeAggregator([_State(1, "training", ["1"]), _State(1, "finished")], global_weights)
+    sleeps = _StampedSleeps()
+    path = tmp_path / "timeline.jsonl"
+    _run(fake, _slowed(config, "1", 2.0), dataset, sleeps=sleeps, timeline_path=path)
+    with path.open() as lines:
+        (training,) = [span for span in read_spans(lines) if span.phase == "training"]
+    (stamp,) = sleeps.stamps
+    assert training.start <= stamp <= training.end
