@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file",
         help="this client's bearer token, or 'client_id: token' lines (or TRIBUTARY_WORKER_TOKEN)",
     )
+    parser.add_argument(
+        "--timeline-file",
+        dest="timeline_path",
+        help="append each client's phases (training, uploading, waiting, idle) to this "
+        "JSON-lines file",
+    )
     parser.add_argument("--ca-bundle", help="CA certificates (PEM) to verify the aggregator with")
     _add_device_args(parser)
     parser.add_argument("--check", action="store_true", help="GET /healthz once and exit 0/1")
@@ -141,7 +147,14 @@ def _settings_fields(args: argparse.Namespace) -> dict[str, Any]:
     """Return the flags that were given, as WorkerSettings fields (the rest: env/defaults)."""
     names = ["server_url", "client_id", "partition_id", "num_partitions", "config_path"]
     names += ["max_rounds", "train_slots", "data_dir", "download", "token_file", "ca_bundle"]
-    names += ["state_dir", "device", "precision", "gpu_sharing", "device_data_budget_mb"]
+    names += [
+        "state_dir",
+        "timeline_path",
+        "device",
+        "precision",
+        "gpu_sharing",
+        "device_data_budget_mb",
+    ]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

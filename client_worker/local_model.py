@@ -9,10 +9,10 @@ weights into the whole state (parameters and buffers), after their names, shapes
 dtypes are checked, so which module a client gets never changes what it trains.
 
 Virtual clients with `train_slots` k share 2k modules (one training, one posting per
-slot) instead of one each: 100 virtual ResNet18 clients on one training slot hold 2
-modules (90 MB), not 100 (4.5 GB). `LocalModel` is one client's view: it picks the
-round's model name and logs once per key where the round config disagrees with this
-worker's.
+slot; `client_worker.virtual` adds one per slowed-down client) instead of one each: 100
+virtual ResNet18 clients on one training slot hold 2 modules (90 MB), not 100 (4.5 GB).
+`LocalModel` is one client's view: it picks the round's model name and logs once per key
+where the round config disagrees with this worker's.
 """
 
 from __future__ import annotations

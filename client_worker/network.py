@@ -1,10 +1,12 @@
-"""Simulated network conditions for one worker: latency, jitter, bandwidth, dropout, crash.
+"""Simulated conditions for one worker: latency, jitter, bandwidth, dropout, crash, slowdown.
 
 Everything is off by default. The experiment config's ``network`` list holds profiles; the
 first whose ``clients`` selector ("all", "7-9", "0,2,5", "0,3-5") contains this client's
 partition id applies. Randomness is seeded per worker and per purpose, so the dropout and
-crash decisions of round r are the same however many requests came before. Delays go
-through an injectable `sleep`, by default an `Event.wait` that a stop request interrupts.
+crash decisions of round r are the same however many requests came before. A `slowdown`
+of s simulates a slower device: after a training that took t seconds, the client waits
+(s - 1) * t more before it posts. Delays go through an injectable `sleep`, by default an
+`Event.wait` that a stop request interrupts.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "event_sleep",
     "parse_clients",
     "select_profile",
+    "slowed_clients",
 ]
 
 Sleep = Callable[[float], object]
@@ -67,6 +70,11 @@ def select_profile(profiles: Sequence[NetworkProfile], client_index: int) -> Net
         if ids is None or client_index in ids:
             return profile
     return NetworkProfile()
+
+
+def slowed_clients(profiles: Sequence[NetworkProfile], client_indices: Sequence[int]) -> int:
+    """Count the clients among `client_indices` whose profile slows their training down."""
+    return sum(select_profile(profiles, index).slowdown > 1.0 for index in client_indices)
 
 
 class NetworkSimulator:
@@ -123,6 +131,14 @@ class NetworkSimulator:
         """Sleep the bandwidth-limited transfer time of `nbytes` and return it."""
         return self._wait(self.transfer_s(nbytes))
 
+    def slowdown_s(self, train_seconds: float) -> float:
+        """Return the extra time a training of `train_seconds` takes at the profile's slowdown."""
+        return (self.profile.slowdown - 1.0) * max(train_seconds, 0.0)
+
+    def slow_down(self, train_seconds: float) -> float:
+        """Sleep the extra time of a training that took `train_seconds`; return it."""
+        return self._wait(self.slowdown_s(train_seconds))
+
     def _wait(self, seconds: float) -> float:
         if seconds > 0:
             self.total_delay_s += seconds
@@ -170,6 +186,7 @@ class NetworkSimulator:
             or p.bandwidth_mbit is not None
             or p.dropout
             or p.crash
+            or p.slowdown != 1.0
         )
 
     def describe(self) -> str:
@@ -184,4 +201,6 @@ class NetworkSimulator:
             parts.append(f"bandwidth {p.bandwidth_mbit:g} Mbit/s")
         parts.append(f"dropout {p.dropout:g}")
         parts.append(f"crash {p.crash:g}")
+        if p.slowdown != 1.0:
+            parts.append(f"training slowed down {p.slowdown:g}x")
         return "network simulation: " + ", ".join(parts)

@@ -1,9 +1,10 @@
 """What a client is made of: the parts its process shares, and its own, built from its settings.
 
 A worker process of virtual clients shares one activity, one set of training slots, one
-model feed, one model pool and one GPU gate among all of them (`client_worker.virtual`);
-a client alone gets its own. Each client then has its own data, simulated network,
-attack (if byzantine), connection to the aggregator, model holder and algorithm state.
+model feed, one model pool, one GPU gate and one timeline file among all of them
+(`client_worker.virtual`); a client alone gets its own. Each client then has its own data,
+simulated network, attack (if byzantine), connection to the aggregator, model holder and
+algorithm state.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from client_worker.retry import Backoff
 from client_worker.settings import WorkerSettings
 from client_worker.slots import TrainingSlots
 from client_worker.summary import Activity
+from client_worker.timeline import TimelineFile
 from client_worker.train import derive_seed
 from client_worker.transport import AggregatorClient
 from shared.config import ByzantineProfile, ExperimentConfig
@@ -34,13 +36,14 @@ __all__ = ["OwnParts", "SharedParts"]
 
 @dataclass(frozen=True)
 class SharedParts:
-    """What the clients of a process share: activity, slots, feed, model pool, GPU gate."""
+    """What the clients of a process share: activity, slots, feed, models, GPU, timeline."""
 
     activity: Activity
     slots: TrainingSlots
     feed: ModelFeed | None
     models: ModelPool
     gate: GpuGate
+    timeline: TimelineFile | None  # where the clients' phases go; None: not recorded
 
     @classmethod
     def complete(
@@ -53,6 +56,7 @@ class SharedParts:
         feed: ModelFeed | None = None,
         models: ModelPool | None = None,
         gate: GpuGate | None = None,
+        timeline: TimelineFile | None = None,
     ) -> SharedParts:
         """Return the parts given, with a client's own (from `settings`) for those not given."""
         return cls(
@@ -61,6 +65,7 @@ class SharedParts:
             feed,
             models if models is not None else ModelPool(dataset),
             gate if gate is not None else GpuGate(settings.device_plan(), settings.gpu_sharing),
+            timeline if timeline is not None else settings.timeline_file(),
         )
 
 

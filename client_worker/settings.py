@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client_worker.device import MIB, DevicePlan
+from client_worker.timeline import TimelineFile
 from shared.config import ExperimentConfig
 from shared.device import check_device_name, resolve_device
 from shared.errors import ConfigError
@@ -66,6 +67,9 @@ class WorkerSettings(BaseSettings):
     # Where client algorithms keep state across rounds and restarts (SCAFFOLD's control
     # variate, ...): one directory per client id. None keeps it in memory only.
     state_dir: Path | None = Path("worker-state")
+    # Append each client's phases (training, uploading, waiting, idle) to this JSON-lines
+    # file (docs/worker.md, "Timeline"); None records nothing.
+    timeline_path: Path | None = None
 
     # Where training runs (docs/worker.md, "Devices and GPUs"): auto is the first CUDA
     # device when torch sees one, else the CPU. fp16 needs CUDA; bf16 also runs on a CPU.
@@ -167,6 +171,10 @@ class WorkerSettings(BaseSettings):
             precision=self.precision,
             data_budget_bytes=self.device_data_budget_mb * MIB,
         )
+
+    def timeline_file(self) -> TimelineFile | None:
+        """Return the file the clients' phases are appended to, or None without a path."""
+        return TimelineFile(self.timeline_path) if self.timeline_path is not None else None
 
     def experiment_for_worker(self, config: ExperimentConfig) -> ExperimentConfig:
         """Return `config` with this worker's data_dir and download applied."""

@@ -2,7 +2,8 @@
 
 Client k trains on partition k with its own `httpx.Client`; with `train_slots` at most
 that many of the process's clients train at the same time, and they share twice that many
-model modules (one to train, one to post from, per slot; without a limit, one per client).
+model modules (one to train, one to post from, per slot), plus one per client whose training
+is slowed down (it keeps its module while it waits); without a limit, one per client.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import httpx
 from client_worker.device import GpuGate
 from client_worker.feed import ModelFeed
 from client_worker.local_model import ModelPool
-from client_worker.network import Sleep
+from client_worker.network import Sleep, slowed_clients
 from client_worker.settings import WorkerSettings
 from client_worker.slots import TrainingSlots
 from client_worker.summary import Activity, WorkerSummary
@@ -51,7 +52,10 @@ def run_virtual_clients(
     if dataset is None:
         dataset = dataset_from_config(config)
     train_slots = settings.train_slots
-    models = ModelPool(dataset, 2 * train_slots if train_slots is not None else None)
+    # A slowed-down client keeps its module while it waits: one more for each of them.
+    slowed = slowed_clients(config.network, client_ids)
+    models = ModelPool(dataset, 2 * train_slots + slowed if train_slots is not None else None)
+    timeline = settings.timeline_file()  # one file for the process, a lane per client
     summaries: dict[int, WorkerSummary] = {}
     errors: list[BaseException] = []
 
@@ -72,6 +76,7 @@ def run_virtual_clients(
                 feed=feed,
                 models=models,
                 gate=gate,
+                timeline=timeline,
             )
         except BaseException as exc:  # handed to the caller below
             errors.append(exc)

@@ -42,6 +42,7 @@ from client_worker.secagg_session import SecAggSession
 from client_worker.settings import WorkerSettings
 from client_worker.slots import TrainingSlots
 from client_worker.summary import Activity, WorkerSummary
+from client_worker.timeline import Timeline, TimelineFile
 from client_worker.train import TrainConfig, TrainingInterrupted, derive_seed
 from client_worker.transport import WeightsReply
 from shared.config import ExperimentConfig
@@ -72,6 +73,7 @@ def run_worker(
     feed: ModelFeed | None = None,
     models: ModelPool | None = None,
     gate: GpuGate | None = None,
+    timeline: TimelineFile | None = None,
 ) -> WorkerSummary:
     """Run one client until the federation finishes, max_rounds are trained, or `stop`.
 
@@ -82,7 +84,8 @@ def run_worker(
     virtual clients) downloads each global model once for all of them; `models` (shared by
     virtual clients, default: one module of its own) lends the module to train; `gate`
     (shared by virtual clients, default: from the settings) says on which device they train
-    and how they share a GPU. Server errors that a retry cannot heal propagate as
+    and how they share a GPU; `timeline` (shared by virtual clients, default: the settings'
+    timeline_path) records the client's phases. Server errors that a retry cannot heal propagate as
     `FatalServerError`; a training that runs out of GPU memory only skips that round.
     """
     config = settings.experiment_for_worker(config)
@@ -90,7 +93,14 @@ def run_worker(
         dataset = dataset_from_config(config)
     stop = stop if stop is not None else threading.Event()
     shared = SharedParts.complete(
-        settings, dataset, activity=activity, slots=slots, feed=feed, models=models, gate=gate
+        settings,
+        dataset,
+        activity=activity,
+        slots=slots,
+        feed=feed,
+        models=models,
+        gate=gate,
+        timeline=timeline,
     )
     sleep = sleep if sleep is not None else event_sleep(stop)
     own = OwnParts.build(
@@ -131,6 +141,7 @@ class _Worker:
             self.client, self.client_id, wait_s=settings.long_poll_wait_s, stop=stop
         )
         self.ledger: PrivacyLedger | None = None  # DP-SGD's accountant, loaded when first needed
+        self.timeline = Timeline(self.client_id, shared.timeline)
         shared.activity.track(self.summary)
 
     # ---------------------------------------------------------------- loop
@@ -159,6 +170,7 @@ class _Worker:
             self.summary.outcome = "stopped"
         finally:
             self._count_bytes()
+            self.timeline.close()
         _log.info("%s", self.summary.line())
         return self.summary
 
@@ -173,6 +185,7 @@ class _Worker:
             self.summary.outcome = "stopped"
             return
         wait = self.settings.long_poll_wait_s
+        self.timeline.polling(self.summary.last_round)
         if self.feed is not None:
             reply = self.feed.get_weights(
                 self.client, self.last_done + 1, self.etag, wait, self.stop
@@ -183,14 +196,16 @@ class _Worker:
             return  # 304: nothing changed while the server held the request
         self.etag = reply.etag
         self.summary.last_round = reply.server_round
-        if reply.phase == "finished":
-            self.summary.outcome = "finished"
-        elif (
+        taking_part = (
             reply.phase == "training"
             and reply.is_selected
             and reply.server_round > self.last_done
             and self.secagg.untried(reply)
-        ):
+        )
+        self.timeline.seen(reply.server_round, taking_part=taking_part)
+        if reply.phase == "finished":
+            self.summary.outcome = "finished"
+        elif taking_part:
             with self.activity.busy():
                 self._take_part(reply)
             if not self.secagg.applies(reply):  # a secagg round may be retried: see SecAggPart
@@ -252,8 +267,12 @@ class _Worker:
                     local_test=self.data.local_test,
                     dp=dp,
                 )
+                work = functools.partial(self.timeline.training, server_round, work)
                 # The waits for a slot and for the GPU are not in train_seconds.
                 update = self.slots.run(functools.partial(self.gate.run, work), self.stop)
+                self.network.slow_down(update.result.train_seconds)  # a slower device's extra
+                if self.stop.is_set():  # stopped while slowed down: abandoned as in training
+                    raise TrainingInterrupted(batches * train_config.local_epochs)
                 update = attacked_update(
                     self.attack,
                     update,
@@ -264,6 +283,7 @@ class _Worker:
                 if dp is not None:  # counted before it leaves, whether accepted or not
                     spent = self._privacy_ledger().spend(dp, update.result, train_config.batch_size)
                     update = dataclasses.replace(update, privacy=spent)
+                self.timeline.enter("uploading", server_round)  # encoding included
                 if session is None:
                     encoded = self.encoder.encode(
                         reply.config,
@@ -289,6 +309,7 @@ class _Worker:
             out_of_memory = True
             self._out_of_memory(server_round, exc)
         finally:  # the algorithm's state and residuals count only with an accepted update
+            self.timeline.round_over(server_round)
             if accepted:
                 self.algorithms.commit()
                 self.encoder.commit()
@@ -365,6 +386,7 @@ class _Worker:
         return True
 
     def _interrupted(self, server_round: int, exc: TrainingInterrupted) -> None:
+        self.timeline.close()  # the training ends here; a crash's time away is no phase
         if self.stop.is_set():
             self._log(
                 "round %d: stop requested, training abandoned after %d batches",

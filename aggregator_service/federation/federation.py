@@ -57,7 +57,7 @@ class Federation:
         self.config = config
         self.strategy: Strategy = build_strategy(config.strategy)
         _check_runs_on_sums(config, self.strategy)
-        self.store = RunStore(settings.state_dir)
+        self.store = RunStore(settings.state_dir, keep=_checkpoints_kept(config))
         self.publications = Publications()
         self.stage_news = StageNews()  # secure aggregation's stage changes
         self.exchanged: list[str] = []  # the tensors updates carry (not the clients' own)
@@ -77,6 +77,9 @@ class Federation:
             downlink=self.downlink,
         )
         self.secagg = SecAggDesk(self.state)
+        if self.loop.asynchronous is not None and self.state.book is not None:
+            self.state.book.load_meta(self.store.get_meta("async_book"))
+            self.loop.asynchronous.versions.load(self.store, done_rounds, self.state.spec)
         self._resume_round()
         if self.downlink is not None:
             self.downlink.note(self.state.published)
@@ -183,14 +186,20 @@ class Federation:
             drawn_from=saved.get("drawn_from"),  # absent: accounted as a round without sampling
             deadline=time.monotonic() + self.config.round_timeout_s,
         )
+        if state.book is not None:  # async: who trains comes from the book, no deadline
+            resumed.selected = state.book.selected_in(current.server_round)
+            resumed.deadline = float("inf")
         if self.config.secagg.enabled:
             self._restart_secagg_round(resumed, saved)
             return
         for client_id, num_examples, body in self.store.updates.pending(current.server_round):
             header, _ = decode_update(body)
+            update_round = header.round if state.book is not None else None
             resumed.received[client_id] = UpdateRecord(
-                client_id, num_examples, dict(header.metrics), len(body)
+                client_id, num_examples, dict(header.metrics), len(body), update_round=update_round
             )
+            if state.book is not None:
+                state.book.accept(client_id, header.round)
         state.round = resumed
         state.published = publish_round(
             self.config, self.strategy, resumed, state.global_weights, state.spec
@@ -230,6 +239,11 @@ class Federation:
             }
         clients.setdefault(client_id, {"num_examples": num_examples, "registered_at": time.time()})
         self.store.set_meta("clients", clients)
+
+
+def _checkpoints_kept(config: ExperimentConfig) -> int:
+    """Return how many checkpoints to keep: async mode's stale updates need their bases."""
+    return max(3, config.asynchronous.max_staleness + 2) if config.mode == "async" else 3
 
 
 def _check_runs_on_sums(config: ExperimentConfig, strategy: Strategy) -> None:

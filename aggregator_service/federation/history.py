@@ -10,7 +10,7 @@ from typing import Any
 from aggregator_service.federation.state import RoundState, UpdateRecord
 from shared.evaluation import EvalResult
 
-__all__ = ["brief", "compression_ratio", "history_row", "metric_summary"]
+__all__ = ["brief", "compression_ratio", "history_row", "metric_summary", "staleness_summary"]
 
 
 def history_row(
@@ -50,9 +50,36 @@ def history_row(
         "model_sha256": model_sha256,
         "metrics": metrics,
         "clients": {
-            r.client_id: {"num_examples": r.num_examples, **r.metrics, **_timing(current, r)}
+            r.client_id: {
+                "num_examples": r.num_examples,
+                **r.metrics,
+                **_timing(current, r),
+                **_staleness_of(current, r),
+            }
             for r in sorted(records, key=lambda r: r.client_id)
         },
+    } | staleness_summary(current.server_round, records)
+
+
+def staleness_summary(server_round: int, records: list[UpdateRecord]) -> dict[str, Any]:
+    """Return an async version's staleness figures: mean, max, and how many of each."""
+    ages = [server_round - r.update_round for r in records if r.update_round is not None]
+    if not ages:
+        return {}
+    counts = {str(age): ages.count(age) for age in sorted(set(ages))}
+    return {
+        "version": server_round,
+        "staleness": {"mean": sum(ages) / len(ages), "max": max(ages), "counts": counts},
+    }
+
+
+def _staleness_of(current: RoundState, record: UpdateRecord) -> dict[str, int]:
+    """Return one async update's round and staleness for its client's entry."""
+    if record.update_round is None:
+        return {}
+    return {
+        "update_round": record.update_round,
+        "staleness": current.server_round - record.update_round,
     }
 
 

@@ -91,7 +91,12 @@ def ingest_update(
             update = ClientUpdate(header.client_id, header.num_examples, weights, groups)
             strategy.check_update(current, update)
         store.updates.save(
-            header.round, header.client_id, header.num_examples, body, streamed, durable=durable
+            claim.server_round,
+            header.client_id,
+            header.num_examples,
+            body,
+            streamed,
+            durable=durable,
         )
     return claim.answer
 

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from aggregator_service.federation.async_steps import AsyncSteps, buffered_updates
 from aggregator_service.federation.downlink import DownloadChain
 from aggregator_service.federation.history import brief, history_row
 from aggregator_service.federation.ingest import round_updates
@@ -113,6 +114,9 @@ class RoundLoop:
             install=self._install_retry,
             conclude=self._conclude,
         )
+        self.asynchronous = (
+            AsyncSteps(state, install=self._install) if state.book is not None else None
+        )
         self._thread = threading.Thread(target=self._run, name="round-loop", daemon=True)
 
     def start(self) -> None:
@@ -188,6 +192,16 @@ class RoundLoop:
                 if step is not None:
                     return step
                 continue
+            if self.asynchronous is not None:
+                skip, self._skip_round = self._skip_round is not None, None
+                buffered = self.asynchronous.step(current, now, skip=skip)
+                if buffered == "close":
+                    current.phase = "aggregating"
+                    return self._close_round
+                if buffered is not None:
+                    return buffered
+                self.state.changed.wait(timeout=self.asynchronous.wait_s(now))
+                continue
             decision = close_decision(
                 selected=len(current.selected),
                 received=len(current.received),
@@ -219,13 +233,16 @@ class RoundLoop:
             if len(candidates) < config.min_fit_clients:
                 candidates = sorted(self.state.clients)
             weights = self.state.global_weights
-        selected = select_clients(
-            candidates,
-            server_round=server_round,
-            fraction_fit=config.fraction_fit,
-            min_fit_clients=config.min_fit_clients,
-            seed=config.seed,
-        )
+            if self.asynchronous is not None:
+                selected = sorted(self.asynchronous.select(server_round, time.monotonic()))
+        if self.asynchronous is None:
+            selected = select_clients(
+                candidates,
+                server_round=server_round,
+                fraction_fit=config.fraction_fit,
+                min_fit_clients=config.min_fit_clients,
+                seed=config.seed,
+            )
         opened = RoundState(
             server_round, "training", selected=frozenset(selected), drawn_from=len(candidates)
         )
@@ -267,16 +284,29 @@ class RoundLoop:
         server_round = current.server_round
         read: set[str] = set()
         exchanged = {name: weights[name] for name in self.state.spec}  # not clients' own
-        updates = _noting(round_updates(self.store, server_round, exchanged), read)
+        updates = _noting(self._updates(server_round, exchanged), read)
         started = time.perf_counter()
         new_weights = {**weights, **self.strategy.aggregate(server_round, exchanged, updates)}
         aggregate_s = time.perf_counter() - started
+        if self.asynchronous is not None:  # a base later updates may have trained from
+            new_version = {name: new_weights[name] for name in self.state.spec}
+            self.asynchronous.versions.add(server_round, new_version)
         if self.downlink is not None:  # the model every worker will hold, bit for bit
             new_weights = self.downlink.chain(server_round, weights, new_weights)
         if lost := sorted({r.client_id for r in records} - read):  # damaged on disk since
             log.error("round %d: the journalled updates of %s were unreadable", server_round, lost)
             records = [r for r in records if r.client_id in read]
         self._conclude(current, records, new_weights, aggregate_s)
+
+    def _updates(
+        self, server_round: int, exchanged: dict[str, np.ndarray]
+    ) -> Iterator[ClientUpdate]:
+        """Return the closing round's updates: as journalled, or rebased (async mode)."""
+        if self.asynchronous is None:
+            return round_updates(self.store, server_round, exchanged)
+        section = self.state.config.asynchronous
+        versions = self.asynchronous.versions
+        return buffered_updates(self.store, server_round, exchanged, versions, section)
 
     def _conclude(
         self,
@@ -289,6 +319,12 @@ class RoundLoop:
         server_round = current.server_round
         evaluation = self.evaluator(new_weights) if self.evaluator is not None else None
         row = history_row(current, records, evaluation, model_sha256=model_digest(new_weights))
+        if self.state.book is not None:
+            with self.state.lock:
+                row["stale_refused"] = self.state.book.stale_refused
+                self.state.book.stale_refused = 0
+                book = self.state.book.to_meta()
+            self.store.set_meta("async_book", book)  # before the checkpoint, as the row
         row["aggregate_s"] = round(aggregate_s, 4)
         if self.privacy is not None:
             row |= self.privacy.close_round(current)
@@ -363,8 +399,13 @@ class RoundLoop:
     def _install(self, round_state: RoundState, weights: Mapping[str, np.ndarray]) -> None:
         """Publish a round and its model together: no reader sees one without the other."""
         config = self.state.config
-        if round_state.phase == "training":
+        if round_state.phase == "training" and self.state.book is not None:
+            with self.state.lock:
+                book = self.state.book.to_meta()
+            self.store.set_meta("async_book", book)  # the slots given, for a restart
+        elif round_state.phase == "training":
             round_state.deadline = time.monotonic() + config.round_timeout_s
+        if round_state.phase == "training":
             self.store.set_meta(
                 "round_state",
                 {

@@ -18,15 +18,19 @@ from typing import Any
 
 import numpy as np
 
+from aggregator_service.federation.async_book import AsyncBook
 from aggregator_service.federation.ledger import ClientLedger, News
 from aggregator_service.federation.publish import PublishedModel
 from aggregator_service.federation.secagg_round import SecAggRound
 from shared.config import ExperimentConfig
-from shared.errors import Conflict, Refused, TributaryError, Unavailable
+from shared.errors import Conflict, InvalidUpdate, Refused, TributaryError, Unavailable
 from shared.schemas import Phase, ReceiveReply, RegisterReply, UpdateHeader
 from shared.wire import TensorSpec
 
-__all__ = ["Claim", "ClientInfo", "FederationState", "RoundState", "UpdateRecord"]
+# How long an async update waits for the version being made before a 503 (seconds).
+BUFFER_WAIT_S = 30.0
+
+__all__ = ["BUFFER_WAIT_S", "Claim", "ClientInfo", "FederationState", "RoundState", "UpdateRecord"]
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Claim:
 
     duplicate: bool
     reply: ReceiveReply | None
+    server_round: int  # the round whose journal takes the update (async: the open buffer's)
     raw_nbytes: int | None = None  # the body as plain tensors would be (compressed updates)
     started: float = field(default_factory=time.monotonic)  # when the slot was taken
 
@@ -63,6 +68,7 @@ class UpdateRecord:
     metrics: dict[str, float]
     nbytes: int
     raw_nbytes: int | None = None  # as plain float tensors (compression); None: nbytes
+    update_round: int | None = None  # async: the round it trained for; None: this round
     received_at: float | None = None  # wall clock, when recorded (None: resumed from disk)
     upload_s: float | None = None  # from taking the slot to recording the update
 
@@ -143,6 +149,11 @@ class FederationState:
         self.news = News()  # told of every change GET /clients shows
         self.client_timeout_s = client_timeout_s
         self.started_at = time.time()
+        self.book: AsyncBook | None = None  # async mode's slots and accepted rounds
+        if config.mode == "async":
+            self.book = AsyncBook(
+                config.asynchronous, seed=config.seed, timeout_s=config.round_timeout_s
+            )
 
     # ------------------------------------------------------------------ clients
 
@@ -168,12 +179,18 @@ class FederationState:
             )
             return reply, is_new
 
-    def touch(self, client_id: str) -> None:
-        """Note that a registered client was seen."""
-        with self.lock:
+    def touch(self, client_id: str, min_round: int = 0) -> None:
+        """Note that a registered client was seen asking for `min_round` or later.
+
+        In async mode a client asking past the round of its slot has given that slot up
+        (it skipped or crashed): the slot is freed for another client.
+        """
+        with self.changed:
             info = self.clients.get(client_id)
             if info is not None:
                 info.last_seen = time.monotonic()
+            if self.book is not None and self.book.release(client_id, min_round):
+                self.changed.notify_all()
 
     def active_clients(self, now: float) -> list[str]:
         """Return the clients seen within the timeout (call under the lock)."""
@@ -194,14 +211,14 @@ class FederationState:
         (and the round loop woken), if it raises the slot is given back.
         """
         try:
-            duplicate = self._reserve(header)
+            duplicate, server_round = self._reserve(header)
         except TributaryError as exc:
             self.note_refusal(header.client_id, exc)
             raise
         if duplicate is not None:
-            yield Claim(duplicate=True, reply=duplicate)
+            yield Claim(duplicate=True, reply=duplicate, server_round=server_round)
             return
-        claim = Claim(duplicate=False, reply=None)
+        claim = Claim(duplicate=False, reply=None, server_round=server_round)
         try:
             yield claim
         except BaseException as exc:
@@ -211,51 +228,96 @@ class FederationState:
             raise
         claim.reply = self._commit(header, nbytes, claim)
 
-    def _reserve(self, header: UpdateHeader) -> ReceiveReply | None:
-        """Take the (client, round) slot, or answer a duplicate; raise if refused."""
-        client_id = header.client_id
+    def _reserve(self, header: UpdateHeader) -> tuple[ReceiveReply | None, int]:
+        """Take the update's slot, or answer a duplicate; return that and its journal's round."""
         with self.lock:
-            current = self.round
-            if client_id in self.clients:
-                self.clients[client_id].last_seen = time.monotonic()
-            if self.config.secagg.enabled:
-                raise Conflict(
-                    "secagg_required",
-                    "this run uses secure aggregation: post the masked update to "
-                    "/secagg/masked (docs/protocol.md)",
-                    round=current.server_round,
-                )
-            if header.round != current.server_round:
-                raise Conflict(
-                    "stale_round",
-                    f"update is for round {header.round}; the current round is "
-                    f"{current.server_round}",
-                    round=current.server_round,
-                )
-            if client_id in current.received:
-                self.counters.updates_duplicate += 1
-                return self._reply(duplicate=True)
-            if client_id in current.in_flight:
-                raise Unavailable(
-                    "in_progress",
-                    "an update from this client is being processed",
-                    round=current.server_round,
-                )
-            if current.phase != "training":
-                raise Conflict(
-                    "round_closed",
-                    f"round {current.server_round} is {current.phase}",
-                    round=current.server_round,
-                )
-            if client_id not in current.selected:
-                raise Conflict(
-                    "not_selected",
-                    f"client {client_id!r} is not selected for round {current.server_round}",
-                    round=current.server_round,
-                )
-            current.in_flight.add(client_id)
-            self.news.announce()
-            return None
+            if header.client_id in self.clients:
+                self.clients[header.client_id].last_seen = time.monotonic()
+            if self.book is not None:
+                self._await_open_buffer()
+            current = self.round.server_round
+            if self.book is not None:
+                reserved = self._reserve_buffered(header)
+            else:
+                reserved = self._reserve_round(header)
+            if reserved is None:  # the slot is taken: the client is uploading
+                self.news.announce()
+            return reserved, current
+
+    def _await_open_buffer(self) -> None:
+        """Wait (under the lock) while an async version is being made, up to a bound.
+
+        An update that arrives then goes into the next buffer instead of being sent back.
+        """
+        deadline = time.monotonic() + BUFFER_WAIT_S
+        while self.round.phase == "aggregating" and time.monotonic() < deadline:
+            self.changed.wait(deadline - time.monotonic())
+
+    def _reserve_round(self, header: UpdateHeader) -> ReceiveReply | None:
+        """Take the (client, round) slot of a synchronous round (under the lock)."""
+        client_id = header.client_id
+        current = self.round
+        if self.config.secagg.enabled:
+            raise Conflict(
+                "secagg_required",
+                "this run uses secure aggregation: post the masked update to "
+                "/secagg/masked (docs/protocol.md)",
+                round=current.server_round,
+            )
+        if header.round != current.server_round:
+            raise Conflict(
+                "stale_round",
+                f"update is for round {header.round}; the current round is {current.server_round}",
+                round=current.server_round,
+            )
+        if client_id in current.received:
+            self.counters.updates_duplicate += 1
+            return self._reply(duplicate=True)
+        if client_id in current.in_flight:
+            raise Unavailable(
+                "in_progress",
+                "an update from this client is being processed",
+                round=current.server_round,
+            )
+        if current.phase != "training":
+            raise Conflict(
+                "round_closed",
+                f"round {current.server_round} is {current.phase}",
+                round=current.server_round,
+            )
+        if client_id not in current.selected:
+            raise Conflict(
+                "not_selected",
+                f"client {client_id!r} is not selected for round {current.server_round}",
+                round=current.server_round,
+            )
+        current.in_flight.add(client_id)
+        return None
+
+    def _reserve_buffered(self, header: UpdateHeader) -> ReceiveReply | None:
+        """Take a place in the open buffer of an async run (under the lock)."""
+        assert self.book is not None
+        client_id, current = header.client_id, self.round
+        if current.phase == "finished":
+            raise Conflict("round_closed", "the run is finished", round=current.server_round)
+        if self.book.check(client_id, header.round, current.server_round):
+            self.counters.updates_duplicate += 1
+            return self._reply(duplicate=True)
+        if client_id in current.in_flight:
+            raise Unavailable(
+                "in_progress",
+                "an update from this client is being processed",
+                round=current.server_round,
+            )
+        if client_id in current.received or current.phase != "training":
+            raise Unavailable(
+                "version_in_progress",
+                f"version {current.server_round} is being made; send the update again "
+                "when the next buffer opens",
+                round=current.server_round,
+            )
+        current.in_flight.add(client_id)
+        return None
 
     def surely_refused(self, client_id: str, server_round: int) -> bool:
         """Whether an update of `client_id` for `server_round` can never be accepted now.
@@ -269,6 +331,13 @@ class FederationState:
             return True
         with self.lock:
             current = self.round
+            if self.book is not None:  # a past round is refused only once too stale
+                try:
+                    return self.book.check(
+                        client_id, server_round, current.server_round, count=False
+                    )
+                except (Conflict, InvalidUpdate):
+                    return True
             if server_round != current.server_round:
                 return server_round < current.server_round
             return client_id in current.received or current.phase in ("aggregating", "finished")
@@ -293,9 +362,12 @@ class FederationState:
                 metrics,
                 nbytes,
                 claim.raw_nbytes,
+                update_round=header.round if self.book is not None else None,
                 received_at=time.time(),
                 upload_s=upload_s,
             )
+            if self.book is not None:
+                self.book.accept(header.client_id, header.round)
             self.counters.updates_accepted += 1
             self.counters.bytes_in += nbytes
             self.ledger.note_update(header.client_id, nbytes, metrics)
@@ -331,6 +403,8 @@ class FederationState:
 
     def needed(self) -> int:
         """Return how many updates close the current round at the earliest (under the lock)."""
+        if self.book is not None:
+            return self.book.section.buffer
         if self.config.close_at_threshold:
             return min(self.config.min_fit_clients, len(self.round.selected))
         return len(self.round.selected)
@@ -343,24 +417,45 @@ class FederationState:
             now = time.monotonic()
             current = self.round
             remaining = current.deadline - now
-            return {
-                "round": current.server_round,
-                "num_rounds": self.config.num_rounds,
-                "phase": current.phase,
-                "attempt": current.attempt,
-                "registered_clients": len(self.clients),
-                "active_clients": len(self.active_clients(now)),
-                "selected": sorted(current.selected),
-                "received": len(current.received),
-                "received_from": sorted(current.received),
-                "in_progress": sorted(current.in_flight),
-                "needed": self.needed(),
-                "min_fit_clients": self.config.min_fit_clients,
-                "deadline_in_s": round(remaining, 3) if remaining != float("inf") else None,
-                "last_round": self.history[-1] if self.history else None,
-                "model": self.config.model,
-                "uptime_s": round(time.time() - self.started_at, 3),
-            } | ({"privacy": dict(self.privacy)} if self.privacy is not None else {})
+            return (
+                {
+                    "round": current.server_round,
+                    "num_rounds": self.config.num_rounds,
+                    "phase": current.phase,
+                    "attempt": current.attempt,
+                    "registered_clients": len(self.clients),
+                    "active_clients": len(self.active_clients(now)),
+                    "selected": sorted(current.selected),
+                    "received": len(current.received),
+                    "received_from": sorted(current.received),
+                    "in_progress": sorted(current.in_flight),
+                    "needed": self.needed(),
+                    "min_fit_clients": self.config.min_fit_clients,
+                    "deadline_in_s": round(remaining, 3) if remaining != float("inf") else None,
+                    "last_round": self.history[-1] if self.history else None,
+                    "model": self.config.model,
+                    "uptime_s": round(time.time() - self.started_at, 3),
+                    "mode": self.config.mode,
+                }
+                | self._async_status()
+                | self._privacy_status()
+            )
+
+    def _privacy_status(self) -> dict[str, Any]:
+        """Return DP-FedAvg's part of /status (under the lock)."""
+        return {"privacy": dict(self.privacy)} if self.privacy is not None else {}
+
+    def _async_status(self) -> dict[str, Any]:
+        """Return async mode's part of /status: the version served, who trains (under the lock)."""
+        if self.book is None:
+            return {}
+        return {
+            # the version served: round - 1 while round's buffer fills; the last one at the end
+            "version": self.round.server_round - (self.round.phase != "finished"),
+            "buffer_size": self.book.section.buffer,
+            "training": {cid: slot.server_round for cid, slot in sorted(self.book.slots.items())},
+            "stale_refused": self.book.stale_refused,
+        }
 
     def _reply(self, *, duplicate: bool) -> ReceiveReply:
         return ReceiveReply(

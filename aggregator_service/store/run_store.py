@@ -136,6 +136,23 @@ class RunStore:
                 )
         return None
 
+    def checkpoints_since(self, first_round: int) -> dict[int, dict[str, np.ndarray]]:
+        """Return the intact checkpoints of rounds >= `first_round` (unusable ones are left out)."""
+        rows = self._db.rows(
+            "SELECT server_round, file, sha256 FROM checkpoints WHERE server_round >= ? "
+            "ORDER BY server_round",
+            (first_round,),
+        )
+        found: dict[int, dict[str, np.ndarray]] = {}
+        for server_round, name, digest in rows:
+            try:
+                found[server_round] = _read_checkpoint(
+                    self.state_dir / "checkpoints" / name, digest
+                )
+            except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, StoreError) as exc:
+                logger.warning("checkpoint of round %d is unusable (%s)", server_round, exc)
+        return found
+
     # ---------------------------------------------------------------- history, meta
 
     def append_history(self, row: Mapping[str, Any]) -> None:

@@ -11,6 +11,7 @@ class per server rule), ``secagg.py`` (secure aggregation) and ``loading.py`` (`
 Import every name from here.
 """
 
+from shared.config.asynchronous import AsyncConfig
 from shared.config.compression import CompressionConfig
 from shared.config.download import DownloadCompressionConfig
 from shared.config.dp_sgd import DpSgdConfig
@@ -44,6 +45,7 @@ from shared.config.strategies import (
 
 __all__ = [
     "ENV_PREFIX",
+    "AsyncConfig",
     "ByzantineProfile",
     "CompressionConfig",
     "DPFedAvgConfig",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.config.asynchronous import AsyncConfig, check_async
 from shared.config.compression import CompressionConfig
 from shared.config.download import DownloadCompressionConfig
 from shared.config.dp_sgd import DpSgdConfig
@@ -56,7 +57,11 @@ class ExperimentConfig(BaseSettings):
     """Everything that defines one federated experiment."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
     )
 
     name: str = "experiment"
@@ -99,8 +104,11 @@ class ExperimentConfig(BaseSettings):
     # after the counts, which its validator reads (DP-FedAvg's m is drawn as selection does)
     strategy: StrategyConfig = FedAvgConfig()  # name and typed parameters
     close_at_threshold: bool = False  # close a round as soon as min_fit_clients reported
-    round_timeout_s: float = Field(300.0, gt=0)
+    round_timeout_s: float = Field(300.0, gt=0)  # async mode: how long a client may train
     server_eval: bool = True
+    # sync: rounds with a barrier; async: versions made of buffered updates (`async:` section)
+    mode: Literal["sync", "async"] = "sync"
+    asynchronous: AsyncConfig = Field(AsyncConfig(), alias="async")
 
     # updates as encoded deltas (shared/config/compression.py); None: full float weights
     compression: CompressionConfig | None = None
@@ -140,20 +148,38 @@ class ExperimentConfig(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_async(self) -> ExperimentConfig:
+        if self.mode == "sync":
+            if self.asynchronous != AsyncConfig():
+                raise ValueError("the async section applies to mode: async only; set mode: async")
+            return self
+        check_async(
+            self.asynchronous,
+            strategy=self.strategy,
+            secagg=self.secagg.enabled,
+            fraction_fit=self.fraction_fit,
+            close_at_threshold=self.close_at_threshold,
+            download_compression=self.download_compression is not None,
+        )
+        return self
+
+    @model_validator(mode="after")
     def _check_krum(self) -> ExperimentConfig:
         # a round aggregates at least min_fit_clients updates: Krum needs n > 2f + 2, m <= n
-        krum, n = self.strategy, self.min_fit_clients
+        krum, n, label = self.strategy, self.min_fit_clients, "min_fit_clients"
+        if self.mode == "async":  # a version aggregates its buffer
+            n, label = self.asynchronous.buffer, "async.buffer_size"
         if isinstance(krum, KrumConfig):
             if n <= 2 * krum.num_malicious_clients + 2:
                 raise ValueError(
                     f"strategy.krum.num_malicious_clients ({krum.num_malicious_clients}) needs "
                     f"rounds of more than {2 * krum.num_malicious_clients + 2} updates "
-                    f"(2f + 2); min_fit_clients is {n}"
+                    f"(2f + 2); {label} is {n}"
                 )
             if krum.num_clients_to_keep > n:
                 raise ValueError(
                     f"strategy.krum.num_clients_to_keep ({krum.num_clients_to_keep}) exceeds "
-                    f"min_fit_clients ({n})"
+                    f"{label} ({n})"
                 )
         return self
 
@@ -295,4 +321,6 @@ class ExperimentConfig(BaseSettings):
             config["dp_sgd"] = self.dp_sgd.round_config()
         if self.secagg.enabled:
             config["secagg"] = self.secagg.model_dump(exclude={"enabled"})
+        if self.mode == "async":
+            config["async"] = self.asynchronous.announced()
         return config

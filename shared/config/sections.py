@@ -65,6 +65,7 @@ class NetworkProfile(Section):
     bandwidth_mbit: float | None = Field(None, gt=0)  # cap on upload and download
     dropout: float = Field(0.0, ge=0, le=1)  # probability of skipping a round
     crash: float = Field(0.0, ge=0, le=1)  # probability of crashing mid-training
+    slowdown: float = Field(1.0, ge=1.0)  # compute: training takes this many times longer
 
 
 class SignFlipAttack(Section):

@@ -8,10 +8,12 @@ client; with --worker-processes N, N processes run contiguous ranges of clients 
 clients, one training per core overall (see shared/runs/layout.py). The runner only starts
 them and polls the aggregator's /status and /history. It stops every process when the run
 finished, when one of them dies, or on Ctrl-C / SIGTERM, and leaves config.yaml,
-metrics.csv, metrics.json, curves.png and tensorboard/ in runs/<timestamp>-<model>-<dataset>/.
+metrics.csv, metrics.json, curves.png, tensorboard/, and the clients' phases in timeline/,
+timeline.png and timeline.csv in runs/<timestamp>-<model>-<dataset>/.
 Exit codes: 0 the run finished, 1 a process died or never became healthy, 2 a bad config,
 128 + the signal number when interrupted. The flags and the config they resolve to are
-cli.py's, the run folder report.py's, starting and watching the processes supervise.py's.
+cli.py's, the run folder report.py's and timeline.py's, starting and watching the
+processes supervise.py's.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from shared.runs.layout import (
 )
 from shared.runs.progress import LinePrinter, LiveView, dp_sgd_lines, traffic_lines
 from shared.runs.report import create_run_dir, write_config, write_report
+from shared.runs.timeline import write_timeline
 from shared.runs.supervise import (
     Outcome,
     View,
@@ -76,6 +79,7 @@ def _run(config: ExperimentConfig, run_dir: Path, args: argparse.Namespace) -> i
         num_clients=config.num_partitions,
         num_processes=args.worker_processes or default_worker_processes(config.num_partitions),
         train_slots=args.train_slots,
+        timeline_dir=run_dir / "timeline",
     )
     console.print(f"run folder: {run_dir}", markup=False, highlight=False)
     console.print(f"aggregator: http://{LOOPBACK}:{port}", markup=False, highlight=False)
@@ -115,6 +119,7 @@ def _finish(
     """Write the run folder's report and print how the run ended."""
     status = "finished" if outcome.code == 0 else "stopped"
     write_report(run_dir, history, title=title, status=status, message=outcome.message)
+    write_timeline(run_dir, history, title=title)
     lines = [outcome.message, *traffic_lines(history), *dp_sgd_lines(history)]
     final = next((r for r in reversed(history) if r.get("eval_accuracy") is not None), None)
     accuracy = f"{final['eval_accuracy']:.4f} after round {final['round']}" if final else "n/a"

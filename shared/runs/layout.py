@@ -89,20 +89,34 @@ def aggregator_argv(
 
 
 def worker_argv(
-    config_path: Path, *, url: str, partition_id: int, num_partitions: int
+    config_path: Path,
+    *,
+    url: str,
+    partition_id: int,
+    num_partitions: int,
+    timeline_file: Path | None = None,
 ) -> list[str]:
     """Return the command line of the worker that trains partition `partition_id`."""
     flags = _flags(server=url, client_id=partition_id, partition_id=partition_id)
     flags += _flags(num_partitions=num_partitions, config=config_path)
+    flags += _flags(timeline_file=timeline_file) if timeline_file is not None else []
     return [sys.executable, "-m", "client_worker", *flags]
 
 
 def virtual_worker_argv(
-    config_path: Path, *, url: str, first: int, last: int, num_partitions: int, train_slots: int
+    config_path: Path,
+    *,
+    url: str,
+    first: int,
+    last: int,
+    num_partitions: int,
+    train_slots: int,
+    timeline_file: Path | None = None,
 ) -> list[str]:
     """Return the command line of one process running clients first..last as virtual clients."""
     flags = _flags(server=url, client_ids=f"{first}-{last}", train_slots=train_slots)
     flags += _flags(num_partitions=num_partitions, config=config_path)
+    flags += _flags(timeline_file=timeline_file) if timeline_file is not None else []
     return [sys.executable, "-m", "client_worker", *flags]
 
 
@@ -155,11 +169,13 @@ def worker_processes(
     num_clients: int,
     num_processes: int | None = None,
     train_slots: int | None = None,
+    timeline_dir: Path | None = None,
 ) -> list[WorkerProcess]:
     """Return every worker process of a run: one per client, or `num_processes` groups.
 
     `num_processes` None (or at least `num_clients`) starts one process per client;
-    `train_slots` None gives a grouped process `default_train_slots(num_processes)`.
+    `train_slots` None gives a grouped process `default_train_slots(num_processes)`;
+    with `timeline_dir`, each process records its clients' phases in <its name>.jsonl there.
     """
     if train_slots is not None and train_slots < 1:
         raise ConfigError(f"train_slots must be at least 1; got {train_slots}")
@@ -170,14 +186,24 @@ def worker_processes(
                 k,
                 k,
                 None,
-                worker_argv(config_path, url=url, partition_id=k, num_partitions=num_clients),
+                worker_argv(
+                    config_path,
+                    url=url,
+                    partition_id=k,
+                    num_partitions=num_clients,
+                    timeline_file=_timeline_file(timeline_dir, f"worker-{k}"),
+                ),
             )
             for k in range(num_clients)
         ]
     slots = train_slots if train_slots is not None else default_train_slots(num_processes)
+    named = [
+        (f"worker-{first}" if first == last else f"worker-{first}-{last}", first, last)
+        for first, last in client_ranges(num_clients, num_processes)
+    ]
     return [
         WorkerProcess(
-            f"worker-{first}" if first == last else f"worker-{first}-{last}",
+            name,
             first,
             last,
             slots,
@@ -188,10 +214,15 @@ def worker_processes(
                 last=last,
                 num_partitions=num_clients,
                 train_slots=slots,
+                timeline_file=_timeline_file(timeline_dir, name),
             ),
         )
-        for first, last in client_ranges(num_clients, num_processes)
+        for name, first, last in named
     ]
+
+
+def _timeline_file(timeline_dir: Path | None, name: str) -> Path | None:
+    return timeline_dir / f"{name}.jsonl" if timeline_dir is not None else None
 
 
 def describe_layout(layout: list[WorkerProcess]) -> str:

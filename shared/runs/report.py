@@ -13,6 +13,7 @@ The report is what a run leaves behind, computed from the aggregator's /history 
                     dp_sgd_epsilon_max, epsilon, bytes_in, bytes_out, duration_s per round
                     (`tensorboard --logdir runs`)
 
+timeline.png and timeline.csv, the clients' phases over time, are shared/runs/timeline.py's.
 matplotlib and TensorBoard are imported inside their writers: the runner starts fast and
 only pays for them once, at the end.
 """

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,6 +109,15 @@ def test_train_slots_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) 
     assert cli.main(["--client-ids", "0-4", "--train-slots", "1"]) == 0
     assert calls.client_ids == [[0, 1, 2, 3, 4]]
     assert calls.settings[0].train_slots == 1
+
+
+def test_timeline_file_flag_reaches_the_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls = _patch_worker(monkeypatch, lambda stop, activity: _summary())
+    path = tmp_path / "timeline" / "worker-3.jsonl"
+    assert cli.main(["--client-id", "3", "--timeline-file", str(path)]) == 0
+    assert calls.settings[0].timeline_path == path
 
 
 def test_zero_train_slots_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,12 @@ from typing import Literal
 import numpy as np
 import pytest
 
-from client_worker.network import NetworkSimulator, parse_clients, select_profile
+from client_worker.network import (
+    NetworkSimulator,
+    parse_clients,
+    select_profile,
+    slowed_clients,
+)
 from shared.config import NetworkProfile, load_config
 from shared.errors import ConfigError
 
@@ -124,3 +129,36 @@ def test_from_config_uses_the_clients_partition_id() -> None:
     text = NetworkSimulator.from_config(config, client_index=2, seed=0).describe()
     assert "latency 40 ms" in text
     assert "bandwidth 1 Mbit/s" in text
+
+
+def test_slowdown_waits_the_extra_time_of_a_slower_device() -> None:
+    sleep = _Recorder()
+    sim = NetworkSimulator(NetworkProfile(slowdown=5.0), sleep=sleep)
+    assert sim.slow_down(0.5) == pytest.approx(2.0)  # (5 - 1) * 0.5 s
+    assert sleep.delays == pytest.approx([2.0])
+    assert sim.total_delay_s == pytest.approx(2.0)
+    assert sim.enabled
+    assert "training slowed down 5x" in sim.describe()
+
+
+def test_no_slowdown_by_default() -> None:
+    sleep = _Recorder()
+    sim = NetworkSimulator(sleep=sleep)
+    assert NetworkProfile().slowdown == 1.0
+    assert sim.slow_down(3.0) == 0.0
+    assert sleep.delays == []
+
+
+def test_slowdown_is_selected_per_client_and_validated() -> None:
+    config = load_config(overrides={"network": [{"clients": "7-9", "slowdown": 5}]})
+    assert NetworkSimulator.from_config(config, client_index=8, seed=0).slowdown_s(1.0) == 4.0
+    assert NetworkSimulator.from_config(config, client_index=6, seed=0).slowdown_s(1.0) == 0.0
+    with pytest.raises(ConfigError, match="slowdown"):
+        load_config(overrides={"network": [{"clients": "all", "slowdown": 0.5}]})
+
+
+def test_slowed_clients_counts_those_whose_profile_slows_them_down() -> None:
+    profiles = [NetworkProfile(clients="7-9", slowdown=5.0), NetworkProfile(latency_ms=10)]
+    assert slowed_clients(profiles, range(6, 11)) == 3
+    assert slowed_clients(profiles, [0, 1]) == 0
+    assert slowed_clients([], [7]) == 0

@@ -61,7 +61,7 @@ async def get_weights(
     base = _base_etag(x_tributary_base)
     if client_id is not None:
         check_client(caller, client_id)
-        state.touch(client_id)
+        state.touch(client_id, min_round)
     timeout = min(wait, settings.long_poll_max_s)
     published = await _await_new(state, watch, long_polls, min_round, if_none_match, timeout)
     headers = {

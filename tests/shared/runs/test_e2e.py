@@ -23,6 +23,7 @@ from shared.config import load_config
 from shared.data import dataset_from_config
 from shared.evaluation import evaluate
 from shared.models import build_model, init_global_weights, load_numpy_state
+from shared.runs.timeline import read_timeline_totals
 
 pytestmark = pytest.mark.slow
 
@@ -79,8 +80,13 @@ def test_runner_finishes_a_small_federation(tmp_path: Path) -> None:
     run_dir = only_run_dir(tmp_path / "runs")
     assert processes_mentioning(str(run_dir)) == []
 
-    for name in ["config.yaml", "metrics.csv", "metrics.json", "curves.png"]:
+    for name in ["config.yaml", "metrics.csv", "metrics.json", "curves.png", "timeline.png"]:
         assert (run_dir / name).is_file(), name
+    timeline = sorted(path.name for path in (run_dir / "timeline").iterdir())
+    assert timeline == ["worker-0.jsonl", "worker-1.jsonl", "worker-2.jsonl"]
+    totals = read_timeline_totals(run_dir)
+    assert [client.client_id for client in totals] == ["0", "1", "2"]
+    assert all(client.training_s > 0 and client.updates == 2 for client in totals)
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     logs = sorted(path.name for path in (run_dir / "logs").iterdir())
     assert logs == ["aggregator.log", "worker-0.log", "worker-1.log", "worker-2.log"]

@@ -135,3 +135,15 @@ def test_bad_worker_process_flags_exit_2(
     assert info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_each_worker_process_gets_its_own_timeline_file() -> None:
+    timeline = Path("run/timeline")
+    alone = worker_processes(CONFIG, url=URL, num_clients=2, timeline_dir=timeline)
+    grouped = worker_processes(
+        CONFIG, url=URL, num_clients=4, num_processes=2, train_slots=1, timeline_dir=timeline
+    )
+    for layout in (alone, grouped):
+        files = [worker_parser().parse_args(w.argv[3:]).timeline_path for w in layout]
+        assert files == [str(timeline / f"{w.name}.jsonl") for w in layout]
+    assert "--timeline-file" not in worker_processes(CONFIG, url=URL, num_clients=1)[0].argv
