@@ -11,6 +11,9 @@ A client's state this round, from the round's sets and the client's ledger:
 - ``training``: selected and it downloaded this round's model;
 - ``selected``: selected and it has not downloaded this round's model yet;
 - ``idle``: not selected.
+
+In async mode a client that holds a slot (it trains for a version) is ``training`` until
+its update arrives.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def client_board(state: FederationState) -> dict[str, Any]:
         now, wall = time.monotonic(), time.time()
         current = state.round
         last_row = state.history[-1] if state.history else None
+        holding = set(state.book.slots) if state.book is not None else set()  # async: training
         rows = []
         for client_id in sorted(state.clients):
             info = state.clients[client_id]
@@ -42,10 +46,11 @@ def client_board(state: FederationState) -> dict[str, Any]:
             if record is not None and record.received_at is not None:
                 received_s = round(record.received_at - current.opened_at, 4)
             refusal = tally.refusal
+            round_state = client_state(client_id, current, tally, last_row, now)
             rows.append(
                 {
                     "client_id": client_id,
-                    "state": client_state(client_id, current, tally, last_row, now),
+                    "state": _async_state(round_state) if client_id in holding else round_state,
                     "selected": client_id in current.selected,
                     "active": now - info.last_seen <= state.client_timeout_s,
                     "last_seen": round(wall - (now - info.last_seen), 3),
@@ -101,6 +106,11 @@ def client_state(
     return "idle"
 
 
+def _async_state(state: str) -> str:
+    """Return the state of an async client that holds a slot: training until it uploads."""
+    return "training" if state in ("idle", "selected", "dropped", "late") else state
+
+
 def _dropped_in(row: dict[str, Any], client_id: str) -> bool:
     """Whether a closed round selected `client_id` and closed without its update."""
     return client_id in row.get("selected", ()) and client_id not in row.get("participants", ())
@@ -124,4 +134,5 @@ def run_summary(config: ExperimentConfig) -> dict[str, Any]:
         "compression": config.compression is not None,
         "download_compression": config.download_compression is not None,
         "dp_sgd": config.dp_sgd is not None,
-    }
+        "mode": config.mode,
+    } | ({"async": config.asynchronous.model_dump(mode="json")} if config.mode == "async" else {})

@@ -162,6 +162,8 @@ function drawRun() {
     ["Uptime", duration(s.uptime_s)],
   ];
   if (s.privacy) facts.push(["Epsilon spent", `${num(s.privacy.epsilon, 3)} of ${s.privacy.target_epsilon ?? "∞"}`]);
+  if (run.async) facts.push(["Async", Object.entries(run.async).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(", ")]);
+  if (s.buffer_size !== undefined) facts.push(["Buffer", `${s.received} of ${s.buffer_size} updates`]);
   const features = ["secagg", "compression", "download_compression", "dp_sgd"].filter((f) => run[f]);
   if (features.length) facts.push(["Features", features.join(", ").replaceAll("_", " ")]);
   const dl = $("run");

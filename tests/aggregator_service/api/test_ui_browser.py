@@ -273,9 +273,11 @@ server_eval: false
 """
 
 
-def test_the_page_follows_real_workers(browser: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_the_page_follows_real_workers(browser: Any, tmp_path: Path, mode: str) -> None:
     config_path = tmp_path / "run.yaml"
-    config_path.write_text(WORKERS_RUN)
+    extra = "mode: async\nasync: {buffer_size: 2}\n" if mode == "async" else ""
+    config_path.write_text(WORKERS_RUN + extra)
     config = load_config(config_path)
     settings = AggregatorSettings(state_dir=tmp_path / "state", long_poll_max_s=20)
     app = create_app(settings, config, evaluator=evaluate)
@@ -293,4 +295,8 @@ def test_the_page_follows_real_workers(browser: Any, tmp_path: Path) -> None:
         history = httpx.get(f"{url}/history", timeout=10).json()
         assert [r["round"] for r in history] == [1, 2, 3]
         check_heatmap_and_curves(watching, history, clients=("0", "1"))
+        expect(fact(watching, "Mode")).to_have_text(mode)
+        if mode == "async":  # staleness is plotted when the rows carry it
+            dot = watching.locator('[data-chart="staleness"] circle[data-series="staleness"]')
+            assert float(dot.get_attribute("data-y")) == history[-1]["staleness"]["mean"]
         context.close()
