@@ -240,3 +240,28 @@ def test_settings_without_meaning_in_async_mode_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         experiment(mode="async", **overrides)
+
+
+def test_a_client_not_selected_is_not_woken_by_republishes(start_app: AppFactory) -> None:
+    client = start_app(async_experiment(buffer_size=3, concurrency=1))
+    register(client, "a", "b", "c")
+    status = wait_for(client, lambda s: s["phase"] == "training")
+    (holder,) = status["selected"]
+    etags = {}
+    for other in sorted(set("abc") - {holder}):
+        reply = client.get("/get_weights", params={"client_id": other})
+        assert reply.headers["X-Tributary-Selected"] == "false"
+        etags[other] = reply.headers["ETag"]
+    _, x0 = global_model(client)
+    post(client, holder, 1, shifted(x0, 1.0))  # its slot goes to one of the other two
+    status = wait_for(client, lambda s: s["selected"] and s["selected"] != [holder])
+    (chosen,) = status["selected"]
+    (left,) = set(etags) - {chosen}
+    for other, expected in ((chosen, 200), (left, 304)):
+        reply = client.get(
+            "/get_weights",
+            params={"client_id": other, "wait": 0.2},
+            headers={"If-None-Match": etags[other]},
+        )
+        assert reply.status_code == expected, other
+    assert reply.content == b""  # the one left waiting downloads nothing
