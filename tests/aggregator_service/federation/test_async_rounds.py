@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.config import ExperimentConfig
+from shared.compression import CompressionSpec, decode_update, encode_update
+from shared.config import CompressionConfig, ExperimentConfig
 from shared.errors import ConfigError
+from shared.wire import decode_message, encode_message, spec_of
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
@@ -265,3 +267,30 @@ def test_a_client_not_selected_is_not_woken_by_republishes(start_app: AppFactory
         )
         assert reply.status_code == expected, other
     assert reply.content == b""  # the one left waiting downloads nothing
+
+
+def test_a_stale_compressed_delta_is_rebuilt_on_its_own_base(start_app: AppFactory) -> None:
+    config = async_experiment(buffer_size=1, staleness="constant")
+    config = config.model_copy(update={"compression": CompressionConfig(encoding="q8")})
+    client = start_app(config)
+    register(client, "a", "b", "c")
+    wait_for(client, lambda s: s["phase"] == "training")
+    _, x0 = global_model(client)
+    post(client, "a", 1, shifted(x0, 1.0))  # full weights are still accepted
+    wait_for(client, lambda s: s["round"] == 2)
+    _, x1 = global_model(client)
+    rng = np.random.default_rng(7)
+    deltas = {
+        name: (rng.standard_normal(a.shape) * 0.01).astype(a.dtype) if a.dtype.kind == "f" else a
+        for name, a in x0.items()
+    }
+    encoded = encode_update(deltas, CompressionSpec(encoding="q8"))
+    body = update_body("b", 1, encoded, delta=True)  # trained from version 0: staleness 1
+    assert client.post("/receive", content=body, headers=MSGPACK).status_code == 200
+    wait_for(client, lambda s: s["round"] == 3)
+    _, x2 = global_model(client)
+    sent = decode_message(encode_message({"weights": encoded}))["weights"]
+    step = decode_update(sent, spec_of(x0))  # what the aggregator decodes: q8's rounding
+    for name, array in x1.items():
+        if array.dtype.kind == "f":
+            np.testing.assert_allclose(x2[name], array + step[name], rtol=1e-5, atol=1e-6)
