@@ -219,20 +219,36 @@ class FederationState:
             if header.client_id in self.clients:
                 self.clients[header.client_id].last_seen = time.monotonic()
             if self.book is not None:
-                self._await_open_buffer()
+                self._await_room(header)
             current = self.round.server_round
             if self.book is not None:
                 return self._reserve_buffered(header), current
             return self._reserve_round(header), current
 
-    def _await_open_buffer(self) -> None:
-        """Wait (under the lock) while an async version is being made, up to a bound.
+    def _await_room(self, header: UpdateHeader) -> None:
+        """Wait (under the lock, up to a bound) for room in an async buffer.
 
-        An update that arrives then goes into the next buffer instead of being sent back.
+        A buffer takes `buffer_size` updates: one that arrives while the buffer is full or
+        its version is being made waits for the next buffer instead of being sent back.
+        Duplicates and refusals do not wait.
         """
         deadline = time.monotonic() + BUFFER_WAIT_S
-        while self.round.phase == "aggregating" and time.monotonic() < deadline:
+        while self._buffer_full(header) and time.monotonic() < deadline:
             self.changed.wait(deadline - time.monotonic())
+
+    def _buffer_full(self, header: UpdateHeader) -> bool:
+        """Whether an update that would be taken must wait for the next buffer (under the lock)."""
+        assert self.book is not None
+        current = self.round
+        if current.phase not in ("training", "aggregating"):
+            return False
+        try:
+            if self.book.check(header.client_id, header.round, current.server_round, count=False):
+                return False  # a duplicate is answered at once
+        except (Conflict, InvalidUpdate):
+            return False  # and so is a refusal
+        taken = len(current.received) + len(current.in_flight)
+        return current.phase == "aggregating" or taken >= self.book.section.buffer
 
     def _reserve_round(self, header: UpdateHeader) -> ReceiveReply | None:
         """Take the (client, round) slot of a synchronous round (under the lock)."""
@@ -290,7 +306,8 @@ class FederationState:
                 "an update from this client is being processed",
                 round=current.server_round,
             )
-        if client_id in current.received or current.phase != "training":
+        full = len(current.received) + len(current.in_flight) >= self.book.section.buffer
+        if client_id in current.received or current.phase != "training" or full:
             raise Unavailable(
                 "version_in_progress",
                 f"version {current.server_round} is being made; send the update again "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +295,19 @@ def test_a_stale_compressed_delta_is_rebuilt_on_its_own_base(start_app: AppFacto
     for name, array in x1.items():
         if array.dtype.kind == "f":
             np.testing.assert_allclose(x2[name], array + step[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_buffer_takes_exactly_buffer_size_updates_posted_at_once(start_app: AppFactory) -> None:
+    config = async_experiment(buffer_size=2).model_copy(update={"min_available_clients": 4})
+    client = start_app(config)
+    register(client, "a", "b", "c", "d")
+    wait_for(client, lambda s: s["phase"] == "training")
+    _, x0 = global_model(client)
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda cid: post(client, cid, 1, shifted(x0, 1.0)), "abcd"))
+    assert [reply.status_code for reply in replies] == [200] * 4
+    wait_for(client, lambda s: s["round"] == 3)
+    rows = client.get("/history").json()
+    assert [len(row["participants"]) for row in rows] == [2, 2]
+    assert sorted(rows[0]["participants"] + rows[1]["participants"]) == ["a", "b", "c", "d"]
+    assert rows[1]["staleness"]["counts"] == {"1": 2}  # trained from version 0, taken in 2
