@@ -233,22 +233,11 @@ class FederationState:
         Duplicates and refusals do not wait.
         """
         deadline = time.monotonic() + BUFFER_WAIT_S
-        while self._buffer_full(header) and time.monotonic() < deadline:
-            self.changed.wait(deadline - time.monotonic())
-
-    def _buffer_full(self, header: UpdateHeader) -> bool:
-        """Whether an update that would be taken must wait for the next buffer (under the lock)."""
         assert self.book is not None
-        current = self.round
-        if current.phase not in ("training", "aggregating"):
-            return False
-        try:
-            if self.book.check(header.client_id, header.round, current.server_round, count=False):
-                return False  # a duplicate is answered at once
-        except (Conflict, InvalidUpdate):
-            return False  # and so is a refusal
-        taken = len(current.received) + len(current.in_flight)
-        return current.phase == "aggregating" or taken >= self.book.section.buffer
+        while time.monotonic() < deadline and self.book.must_wait(
+            header.client_id, header.round, self.round
+        ):
+            self.changed.wait(deadline - time.monotonic())
 
     def _reserve_round(self, header: UpdateHeader) -> ReceiveReply | None:
         """Take the (client, round) slot of a synchronous round (under the lock)."""
@@ -292,29 +281,11 @@ class FederationState:
         return None
 
     def _reserve_buffered(self, header: UpdateHeader) -> ReceiveReply | None:
-        """Take a place in the open buffer of an async run (under the lock)."""
+        """Take a place in the open async buffer, or answer a duplicate (under the lock)."""
         assert self.book is not None
-        client_id, current = header.client_id, self.round
-        if current.phase == "finished":
-            raise Conflict("round_closed", "the run is finished", round=current.server_round)
-        if self.book.check(client_id, header.round, current.server_round):
+        if self.book.admit(header.client_id, header.round, self.round):
             self.counters.updates_duplicate += 1
             return self._reply(duplicate=True)
-        if client_id in current.in_flight:
-            raise Unavailable(
-                "in_progress",
-                "an update from this client is being processed",
-                round=current.server_round,
-            )
-        full = len(current.received) + len(current.in_flight) >= self.book.section.buffer
-        if client_id in current.received or current.phase != "training" or full:
-            raise Unavailable(
-                "version_in_progress",
-                f"version {current.server_round} is being made; send the update again "
-                "when the next buffer opens",
-                round=current.server_round,
-            )
-        current.in_flight.add(client_id)
         return None
 
     def surely_refused(self, client_id: str, server_round: int) -> bool:
