@@ -32,6 +32,8 @@ from _common import machine_line
 
 from shared.config import ExperimentConfig, StrategyConfig, load_config
 from shared.errors import ConfigError
+from shared.runs.timeline import read_timeline_totals
+from shared.timeline import ClientTotals
 
 __all__ = [
     "REPO",
@@ -76,6 +78,7 @@ class Run:
     rows: list[dict[str, Any]]
     error: str | None = None
     diverged: bool = False  # it stopped because a client's weights were no longer finite
+    timeline: tuple[ClientTotals, ...] = ()  # each client's phases (the run's timeline.csv)
 
     def outcome(self) -> str:
         """Return how the run ended, for a table cell ("" when it finished)."""
@@ -231,7 +234,7 @@ def run_federation(
     except subprocess.TimeoutExpired:
         return Run(_rows(runs_dir), f"no result after {timeout_s:.0f} s; stopped")
     if done.returncode == 0:
-        return Run(_rows(runs_dir))
+        return Run(_rows(runs_dir), timeline=_timeline(runs_dir))
     tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-TAIL_LINES:])
     error = f"the runner exited with code {done.returncode}:\n{tail}"
     return Run(_rows(runs_dir), error, diverged=_refused_non_finite(runs_dir))
@@ -251,6 +254,12 @@ def _refused_non_finite(runs_dir: Path) -> bool:
     """Tell whether a worker ended because the aggregator refused its non-finite weights."""
     logs = runs_dir.glob("*/logs/worker*.log")
     return any(NON_FINITE in log.read_text(errors="replace") for log in logs)
+
+
+def _timeline(runs_dir: Path) -> tuple[ClientTotals, ...]:
+    """Return the clients' phase totals of the run folder under `runs_dir` (none: empty)."""
+    found = sorted(runs_dir.glob("*/timeline.csv"))
+    return tuple(read_timeline_totals(found[-1].parent)) if found else ()
 
 
 def _rows(runs_dir: Path) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 _REJECTIONS = frozenset(
-    {"stale_round", "not_selected", "round_closed"}
+    {"stale_round", "not_selected", "round_closed", "too_stale"}
     | {"stale_attempt", "wrong_stage", "not_participant", "not_survivor", "already_posted"}
 )
 

@@ -20,7 +20,7 @@ class WorkerSummary:
     rounds_trained: int = 0  # updates posted and accepted (duplicates included)
     rounds_skipped: int = 0  # selected but sat out (simulated dropout, empty partition)
     rounds_crashed: int = 0  # simulated crash mid-training
-    rounds_rejected: int = 0  # 409 stale_round / not_selected
+    rounds_rejected: int = 0  # 409 stale_round / not_selected / too_stale (async)
     rounds_failed: int = 0  # training ran out of device memory (CUDA): no update sent
     examples_trained: int = 0  # examples processed over all epochs of all trained rounds
     train_seconds: float = 0.0

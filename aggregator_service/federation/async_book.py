@@ -15,14 +15,35 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from shared.config import AsyncConfig
-from shared.errors import Conflict, InvalidUpdate
+from shared.errors import Conflict, InvalidUpdate, Unavailable
+from shared.schemas import Phase
 
-__all__ = ["AsyncBook", "Slot"]
+__all__ = ["AsyncBook", "OpenBuffer", "Slot"]
+
+
+class OpenBuffer(Protocol):
+    """What the book needs of the round whose buffer is open (the state's RoundState)."""
+
+    @property
+    def server_round(self) -> int:
+        """The round: the version its buffer makes."""
+
+    @property
+    def phase(self) -> Phase:
+        """Its phase."""
+
+    @property
+    def received(self) -> Mapping[str, object]:
+        """The updates taken."""
+
+    @property
+    def in_flight(self) -> set[str]:
+        """The clients whose update is being received."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +162,45 @@ class AsyncBook:
                 f"client {client_id!r} {told}, not in round {update_round}",
                 round=current_round,
             )
+        return False
+
+    def must_wait(self, client_id: str, update_round: int, buffer: OpenBuffer) -> bool:
+        """Whether an update that would be taken must wait for the next buffer.
+
+        A buffer takes `buffer_size` updates, counting those being received: one that
+        arrives while it is full or its version is being made waits. Duplicates and
+        refusals are answered at once.
+        """
+        if buffer.phase not in ("training", "aggregating"):
+            return False
+        try:
+            if self.check(client_id, update_round, buffer.server_round, count=False):
+                return False
+        except (Conflict, InvalidUpdate):
+            return False
+        taken = len(buffer.received) + len(buffer.in_flight)
+        return buffer.phase == "aggregating" or taken >= self.section.buffer
+
+    def admit(self, client_id: str, update_round: int, buffer: OpenBuffer) -> bool:
+        """Put the client's update in flight in `buffer`; True for a duplicate; raise if refused."""
+        current = buffer.server_round
+        if buffer.phase == "finished":
+            raise Conflict("round_closed", "the run is finished", round=current)
+        if self.check(client_id, update_round, current):
+            return True
+        if client_id in buffer.in_flight:
+            raise Unavailable(
+                "in_progress", "an update from this client is being processed", round=current
+            )
+        full = len(buffer.received) + len(buffer.in_flight) >= self.section.buffer
+        if client_id in buffer.received or buffer.phase != "training" or full:
+            raise Unavailable(
+                "version_in_progress",
+                f"version {current} is being made; send the update again when the next "
+                "buffer opens",
+                round=current,
+            )
+        buffer.in_flight.add(client_id)
         return False
 
     def accept(self, client_id: str, update_round: int) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from aggregator_service.federation.deltas import check_deltas
 from aggregator_service.federation.downlink import DownloadChain
 from aggregator_service.federation.ingest import decode_update
 from aggregator_service.federation.privacy import BUDGET_REASON, RunPrivacy
@@ -193,10 +194,17 @@ class Federation:
             self._restart_secagg_round(resumed, saved)
             return
         for client_id, num_examples, body in self.store.updates.pending(current.server_round):
-            header, _ = decode_update(body)
+            header, raw_weights = decode_update(body)
             update_round = header.round if state.book is not None else None
+            # a delta update counts as plain tensors would in raw_bytes_in, as before the restart
+            raw_nbytes = len(body) + check_deltas(raw_weights, state.spec) if header.delta else None
             resumed.received[client_id] = UpdateRecord(
-                client_id, num_examples, dict(header.metrics), len(body), update_round=update_round
+                client_id,
+                num_examples,
+                dict(header.metrics),
+                len(body),
+                raw_nbytes,
+                update_round=update_round,
             )
             if state.book is not None:
                 state.book.accept(client_id, header.round)

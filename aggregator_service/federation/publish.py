@@ -55,6 +55,21 @@ class PublishedModel:
     payload: bytes  # the msgpack body, built once
     etag: str
     weights: Mapping[str, np.ndarray] = field(repr=False)
+    selective: bool = False  # async mode: news only to the clients it selects
+
+    def news_to(self, client_id: str | None, etag: str | None) -> bool:
+        """Whether a client holding `etag` should get this version (else: 304, keep waiting).
+
+        Any other ETag is news, except in async mode (`selective`): a round is republished
+        whenever a slot changes hands, and a client that is not selected has nothing to do
+        with the weights; it is answered when it is selected or the run is finished (and
+        at once when it holds no version yet).
+        """
+        if etag == self.etag:
+            return False
+        if not self.selective or etag is None or client_id is None:
+            return True
+        return client_id in self.selected or self.phase == "finished"
 
     @cached_property
     def sha256(self) -> str:
@@ -83,6 +98,7 @@ def publish(
     config: Mapping[str, Any],
     weights: Mapping[str, np.ndarray],
     groups: Groups | None = None,
+    selective: bool = False,
 ) -> PublishedModel:
     """Encode the global model and its round state into a new PublishedModel.
 
@@ -109,6 +125,7 @@ def publish(
         payload=payload,
         etag=f'"{_boot_prefix()}-{next(_versions)}"',
         weights=weights,
+        selective=selective,
     )
 
 
@@ -159,6 +176,7 @@ def publish_round(
         config=round_config,
         weights=weights,
         groups=strategy.published_groups(),
+        selective=config.mode == "async",
     )
 
 

@@ -234,7 +234,7 @@ class FederationState:
             if header.client_id in self.clients:
                 self.clients[header.client_id].last_seen = time.monotonic()
             if self.book is not None:
-                self._await_open_buffer()
+                self._await_room(header)
             current = self.round.server_round
             if self.book is not None:
                 reserved = self._reserve_buffered(header)
@@ -244,13 +244,18 @@ class FederationState:
                 self.news.announce()
             return reserved, current
 
-    def _await_open_buffer(self) -> None:
-        """Wait (under the lock) while an async version is being made, up to a bound.
+    def _await_room(self, header: UpdateHeader) -> None:
+        """Wait (under the lock, up to a bound) for room in an async buffer.
 
-        An update that arrives then goes into the next buffer instead of being sent back.
+        A buffer takes `buffer_size` updates: one that arrives while the buffer is full or
+        its version is being made waits for the next buffer instead of being sent back.
+        Duplicates and refusals do not wait.
         """
         deadline = time.monotonic() + BUFFER_WAIT_S
-        while self.round.phase == "aggregating" and time.monotonic() < deadline:
+        assert self.book is not None
+        while time.monotonic() < deadline and self.book.must_wait(
+            header.client_id, header.round, self.round
+        ):
             self.changed.wait(deadline - time.monotonic())
 
     def _reserve_round(self, header: UpdateHeader) -> ReceiveReply | None:
@@ -295,28 +300,11 @@ class FederationState:
         return None
 
     def _reserve_buffered(self, header: UpdateHeader) -> ReceiveReply | None:
-        """Take a place in the open buffer of an async run (under the lock)."""
+        """Take a place in the open async buffer, or answer a duplicate (under the lock)."""
         assert self.book is not None
-        client_id, current = header.client_id, self.round
-        if current.phase == "finished":
-            raise Conflict("round_closed", "the run is finished", round=current.server_round)
-        if self.book.check(client_id, header.round, current.server_round):
+        if self.book.admit(header.client_id, header.round, self.round):
             self.counters.updates_duplicate += 1
             return self._reply(duplicate=True)
-        if client_id in current.in_flight:
-            raise Unavailable(
-                "in_progress",
-                "an update from this client is being processed",
-                round=current.server_round,
-            )
-        if client_id in current.received or current.phase != "training":
-            raise Unavailable(
-                "version_in_progress",
-                f"version {current.server_round} is being made; send the update again "
-                "when the next buffer opens",
-                round=current.server_round,
-            )
-        current.in_flight.add(client_id)
         return None
 
     def surely_refused(self, client_id: str, server_round: int) -> bool:

@@ -105,6 +105,19 @@ def round_line(row: Row, *, num_rounds: int) -> str:
         f"{megabytes(row.get('bytes_out') or 0):.2f} MB out{_times(row.get('compression_out'))}, "
         f"{_number(row.get('duration_s'), '.1f')} s"
         + (f", epsilon {_number(row['epsilon'], '.4g')}" if "epsilon" in row else "")
+        + _staleness_text(row)
+    )
+
+
+def _staleness_text(row: Row) -> str:
+    """Return an async version's staleness, ", staleness mean 1.3 max 4"; "" in sync mode."""
+    staleness = row.get("staleness")
+    if not staleness:
+        return ""
+    refused = row.get("stale_refused") or 0
+    return (
+        f", staleness mean {staleness['mean']:.1f} max {staleness['max']}"
+        + (f", {refused} refused as too stale" if refused else "")
     )
 
 

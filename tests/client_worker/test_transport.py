@@ -165,7 +165,7 @@ def test_fatal_client_errors_raise_at_once_with_the_detail(status: int) -> None:
     assert len(seen) == 1  # never retried
 
 
-@pytest.mark.parametrize("reason", ["stale_round", "not_selected"])
+@pytest.mark.parametrize("reason", ["stale_round", "not_selected", "round_closed", "too_stale"])
 def test_409_rejection_carries_the_reason_and_current_round(reason: str) -> None:
     handler, seen = _scripted(
         httpx.Response(409, json={"error": reason, "detail": "round 4 is closed", "round": 5})

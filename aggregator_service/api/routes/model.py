@@ -63,7 +63,9 @@ async def get_weights(
         check_client(caller, client_id)
         state.touch(client_id, min_round)
     timeout = min(wait, settings.long_poll_max_s)
-    published = await _await_new(state, watch, long_polls, min_round, if_none_match, timeout)
+    published = await _await_new(
+        state, watch, long_polls, min_round, if_none_match, timeout, client_id
+    )
     headers = {
         "ETag": published.etag,
         "Cache-Control": "no-cache",
@@ -72,7 +74,7 @@ async def get_weights(
     }
     if client_id is not None:
         headers["X-Tributary-Selected"] = str(client_id in published.selected).lower()
-    if if_none_match == published.etag:
+    if not published.news_to(client_id, if_none_match):
         return Response(status_code=304, headers=headers)
     if _wants_json(request):
         summary = await run_in_threadpool(lambda: published.summary)  # hashes 45 MB once
@@ -100,13 +102,14 @@ async def _await_new(
     min_round: int,
     etag: str | None,
     timeout: float,
+    client_id: str | None,
 ) -> PublishedModel:
     """Return the published model once it is new to the caller, finished, or time is up."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     changed = watch.current()  # taken before the check, so no publish is missed
     published = state.published
-    if _answer_now(published, min_round, etag) or timeout <= 0:
+    if _answer_now(published, min_round, etag, client_id) or timeout <= 0:
         return published
     with long_polls.hold():  # 503 when too many requests are held already
         while True:
@@ -116,7 +119,7 @@ async def _await_new(
                 return state.published
             changed = watch.current()
             published = state.published
-            if _answer_now(published, min_round, etag) or loop.time() >= deadline:
+            if _answer_now(published, min_round, etag, client_id) or loop.time() >= deadline:
                 return published
 
 
@@ -132,8 +135,10 @@ def _base_etag(header: str | None) -> str | None:
     )
 
 
-def _answer_now(published: PublishedModel, min_round: int, etag: str | None) -> bool:
-    fresh = published.server_round >= min_round and published.etag != etag
+def _answer_now(
+    published: PublishedModel, min_round: int, etag: str | None, client_id: str | None
+) -> bool:
+    fresh = published.server_round >= min_round and published.news_to(client_id, etag)
     return fresh or published.phase == "finished"
 
 

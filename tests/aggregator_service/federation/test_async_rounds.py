@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.config import ExperimentConfig
+from shared.compression import CompressionSpec, decode_update, encode_update
+from shared.config import CompressionConfig, ExperimentConfig
 from shared.errors import ConfigError
+from shared.wire import decode_message, encode_message, spec_of
 from tests.aggregator_service.helpers import (
     MSGPACK,
     AppFactory,
@@ -240,3 +243,71 @@ def test_settings_without_meaning_in_async_mode_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         experiment(mode="async", **overrides)
+
+
+def test_a_client_not_selected_is_not_woken_by_republishes(start_app: AppFactory) -> None:
+    client = start_app(async_experiment(buffer_size=3, concurrency=1))
+    register(client, "a", "b", "c")
+    status = wait_for(client, lambda s: s["phase"] == "training")
+    (holder,) = status["selected"]
+    etags = {}
+    for other in sorted(set("abc") - {holder}):
+        reply = client.get("/get_weights", params={"client_id": other})
+        assert reply.headers["X-Tributary-Selected"] == "false"
+        etags[other] = reply.headers["ETag"]
+    _, x0 = global_model(client)
+    post(client, holder, 1, shifted(x0, 1.0))  # its slot goes to one of the other two
+    status = wait_for(client, lambda s: s["selected"] and s["selected"] != [holder])
+    (chosen,) = status["selected"]
+    (left,) = set(etags) - {chosen}
+    for other, expected in ((chosen, 200), (left, 304)):
+        reply = client.get(
+            "/get_weights",
+            params={"client_id": other, "wait": 0.2},
+            headers={"If-None-Match": etags[other]},
+        )
+        assert reply.status_code == expected, other
+    assert reply.content == b""  # the one left waiting downloads nothing
+
+
+def test_a_stale_compressed_delta_is_rebuilt_on_its_own_base(start_app: AppFactory) -> None:
+    config = async_experiment(buffer_size=1, staleness="constant")
+    config = config.model_copy(update={"compression": CompressionConfig(encoding="q8")})
+    client = start_app(config)
+    register(client, "a", "b", "c")
+    wait_for(client, lambda s: s["phase"] == "training")
+    _, x0 = global_model(client)
+    post(client, "a", 1, shifted(x0, 1.0))  # full weights are still accepted
+    wait_for(client, lambda s: s["round"] == 2)
+    _, x1 = global_model(client)
+    rng = np.random.default_rng(7)
+    deltas = {
+        name: (rng.standard_normal(a.shape) * 0.01).astype(a.dtype) if a.dtype.kind == "f" else a
+        for name, a in x0.items()
+    }
+    encoded = encode_update(deltas, CompressionSpec(encoding="q8"))
+    body = update_body("b", 1, encoded, delta=True)  # trained from version 0: staleness 1
+    assert client.post("/receive", content=body, headers=MSGPACK).status_code == 200
+    wait_for(client, lambda s: s["round"] == 3)
+    _, x2 = global_model(client)
+    sent = decode_message(encode_message({"weights": encoded}))["weights"]
+    step = decode_update(sent, spec_of(x0))  # what the aggregator decodes: q8's rounding
+    for name, array in x1.items():
+        if array.dtype.kind == "f":
+            np.testing.assert_allclose(x2[name], array + step[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_buffer_takes_exactly_buffer_size_updates_posted_at_once(start_app: AppFactory) -> None:
+    config = async_experiment(buffer_size=2).model_copy(update={"min_available_clients": 4})
+    client = start_app(config)
+    register(client, "a", "b", "c", "d")
+    wait_for(client, lambda s: s["phase"] == "training")
+    _, x0 = global_model(client)
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda cid: post(client, cid, 1, shifted(x0, 1.0)), "abcd"))
+    assert [reply.status_code for reply in replies] == [200] * 4
+    wait_for(client, lambda s: s["round"] == 3)
+    rows = client.get("/history").json()
+    assert [len(row["participants"]) for row in rows] == [2, 2]
+    assert sorted(rows[0]["participants"] + rows[1]["participants"]) == ["a", "b", "c", "d"]
+    assert rows[1]["staleness"]["counts"] == {"1": 2}  # trained from version 0, taken in 2

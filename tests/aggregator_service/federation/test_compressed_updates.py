@@ -195,3 +195,28 @@ def test_a_malformed_compressed_tensor_is_422_naming_it(start_app: AppFactory, k
     assert post(client, "a", _q8(weights), delta=True).status_code == 200
     assert post(client, "b", _q8(weights), delta=True).status_code == 200
     assert next_model(client).keys() == weights.keys()
+
+
+def test_a_restart_counts_the_compressed_updates_it_resumes_as_before(
+    start_app: AppFactory, tmp_path: Path
+) -> None:
+    spec = CompressionSpec(encoding="q8")
+    state_dir = tmp_path / "restarted"
+    restarted, weights = started(start_app, {"encoding": "q8"}, state_dir)
+    steady, _ = started(start_app, {"encoding": "q8"}, tmp_path / "steady")
+    bodies = {
+        cid: encode_update(random_deltas(weights, seed), spec) for cid, seed in (("a", 1), ("b", 2))
+    }
+    for target in (restarted, steady):
+        assert post(target, "a", bodies["a"], delta=True).status_code == 200
+    restarted.__exit__(None, None, None)  # the aggregator goes away with a's update journalled
+    restarted = start_app(experiment(compression={"encoding": "q8"}), state_dir=state_dir)
+    for target in (restarted, steady):
+        assert post(target, "b", bodies["b"], delta=True).status_code == 200
+    rows = []
+    for target in (restarted, steady):
+        next_model(target)
+        rows.append(target.get("/history").json()[-1])
+    assert rows[0]["raw_bytes_in"] == rows[1]["raw_bytes_in"]
+    assert rows[0]["raw_bytes_in"] > rows[0]["bytes_in"]
+    assert rows[0]["compression_in"] == rows[1]["compression_in"]

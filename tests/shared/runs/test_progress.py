@@ -86,6 +86,13 @@ def test_round_line_shows_clients_accuracy_and_megabytes() -> None:
     assert "1.2 s" in line
 
 
+def test_round_line_of_an_async_version_shows_its_staleness() -> None:
+    staleness = {"mean": 1.25, "max": 4, "counts": {"0": 2, "1": 1, "4": 1}}
+    line = round_line(make_row(7, staleness=staleness, stale_refused=2), num_rounds=40)
+    assert line.endswith(", staleness mean 1.2 max 4, 2 refused as too stale")
+    assert "staleness" not in round_line(make_row(7), num_rounds=40)
+
+
 def test_round_line_without_server_evaluation() -> None:
     line = round_line(make_row(1, eval_accuracy=None, eval_loss=None), num_rounds=2)
     assert "accuracy -" in line

@@ -85,7 +85,11 @@ SCENARIOS = [
 ]
 # Shipped configs that an end-to-end test of their own runs as shipped (their bytes, or
 # their privacy budgets, are what those tests check).
-OWN_TESTS = {"compression": "test_e2e_compression.py", "dp-sgd": "test_e2e_dp_sgd.py"}
+OWN_TESTS = {
+    "async": "test_e2e_async.py",
+    "compression": "test_e2e_compression.py",
+    "dp-sgd": "test_e2e_dp_sgd.py",
+}
 
 
 @pytest.fixture
