@@ -20,6 +20,7 @@ ASSETS = {  # everything the page loads: nothing from elsewhere
     "dashboard.js": "text/javascript",
     "dashboard.css": "text/css",
     "charts.js": "text/javascript",
+    "format.js": "text/javascript",
 }
 HEADERS = {
     "Cache-Control": "no-cache",

@@ -87,7 +87,7 @@ def test_the_page_and_its_files_are_served_from_the_package(start_app: AppFactor
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    for name in ("dashboard.js", "charts.js", "dashboard.css"):
+    for name in ("dashboard.js", "charts.js", "format.js", "dashboard.css"):
         asset = client.get(f"/ui/{name}")
         assert asset.status_code == 200, name
         assert f'"/ui/{name}"' in page.text

@@ -47,6 +47,10 @@ ADMIN = "admin-" + "0123456789abcdefghijklmnopqrstuvwxyz"
 VIEWER = "viewer-" + "zyxwvutsrqponmlkjihgfedcba9876543210"
 CLIENTS = ("c1", "c2", "c3")
 LIVE_MS = 1000  # the page shows a change within a second
+# A stream ends after STREAM_S and the page opens the next: a server told to stop then
+# sees every stream end by itself before SHUTDOWN_S, and closes without cutting any.
+STREAM_S = 2.0
+SHUTDOWN_S = 10
 START_MS = 10_000  # the first load, and a restart
 
 
@@ -68,7 +72,7 @@ class Aggregator:
             tokens_file=tmp / "tokens.txt",
             admin_token=ADMIN,
             viewer_token=VIEWER,
-            long_poll_max_s=20,
+            long_poll_max_s=STREAM_S,
         )
         self.config = experiment(num_rounds=4, min_fit_clients=3, min_available_clients=3)
         self.port = 0
@@ -77,8 +81,7 @@ class Aggregator:
 
     def start(self) -> None:
         app = create_app(self.settings, self.config, evaluator=evaluate)
-        # the page's open stream may hold a graceful shutdown this long
-        self._serving = serve(app, port=self.port, timeout_graceful_shutdown=1)
+        self._serving = serve(app, port=self.port, timeout_graceful_shutdown=SHUTDOWN_S)
         self.url, _ = self._serving.__enter__()
         self.port = int(self.url.rsplit(":", 1)[1])
 
@@ -248,9 +251,9 @@ def test_the_page_works_over_tls(browser: Any, tmp_path: Path) -> None:
          "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True,
     )  # fmt: skip
-    settings = AggregatorSettings(state_dir=tmp_path / "state", long_poll_max_s=5)
+    settings = AggregatorSettings(state_dir=tmp_path / "state", long_poll_max_s=STREAM_S)
     app = create_app(settings, experiment())
-    with serve(app, certfile=cert, keyfile=key, timeout_graceful_shutdown=1) as (url, _):
+    with serve(app, certfile=cert, keyfile=key, timeout_graceful_shutdown=SHUTDOWN_S) as (url, _):
         context = browser.new_context(ignore_https_errors=True)  # a self-signed test cert
         secure = context.new_page()
         secure.goto(f"{url}/ui")
@@ -279,9 +282,9 @@ def test_the_page_follows_real_workers(browser: Any, tmp_path: Path, mode: str) 
     extra = "mode: async\nasync: {buffer_size: 2}\n" if mode == "async" else ""
     config_path.write_text(WORKERS_RUN + extra)
     config = load_config(config_path)
-    settings = AggregatorSettings(state_dir=tmp_path / "state", long_poll_max_s=20)
+    settings = AggregatorSettings(state_dir=tmp_path / "state", long_poll_max_s=STREAM_S)
     app = create_app(settings, config, evaluator=evaluate)
-    with serve(app, timeout_graceful_shutdown=1) as (url, _), Fleet() as fleet:
+    with serve(app, timeout_graceful_shutdown=SHUTDOWN_S) as (url, _), Fleet() as fleet:
         context = browser.new_context()
         watching = context.new_page()
         watching.goto(f"{url}/ui")
