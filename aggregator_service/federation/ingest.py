@@ -57,6 +57,7 @@ def ingest_update(
     sender: str | None = None,
     streamed: StreamedBody | None = None,
     strategy: Strategy | None = None,
+    arrived: float | None = None,
 ) -> ReceiveReply:
     """Accept one update into the current round, or raise why not; state changes only on success.
 
@@ -64,14 +65,14 @@ def ingest_update(
     update must be that client's. `streamed` is what the store wrote of the body while it
     arrived (journal_stream.py); `durable` fsyncs the update before the reply. `strategy`
     checks what only the rule can (DP-FedAvg's client-clipped norm), against the model the
-    round trains.
+    round trains. `arrived` (monotonic) is when its body began to be read, for `upload_s`.
     """
     header, raw_weights = decode_update(body)
     if sender is not None and header.client_id != sender:
         raise Forbidden(
             "wrong_client", f"the bearer token does not belong to client_id {header.client_id!r}"
         )
-    with state.claim(header, len(body)) as claim:
+    with state.claim(header, len(body), arrived=arrived) as claim:
         if claim.duplicate:
             return claim.answer
         if header.delta:  # names, shapes, dtypes, encodings, finite values

@@ -41,7 +41,7 @@ class Claim:
     reply: ReceiveReply | None
     server_round: int  # the round whose journal takes the update (async: the open buffer's)
     raw_nbytes: int | None = None  # the body as plain tensors would be (compressed updates)
-    started: float = field(default_factory=time.monotonic)  # when the slot was taken
+    started: float = field(default_factory=time.monotonic)  # when the body began to arrive
 
     @property
     def answer(self) -> ReceiveReply:
@@ -70,7 +70,7 @@ class UpdateRecord:
     raw_nbytes: int | None = None  # as plain float tensors (compression); None: nbytes
     update_round: int | None = None  # async: the round it trained for; None: this round
     received_at: float | None = None  # wall clock, when recorded (None: resumed from disk)
-    upload_s: float | None = None  # from taking the slot to recording the update
+    upload_s: float | None = None  # from its body's first byte read to its being recorded
 
 
 @dataclass
@@ -203,12 +203,15 @@ class FederationState:
     # ------------------------------------------------------------------ updates
 
     @contextmanager
-    def claim(self, header: UpdateHeader, nbytes: int) -> Iterator[Claim]:
+    def claim(
+        self, header: UpdateHeader, nbytes: int, *, arrived: float | None = None
+    ) -> Iterator[Claim]:
         """Hold the (client, round) slot of an update for the block; raise if refused.
 
         A duplicate of an accepted update gets `claim.duplicate` and its reply at once. Else
         the block checks and stores the update: if it ends normally the update is recorded
-        (and the round loop woken), if it raises the slot is given back.
+        (and the round loop woken), if it raises the slot is given back. `arrived`
+        (monotonic, default now) is when the update's body began to arrive.
         """
         try:
             duplicate, server_round = self._reserve(header)
@@ -219,6 +222,8 @@ class FederationState:
             yield Claim(duplicate=True, reply=duplicate, server_round=server_round)
             return
         claim = Claim(duplicate=False, reply=None, server_round=server_round)
+        if arrived is not None:
+            claim.started = arrived
         try:
             yield claim
         except BaseException as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -107,6 +108,7 @@ async def receive(
             "unsupported_media_type", f"expected application/msgpack, got {content_type!r}"
         )
     async with upload_gate.admit(caller.client_id) as slot:
+        arrived = time.monotonic()  # its upload_s in /history counts from here
         streamed = federation.store.updates.stream()
         watcher = EarlyRefusal(streamed, federation.state)
         try:
@@ -126,6 +128,7 @@ async def receive(
                 sender=caller.client_id,
                 streamed=streamed,
                 strategy=federation.strategy,
+                arrived=arrived,
             )
         finally:
             if streamed.following:  # the update was not saved
