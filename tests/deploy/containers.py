@@ -65,7 +65,7 @@ class Engine:
             return "the Docker engine is not running and starting it needs root"
         dockerd = shutil.which("dockerd")
         if dockerd is None:
-            return "the Docker engine cannot start: dockerd is not installed (apt-get install docker.io)"
+            return "the Docker engine cannot start: dockerd is not installed (make docker-tools)"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [dockerd], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -151,14 +151,12 @@ class ComposeProject:
         return info
 
     def kill(self, service: str) -> None:
-        """Send SIGKILL to the service's container, as a crash would."""
-        container_id = self.container(service)["Id"]
-        subprocess.run(
-            [self.docker, "kill", "--signal", "KILL", container_id],
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
+        """SIGKILL the main process of the service's container, as a crash or the kernel's
+        OOM killer would. (`docker kill` would not do: Docker counts it as a manual stop,
+        after which no restart policy restarts the container.)"""
+        pid = self.container(service)["State"]["Pid"]
+        assert pid > 0, f"{service} is not running"
+        os.kill(pid, signal.SIGKILL)
 
     def logs(self, service: str, lines: int = 40) -> str:
         """Return the last lines that the service's container printed."""
