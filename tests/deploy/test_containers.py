@@ -204,7 +204,8 @@ def federation(docker: str, tmp_path: Path) -> Iterator[tuple[ComposeProject, Op
         project.run("up", "--detach", "--no-build", timeout_s=600)
         yield project, operator
     finally:
-        print(project.logs("aggregator"))
+        if project.leftovers():  # the test failed before its own `down`
+            print(project.logs("aggregator"))
         project.down()
 
 
@@ -332,7 +333,7 @@ def test_compose_federation_survives_container_kills(
     _wait_workers_finished(project)
     summary, digest = operator.model_digest(tmp_path)
     assert (summary["round"], digest) == (NUM_ROUNDS, summary["sha256"])
-    print(f"federation: {time.monotonic() - started:.0f} s from up to the last round")
+    print(f"federation: {time.monotonic() - started:.0f} s from `up` to the last round")
 
     project.down()
     assert project.leftovers() == []
