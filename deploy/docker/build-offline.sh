@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# build-offline: the project image without a container registry or a package index in the
-# build (deploy/docker/Dockerfile, docs/deploy.md "Air-gapped hosts").
+# build-offline: the project image without a container registry, and without a package
+# index during the build (docs/deploy.md, "The image on an air-gapped host").
 #
 #   build-offline.sh base        a minimal Debian image with Debian's python3, made with
 #                                debootstrap from a Debian mirror and `docker import`
@@ -9,12 +9,15 @@
 #   build-offline.sh image       the project image on that base, from that wheelhouse
 #   build-offline.sh all         the three in turn; base and wheelhouse are kept when present
 #
-# Settings (environment): BASE_IMAGE (tributary-base:bookworm), SUITE (bookworm), MIRROR
-# (http://deb.debian.org/debian), IMAGE (tributary:local), PYTHON (python3, whose pip makes the
-# wheelhouse: the same minor version as the base image's python3, 3.11 on bookworm), PIP_ARGS (extra
-# arguments of `pip wheel`, e.g. "--extra-index-url https://download.pytorch.org/whl/cpu"
-# for CPU-only torch), DOCKER (docker). `base` needs root and debootstrap.
-# Exit status: 0 done, 1 a step failed, 2 bad usage.
+# Settings (environment):
+#   SUITE (bookworm), MIRROR (http://deb.debian.org/debian), BASE_IMAGE (tributary-base:SUITE)
+#   PYTHON (python3): its pip makes the wheelhouse; the same minor version as the base's
+#       python3 (3.11 on bookworm)
+#   PIP_ARGS: more arguments of `pip wheel`, e.g. "--extra-index-url
+#       https://download.pytorch.org/whl/cpu" for CPU-only torch
+#   IMAGE (tributary:local), DOCKER (docker; the build needs BuildKit, which Debian's
+#       docker CLI has built in and others get from the buildx plugin)
+# `base` needs root and debootstrap. Exit status: 0 done, 1 a step failed, 2 bad usage.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
