@@ -62,7 +62,7 @@ class Engine:
         if _answers(self.docker):
             return None
         if os.geteuid() != 0:
-            return "the Docker engine is not running and starting it needs root"
+            return "the Docker engine does not answer and starting it needs root"
         dockerd = shutil.which("dockerd")
         if dockerd is None:
             return "the Docker engine cannot start: dockerd is not installed (make docker-tools)"

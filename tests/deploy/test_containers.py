@@ -333,7 +333,7 @@ def test_compose_federation_survives_container_kills(
     _wait_workers_finished(project)
     summary, digest = operator.model_digest(tmp_path)
     assert (summary["round"], digest) == (NUM_ROUNDS, summary["sha256"])
-    print(f"federation: {time.monotonic() - started:.0f} s from `up` to the last round")
+    print(f"federation: {time.monotonic() - started:.0f} s after `up` to the last round")
 
     project.down()
     assert project.leftovers() == []
