@@ -179,6 +179,12 @@ def test_same_image_environment_and_health_check_as_compose() -> None:
     }
     aggregator = _compose_service("aggregator")
     assert aggregator["healthcheck"]["test"] == ["CMD", *HEALTH_CHECK]
+    timeout_s = int(aggregator["healthcheck"]["timeout"].removesuffix("s"))
+    for _, pod in _pod_specs():
+        (container,) = pod["containers"]
+        probes = [value for key, value in container.items() if key.endswith("Probe")]
+        assert probes
+        assert all(probe["timeoutSeconds"] == timeout_s for probe in probes)
     for kind, name, service in [
         ("Deployment", "tributary-aggregator", aggregator),
         ("Job", "tributary-worker", _compose_service("worker-3")),
