@@ -48,12 +48,14 @@ RUN_FLAGS := --config $(CONFIG) \
 	$(if $(STRATEGY),--set strategy=$(STRATEGY)) \
 	$(if $(PROCESSES),--worker-processes $(PROCESSES))
 
-.PHONY: help venv data browser test test-fast lint format demo transfer centralized run-aggregator run-worker \
+.PHONY: help venv data browser test test-fast test-containers docker-tools image-offline lint format demo transfer centralized run-aggregator run-worker \
 	bench compare clean
 
 help:
 	@echo "make demo   - set up .venv if missing, run the main job, then the transfer scenario"
 	@echo "make test   - set up .venv if missing and run every test"
+	@echo "make test-containers - the compose federation in Docker (root; engine started if need be)"
+	@echo "make image-offline - the image without registry or index (docs/deploy.md)"
 	@echo "make transfer - pretrain a backbone on digits 0-4, fine-tune a new head federated"
 	@echo "make data   - install Fashion-MNIST from Debian's dataset-fashion-mnist where possible"
 	@echo "make browser - install Debian's chromium where possible (the dashboard's browser tests)"
@@ -104,7 +106,31 @@ test: $(STAMP) data browser
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not containers"
+
+# The compose federation in containers (tests/deploy/test_containers.py): as root, installs
+# Debian's docker.io, docker-compose and debootstrap when missing, like `make data`.
+test-containers: $(STAMP) docker-tools
+	$(BIN)/python -m pytest -m containers tests/deploy/test_containers.py
+
+docker-tools:
+	@if command -v dockerd >/dev/null && command -v docker-compose >/dev/null \
+		&& command -v debootstrap >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's docker.io, docker-compose and debootstrap"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q docker.io docker-compose debootstrap >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 \
+			&& apt-get install -y -q docker.io docker-compose debootstrap >/dev/null; }; \
+	else \
+		echo "for make test-containers: sudo apt-get install docker.io docker-compose debootstrap"; \
+	fi
+
+# The project image without a registry or a package index (docs/deploy.md, air-gapped).
+# The build needs BuildKit: Debian's docker CLI has it built in, others need buildx.
+DOCKER ?= $(if $(wildcard /usr/bin/docker),/usr/bin/docker,docker)
+image-offline: docker-tools
+	DOCKER=$(DOCKER) deploy/docker/build-offline.sh all
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -32,6 +32,8 @@ from _experiments import (
     strategy_overrides,
 )
 
+from shared.errors import ConfigError
+
 __all__ = ["ENCODINGS", "main", "planned_runs", "summary_rows"]
 
 NONE = "none"
@@ -48,7 +50,19 @@ BYTES_PER_MB = 1_000_000
 
 
 def _splits(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    return {"IID": {"name": "iid"}, f"Dirichlet({args.alpha:g})": {"name": "dirichlet"}}
+    splits = {"IID": {"name": "iid"}, f"Dirichlet({args.alpha:g})": {"name": "dirichlet"}}
+    wanted = getattr(args, "splits", None) or ["iid", "dirichlet"]
+    return {label: split for label, split in splits.items() if split["name"] in wanted}
+
+
+def _encodings(args: argparse.Namespace) -> dict[str, dict[str, Any] | None]:
+    wanted = getattr(args, "encodings", None)
+    if not wanted:
+        return ENCODINGS
+    unknown = sorted(set(wanted) - set(ENCODINGS))
+    if unknown:
+        raise ConfigError(f"--encodings: unknown {unknown}; known: {list(ENCODINGS)}")
+    return {label: ENCODINGS[label] for label in wanted}
 
 
 def planned_runs(args: argparse.Namespace) -> dict[Key, dict[str, Any]]:
@@ -59,7 +73,7 @@ def planned_runs(args: argparse.Namespace) -> dict[Key, dict[str, Any]]:
     for split, partition in _splits(args).items():
         if partition["name"] == "dirichlet":
             partition = partition | {"alpha": args.alpha}
-        for label, compression in ENCODINGS.items():
+        for label, compression in _encodings(args).items():
             overrides = base | {"partition": partition} | strategy
             if compression is not None:
                 overrides["compression"] = compression
@@ -114,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser, rounds=20, strategies=["fedavg"], timeout_s=600.0)
     parser.add_argument("--alpha", type=float, default=0.3, help="Dirichlet concentration")
+    parser.add_argument("--splits", nargs="+", choices=["iid", "dirichlet"], help="default: both")
+    parser.add_argument("--encodings", nargs="+", metavar="LABEL", help="default: all of them")
     planned = plan_or_exit(parser, planned_runs, "bench/bench_compression.py", argv)
     if planned is None:
         return 2

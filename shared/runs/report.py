@@ -76,6 +76,9 @@ CSV_FIELDS = (
     "attempts",
     "finished_at",
     "model_sha256",
+    "staleness_mean",  # async mode: the version's updates, versions old; empty in sync mode
+    "staleness_max",
+    "stale_refused",
 )
 TENSORBOARD_SCALARS = (
     "eval_accuracy",
@@ -226,6 +229,8 @@ def _csv_row(row: Row) -> dict[str, Any]:
     out["participants"] = " ".join(str(p) for p in participants)
     out["mb_in"] = megabytes(row.get("bytes_in") or 0)
     out["mb_out"] = megabytes(row.get("bytes_out") or 0)
+    staleness = row.get("staleness") or {}
+    out["staleness_mean"], out["staleness_max"] = staleness.get("mean"), staleness.get("max")
     return out
 
 

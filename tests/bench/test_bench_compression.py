@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from argparse import Namespace
 
+import pytest
 from _experiments import Run
 from bench_compression import ENCODINGS, planned_runs, summary_rows
+
+from shared.errors import ConfigError
 
 
 def _run(*rounds: tuple[float, int, int]) -> Run:
@@ -42,3 +45,12 @@ def test_the_rows_give_the_loss_against_no_compression_and_the_ratios() -> None:
         ["IID", "q8", "0.8800", "0.8800", "+2.0", "1.000", "4.0x", "0.000", "1.0x"],
         ["IID", "q4", "failed", "-", "-", "-", "-", "-", "-"],
     ]
+
+
+def test_splits_and_encodings_can_be_chosen() -> None:
+    args = Namespace(
+        clients=3, rounds=8, strategy=None, alpha=0.3, splits=["iid"], encodings=["none", "q8"]
+    )
+    assert list(planned_runs(args)) == [("IID", "none"), ("IID", "q8")]
+    with pytest.raises(ConfigError, match="unknown \\['q9'\\]"):
+        planned_runs(Namespace(**{**vars(args), "encodings": ["q9"]}))

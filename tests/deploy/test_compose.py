@@ -28,6 +28,15 @@ SECRETS_STEP = "aggregator-secrets"
 IMAGE_UID = "10001"  # USER of deploy/docker/Dockerfile
 # ${NAME}, ${NAME:?message}, ${NAME:-default}: Compose's interpolation.
 _INTERPOLATION = re.compile(r"\$\{(\w+)(?::?[?-][^}]*)?\}")
+_REQUIRED = re.compile(r"\$\{(\w+):\?[^}]*\}")
+# The files of `tributary-secrets tokens` and `tls`, by the name of their Compose secret.
+SECRET_FILES = {
+    "tokens": "tokens.txt",
+    "admin-token": "admin.token",
+    "server-cert": "server.pem",
+    "server-key": "server.key",
+    "ca": "ca.pem",
+}
 
 
 def _compose() -> dict[str, Any]:
@@ -96,8 +105,17 @@ def test_workers_wait_for_a_healthy_aggregator_they_can_reach() -> None:
     for name in WORKERS:
         worker = services[name]
         assert worker["depends_on"] == {"aggregator": {"condition": "service_healthy"}}
-        assert worker["environment"]["TRIBUTARY_WORKER_SERVER_URL"] == f"http://aggregator:{port}"
+        assert worker["environment"]["TRIBUTARY_WORKER_SERVER_URL"] == f"https://aggregator:{port}"
         assert worker["restart"] == "on-failure"  # exit 0 (finished) stays stopped
+
+
+def test_restart_policies_bring_killed_containers_back() -> None:
+    """A crashed or killed aggregator restarts on its volume until stopped; a worker restarts
+    after any failure (SIGKILL included) but not after it finished (exit 0)."""
+    services = _services()
+    assert services["aggregator"]["restart"] == "unless-stopped"
+    assert all(services[name]["restart"] == "on-failure" for name in WORKERS)
+    assert services[SECRETS_STEP]["restart"] == "no"  # a one-shot copy
 
 
 def test_state_volume_and_experiment_mount() -> None:
@@ -141,10 +159,12 @@ def _make_secrets(directory: Path) -> dict[str, str]:
 
 
 def test_generated_env_file_gives_each_worker_its_own_token(tmp_path: Path) -> None:
-    """The .env of `tributary-secrets env` defines every variable the file interpolates, and
+    """The .env of `tributary-secrets env` defines every variable the file requires, and
     worker k then sends client k's token of tokens.txt."""
     env = _make_secrets(tmp_path)
-    assert set(_INTERPOLATION.findall(COMPOSE.read_text())) == set(env)
+    assert set(_REQUIRED.findall(COMPOSE.read_text())) == set(env)
+    optional = set(_INTERPOLATION.findall(COMPOSE.read_text())) - set(env)
+    assert optional == {"TRIBUTARY_PUBLISH_PORT"}  # has a default: 8000
     tokens = parse_tokens((tmp_path / "tokens.txt").read_text(), source="tokens.txt")
     services = _services()
     for k, name in enumerate(WORKERS):
@@ -170,10 +190,10 @@ def test_aggregator_reads_its_secrets_from_the_one_shot_copy() -> None:
     assert options["-t"] == copy_dir
     targets = {secret["source"]: secret["target"] for secret in step["secrets"]}
     assert step["command"] == [f"/run/secrets/{target}" for target in targets.values()]
-    # Top-level secrets are the files that `tributary-secrets tokens deploy/secrets N` makes.
+    # Top-level secrets are the files that `tributary-secrets tokens` and `tls` make.
     files = {name: spec["file"] for name, spec in data["secrets"].items()}
-    assert files == {"tokens": "./secrets/tokens.txt", "admin-token": "./secrets/admin.token"}
-    assert {files[source].rpartition("/")[2] for source in targets} == set(targets.values())
+    assert files == {name: f"./secrets/{file}" for name, file in SECRET_FILES.items()}
+    assert targets == {name: file for name, file in SECRET_FILES.items() if name != "ca"}
 
     aggregator = data["services"]["aggregator"]
     assert aggregator["depends_on"] == {
@@ -185,6 +205,8 @@ def test_aggregator_reads_its_secrets_from_the_one_shot_copy() -> None:
     env = aggregator["environment"]
     assert env["TRIBUTARY_AGG_TOKENS_FILE"] == f"{mounted_at}/{targets['tokens']}"
     assert env["TRIBUTARY_AGG_ADMIN_TOKEN_FILE"] == f"{mounted_at}/{targets['admin-token']}"
+    assert env["TRIBUTARY_AGG_SSL_CERTFILE"] == f"{mounted_at}/{targets['server-cert']}"
+    assert env["TRIBUTARY_AGG_SSL_KEYFILE"] == f"{mounted_at}/{targets['server-key']}"
     assert "secrets" not in aggregator  # only the one-shot step sees the host's files
     assert volume_name in data["volumes"]
     dockerfile = (DEPLOY / "docker/Dockerfile").read_text()
@@ -192,11 +214,14 @@ def test_aggregator_reads_its_secrets_from_the_one_shot_copy() -> None:
 
 
 def test_no_worker_sees_the_aggregators_secrets() -> None:
-    """Workers get their own token only: no secret, no secrets volume."""
+    """Workers get their own token and the CA certificate (public) that verifies the
+    aggregator: no other secret, no secrets volume."""
     services = _services()
     for name in WORKERS:
-        assert "secrets" not in services[name]
-        assert not [v for v in services[name]["volumes"] if "secrets" in v]
+        worker = services[name]
+        assert worker["secrets"] == [{"source": "ca", "target": "ca.pem"}]
+        assert worker["environment"]["TRIBUTARY_WORKER_CA_BUNDLE"] == "/run/secrets/ca.pem"
+        assert not [v for v in worker["volumes"] if "secrets" in v]
 
 
 def test_generated_secrets_stay_out_of_git() -> None:

@@ -42,19 +42,52 @@ def _final_stage() -> list[tuple[str, str]]:
     return steps[last_from:]
 
 
-def test_builder_installs_cpu_torch_from_a_build_argument() -> None:
-    """Two stages; the builder's torch index is a build arg defaulting to the CPU wheels."""
+def test_base_image_and_package_source_are_build_arguments() -> None:
+    """Every stage but the wheelhouse's starts from BASE_IMAGE (python:3.11-slim by default);
+    torch comes from TORCH_INDEX_URL (the CPU wheels by default), or with WHEELHOUSE=1 every
+    package from the wheelhouse without an index."""
     steps = _instructions()
     froms = [args for op, args in steps if op == "FROM"]
     assert froms == [
-        "python:${PYTHON_VERSION}-slim AS builder",
-        "python:${PYTHON_VERSION}-slim AS runtime",
+        "scratch AS wheels",
+        "${BASE_IMAGE} AS requirements",
+        "${BASE_IMAGE} AS builder",
+        "${BASE_IMAGE} AS runtime",
     ]
     args = dict(arg.split("=", 1) for op, arg in steps if op == "ARG" and "=" in arg)
-    assert args["PYTHON_VERSION"] == "3.11"
+    assert args["BASE_IMAGE"] == "python:3.11-slim"
+    assert args["WHEELHOUSE"] == "0"
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     runs = [args for op, args in steps if op == "RUN"]
     assert any('--index-url "${TORCH_INDEX_URL}"' in run for run in runs)
+    offline = [run for run in runs if "--no-index --find-links /wheelhouse" in run]
+    assert len(offline) == 2  # the project's wheel and the dependencies
+    assert all("--mount=type=bind,from=wheels,source=/wheelhouse" in run for run in offline)
+
+
+def test_a_source_change_rebuilds_only_the_last_layers() -> None:
+    """The runtime stage installs the dependencies from a list that only pyproject.toml's
+    dependencies make, before anything of the source; the project's wheel comes last."""
+    final = _final_stage()
+    copies = [args for op, args in final if op == "COPY"]
+    assert copies[0] == (
+        "--from=requirements /build/requirements.txt /opt/tributary/requirements.txt"
+    )
+    runs = [(i, args) for i, (op, args) in enumerate(final) if op == "RUN"]
+    deps = next(i for i, args in runs if "-r /opt/tributary/requirements.txt" in args)
+    project = next(i for i, args in runs if "from=builder,source=/dist" in args)
+    assert deps < project
+    assert "--no-deps" in final[project][1]
+    after = [op if op != "RUN" else args for op, args in final[project + 1 :]]
+    # then only settings, and the mnist5k cache of shared/mnist5k.py
+    (cache,) = [step for step in after if "mnist5k_arrays" in step]
+    assert "/var/lib/tributary-worker/data" in cache
+    assert set(after) - {cache} <= {"ENV", "USER", "WORKDIR", "EXPOSE", "HEALTHCHECK", "ENTRYPOINT"}
+    sources = {"shared", "aggregator_service", "client_worker"}
+    into_requirements = [args for op, args in _instructions() if op == "COPY" and "/build/" in args]
+    assert into_requirements[0] == "pyproject.toml /build/pyproject.toml"  # and nothing else
+    assert all(args.startswith("--from=requirements") for args in into_requirements[1:])
+    assert not any(source in args for args in copies for source in sources)
 
 
 def test_runtime_stage_is_unprivileged_with_health_check_and_entrypoint() -> None:
@@ -65,8 +98,8 @@ def test_runtime_stage_is_unprivileged_with_health_check_and_entrypoint() -> Non
     assert ops["HEALTHCHECK"].endswith('CMD ["tributary-healthcheck"]')
     assert ops["ENTRYPOINT"] == '["tributary-entrypoint"]'
     assert ops["EXPOSE"] == "8000"
-    copies = [args for op, args in final if op == "COPY"]
-    assert "--from=builder /opt/tributary/venv /opt/tributary/venv" in copies
+    runs = [args for op, args in final if op == "RUN"]
+    assert any("pip install --no-index --no-deps /dist/*.whl" in run for run in runs)
 
 
 def test_copied_files_exist_and_pass_the_dockerignore() -> None:

@@ -83,6 +83,7 @@ def test_every_deploy_file_is_mentioned() -> None:
         "tributary-role",
         "compose.yaml",
         "Dockerfile",
+        "build-offline.sh",
         "kustomization.yaml",
         "experiment.yaml",
         "role.env",

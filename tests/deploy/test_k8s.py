@@ -14,6 +14,9 @@ from shared.config import load_config
 from shared.errors import ConfigError
 from tests.deploy.helpers import DEPLOY, K8S, load_yaml_documents, unknown_variables
 
+COMPOSE = DEPLOY / "compose.yaml"
+HEALTH_CHECK = ["tributary-healthcheck"]  # the image's HEALTHCHECK, as Compose runs it
+
 # The oldest version the workers' manifests are meant for, and the newest with schemas.
 KUBERNETES_VERSIONS = ["1.28.0", "1.37.0"]
 # The shape of the tokens Secret, kept out of the kustomization (its header says why).
@@ -36,8 +39,14 @@ def _get(kind: str, name: str) -> dict[str, Any]:
 
 def _pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
     for doc in _resources():
-        if doc["kind"] in {"Deployment", "StatefulSet"}:
+        if doc["kind"] in {"Deployment", "Job"}:
             yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+
+
+def _compose_service(name: str) -> dict[str, Any]:
+    service = yaml.safe_load(COMPOSE.read_text())["services"][name]
+    assert isinstance(service, dict)
+    return service
 
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:
@@ -109,11 +118,11 @@ def test_aggregator_is_one_recreated_pod_behind_its_service() -> None:
 
 
 def test_aggregator_probes_and_state_volume() -> None:
-    """HTTP /healthz probes; the state dir is the PersistentVolumeClaim."""
+    """The image's health check as the three probes; the state dir is the PVC."""
     pod = _get("Deployment", "tributary-aggregator")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert container[probe]["exec"] == {"command": HEALTH_CHECK}
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
     state = volumes[mounts[_env(container)["TRIBUTARY_AGG_STATE_DIR"]]]
@@ -121,33 +130,70 @@ def test_aggregator_probes_and_state_volume() -> None:
     assert _get("PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteOnce"]
 
 
-def test_workers_are_ten_ordinals_of_ten_partitions() -> None:
-    """The StatefulSet has 10 replicas = num_partitions; the ordinal comes from the pod name."""
-    statefulset = _get("StatefulSet", "tributary-worker")
-    spec = statefulset["spec"]
-    governing = _get("Service", spec["serviceName"])
-    assert governing["spec"]["clusterIP"] == "None"
-    labels = spec["template"]["metadata"]["labels"]
-    assert governing["spec"]["selector"].items() <= labels.items()
-    assert spec["selector"]["matchLabels"].items() <= labels.items()
+def test_workers_are_the_ten_indexes_of_an_indexed_job() -> None:
+    """An Indexed Job of 10 completions, all at once, = num_partitions; the completion index
+    is the client id and the partition id; a failed worker restarts in place."""
+    spec = _get("Job", "tributary-worker")["spec"]
+    assert spec["completionMode"] == "Indexed"
+    config = load_config(DEPLOY / "experiment.yaml")
     (container,) = spec["template"]["spec"]["containers"]
     env = _env(container)
     assert env["TRIBUTARY_ROLE"] == "worker"
-    assert env["TRIBUTARY_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    assert "TRIBUTARY_WORKER_CLIENT_ID" not in env  # derived from the pod name
-    num_partitions = load_config(DEPLOY / "experiment.yaml").num_partitions
-    assert spec["replicas"] == int(env["TRIBUTARY_WORKER_NUM_PARTITIONS"]) == num_partitions
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert probe not in container  # no HTTP port: see the comment in workers.yaml
+    assert spec["completions"] == spec["parallelism"] == config.num_partitions
+    assert int(env["TRIBUTARY_WORKER_NUM_PARTITIONS"]) == config.num_partitions
+    annotation = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    index = {"fieldRef": {"fieldPath": annotation}}
+    assert env["TRIBUTARY_WORKER_CLIENT_ID"] == env["TRIBUTARY_WORKER_PARTITION_ID"] == index
+    assert spec["template"]["spec"]["restartPolicy"] == "OnFailure"  # exit 0 completes
+    assert spec["maxFailedIndexes"] <= config.num_partitions - config.min_fit_clients
+    assert container["livenessProbe"]["exec"] == {"command": HEALTH_CHECK}
 
 
-def test_workers_reach_the_aggregator_service() -> None:
-    """The workers' server URL names the aggregator Service and its port."""
-    (container,) = _get("StatefulSet", "tributary-worker")["spec"]["template"]["spec"]["containers"]
+def test_workers_reach_the_aggregator_service_over_https() -> None:
+    """The workers' server URL is https, names the aggregator Service and its port, and
+    they verify it with ca.pem of the Secret."""
+    pod = _get("Job", "tributary-worker")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
     service = _get("Service", "tributary-aggregator")
     (port,) = service["spec"]["ports"]
-    url = f"http://{service['metadata']['name']}:{port['port']}"
-    assert _env(container)["TRIBUTARY_WORKER_SERVER_URL"] == url
+    url = f"https://{service['metadata']['name']}:{port['port']}"
+    env = _env(container)
+    assert env["TRIBUTARY_WORKER_SERVER_URL"] == url
+    path, _ = _secret_volume(pod, container)
+    assert env["TRIBUTARY_WORKER_CA_BUNDLE"] == f"{path}/ca.pem"
+
+
+def test_same_image_environment_and_health_check_as_compose() -> None:
+    """Each pod runs the compose file's image with its environment (names and values), but
+    for what differs by platform: the aggregator's address and where a worker's CA, token
+    and ids come from; the health check is the image's, as Compose runs it."""
+    platform = {
+        "TRIBUTARY_WORKER_SERVER_URL",  # the Service's name instead of the compose service's
+        "TRIBUTARY_WORKER_CA_BUNDLE",  # a Secret volume instead of a Compose secret
+        "TRIBUTARY_WORKER_TOKEN",  # Compose: the worker's own token from .env
+        "TRIBUTARY_WORKER_TOKEN_FILE",  # Kubernetes: the tokens file of the Secret
+        "TRIBUTARY_WORKER_CLIENT_ID",  # Compose: one service per client; here the index
+        "TRIBUTARY_WORKER_PARTITION_ID",
+        "TRIBUTARY_WORKER_CONFIG_PATH",  # the image's default, set again next to the ConfigMap
+        "HOME",  # a writable home on a read-only root
+    }
+    aggregator = _compose_service("aggregator")
+    assert aggregator["healthcheck"]["test"] == ["CMD", *HEALTH_CHECK]
+    timeout_s = int(aggregator["healthcheck"]["timeout"].removesuffix("s"))
+    for _, pod in _pod_specs():
+        (container,) = pod["containers"]
+        probes = [value for key, value in container.items() if key.endswith("Probe")]
+        assert probes
+        assert all(probe["timeoutSeconds"] == timeout_s for probe in probes)
+    for kind, name, service in [
+        ("Deployment", "tributary-aggregator", aggregator),
+        ("Job", "tributary-worker", _compose_service("worker-3")),
+    ]:
+        (container,) = _get(kind, name)["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == service["image"]
+        kube = {k: v for k, v in _env(container).items() if k not in platform}
+        compose = {k: v for k, v in service["environment"].items() if k not in platform}
+        assert kube == compose, name
 
 
 def test_pods_mount_the_experiment_config_map_where_it_is_read() -> None:
@@ -192,37 +238,47 @@ def test_secret_shape_holds_placeholders_the_aggregator_refuses() -> None:
     secret = _secret()
     assert secret["metadata"]["namespace"] == _get("Namespace", "tributary")["metadata"]["name"]
     data = secret["stringData"]
-    assert set(data) == {"tokens.txt", "admin.token"}
+    assert set(data) == {"tokens.txt", "admin.token", "server.pem", "server.key", "ca.pem"}
+    assert all("BEGIN" not in data[name] for name in ("server.pem", "server.key", "ca.pem"))
     with pytest.raises(ConfigError, match="too short"):
         parse_tokens(data["tokens.txt"], source="secret.yaml")
     assert token_problem(data["admin.token"].strip()) is not None
 
 
 def test_aggregator_reads_the_tokens_secret_where_its_settings_look() -> None:
-    """The Secret's keys, mounted read-only, are the aggregator's tokens and admin token files."""
+    """The Secret's keys, mounted read-only, are the aggregator's tokens, admin token,
+    certificate and key files (not the CA, which only the workers need)."""
     pod = _get("Deployment", "tributary-aggregator")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     path, source = _secret_volume(pod, container)
     assert source["secretName"] == _secret()["metadata"]["name"]
-    assert "items" not in source  # both keys
+    keys = {item["key"]: item["path"] for item in source["items"]}
+    files = ("tokens.txt", "admin.token", "server.pem", "server.key")
+    assert keys == {name: name for name in files}
     env = _env(container)
     assert env["TRIBUTARY_AGG_TOKENS_FILE"] == f"{path}/tokens.txt"
     assert env["TRIBUTARY_AGG_ADMIN_TOKEN_FILE"] == f"{path}/admin.token"
+    assert env["TRIBUTARY_AGG_SSL_CERTFILE"] == f"{path}/server.pem"
+    assert env["TRIBUTARY_AGG_SSL_KEYFILE"] == f"{path}/server.key"
     assert "TRIBUTARY_AGG_ADMIN_TOKEN" not in env
     assert float(env["TRIBUTARY_AGG_RECEIVE_RATE"]) < 2.0  # tighter than the default
 
 
 def test_workers_read_their_line_of_the_tokens_file_but_not_the_admin_token() -> None:
-    """Workers mount tokens.txt only; each takes the line of its own client id from it."""
-    pod = _get("StatefulSet", "tributary-worker")["spec"]["template"]["spec"]
+    """Workers mount tokens.txt and ca.pem only; each takes the line of its own client id."""
+    pod = _get("Job", "tributary-worker")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     path, source = _secret_volume(pod, container)
     assert source["secretName"] == _secret()["metadata"]["name"]
-    assert source["items"] == [{"key": "tokens.txt", "path": "tokens.txt"}]
+    assert source["items"] == [
+        {"key": "tokens.txt", "path": "tokens.txt"},
+        {"key": "ca.pem", "path": "ca.pem"},
+    ]
     env = _env(container)
     assert env["TRIBUTARY_WORKER_TOKEN_FILE"] == f"{path}/tokens.txt"
     assert "TRIBUTARY_WORKER_TOKEN" not in env
     assert "admin.token" not in yaml.safe_dump(pod)
+    assert "server.key" not in yaml.safe_dump(pod)
 
 
 def test_environment_names_only_real_settings() -> None:

@@ -18,6 +18,7 @@ SCRIPTS = [
     VM / "install.sh",
     DEPLOY / "docker/entrypoint.sh",
     DEPLOY / "docker/healthcheck.sh",
+    DEPLOY / "docker/build-offline.sh",
 ]
 
 

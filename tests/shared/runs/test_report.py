@@ -231,3 +231,16 @@ def test_metrics_csv_has_the_compression_columns(tmp_path: Path) -> None:
     with write_metrics_csv(tmp_path / "metrics.csv", history).open() as file:
         first = next(csv.DictReader(file))
     assert (first["raw_bytes_in"], first["compression_in"]) == ("15000000", "10.0")
+
+
+def test_metrics_csv_has_an_async_versions_staleness(tmp_path: Path) -> None:
+    history = make_history()
+    history[0] |= {"staleness": {"mean": 1.5, "max": 3, "counts": {"0": 1}}, "stale_refused": 2}
+    with write_metrics_csv(tmp_path / "metrics.csv", history).open() as file:
+        first, second, _ = list(csv.DictReader(file))
+    assert (first["staleness_mean"], first["staleness_max"], first["stale_refused"]) == (
+        "1.5",
+        "3",
+        "2",
+    )
+    assert second["staleness_mean"] == ""  # a synchronous round
