@@ -90,7 +90,7 @@ def test_worker_killed_mid_training_the_others_go_on_and_it_rejoins(
     assert cpu_seconds(victim.pid) - before > 0.2, "the victim is not training"
     victim.kill()
     killed_at = get_json(url, "/status")["round"]
-    wait_until(url, lambda s: s["round"] >= killed_at + 3, timeout=60, describe=procs.logs)
+    wait_until(url, lambda s: s["round"] >= killed_at + 2, timeout=60, describe=procs.logs)
     assert all("0" not in row["participants"] for row in get_json(url, "/history"))
 
     procs.worker(url, "0", partition_id=0, num_partitions=16, name="worker-0-restarted")
