@@ -12,11 +12,11 @@ import numpy as np
 from aggregator_service.federation.deltas import check_deltas
 from aggregator_service.federation.downlink import DownloadChain
 from aggregator_service.federation.ingest import decode_update
+from aggregator_service.federation.news import News
 from aggregator_service.federation.privacy import BUDGET_REASON, RunPrivacy
 from aggregator_service.federation.publish import Publications, publish_round
 from aggregator_service.federation.rounds import Evaluator, RoundLoop
 from aggregator_service.federation.secagg_desk import SecAggDesk
-from aggregator_service.federation.secagg_loop import StageNews
 from aggregator_service.federation.secagg_round import SecAggRound
 from aggregator_service.federation.state import (
     ClientInfo,
@@ -60,7 +60,7 @@ class Federation:
         _check_runs_on_sums(config, self.strategy)
         self.store = RunStore(settings.state_dir, keep=_checkpoints_kept(config))
         self.publications = Publications()
-        self.stage_news = StageNews()  # secure aggregation's stage changes
+        self.stage_news = News()  # secure aggregation's stage changes
         self.exchanged: list[str] = []  # the tensors updates carry (not the clients' own)
         done_rounds, weights = self._load_or_init_model()
         self.state = self._build_state(done_rounds, weights)

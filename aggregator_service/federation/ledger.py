@@ -6,12 +6,10 @@ lock. Only registered clients are tallied, so unknown client ids cannot grow it.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ClientLedger", "ClientTally", "News", "Refusal"]
+__all__ = ["ClientLedger", "ClientTally", "Refusal"]
 
 MAX_REFUSAL_CHARS = 300  # a refusal's message as kept for the page
 
@@ -71,27 +69,3 @@ class ClientLedger:
         """Keep the latest refusal of one of `client_id`'s requests."""
         text = message if len(message) <= MAX_REFUSAL_CHARS else message[:MAX_REFUSAL_CHARS] + "…"
         self.tally(client_id).refusal = Refusal(code, text, server_round, time.time())
-
-
-class News:
-    """Who wants to know when the federation's state changed: explicit subscribers.
-
-    `announce` may be called with the state's lock held: subscribers must only schedule
-    work (e.g. `loop.call_soon_threadsafe`), never block or take that lock.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._subscribers: list[Callable[[], None]] = []
-
-    def subscribe(self, subscriber: Callable[[], None]) -> None:
-        """Call `subscriber()` after every change the dashboard shows."""
-        with self._lock:
-            self._subscribers.append(subscriber)
-
-    def announce(self) -> None:
-        """Tell every subscriber."""
-        with self._lock:
-            subscribers = list(self._subscribers)
-        for subscriber in subscribers:
-            subscriber()

@@ -36,6 +36,7 @@ from aggregator_service.federation.async_steps import AsyncSteps, buffered_updat
 from aggregator_service.federation.downlink import DownloadChain
 from aggregator_service.federation.history import brief, history_row
 from aggregator_service.federation.ingest import round_updates
+from aggregator_service.federation.news import News
 from aggregator_service.federation.privacy import (
     BUDGET_REASON,
     BudgetCheck,
@@ -43,7 +44,6 @@ from aggregator_service.federation.privacy import (
     round_sampling,
 )
 from aggregator_service.federation.publish import Publications, model_digest, publish_round
-from aggregator_service.federation.secagg_loop import StageNews
 from aggregator_service.federation.secagg_steps import SecAggSteps
 from aggregator_service.federation.selection import select_clients
 from aggregator_service.federation.state import FederationState, RoundState, UpdateRecord
@@ -91,7 +91,7 @@ class RoundLoop:
         publications: Publications,
         evaluator: Evaluator | None = None,
         on_finished: Callable[[], None] = lambda: None,
-        stage_news: StageNews | None = None,
+        stage_news: News | None = None,
         privacy: RunPrivacy | None = None,
         downlink: DownloadChain | None = None,
     ) -> None:
@@ -110,7 +110,7 @@ class RoundLoop:
         self.secagg = SecAggSteps(
             state,
             strategy,
-            stage_news if stage_news is not None else StageNews(),
+            stage_news if stage_news is not None else News(),
             install=self._install_retry,
             conclude=self._conclude,
         )

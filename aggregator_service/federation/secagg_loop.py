@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Literal
@@ -29,30 +28,10 @@ from shared.secagg.shamir import combine
 from shared.secagg.vector import split_sum
 from shared.wire import TensorSpec
 
-__all__ = ["StageNews", "advance_stage", "rebuild_secrets", "stage_decision", "summed_deltas"]
+__all__ = ["advance_stage", "rebuild_secrets", "stage_decision", "summed_deltas"]
 
 StageDecision = Literal["wait", "advance", "close", "retry"]
 MAX_TRIES = 64  # sets of t shares tried per secret when some revealed share is wrong
-
-
-class StageNews:
-    """Who wants to know when a secure-aggregation stage changes: explicit subscribers."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._subscribers: list[Callable[[], None]] = []
-
-    def subscribe(self, subscriber: Callable[[], None]) -> None:
-        """Call `subscriber()` (on the round loop's thread) after every stage change."""
-        with self._lock:
-            self._subscribers.append(subscriber)
-
-    def announce(self) -> None:
-        """Tell every subscriber."""
-        with self._lock:
-            subscribers = list(self._subscribers)
-        for subscriber in subscribers:
-            subscriber()
 
 
 def stage_decision(

@@ -2,7 +2,7 @@
 
 `RoundLoop` hands a training round that has a `SecAggRound` to `SecAggSteps.step`, under
 the state's condition: the current stage waits, advances (the next stage's clients are
-woken through `StageNews`), or the attempt closes or is retried, which the loop then runs
+woken through their `News`), or the attempt closes or is retried, which the loop then runs
 outside the lock. A retry is the same round from key advertisement as attempt + 1, every
 active client invited; the close rebuilds the sum and gives it to the strategy's
 `aggregate_sum`, then the loop concludes the round as any other.
@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from aggregator_service.federation.news import News
 from aggregator_service.federation.secagg_loop import (
-    StageNews,
     advance_stage,
     stage_decision,
     summed_deltas,
@@ -44,7 +44,7 @@ class SecAggSteps:
         self,
         state: FederationState,
         strategy: Strategy,
-        stage_news: StageNews,
+        stage_news: News,
         *,
         install: Install,
         conclude: Conclude,

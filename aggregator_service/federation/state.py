@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from aggregator_service.federation.async_book import AsyncBook
-from aggregator_service.federation.ledger import ClientLedger, News
+from aggregator_service.federation.ledger import ClientLedger
+from aggregator_service.federation.news import News
 from aggregator_service.federation.publish import PublishedModel
 from aggregator_service.federation.secagg_round import SecAggRound
 from shared.config import ExperimentConfig
