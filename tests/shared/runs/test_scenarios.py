@@ -148,9 +148,13 @@ def test_scenario_runs_its_rounds(scenario: Scenario, procs: Processes, tmp_path
             assert count * update <= row["bytes_in"] <= most, row
         assert row["bytes_out"] >= payload, row
         if row["round"] > 1:
-            # One worker process: its virtual clients share each model's download (ModelFeed);
-            # before round 1, each registration may publish a new waiting model.
-            assert row["bytes_out"] < count * payload, row
+            # One worker process: its virtual clients share each model's download (ModelFeed),
+            # where each would fetch its own without it. A client whose poll spans the round's
+            # change may still fetch the new model itself (the server moved on while it asked
+            # for the old one), so a few downloads per round, never one per client. Before
+            # round 1, each registration may publish a new waiting model.
+            shared = max(count, config.num_partitions // 2) * payload
+            assert row["bytes_out"] < shared, row
 
 
 def test_scenarios_cover_every_shipped_config() -> None:
